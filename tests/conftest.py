@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny Qwen3 folders and CLTs made in code (no downloads)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from tl_clt import CrossLayerTranscoder, load_qwen3, synthetic
+
+warnings.filterwarnings("ignore", message=".*HookedTransformer is deprecated.*")
+PROMPT = "Fact: The president of the United States in 2010 was"
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return synthetic.make_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory, tokenizer):
+    return synthetic.make_qwen3_folder(
+        tmp_path_factory.mktemp("qwen3") / "tiny-qwen3", tokenizer=tokenizer, num_hidden_layers=3,
+        initializer_range=0.1,
+    )
+
+
+@pytest.fixture(scope="session")
+def clt_dir(tmp_path_factory):
+    return synthetic.make_random_clt_folder(
+        tmp_path_factory.mktemp("clt") / "clt", n_layers=3, d_model=64, n_features=96, density=0.1
+    )
+
+
+@pytest.fixture()
+def model(model_dir):
+    return load_qwen3(model_dir)
+
+
+@pytest.fixture(scope="session")
+def clt(clt_dir):
+    return CrossLayerTranscoder.from_pretrained(clt_dir, dtype=torch.float32)

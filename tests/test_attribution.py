@@ -1,0 +1,140 @@
+"""Exactness: every checked edge equals the effect measured by intervening in the frozen model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from frozen_reference import FrozenReference
+
+import tl_clt
+from tl_clt.prompts import to_tokens
+
+from conftest import PROMPT
+
+
+@pytest.fixture(scope="module")
+def setup(model_dir, clt_dir, clt):
+    model = tl_clt.load_qwen3(model_dir)
+    graph = tl_clt.attribute(model, clt, PROMPT, batch_size=7, max_n_logits=5, verbose=False)
+    tokens = to_tokens(model, PROMPT)
+    ref = FrozenReference(model, clt_dir, tokens, graph.active_features, graph.activation_values)
+    return model, graph, ref
+
+
+def test_active_features_match_a_direct_encoding(setup, clt_dir):
+    model, graph, ref = setup
+    _, cache = model.run_with_cache(ref.tokens[None])
+    found = []
+    for k in range(model.cfg.n_layers):
+        x = cache[f"blocks.{k}.ln2.hook_normalized"][0] * model.blocks[k].ln2.w
+        pre = x @ ref.enc[k][f"W_enc_{k}"].float().T + ref.enc[k][f"b_enc_{k}"].float()
+        act = pre * (pre > ref.enc[k][f"threshold_{k}"].float())
+        act[0] = 0
+        found += [(k, p, f, float(act[p, f])) for p, f in act.nonzero().tolist()]
+    assert graph.active_features.tolist() == [list(x[:3]) for x in found]
+    torch.testing.assert_close(graph.activation_values, torch.tensor([x[3] for x in found]))
+
+
+def test_frozen_reference_reproduces_the_model(setup):
+    _, _, ref = setup
+    _, logits = ref.run()
+    torch.testing.assert_close(logits, ref.clean_logits - ref.clean_logits.mean(), atol=1e-4, rtol=0)
+
+
+def _targets(graph):
+    """Rows of the adjacency and how to read the same target from FrozenReference.run()."""
+    rows = list(range(graph.n_features)) + [graph.logit_index(i) for i in range(graph.n_logits)]
+    return rows
+
+
+def _measured(graph, ref, pre, logits, pre0, logits0):
+    feat = (pre - pre0)[graph.selected_features]
+    logit = (logits - logits0)[graph.logit_tokens]
+    return torch.cat([feat, logit])
+
+
+@pytest.mark.parametrize("kind", ["feature", "error", "token"])
+def test_edges_equal_measured_interventions(setup, kind):
+    """Doubling a source changes each target by exactly its edge weight (the model is linear)."""
+    _, graph, ref = setup
+    gen = torch.Generator().manual_seed(0)
+    pre0, logits0 = ref.run()
+    rows = _targets(graph)
+    scale = graph.adjacency.abs().max()
+    if kind == "feature":
+        sources = torch.randperm(graph.n_features, generator=gen)[:12].tolist()
+    elif kind == "error":
+        sources = [(layer, pos) for layer in range(graph.n_layers) for pos in range(1, graph.n_pos)]
+        sources = [sources[i] for i in torch.randperm(len(sources), generator=gen)[:10]]
+    else:
+        sources = list(range(graph.n_pos))
+    checked = 0
+    for s in sources:
+        if kind == "feature":
+            values = ref.values.clone()
+            values[graph.selected_features[s]] *= 2
+            pre, logits = ref.run(values=values)
+            col = s
+        elif kind == "error":
+            errors = ref.errors.clone()
+            errors[s] *= 2
+            pre, logits = ref.run(errors=errors)
+            col = graph.error_index(*s)
+        else:
+            embed = ref.embed.clone()
+            embed[s] *= 2
+            pre, logits = ref.run(embed=embed)
+            col = graph.token_index(s)
+        measured = _measured(graph, ref, pre, logits, pre0, logits0)
+        edges = graph.adjacency[rows, col]
+        torch.testing.assert_close(edges, measured, atol=2e-5 * float(scale), rtol=1e-4)
+        checked += int((edges.abs() > 1e-3 * scale).sum())
+    assert checked > 10, "the test must check some non-trivial edges"
+
+
+def test_max_feature_nodes_keeps_rows_of_the_full_graph(setup, clt):
+    model, graph, _ = setup
+    sub = tl_clt.attribute(model, clt, PROMPT, batch_size=5, max_n_logits=5, max_feature_nodes=20,
+                           verbose=False)
+    assert sub.n_features == 20
+    full_index = [graph.feature_index(*k) for k in sub.feature_keys.tolist()]
+    sub_rows = list(range(20)) + [sub.logit_index(i) for i in range(sub.n_logits)]
+    full_rows = full_index + [graph.logit_index(i) for i in range(graph.n_logits)]
+    n_rest = (graph.n_layers + 1) * graph.n_pos
+    cols_full = full_index + list(range(graph.n_features, graph.n_features + n_rest))
+    torch.testing.assert_close(sub.adjacency[sub_rows][:, : 20 + n_rest],
+                               graph.adjacency[full_rows][:, cols_full], atol=1e-5, rtol=1e-4)
+    # the selection follows influence: the chosen features carry more logit influence than the rest
+    infl = graph.node_influence()[: graph.n_features]
+    chosen = torch.zeros(graph.n_features, dtype=torch.bool)
+    chosen[full_index] = True
+    assert infl[chosen].mean() > infl[~chosen].mean()
+
+
+def test_logit_targets_follow_probability(setup):
+    model, graph, ref = setup
+    probs = torch.softmax(ref.clean_logits, -1)
+    top = probs.topk(graph.n_logits)
+    assert graph.logit_tokens.tolist() == top.indices.tolist()
+    torch.testing.assert_close(graph.logit_probabilities, top.values)
+    assert graph.n_logits == 5 or probs[graph.logit_tokens].sum() >= 0.95
+
+
+def test_sink_position_is_left_out(setup):
+    _, graph, _ = setup
+    assert (graph.feature_keys[:, 1] > 0).all()
+    G = graph.to_networkx()
+    assert not [n for n, d in G.nodes(data=True) if d["kind"] in ("feature", "error") and d["pos"] == 0]
+    assert G.nodes["T:0"]["kind"] == "token"
+
+
+def test_networkx_attributes_and_edges(setup):
+    _, graph, _ = setup
+    G = graph.to_networkx()
+    kinds = {d["kind"] for _, d in G.nodes(data=True)}
+    assert kinds == {"feature", "error", "token", "logit"}
+    node = f"F:{':'.join(map(str, graph.feature_keys[0].tolist()))}"
+    assert G.nodes[node]["activation"] == pytest.approx(float(graph.activation_values[graph.selected_features[0]]))
+    for u, v, w in list(G.edges(data="weight"))[:50]:
+        assert w == pytest.approx(float(graph.adjacency[graph.node_ids().index(v), graph.node_ids().index(u)]))
+    assert all(G.nodes[v]["kind"] in ("feature", "logit") for _, v in G.edges())

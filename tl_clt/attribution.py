@@ -1,0 +1,334 @@
+"""attribute(): attribution graphs by batched backward passes through the local replacement model.
+
+The local replacement model is the user's model with, for one prompt,
+- attention patterns and every RMSNorm scale (ln1, ln2, ln_final) frozen to the prompt's values,
+- every MLP output replaced by the CLT reconstruction plus an error node (a constant vector),
+which makes the residual stream linear in its sources: token embeddings, feature activations (each
+writing `a * W_dec` to its own and later layers' MLP outputs) and error vectors. An edge s -> t is the
+direct effect of s on t in that model. We get a whole row (all sources of one target) from one
+backward pass: inject the target's read-out vector at its site, read the gradient at every embedding
+and MLP-output leaf, and contract it with the source vectors. `batch_size` rows share one pass.
+Everything goes through TransformerLens hook points on the user's model; nothing is left behind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+from transformer_lens.hook_points import HookPoint
+
+from tl_clt.clt import CrossLayerTranscoder
+from tl_clt.graph import AttributionGraph, partial_influence
+from tl_clt.hooks import (
+    capture_hooks,
+    check_compatible,
+    input_hook_name,
+    output_hook_name,
+    preserve,
+)
+from tl_clt.prompts import Prompt, to_tokens
+
+FROZEN_SUFFIXES = ("ln1.hook_scale", "ln2.hook_scale", "attn.hook_pattern")
+
+
+@dataclass
+class PromptState:
+    """What one clean forward pass tells us about a prompt."""
+
+    tokens: Int[Tensor, " pos"]
+    logits: Float[Tensor, "pos d_vocab"]
+    mlp_in: Float[Tensor, "n_layers pos d_model"]
+    mlp_out: Float[Tensor, "n_layers pos d_model"]
+    frozen: dict[str, Tensor]  # hook name -> norm scale or attention pattern of the clean pass
+    final_scale: Float[Tensor, "pos 1"]
+
+
+def clean_pass(model: HookedTransformer, clt: CrossLayerTranscoder, tokens: Tensor) -> PromptState:
+    """One no-grad forward pass caching CLT inputs, MLP outputs, norm scales and patterns."""
+    store: dict[str, list] = {}
+    frozen: dict[str, Tensor] = {}
+
+    def save(tensor: Tensor, *, hook: HookPoint) -> Tensor:
+        frozen[hook.name] = tensor.detach()
+        return tensor
+
+    names = [n for n in model.hook_dict if n.endswith(FROZEN_SUFFIXES)] + ["ln_final.hook_scale"]
+    hooks = capture_hooks(model, clt, store) + [(n, save) for n in names]
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+        logits = model(tokens[None])
+    return PromptState(
+        tokens=tokens,
+        logits=logits[0],
+        mlp_in=torch.cat(store["mlp_in"]),
+        mlp_out=torch.cat(store["mlp_out"]),
+        frozen={n: t for n, t in frozen.items() if n != "ln_final.hook_scale"},
+        final_scale=frozen["ln_final.hook_scale"][0],
+    )
+
+
+def freeze_hooks(frozen: dict[str, Tensor]) -> list:
+    """Forward hooks that replace norm scales and attention patterns by their clean-pass values."""
+
+    def hook_fn(tensor: Tensor, *, hook: HookPoint) -> Tensor:
+        return frozen[hook.name].to(tensor.dtype).expand_as(tensor)
+
+    return [(name, hook_fn) for name in frozen]
+
+
+@dataclass
+class ActiveFeatures:
+    """Active features (position 0 excluded), ordered by (layer, pos, feature)."""
+
+    index: Int[Tensor, "n 3"]  # (layer, pos, feature)
+    values: Float[Tensor, " n"]
+    reconstruction: Float[Tensor, "n_layers pos d_model"]
+
+
+def find_active_features(clt: CrossLayerTranscoder, state: PromptState) -> ActiveFeatures:
+    acts = torch.stack([clt.encode(state.mlp_in[k], k) for k in range(clt.n_layers)])
+    acts[:, 0] = 0  # the attention sink is not explained by features
+    index = acts.nonzero()
+    values = acts[index[:, 0], index[:, 1], index[:, 2]]
+    return ActiveFeatures(index, values, clt.decode(acts))
+
+
+class LinearReplacement:
+    """The frozen, linear model of one prompt, ready for batched backward passes."""
+
+    def __init__(self, model: HookedTransformer, clt: CrossLayerTranscoder, state: PromptState,
+                 active: ActiveFeatures, batch_size: int):
+        self.model, self.clt, self.state, self.active = model, clt, state, active
+        self.n_layers, self.n_pos = clt.n_layers, len(state.tokens)
+        self.batch_size = batch_size
+        self.errors = state.mlp_out - active.reconstruction
+        self.errors[:, 0] = 0
+        self.embed: Tensor | None = None
+        self.mlp_out: list[Tensor | None] = [None] * self.n_layers
+        self.sites: list[Tensor | None] = [None] * (self.n_layers + 1)
+        self._decoders = self._decoder_blocks()
+
+    # ---------------------------------------------------------------- forward
+    def _hooks(self) -> list:
+        def embed_hook(tensor: Tensor, *, hook: HookPoint) -> Tensor:
+            self.embed = tensor.detach().requires_grad_(True)
+            return self.embed
+
+        def leaf_hook(layer: int):
+            def fn(tensor: Tensor, *, hook: HookPoint) -> Tensor:
+                self.mlp_out[layer] = tensor.detach().requires_grad_(True)
+                return self.mlp_out[layer]
+
+            return fn
+
+        def site_hook(layer: int):
+            def fn(tensor: Tensor, *, hook: HookPoint) -> Tensor:
+                self.sites[layer] = tensor
+                return tensor
+
+            return fn
+
+        hooks = [("hook_embed", embed_hook)] + freeze_hooks(self.state.frozen)
+        for layer in range(self.n_layers):
+            hooks.append((output_hook_name(layer), leaf_hook(layer)))
+            hooks.append((input_hook_name(self.clt, layer), site_hook(layer)))
+        return hooks
+
+    def run_forward(self) -> None:
+        """Build the autograd graph of the frozen model on `batch_size` copies of the prompt."""
+        tokens = self.state.tokens[None].expand(self.batch_size, -1)
+        with torch.enable_grad(), self.model.hooks(fwd_hooks=self._hooks()):
+            resid = self.model(tokens, stop_at_layer=self.n_layers)
+        self.sites[self.n_layers] = resid
+
+    # ---------------------------------------------------------------- read-out vectors
+    def feature_readout(self, layer: Tensor, feature: Tensor) -> Float[Tensor, "n d_model"]:
+        """Vectors that, injected at the features' sites, give their pre-activations' gradients."""
+        W = self.clt.W_enc[layer, feature].to(self.embed.dtype)
+        if self.clt.feature_input_hook == "mlp.hook_in":
+            W = W * torch.stack([self.model.blocks[int(k)].ln2.w for k in layer]).to(W.dtype)
+        return W.detach()
+
+    def logit_readout(self, directions: Float[Tensor, "n d_model"]) -> Float[Tensor, "n d_model"]:
+        """Logit directions pulled back through the frozen final norm at the last position."""
+        w = self.model.ln_final.w / self.state.final_scale[-1]
+        return (directions * w).to(self.embed.dtype).detach()
+
+    # ---------------------------------------------------------------- backward
+    def _decoder_blocks(self) -> list[tuple[Tensor, Tensor, list[int]]]:
+        """Per target layer l: (columns, a * W_dec_{k->l} rows sorted by position, position bounds)."""
+        index, values = self.active.index, self.active.values
+        per_layer: list[list[tuple[Tensor, Tensor, Tensor]]] = [[] for _ in range(self.n_layers)]
+        for k in range(self.n_layers):
+            cols = (index[:, 0] == k).nonzero().squeeze(-1)
+            if cols.numel() == 0:
+                continue
+            rows = self.clt.decoder_rows(k, index[cols, 2]).to(values.dtype)
+            rows = rows * values[cols, None, None]
+            for target in range(k, self.n_layers):
+                per_layer[target].append((cols, index[cols, 1], rows[:, target - k]))
+        blocks = []
+        for parts in per_layer:
+            if not parts:
+                blocks.append((torch.empty(0, dtype=torch.long), torch.empty(0, self.clt.d_model), []))
+                continue
+            cols, pos, mats = (torch.cat(x) for x in zip(*parts))
+            order = torch.argsort(pos, stable=True)
+            bounds = torch.searchsorted(pos[order], torch.arange(self.n_pos + 1)).tolist()
+            blocks.append((cols[order], mats[order].contiguous(), bounds))
+        return blocks
+
+    @property
+    def n_sources(self) -> int:
+        return len(self.active.values) + (self.n_layers + 1) * self.n_pos
+
+    def rows(self, site_layers: Tensor, positions: Tensor, readouts: Tensor) -> Float[Tensor, "b n_sources"]:
+        """Edge rows for targets read at (site layer, position) by `readouts` (n_layers = the logits)."""
+        b = len(site_layers)
+        outputs, grad_outputs = [], []
+        for layer in site_layers.unique().tolist():
+            mask = site_layers == layer
+            g = torch.zeros_like(self.sites[layer])
+            g[mask.nonzero().squeeze(-1), positions[mask]] = readouts[mask].to(g.dtype)
+            outputs.append(self.sites[layer])
+            grad_outputs.append(g)
+        top = int(site_layers.max())
+        inputs = [self.embed] + self.mlp_out[:top]
+        grads = torch.autograd.grad(outputs, inputs, grad_outputs, retain_graph=True, allow_unused=True)
+        n_feat = len(self.active.values)
+        out = torch.zeros(self.batch_size, self.n_sources, dtype=self.embed.dtype,
+                          device=self.embed.device)
+        for layer, G in enumerate(grads[1:]):
+            if G is None:
+                continue
+            cols, mats, bounds = self._decoders[layer]
+            if len(cols):
+                parts = [G[:, p] @ mats[bounds[p]:bounds[p + 1]].T for p in range(self.n_pos)]
+                out[:, cols] += torch.cat(parts, dim=1)
+            start = n_feat + layer * self.n_pos
+            out[:, start:start + self.n_pos] = (G * self.errors[layer]).sum(-1)
+        if grads[0] is not None:
+            start = n_feat + self.n_layers * self.n_pos
+            out[:, start:] = (grads[0] * self.embed[0].detach()).sum(-1)
+        return out[:b]
+
+
+def logit_targets(
+    logits: Float[Tensor, " d_vocab"], max_n_logits: int, desired_logit_prob: float
+) -> tuple[Tensor, Tensor]:
+    """Top tokens until their cumulative probability reaches `desired_logit_prob` (at most max_n)."""
+    probs = torch.softmax(logits.float(), -1)
+    top_p, top_i = probs.sort(descending=True)
+    n = int((top_p.cumsum(0) < desired_logit_prob).sum()) + 1
+    n = max(1, min(n, max_n_logits))
+    return top_i[:n], top_p[:n]
+
+
+def _check_args(max_n_logits, desired_logit_prob, max_feature_nodes, batch_size) -> None:
+    if not 0 < desired_logit_prob <= 1:
+        raise ValueError(f"desired_logit_prob must be in (0, 1], got {desired_logit_prob}.")
+    if max_n_logits < 1:
+        raise ValueError(f"max_n_logits must be at least 1, got {max_n_logits}.")
+    if max_feature_nodes is not None and max_feature_nodes < 1:
+        raise ValueError(
+            f"max_feature_nodes must be None (all features) or at least 1, got {max_feature_nodes}."
+        )
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+
+
+def attribute(
+    model: HookedTransformer,
+    clt: CrossLayerTranscoder,
+    prompt: Prompt,
+    max_n_logits: int = 10,
+    desired_logit_prob: float = 0.95,
+    max_feature_nodes: int | None = None,
+    batch_size: int = 64,
+    update_interval: int = 4,
+    verbose: bool = True,
+) -> AttributionGraph:
+    """Attribution graph of `prompt` over the CLT's features (see module docstring).
+
+    Logit targets: the top tokens at the last position until cumulative probability
+    `desired_logit_prob` (at most `max_n_logits`), each read along its de-meaned unembedding column.
+    With `max_feature_nodes`, features are visited in order of estimated influence on the logits,
+    refreshed every `update_interval` batches; otherwise every active feature gets a row.
+    """
+    _check_args(max_n_logits, desired_logit_prob, max_feature_nodes, batch_size)
+    check_compatible(model, clt)
+    tokens = to_tokens(model, prompt)
+    with preserve(model):
+        state = clean_pass(model, clt, tokens)
+        active = find_active_features(clt, state)
+        lin = LinearReplacement(model, clt, state, active, batch_size)
+        lin.run_forward()
+        return _build_graph(model, clt, lin, max_n_logits, desired_logit_prob, max_feature_nodes,
+                            update_interval, verbose)
+
+
+def _build_graph(model, clt, lin: LinearReplacement, max_n_logits, desired_logit_prob,
+                 max_feature_nodes, update_interval, verbose) -> AttributionGraph:
+    state, active = lin.state, lin.active
+    n_active, B, L = len(active.values), lin.batch_size, clt.n_layers
+    logit_ids, logit_probs = logit_targets(state.logits[-1], max_n_logits, desired_logit_prob)
+    W_U = model.W_U.detach()
+    directions = (W_U[:, logit_ids] - W_U.mean(1, keepdim=True)).T
+    readouts = lin.logit_readout(directions)
+    n_logits = len(logit_ids)
+    logit_rows = torch.cat([
+        lin.rows(torch.full((len(chunk),), L), torch.full((len(chunk),), lin.n_pos - 1), chunk)
+        for chunk in readouts.split(B)
+    ]).cpu().float()
+
+    n_wanted = n_active if max_feature_nodes is None else min(max_feature_nodes, n_active)
+    feature_rows = torch.zeros(n_wanted, lin.n_sources)
+    order = torch.empty(0, dtype=torch.long)
+    visited = torch.zeros(n_active, dtype=torch.bool)
+    bar = tqdm(total=n_wanted, desc="feature rows", disable=not verbose, leave=False)
+    while len(order) < n_wanted:
+        if n_wanted == n_active:
+            # all features: visit top layers first so each batch's backward is as short as possible
+            queue = torch.argsort(active.index[:, 0], descending=True, stable=True)
+        else:
+            rows_so_far = torch.cat([logit_rows, feature_rows[: len(order)]])
+            row_nodes = torch.cat([torch.arange(n_logits) + lin.n_sources, order])
+            infl = partial_influence(rows_so_far, logit_probs.cpu(), row_nodes, lin.n_sources)
+            ranked = torch.argsort(infl[:n_active], descending=True)
+            queue = ranked[~visited[ranked]][: update_interval * B]
+        queue = queue[: n_wanted - len(order)]
+        for chunk in queue.split(B):
+            idx = active.index[chunk]
+            readout = lin.feature_readout(idx[:, 0], idx[:, 2])
+            feature_rows[len(order):len(order) + len(chunk)] = lin.rows(idx[:, 0], idx[:, 1], readout).cpu().float()
+            order = torch.cat([order, chunk])
+            visited[chunk] = True
+            bar.update(len(chunk))
+    bar.close()
+
+    selected = torch.sort(order).values
+    feature_rows = feature_rows[torch.argsort(order)]
+    keep_cols = torch.cat([selected, torch.arange(n_active, lin.n_sources)])
+    n_sel = len(selected)
+    n_nodes = n_sel + (L + 1) * lin.n_pos + n_logits
+    adjacency = torch.zeros(n_nodes, n_nodes)
+    adjacency[:n_sel, : keep_cols.numel()] = feature_rows[:, keep_cols]
+    adjacency[n_nodes - n_logits:, : keep_cols.numel()] = logit_rows[:, keep_cols]
+    return AttributionGraph(
+        tokens=state.tokens.cpu(),
+        token_strs=[model.tokenizer.decode([t]) for t in state.tokens.tolist()],
+        active_features=active.index.cpu(),
+        activation_values=active.values.detach().cpu().float(),
+        selected_features=selected,
+        logit_tokens=logit_ids.cpu(),
+        logit_probabilities=logit_probs.cpu(),
+        logit_token_strs=[model.tokenizer.decode([t]) for t in logit_ids.tolist()],
+        adjacency=adjacency,
+        n_layers=L,
+        model_name=model.cfg.model_name,
+        clt_name=str(clt.path) if clt.path else None,
+    )

@@ -1,0 +1,268 @@
+"""CrossLayerTranscoder: circuit-tracer's split on-disk format, lazy decoder rows, encode/decode.
+
+On disk (as BluelightAI publishes it): `config.yaml` (model_kind, model_name, feature_input_hook,
+feature_output_hook) and, per layer l, `W_enc_{l}.safetensors` (`W_enc_{l}` [F, d_model], `b_enc_{l}` [F],
+`b_dec_{l}` [d_model], optional `threshold_{l}` [F] for JumpReLU) and `W_dec_{l}.safetensors` (`W_dec_{l}`
+[F, n_layers - l, d_model]). Encoders are kept in memory; decoder rows are read on demand from the
+memory-mapped files when `lazy_decoder=True`, so a 40 GiB CLT fits a 24 GiB machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from jaxtyping import Float, Int
+from safetensors import SafetensorError, safe_open
+from torch import Tensor
+
+from tl_clt.loading import resolve_folder
+
+INPUT_HOOKS = ("mlp.hook_in", "hook_resid_mid", "ln2.hook_normalized")
+OUTPUT_HOOKS = ("mlp.hook_out", "hook_mlp_out")
+_NP_DTYPES = {"BF16": (np.uint16, torch.bfloat16), "F16": (np.float16, torch.float16),
+              "F32": (np.float32, torch.float32), "F64": (np.float64, torch.float64)}
+
+
+class SafetensorsRows:
+    """Memory-mapped row reader for one tensor of a safetensors file (only touched pages are read)."""
+
+    def __init__(self, path: Path, name: str):
+        with open(path, "rb") as f:
+            header_len = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(header_len))
+        if name not in header:
+            raise KeyError(f"{path.name} has no tensor {name!r} (it has {sorted(header)[:5]}).")
+        info = header[name]
+        if info["dtype"] not in _NP_DTYPES:
+            raise ValueError(f"{path.name}:{name} has unsupported dtype {info['dtype']}.")
+        np_dtype, self.torch_dtype = _NP_DTYPES[info["dtype"]]
+        self.shape = tuple(info["shape"])
+        start, end = info["data_offsets"]
+        expected = int(np.prod(self.shape)) * np.dtype(np_dtype).itemsize
+        if end - start != expected or 8 + header_len + end > path.stat().st_size:
+            raise ValueError(f"{path} is truncated or corrupt (tensor {name} does not fit the file).")
+        self._mm = np.memmap(path, dtype=np_dtype, mode="r", offset=8 + header_len + start,
+                             shape=self.shape)
+
+    def __getitem__(self, rows: Tensor) -> Tensor:
+        data = np.ascontiguousarray(self._mm[rows.cpu().numpy()])
+        return torch.from_numpy(data).view(self.torch_dtype)
+
+
+class CrossLayerTranscoder(torch.nn.Module):
+    """A CLT: `f_l = act(W_enc_l x_l + b_enc_l)`, `y_l = sum_{k<=l} W_dec_{k->l} f_k + b_dec_l`.
+
+    Attributes: n_layers, d_model, n_features, W_enc [n_layers, F, d_model], b_enc [n_layers, F],
+    b_dec [n_layers, d_model], threshold [n_layers, F] or None (ReLU), feature_input_hook,
+    feature_output_hook, model_name, path.
+    """
+
+    def __init__(
+        self,
+        W_enc: Float[Tensor, "n_layers n_features d_model"],
+        b_enc: Float[Tensor, "n_layers n_features"],
+        b_dec: Float[Tensor, "n_layers d_model"],
+        W_dec: list[Tensor] | list[SafetensorsRows],
+        threshold: Float[Tensor, "n_layers n_features"] | None = None,
+        feature_input_hook: str = "mlp.hook_in",
+        feature_output_hook: str = "mlp.hook_out",
+        model_name: str | None = None,
+        path: Path | None = None,
+    ):
+        super().__init__()
+        if feature_input_hook not in INPUT_HOOKS:
+            raise ValueError(f"Unknown feature_input_hook {feature_input_hook!r}; known: {INPUT_HOOKS}")
+        if feature_output_hook not in OUTPUT_HOOKS:
+            raise ValueError(
+                f"Unknown feature_output_hook {feature_output_hook!r}; known: {OUTPUT_HOOKS}"
+            )
+        self.n_layers, self.n_features, self.d_model = W_enc.shape
+        self.register_buffer("W_enc", W_enc)
+        self.register_buffer("b_enc", b_enc)
+        self.register_buffer("b_dec", b_dec)
+        self.register_buffer("threshold", threshold)
+        self._W_dec = W_dec
+        self.lazy_decoder = isinstance(W_dec[0], SafetensorsRows)
+        self.feature_input_hook = feature_input_hook
+        self.feature_output_hook = feature_output_hook
+        self.model_name = model_name
+        self.path = path
+
+    # ---------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        lazy_decoder: bool = True,
+    ) -> CrossLayerTranscoder:
+        """Load a CLT folder or hub id in circuit-tracer's split format (BluelightAI's CLTs).
+
+        `dtype=None` keeps the on-disk dtype. With `lazy_decoder` decoder rows stay on disk.
+        """
+        folder = resolve_folder(name_or_path, ["config.yaml", "*.safetensors"])
+        config = _read_config(folder)
+        n_layers = _count_layers(folder)
+        enc = [_read_encoder_layer(folder, layer) for layer in range(n_layers)]
+        _check_layer_shapes(enc, folder)
+        dtype = dtype or enc[0]["W_enc"].dtype
+        W_enc = torch.stack([e["W_enc"] for e in enc]).to(dtype)
+        b_enc = torch.stack([e["b_enc"] for e in enc]).to(dtype)
+        b_dec = torch.stack([e["b_dec"] for e in enc]).to(dtype)
+        has_thr = ["threshold" in e for e in enc]
+        if any(has_thr) and not all(has_thr):
+            raise ValueError(f"{folder}: threshold_l is present for some layers only.")
+        threshold = torch.stack([e["threshold"] for e in enc]).to(dtype) if all(has_thr) else None
+        for name, t in (("W_enc", W_enc), ("b_enc", b_enc), ("b_dec", b_dec), ("threshold", threshold)):
+            if t is not None and not torch.isfinite(t).all():
+                raise ValueError(f"{folder}: {name} contains NaN or inf values; the file is corrupt.")
+        W_dec = _open_decoders(folder, n_layers, W_enc.shape[1], W_enc.shape[2], lazy_decoder)
+        if not lazy_decoder:
+            W_dec = [w.to(dtype) for w in W_dec]
+        clt = cls(W_enc, b_enc, b_dec, W_dec, threshold, config["feature_input_hook"],
+                  config["feature_output_hook"], config.get("model_name"), folder)
+        return clt.to(device) if device is not None else clt
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        if not self.lazy_decoder:
+            self._W_dec = [fn(w) for w in self._W_dec]
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.W_enc.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.W_enc.dtype
+
+    # ---------------------------------------------------------------- compute
+    def check_layer(self, layer: int) -> None:
+        if not 0 <= layer < self.n_layers:
+            raise IndexError(f"layer {layer} is out of range for a CLT with {self.n_layers} layers.")
+
+    def pre_activations(
+        self, x: Float[Tensor, "... d_model"], layer: int
+    ) -> Float[Tensor, "... n_features"]:
+        """`W_enc_l x + b_enc_l`, computed in x's dtype."""
+        W = self.W_enc[layer].to(x.dtype)
+        return x @ W.T + self.b_enc[layer].to(x.dtype)
+
+    def activation_fn(self, pre: Tensor, layer: int) -> Tensor:
+        """JumpReLU (`pre * (pre > threshold)`) when thresholds exist, else ReLU."""
+        if self.threshold is None:
+            return torch.relu(pre)
+        return pre * (pre > self.threshold[layer].to(pre.dtype))
+
+    def encode(self, x: Float[Tensor, "... d_model"], layer: int) -> Float[Tensor, "... n_features"]:
+        """Feature activations of layer `layer` for MLP inputs x."""
+        return self.activation_fn(self.pre_activations(x, layer), layer)
+
+    def decoder_rows(
+        self, layer: int, features: Int[Tensor, " n"]
+    ) -> Float[Tensor, "n n_out_layers d_model"]:
+        """Decoder rows `W_dec_layer[features]`: what each feature writes to layers layer..n_layers-1."""
+        self.check_layer(layer)
+        features = torch.as_tensor(features, dtype=torch.long)
+        if features.numel() and (features.min() < 0 or features.max() >= self.n_features):
+            raise IndexError(f"feature index out of range [0, {self.n_features}) at layer {layer}.")
+        if self.lazy_decoder:
+            return self._W_dec[layer][features].to(self.device, self.dtype)
+        return self._W_dec[layer][features.to(self.device)]
+
+    def decode(
+        self, acts: Float[Tensor, "n_layers ... n_features"]
+    ) -> Float[Tensor, "n_layers ... d_model"]:
+        """Reconstruction of every layer's MLP output from all layers' (sparse) feature activations."""
+        out = self.b_dec.to(acts.dtype).view(self.n_layers, *[1] * (acts.ndim - 2), -1)
+        out = out.expand(*acts.shape[:-1], self.d_model).clone()
+        for k in range(self.n_layers):
+            a = acts[k]
+            active = a.reshape(-1, self.n_features).abs().sum(0).nonzero().squeeze(-1)
+            if active.numel() == 0:
+                continue
+            rows = self.decoder_rows(k, active).to(acts.dtype)  # [n, L-k, d]
+            out[k:] += torch.einsum("...n,nld->l...d", a[..., active], rows)
+        return out
+
+
+def _read_config(folder: Path) -> dict:
+    path = folder / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"No config.yaml in {folder}. A CLT folder holds config.yaml plus W_enc_{{l}} and "
+            "W_dec_{l} .safetensors files per layer (circuit-tracer's split format)."
+        )
+    config = yaml.safe_load(path.read_text()) or {}
+    kind = config.get("model_kind", "cross_layer_transcoder")
+    if kind != "cross_layer_transcoder":
+        raise ValueError(
+            f"{path}: model_kind {kind!r} is not supported; tl_clt loads 'cross_layer_transcoder'."
+        )
+    config.setdefault("feature_input_hook", "mlp.hook_in")
+    config.setdefault("feature_output_hook", "mlp.hook_out")
+    return config
+
+
+def _count_layers(folder: Path) -> int:
+    layers = {}
+    for kind in ("enc", "dec"):
+        found = [re.fullmatch(rf"W_{kind}_(\d+)\.safetensors", p.name) for p in folder.iterdir()]
+        layers[kind] = sorted(int(m.group(1)) for m in found if m)
+    n = max(layers["enc"] + layers["dec"], default=-1) + 1
+    for kind, got in layers.items():
+        missing = sorted(set(range(n)) - set(got))
+        if missing or n == 0:
+            raise FileNotFoundError(
+                f"{folder}: W_{kind}_{{l}}.safetensors missing for layers {missing or 'all'}; "
+                "re-download the CLT or check the folder."
+            )
+    return n
+
+
+def _read_encoder_layer(folder: Path, layer: int) -> dict[str, Tensor]:
+    path = folder / f"W_enc_{layer}.safetensors"
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = set(f.keys())
+            need = [f"W_enc_{layer}", f"b_enc_{layer}", f"b_dec_{layer}"]
+            if missing := [k for k in need if k not in keys]:
+                raise ValueError(f"{path.name} lacks tensors {missing} (has {sorted(keys)}).")
+            out = {k.rsplit("_", 1)[0]: f.get_tensor(k) for k in need}
+            if f"threshold_{layer}" in keys:
+                out["threshold"] = f.get_tensor(f"threshold_{layer}")
+    except SafetensorError as err:
+        raise ValueError(f"{path} is not a readable safetensors file ({err}).") from err
+    return out
+
+
+def _check_layer_shapes(enc: list[dict[str, Tensor]], folder: Path) -> None:
+    F, d = enc[0]["W_enc"].shape
+    for layer, e in enumerate(enc):
+        shapes = {k: tuple(v.shape) for k, v in e.items()}
+        want = {"W_enc": (F, d), "b_enc": (F,), "b_dec": (d,), "threshold": (F,)}
+        bad = {k: s for k, s in shapes.items() if s != want[k]}
+        if bad:
+            raise ValueError(f"{folder}: layer {layer} tensors have shapes {bad}, expected {want}.")
+
+
+def _open_decoders(folder: Path, n_layers: int, F: int, d: int, lazy: bool) -> list:
+    decoders = []
+    for layer in range(n_layers):
+        path = folder / f"W_dec_{layer}.safetensors"
+        rows = SafetensorsRows(path, f"W_dec_{layer}")
+        if rows.shape != (F, n_layers - layer, d):
+            raise ValueError(
+                f"{path.name}: W_dec_{layer} has shape {rows.shape}, expected "
+                f"{(F, n_layers - layer, d)} = [n_features, n_layers - layer, d_model]."
+            )
+        decoders.append(rows if lazy else rows[torch.arange(F)])
+    return decoders

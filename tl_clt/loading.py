@@ -1,0 +1,182 @@
+"""Load any Qwen3 checkpoint (local HF folder or hub id) as a HookedTransformer with unfolded norms.
+
+TransformerLens only knows the Qwen3 names in its own list, and its default `from_pretrained` folds the
+RMSNorm weights into the next linear layer. The CLTs read the true MLP input (ln2 output *with* its
+weight), so we build the config ourselves and load the weights without any folding or centring.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+QWEN3_ARCH = "Qwen3ForCausalLM"
+_NON_WEIGHT_KEYS = ("IGNORE", "mask", "rotary_sin", "rotary_cos")
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]
+
+
+def resolve_folder(name_or_path: str | os.PathLike, allow_patterns: list[str]) -> Path:
+    """A local folder as is; otherwise a hub id fetched (or found in the cache) by huggingface_hub."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    name = str(name_or_path)
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise FileNotFoundError(
+            f"{name!r} is neither a local folder nor a hub id of the form 'owner/name'. "
+            "Pass the folder that holds config.json (or config.yaml for a CLT), or a hub id."
+        )
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name, allow_patterns=allow_patterns))
+    except Exception as err:  # network, auth, offline cache miss
+        raise FileNotFoundError(
+            f"Could not fetch {name!r} from the Hugging Face hub ({type(err).__name__}: {err}). "
+            "Download it once with network access, or pass a local folder."
+        ) from err
+
+
+def read_hf_config(folder: Path) -> dict:
+    """config.json of a Qwen3ForCausalLM checkpoint, checked for the architecture."""
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"No config.json in {folder}: not a Hugging Face model folder.")
+    hf = json.loads(cfg_path.read_text())
+    archs = hf.get("architectures") or []
+    if QWEN3_ARCH not in archs and hf.get("model_type") != "qwen3":
+        raise ValueError(
+            f"{folder} holds a {archs or hf.get('model_type')} checkpoint; load_qwen3 loads only "
+            f"{QWEN3_ARCH} (model_type 'qwen3'). For other models use HookedTransformer directly."
+        )
+    return hf
+
+
+def _rope_theta(hf: dict) -> float:
+    params = hf.get("rope_parameters") or {}
+    scaling = hf.get("rope_scaling") or params
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    if rope_type not in (None, "default"):
+        raise NotImplementedError(f"RoPE scaling {rope_type!r} is not supported by load_qwen3.")
+    return float(hf.get("rope_theta", params.get("rope_theta", 1_000_000.0)))
+
+
+def qwen3_tl_config(
+    hf: dict, *, dtype: torch.dtype, device: str | None, n_ctx: int | None, model_name: str
+) -> HookedTransformerConfig:
+    """HookedTransformerConfig for a Qwen3 config.json dict, norms unfolded (normalization 'RMS')."""
+    n_heads = hf["num_attention_heads"]
+    head_dim = hf.get("head_dim") or hf["hidden_size"] // n_heads
+    n_kv = hf.get("num_key_value_heads") or n_heads
+    max_pos = hf.get("max_position_embeddings", 2048)
+    return HookedTransformerConfig(
+        model_name=model_name,
+        original_architecture=QWEN3_ARCH,
+        d_model=hf["hidden_size"],
+        d_head=head_dim,
+        n_heads=n_heads,
+        n_key_value_heads=n_kv if n_kv != n_heads else None,
+        d_mlp=hf["intermediate_size"],
+        n_layers=hf["num_hidden_layers"],
+        n_ctx=n_ctx or min(max_pos, 2048),
+        eps=hf.get("rms_norm_eps", 1e-6),
+        d_vocab=hf["vocab_size"],
+        act_fn=hf.get("hidden_act", "silu"),
+        normalization_type="RMS",
+        positional_embedding_type="rotary",
+        rotary_base=_rope_theta(hf),
+        rotary_adjacent_pairs=False,
+        rotary_dim=head_dim,
+        final_rms=True,
+        gated_mlp=True,
+        use_qk_norm=True,
+        use_attn_scale=True,
+        default_prepend_bos=False,
+        tokenizer_prepends_bos=False,
+        init_weights=False,
+        dtype=dtype,
+        device=device,
+    )
+
+
+def _read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    else:
+        files = sorted(p.name for p in folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"No *.safetensors weights in {folder}.")
+    weights: dict[str, torch.Tensor] = {}
+    for name in files:
+        with safe_open(str(folder / name), framework="pt") as f:
+            for key in f.keys():
+                weights[key.removeprefix("model.")] = f.get_tensor(key)
+    return weights
+
+
+def qwen3_state_dict(
+    hf_weights: dict[str, torch.Tensor], cfg: HookedTransformerConfig
+) -> dict[str, torch.Tensor]:
+    """Map Qwen3 HF weight names/layouts onto HookedTransformer's (no folding, no centring)."""
+    w = hf_weights
+    n_kv = cfg.n_key_value_heads or cfg.n_heads
+    kv = "_" if cfg.n_key_value_heads is not None else ""
+    sd = {"embed.W_E": w["embed_tokens.weight"], "ln_final.w": w["norm.weight"]}
+    lm_head = w.get("lm_head.weight", w["embed_tokens.weight"])
+    sd["unembed.W_U"] = lm_head.T
+    sd["unembed.b_U"] = torch.zeros(cfg.d_vocab)
+    for layer in range(cfg.n_layers):
+        p, b = f"layers.{layer}.", f"blocks.{layer}."
+        attn = p + "self_attn."
+        sd[b + "ln1.w"] = w[p + "input_layernorm.weight"]
+        sd[b + "ln2.w"] = w[p + "post_attention_layernorm.weight"]
+        sd[b + "attn.W_Q"] = w[attn + "q_proj.weight"].reshape(cfg.n_heads, cfg.d_head, -1).mT
+        sd[b + f"attn.{kv}W_K"] = w[attn + "k_proj.weight"].reshape(n_kv, cfg.d_head, -1).mT
+        sd[b + f"attn.{kv}W_V"] = w[attn + "v_proj.weight"].reshape(n_kv, cfg.d_head, -1).mT
+        sd[b + "attn.W_O"] = w[attn + "o_proj.weight"].T.reshape(cfg.n_heads, cfg.d_head, -1)
+        sd[b + "attn.q_norm.w"] = w[attn + "q_norm.weight"]
+        sd[b + "attn.k_norm.w"] = w[attn + "k_norm.weight"]
+        sd[b + "attn.b_Q"] = torch.zeros(cfg.n_heads, cfg.d_head)
+        sd[b + f"attn.{kv}b_K"] = torch.zeros(n_kv, cfg.d_head)
+        sd[b + f"attn.{kv}b_V"] = torch.zeros(n_kv, cfg.d_head)
+        sd[b + "attn.b_O"] = torch.zeros(cfg.d_model)
+        sd[b + "mlp.W_gate"] = w[p + "mlp.gate_proj.weight"].T
+        sd[b + "mlp.W_in"] = w[p + "mlp.up_proj.weight"].T
+        sd[b + "mlp.W_out"] = w[p + "mlp.down_proj.weight"].T
+        sd[b + "mlp.b_in"] = torch.zeros(cfg.d_mlp)
+        sd[b + "mlp.b_out"] = torch.zeros(cfg.d_model)
+    return {k: v.to(cfg.dtype).contiguous() for k, v in sd.items()}
+
+
+def load_qwen3(
+    name_or_path: str | os.PathLike,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    n_ctx: int | None = None,
+) -> HookedTransformer:
+    """Any Qwen3ForCausalLM checkpoint (local folder or hub id) -> HookedTransformer, norms unfolded.
+
+    The tokenizer comes from the same folder/id. `n_ctx` defaults to min(max_position_embeddings,
+    2048) (TransformerLens keeps rotary tables of that length in every layer).
+    """
+    folder = resolve_folder(name_or_path, _HUB_PATTERNS)
+    hf = read_hf_config(folder)
+    device = str(device) if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    cfg = qwen3_tl_config(hf, dtype=dtype, device=device, n_ctx=n_ctx, model_name=str(name_or_path))
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    state_dict = qwen3_state_dict(_read_hf_weights(folder), cfg)
+    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
+    if unexpected or any(not k.endswith(_NON_WEIGHT_KEYS) for k in missing):
+        raise ValueError(f"Checkpoint does not match Qwen3: missing {missing}, unexpected {unexpected}")
+    model.to(device)
+    model.eval()
+    return model
