@@ -21,7 +21,9 @@ def tokenizer():
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory, tokenizer):
     return synthetic.make_qwen3_folder(
-        tmp_path_factory.mktemp("qwen3") / "tiny-qwen3", tokenizer=tokenizer, num_hidden_layers=3,
+        tmp_path_factory.mktemp("qwen3") / "tiny-qwen3",
+        tokenizer=tokenizer,
+        num_hidden_layers=3,
         initializer_range=0.1,
     )
 

@@ -17,13 +17,16 @@ class FrozenReference:
         self.model, self.tokens = model, tokens
         n_layers = model.cfg.n_layers
         self.enc = [load_file(str(clt_dir / f"W_enc_{k}.safetensors")) for k in range(n_layers)]
-        self.dec = [load_file(str(clt_dir / f"W_dec_{k}.safetensors"))[f"W_dec_{k}"].float()
-                    for k in range(n_layers)]
+        self.dec = [
+            load_file(str(clt_dir / f"W_dec_{k}.safetensors"))[f"W_dec_{k}"].float() for k in range(n_layers)
+        ]
         self.features, self.values = features, values.clone()
         _, cache = model.run_with_cache(tokens[None])
-        self.frozen = {n: t for n, t in cache.items()
-                       if n.endswith(("ln1.hook_scale", "ln2.hook_scale", "hook_pattern"))
-                       or n == "ln_final.hook_scale"}
+        self.frozen = {
+            n: t
+            for n, t in cache.items()
+            if n.endswith(("ln1.hook_scale", "ln2.hook_scale", "hook_pattern")) or n == "ln_final.hook_scale"
+        }
         self.clean_mlp_out = torch.stack([cache[f"blocks.{k}.hook_mlp_out"][0] for k in range(n_layers)])
         self.clean_logits = model(tokens[None])[0, -1]
         self.embed = cache["hook_embed"][0].clone()
@@ -63,11 +66,16 @@ class FrozenReference:
 
         hooks = [(n, freeze) for n in self.frozen] + [("hook_embed", set_embed)]
         for k in range(self.model.cfg.n_layers):
-            hooks += [(f"blocks.{k}.ln2.hook_normalized", read_in), (f"blocks.{k}.hook_mlp_out", set_out)]
+            hooks += [
+                (f"blocks.{k}.ln2.hook_normalized", read_in),
+                (f"blocks.{k}.hook_mlp_out", set_out),
+            ]
         with torch.no_grad():
             logits = self.model.run_with_hooks(self.tokens[None], fwd_hooks=hooks)[0, -1]
-        pre = torch.stack([
-            mlp_in[k][p] @ self.enc[k][f"W_enc_{k}"][f].float() + self.enc[k][f"b_enc_{k}"][f].float()
-            for k, p, f in self.features.tolist()
-        ])
+        pre = torch.stack(
+            [
+                mlp_in[k][p] @ self.enc[k][f"W_enc_{k}"][f].float() + self.enc[k][f"b_enc_{k}"][f].float()
+                for k, p, f in self.features.tolist()
+            ]
+        )
         return pre, logits - logits.mean()

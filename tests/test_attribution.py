@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import PROMPT
 from frozen_reference import FrozenReference
 
 import tl_clt
 from tl_clt.prompts import to_tokens
-
-from conftest import PROMPT
 
 
 @pytest.fixture(scope="module")
@@ -94,16 +93,21 @@ def test_edges_equal_measured_interventions(setup, kind):
 
 def test_max_feature_nodes_keeps_rows_of_the_full_graph(setup, clt):
     model, graph, _ = setup
-    sub = tl_clt.attribute(model, clt, PROMPT, batch_size=5, max_n_logits=5, max_feature_nodes=20,
-                           verbose=False)
+    sub = tl_clt.attribute(
+        model, clt, PROMPT, batch_size=5, max_n_logits=5, max_feature_nodes=20, verbose=False
+    )
     assert sub.n_features == 20
     full_index = [graph.feature_index(*k) for k in sub.feature_keys.tolist()]
     sub_rows = list(range(20)) + [sub.logit_index(i) for i in range(sub.n_logits)]
     full_rows = full_index + [graph.logit_index(i) for i in range(graph.n_logits)]
     n_rest = (graph.n_layers + 1) * graph.n_pos
     cols_full = full_index + list(range(graph.n_features, graph.n_features + n_rest))
-    torch.testing.assert_close(sub.adjacency[sub_rows][:, : 20 + n_rest],
-                               graph.adjacency[full_rows][:, cols_full], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        sub.adjacency[sub_rows][:, : 20 + n_rest],
+        graph.adjacency[full_rows][:, cols_full],
+        atol=1e-5,
+        rtol=1e-4,
+    )
     # the selection follows influence: the chosen features carry more logit influence than the rest
     infl = graph.node_influence()[: graph.n_features]
     chosen = torch.zeros(graph.n_features, dtype=torch.bool)
@@ -134,7 +138,11 @@ def test_networkx_attributes_and_edges(setup):
     kinds = {d["kind"] for _, d in G.nodes(data=True)}
     assert kinds == {"feature", "error", "token", "logit"}
     node = f"F:{':'.join(map(str, graph.feature_keys[0].tolist()))}"
-    assert G.nodes[node]["activation"] == pytest.approx(float(graph.activation_values[graph.selected_features[0]]))
+    assert G.nodes[node]["activation"] == pytest.approx(
+        float(graph.activation_values[graph.selected_features[0]])
+    )
     for u, v, w in list(G.edges(data="weight"))[:50]:
-        assert w == pytest.approx(float(graph.adjacency[graph.node_ids().index(v), graph.node_ids().index(u)]))
+        assert w == pytest.approx(
+            float(graph.adjacency[graph.node_ids().index(v), graph.node_ids().index(u)])
+        )
     assert all(G.nodes[v]["kind"] in ("feature", "logit") for _, v in G.edges())

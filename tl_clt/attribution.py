@@ -100,8 +100,14 @@ def find_active_features(clt: CrossLayerTranscoder, state: PromptState) -> Activ
 class LinearReplacement:
     """The frozen, linear model of one prompt, ready for batched backward passes."""
 
-    def __init__(self, model: HookedTransformer, clt: CrossLayerTranscoder, state: PromptState,
-                 active: ActiveFeatures, batch_size: int):
+    def __init__(
+        self,
+        model: HookedTransformer,
+        clt: CrossLayerTranscoder,
+        state: PromptState,
+        active: ActiveFeatures,
+        batch_size: int,
+    ):
         self.model, self.clt, self.state, self.active = model, clt, state, active
         self.n_layers, self.n_pos = clt.n_layers, len(state.tokens)
         self.batch_size = batch_size
@@ -200,17 +206,16 @@ class LinearReplacement:
         inputs = [self.embed] + self.mlp_out[:top]
         grads = torch.autograd.grad(outputs, inputs, grad_outputs, retain_graph=True, allow_unused=True)
         n_feat = len(self.active.values)
-        out = torch.zeros(self.batch_size, self.n_sources, dtype=self.embed.dtype,
-                          device=self.embed.device)
+        out = torch.zeros(self.batch_size, self.n_sources, dtype=self.embed.dtype, device=self.embed.device)
         for layer, G in enumerate(grads[1:]):
             if G is None:
                 continue
             cols, mats, bounds = self._decoders[layer]
             if len(cols):
-                parts = [G[:, p] @ mats[bounds[p]:bounds[p + 1]].T for p in range(self.n_pos)]
+                parts = [G[:, p] @ mats[bounds[p] : bounds[p + 1]].T for p in range(self.n_pos)]
                 out[:, cols] += torch.cat(parts, dim=1)
             start = n_feat + layer * self.n_pos
-            out[:, start:start + self.n_pos] = (G * self.errors[layer]).sum(-1)
+            out[:, start : start + self.n_pos] = (G * self.errors[layer]).sum(-1)
         if grads[0] is not None:
             start = n_feat + self.n_layers * self.n_pos
             out[:, start:] = (grads[0] * self.embed[0].detach()).sum(-1)
@@ -267,12 +272,28 @@ def attribute(
         active = find_active_features(clt, state)
         lin = LinearReplacement(model, clt, state, active, batch_size)
         lin.run_forward()
-        return _build_graph(model, clt, lin, max_n_logits, desired_logit_prob, max_feature_nodes,
-                            update_interval, verbose)
+        return _build_graph(
+            model,
+            clt,
+            lin,
+            max_n_logits,
+            desired_logit_prob,
+            max_feature_nodes,
+            update_interval,
+            verbose,
+        )
 
 
-def _build_graph(model, clt, lin: LinearReplacement, max_n_logits, desired_logit_prob,
-                 max_feature_nodes, update_interval, verbose) -> AttributionGraph:
+def _build_graph(
+    model,
+    clt,
+    lin: LinearReplacement,
+    max_n_logits,
+    desired_logit_prob,
+    max_feature_nodes,
+    update_interval,
+    verbose,
+) -> AttributionGraph:
     state, active = lin.state, lin.active
     n_active, B, L = len(active.values), lin.batch_size, clt.n_layers
     logit_ids, logit_probs = logit_targets(state.logits[-1], max_n_logits, desired_logit_prob)
@@ -280,10 +301,16 @@ def _build_graph(model, clt, lin: LinearReplacement, max_n_logits, desired_logit
     directions = (W_U[:, logit_ids] - W_U.mean(1, keepdim=True)).T
     readouts = lin.logit_readout(directions)
     n_logits = len(logit_ids)
-    logit_rows = torch.cat([
-        lin.rows(torch.full((len(chunk),), L), torch.full((len(chunk),), lin.n_pos - 1), chunk)
-        for chunk in readouts.split(B)
-    ]).cpu().float()
+    logit_rows = (
+        torch.cat(
+            [
+                lin.rows(torch.full((len(chunk),), L), torch.full((len(chunk),), lin.n_pos - 1), chunk)
+                for chunk in readouts.split(B)
+            ]
+        )
+        .cpu()
+        .float()
+    )
 
     n_wanted = n_active if max_feature_nodes is None else min(max_feature_nodes, n_active)
     feature_rows = torch.zeros(n_wanted, lin.n_sources)
@@ -304,7 +331,9 @@ def _build_graph(model, clt, lin: LinearReplacement, max_n_logits, desired_logit
         for chunk in queue.split(B):
             idx = active.index[chunk]
             readout = lin.feature_readout(idx[:, 0], idx[:, 2])
-            feature_rows[len(order):len(order) + len(chunk)] = lin.rows(idx[:, 0], idx[:, 1], readout).cpu().float()
+            feature_rows[len(order) : len(order) + len(chunk)] = (
+                lin.rows(idx[:, 0], idx[:, 1], readout).cpu().float()
+            )
             order = torch.cat([order, chunk])
             visited[chunk] = True
             bar.update(len(chunk))
@@ -317,7 +346,7 @@ def _build_graph(model, clt, lin: LinearReplacement, max_n_logits, desired_logit
     n_nodes = n_sel + (L + 1) * lin.n_pos + n_logits
     adjacency = torch.zeros(n_nodes, n_nodes)
     adjacency[:n_sel, : keep_cols.numel()] = feature_rows[:, keep_cols]
-    adjacency[n_nodes - n_logits:, : keep_cols.numel()] = logit_rows[:, keep_cols]
+    adjacency[n_nodes - n_logits :, : keep_cols.numel()] = logit_rows[:, keep_cols]
     return AttributionGraph(
         tokens=state.tokens.cpu(),
         token_strs=[model.tokenizer.decode([t]) for t in state.tokens.tolist()],

@@ -25,8 +25,12 @@ from tl_clt.loading import resolve_folder
 
 INPUT_HOOKS = ("mlp.hook_in", "hook_resid_mid", "ln2.hook_normalized")
 OUTPUT_HOOKS = ("mlp.hook_out", "hook_mlp_out")
-_NP_DTYPES = {"BF16": (np.uint16, torch.bfloat16), "F16": (np.float16, torch.float16),
-              "F32": (np.float32, torch.float32), "F64": (np.float64, torch.float64)}
+_NP_DTYPES = {
+    "BF16": (np.uint16, torch.bfloat16),
+    "F16": (np.float16, torch.float16),
+    "F32": (np.float32, torch.float32),
+    "F64": (np.float64, torch.float64),
+}
 
 
 class SafetensorsRows:
@@ -47,8 +51,7 @@ class SafetensorsRows:
         expected = int(np.prod(self.shape)) * np.dtype(np_dtype).itemsize
         if end - start != expected or 8 + header_len + end > path.stat().st_size:
             raise ValueError(f"{path} is truncated or corrupt (tensor {name} does not fit the file).")
-        self._mm = np.memmap(path, dtype=np_dtype, mode="r", offset=8 + header_len + start,
-                             shape=self.shape)
+        self._mm = np.memmap(path, dtype=np_dtype, mode="r", offset=8 + header_len + start, shape=self.shape)
 
     def __getitem__(self, rows: Tensor) -> Tensor:
         data = np.ascontiguousarray(self._mm[rows.cpu().numpy()])
@@ -79,9 +82,7 @@ class CrossLayerTranscoder(torch.nn.Module):
         if feature_input_hook not in INPUT_HOOKS:
             raise ValueError(f"Unknown feature_input_hook {feature_input_hook!r}; known: {INPUT_HOOKS}")
         if feature_output_hook not in OUTPUT_HOOKS:
-            raise ValueError(
-                f"Unknown feature_output_hook {feature_output_hook!r}; known: {OUTPUT_HOOKS}"
-            )
+            raise ValueError(f"Unknown feature_output_hook {feature_output_hook!r}; known: {OUTPUT_HOOKS}")
         self.n_layers, self.n_features, self.d_model = W_enc.shape
         self.register_buffer("W_enc", W_enc)
         self.register_buffer("b_enc", b_enc)
@@ -120,14 +121,28 @@ class CrossLayerTranscoder(torch.nn.Module):
         if any(has_thr) and not all(has_thr):
             raise ValueError(f"{folder}: threshold_l is present for some layers only.")
         threshold = torch.stack([e["threshold"] for e in enc]).to(dtype) if all(has_thr) else None
-        for name, t in (("W_enc", W_enc), ("b_enc", b_enc), ("b_dec", b_dec), ("threshold", threshold)):
+        for name, t in (
+            ("W_enc", W_enc),
+            ("b_enc", b_enc),
+            ("b_dec", b_dec),
+            ("threshold", threshold),
+        ):
             if t is not None and not torch.isfinite(t).all():
                 raise ValueError(f"{folder}: {name} contains NaN or inf values; the file is corrupt.")
         W_dec = _open_decoders(folder, n_layers, W_enc.shape[1], W_enc.shape[2], lazy_decoder)
         if not lazy_decoder:
             W_dec = [w.to(dtype) for w in W_dec]
-        clt = cls(W_enc, b_enc, b_dec, W_dec, threshold, config["feature_input_hook"],
-                  config["feature_output_hook"], config.get("model_name"), folder)
+        clt = cls(
+            W_enc,
+            b_enc,
+            b_dec,
+            W_dec,
+            threshold,
+            config["feature_input_hook"],
+            config["feature_output_hook"],
+            config.get("model_name"),
+            folder,
+        )
         return clt.to(device) if device is not None else clt
 
     def _apply(self, fn, recurse=True):
@@ -149,9 +164,7 @@ class CrossLayerTranscoder(torch.nn.Module):
         if not 0 <= layer < self.n_layers:
             raise IndexError(f"layer {layer} is out of range for a CLT with {self.n_layers} layers.")
 
-    def pre_activations(
-        self, x: Float[Tensor, "... d_model"], layer: int
-    ) -> Float[Tensor, "... n_features"]:
+    def pre_activations(self, x: Float[Tensor, "... d_model"], layer: int) -> Float[Tensor, "... n_features"]:
         """`W_enc_l x + b_enc_l`, computed in x's dtype."""
         W = self.W_enc[layer].to(x.dtype)
         return x @ W.T + self.b_enc[layer].to(x.dtype)
@@ -178,9 +191,7 @@ class CrossLayerTranscoder(torch.nn.Module):
             return self._W_dec[layer][features].to(self.device, self.dtype)
         return self._W_dec[layer][features.to(self.device)]
 
-    def decode(
-        self, acts: Float[Tensor, "n_layers ... n_features"]
-    ) -> Float[Tensor, "n_layers ... d_model"]:
+    def decode(self, acts: Float[Tensor, "n_layers ... n_features"]) -> Float[Tensor, "n_layers ... d_model"]:
         """Reconstruction of every layer's MLP output from all layers' (sparse) feature activations."""
         out = self.b_dec.to(acts.dtype).view(self.n_layers, *[1] * (acts.ndim - 2), -1)
         out = out.expand(*acts.shape[:-1], self.d_model).clone()

@@ -45,7 +45,9 @@ def total_influence(A: Float[Tensor, "n n"], weights: Float[Tensor, " n"]) -> Fl
 
 
 def partial_influence(
-    rows: Float[Tensor, "r n_sources"], logit_probs: Float[Tensor, " t"], row_nodes: Int[Tensor, " r"],
+    rows: Float[Tensor, "r n_sources"],
+    logit_probs: Float[Tensor, " t"],
+    row_nodes: Int[Tensor, " r"],
     n_sources: int,
 ) -> Float[Tensor, " n_sources"]:
     """Influence on the logits of every source, from the rows computed so far.
@@ -139,7 +141,7 @@ class AttributionGraph:
 
     def logit_weights(self) -> Float[Tensor, " n_nodes"]:
         w = torch.zeros(self.n_nodes)
-        w[self.n_nodes - self.n_logits:] = self.logit_probabilities.float()
+        w[self.n_nodes - self.n_logits :] = self.logit_probabilities.float()
         return w
 
     def node_info(self, i: int) -> dict:
@@ -147,18 +149,35 @@ class AttributionGraph:
         if i < self.n_features:
             layer, pos, feat = self.feature_keys[i].tolist()
             act = float(self.activation_values[self.selected_features[i]])
-            return dict(kind="feature", layer=layer, pos=pos, feature=feat, activation=act,
-                        token_id=int(self.tokens[pos]))
+            return dict(
+                kind="feature",
+                layer=layer,
+                pos=pos,
+                feature=feat,
+                activation=act,
+                token_id=int(self.tokens[pos]),
+            )
         i -= self.n_features
         if i < self.n_layers * self.n_pos:
             return dict(kind="error", layer=i // self.n_pos, pos=i % self.n_pos)
         i -= self.n_layers * self.n_pos
         if i < self.n_pos:
-            return dict(kind="token", layer=None, pos=i, token_id=int(self.tokens[i]),
-                        token=self.token_strs[i])
+            return dict(
+                kind="token",
+                layer=None,
+                pos=i,
+                token_id=int(self.tokens[i]),
+                token=self.token_strs[i],
+            )
         i -= self.n_pos
-        return dict(kind="logit", layer=None, pos=self.n_pos - 1, token_id=int(self.logit_tokens[i]),
-                    token=self.logit_token_strs[i], probability=float(self.logit_probabilities[i]))
+        return dict(
+            kind="logit",
+            layer=None,
+            pos=self.n_pos - 1,
+            token_id=int(self.logit_tokens[i]),
+            token=self.logit_token_strs[i],
+            probability=float(self.logit_probabilities[i]),
+        )
 
     def node_id(self, i: int) -> str:
         info = self.node_info(i)
@@ -175,8 +194,10 @@ class AttributionGraph:
         return [self.node_id(i) for i in range(self.n_nodes)]
 
     def _present(self) -> Bool[Tensor, " n_nodes"]:
-        mask = torch.ones(self.n_nodes, dtype=torch.bool) if self.node_mask is None else self.node_mask.clone()
-        mask[self.error_index(0, 0):self.token_index(0)].view(self.n_layers, self.n_pos)[:, 0] = False
+        mask = (
+            torch.ones(self.n_nodes, dtype=torch.bool) if self.node_mask is None else self.node_mask.clone()
+        )
+        mask[self.error_index(0, 0) : self.token_index(0)].view(self.n_layers, self.n_pos)[:, 0] = False
         return mask
 
     # ---------------------------------------------------------------- analysis

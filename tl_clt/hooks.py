@@ -186,9 +186,7 @@ def _bind(fn: Callable, layer: int) -> Callable:
     return hook_fn
 
 
-def capture_hooks(
-    model: HookedTransformer, clt: CrossLayerTranscoder, store: dict[str, list]
-) -> HookList:
+def capture_hooks(model: HookedTransformer, clt: CrossLayerTranscoder, store: dict[str, list]) -> HookList:
     """Forward hooks that record each layer's CLT input and true MLP output into `store`."""
     store["mlp_in"] = [None] * clt.n_layers
     store["mlp_out"] = [None] * clt.n_layers

@@ -44,7 +44,9 @@ def to_tokens(model: HookedTransformer, prompt: Prompt) -> Int[Tensor, " pos"]:
     if tokens.numel() == 0:
         raise ValueError("The prompt has no tokens.")
     if tokens.min() < 0 or tokens.max() >= model.cfg.d_vocab:
-        raise ValueError(f"Token ids must be in [0, {model.cfg.d_vocab}); got {tokens.min()}..{tokens.max()}.")
+        raise ValueError(
+            f"Token ids must be in [0, {model.cfg.d_vocab}); got {tokens.min()}..{tokens.max()}."
+        )
     special = set(model.tokenizer.all_special_ids) if model.tokenizer is not None else set()
     if int(tokens[0]) not in special:
         tokens = torch.cat([torch.tensor([sink_token_id(model)]), tokens])

@@ -1,0 +1,141 @@
+"""The CLT loads from BluelightAI's split layout; lazy and eager agree with a direct computation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from tl_clt import CrossLayerTranscoder, synthetic
+
+
+def _raw(folder, n_layers):
+    enc = [load_file(str(folder / f"W_enc_{k}.safetensors")) for k in range(n_layers)]
+    dec = [load_file(str(folder / f"W_dec_{k}.safetensors"))[f"W_dec_{k}"] for k in range(n_layers)]
+    return enc, dec
+
+
+def test_layout_and_dtype(clt_dir):
+    files = sorted(p.name for p in clt_dir.iterdir())
+    assert files == [
+        "W_dec_0.safetensors",
+        "W_dec_1.safetensors",
+        "W_dec_2.safetensors",
+        "W_enc_0.safetensors",
+        "W_enc_1.safetensors",
+        "W_enc_2.safetensors",
+        "config.yaml",
+    ]
+    enc, dec = _raw(clt_dir, 3)
+    assert set(enc[1]) == {"W_enc_1", "b_enc_1", "b_dec_1", "threshold_1"}
+    assert dec[1].shape == (96, 2, 64) and dec[1].dtype == torch.bfloat16
+    clt = CrossLayerTranscoder.from_pretrained(clt_dir)
+    assert clt.dtype == torch.bfloat16 and clt.lazy_decoder
+    assert (clt.n_layers, clt.n_features, clt.d_model) == (3, 96, 64)
+
+
+def test_lazy_and_eager_match_direct_computation(clt_dir):
+    enc, dec = _raw(clt_dir, 3)
+    lazy = CrossLayerTranscoder.from_pretrained(clt_dir, dtype=torch.float32)
+    eager = CrossLayerTranscoder.from_pretrained(clt_dir, dtype=torch.float32, lazy_decoder=False)
+    assert lazy.lazy_decoder and not eager.lazy_decoder
+    x = torch.randn(3, 5, 64) * 1.5
+    acts = []
+    for k in range(3):
+        pre = x[k] @ enc[k][f"W_enc_{k}"].float().T + enc[k][f"b_enc_{k}"].float()
+        direct = pre * (pre > enc[k][f"threshold_{k}"].float())
+        torch.testing.assert_close(lazy.encode(x[k], k), direct)
+        torch.testing.assert_close(eager.encode(x[k], k), direct)
+        acts.append(direct)
+    acts = torch.stack(acts)
+    assert 0 < (acts > 0).float().mean() < 0.5
+    expected = torch.stack([enc[k][f"b_dec_{k}"].float().expand(5, 64) for k in range(3)]).clone()
+    for k, p, f in (acts > 0).nonzero().tolist():
+        for target in range(k, 3):
+            expected[target, p] += acts[k, p, f] * dec[k][f, target - k].float()
+    torch.testing.assert_close(lazy.decode(acts), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(eager.decode(acts), expected, atol=1e-5, rtol=1e-5)
+    rows = torch.tensor([5, 0, 95, 5])
+    torch.testing.assert_close(lazy.decoder_rows(1, rows), dec[1][rows].float())
+    torch.testing.assert_close(eager.decoder_rows(1, rows), dec[1][rows].float())
+
+
+def test_relu_when_no_threshold(tmp_path):
+    folder = synthetic.make_random_clt_folder(tmp_path / "relu", 2, 16, 8, jumprelu=False)
+    clt = CrossLayerTranscoder.from_pretrained(folder, dtype=torch.float32)
+    assert clt.threshold is None
+    x = torch.randn(4, 16)
+    torch.testing.assert_close(clt.encode(x, 0), torch.relu(clt.pre_activations(x, 0)))
+
+
+@pytest.fixture()
+def broken(tmp_path):
+    return synthetic.make_random_clt_folder(tmp_path / "c", 2, 16, 8)
+
+
+def test_missing_config(broken):
+    (broken / "config.yaml").unlink()
+    with pytest.raises(FileNotFoundError, match="config.yaml"):
+        CrossLayerTranscoder.from_pretrained(broken)
+
+
+def test_missing_layer_file(broken):
+    (broken / "W_dec_1.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"W_dec_\{l\}.*\[1\]"):
+        CrossLayerTranscoder.from_pretrained(broken)
+
+
+def test_wrong_decoder_shape(broken):
+    save_file(
+        {"W_dec_1": torch.zeros(8, 2, 16, dtype=torch.bfloat16)},
+        str(broken / "W_dec_1.safetensors"),
+    )
+    with pytest.raises(ValueError, match=r"W_dec_1 has shape \(8, 2, 16\), expected \(8, 1, 16\)"):
+        CrossLayerTranscoder.from_pretrained(broken)
+
+
+def test_truncated_file(broken):
+    data = (broken / "W_dec_0.safetensors").read_bytes()
+    (broken / "W_dec_0.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        CrossLayerTranscoder.from_pretrained(broken)
+
+
+def test_nan_weights(broken):
+    t = load_file(str(broken / "W_enc_0.safetensors"))
+    t["W_enc_0"][3, 4] = float("nan")
+    save_file(t, str(broken / "W_enc_0.safetensors"))
+    with pytest.raises(ValueError, match="NaN"):
+        CrossLayerTranscoder.from_pretrained(broken)
+
+
+@pytest.mark.parametrize(
+    "key,value,match",
+    [
+        ("model_kind", "transcoder_set", "model_kind"),
+        ("feature_input_hook", "blocks.hook_foo", "Unknown feature_input_hook"),
+        ("feature_output_hook", "hook_attn_out", "Unknown feature_output_hook"),
+    ],
+)
+def test_bad_config_values(broken, key, value, match):
+    cfg = yaml.safe_load((broken / "config.yaml").read_text())
+    cfg[key] = value
+    (broken / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ValueError, match=match):
+        CrossLayerTranscoder.from_pretrained(broken)
+
+
+def test_out_of_range_feature(clt):
+    with pytest.raises(IndexError, match="feature index out of range"):
+        clt.decoder_rows(0, torch.tensor([96]))
+    with pytest.raises(IndexError, match="layer 3 is out of range"):
+        clt.decoder_rows(3, torch.tensor([0]))
+
+
+def test_wrong_d_model_is_refused(model, tmp_path):
+    folder = synthetic.make_random_clt_folder(tmp_path / "wide", 3, 32, 8)
+    with pytest.raises(ValueError, match="d_model 32 != model d_model 64"):
+        import tl_clt
+
+        tl_clt.attribute(model, CrossLayerTranscoder.from_pretrained(folder), "hello")
