@@ -16,9 +16,13 @@ class FrozenReference:
         """features: [n, 3] (layer, pos, feature) active features; values: their activations."""
         self.model, self.tokens = model, tokens
         n_layers = model.cfg.n_layers
-        self.enc = [load_file(str(clt_dir / f"W_enc_{k}.safetensors")) for k in range(n_layers)]
+        dt = model.cfg.dtype
+        self.enc = [
+            {n: t.to(dt) for n, t in load_file(str(clt_dir / f"W_enc_{k}.safetensors")).items()}
+            for k in range(n_layers)
+        ]
         self.dec = [
-            load_file(str(clt_dir / f"W_dec_{k}.safetensors"))[f"W_dec_{k}"].float() for k in range(n_layers)
+            load_file(str(clt_dir / f"W_dec_{k}.safetensors"))[f"W_dec_{k}"].to(dt) for k in range(n_layers)
         ]
         self.features, self.values = features, values.clone()
         _, cache = model.run_with_cache(tokens[None])
@@ -35,7 +39,7 @@ class FrozenReference:
 
     def reconstruction(self, values):
         L, P, d = self.clean_mlp_out.shape
-        out = torch.stack([self.enc[k][f"b_dec_{k}"].float().expand(P, d) for k in range(L)]).clone()
+        out = torch.stack([self.enc[k][f"b_dec_{k}"].expand(P, d) for k in range(L)]).clone()
         for (k, p, f), a in zip(self.features.tolist(), values.tolist()):
             for target in range(k, L):
                 out[target, p] += a * self.dec[k][f, target - k]
@@ -74,7 +78,7 @@ class FrozenReference:
             logits = self.model.run_with_hooks(self.tokens[None], fwd_hooks=hooks)[0, -1]
         pre = torch.stack(
             [
-                mlp_in[k][p] @ self.enc[k][f"W_enc_{k}"][f].float() + self.enc[k][f"b_enc_{k}"][f].float()
+                mlp_in[k][p] @ self.enc[k][f"W_enc_{k}"][f] + self.enc[k][f"b_enc_{k}"][f]
                 for k, p, f in self.features.tolist()
             ]
         )
