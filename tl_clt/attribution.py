@@ -13,6 +13,7 @@ Everything goes through TransformerLens hook points on the user's model; nothing
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -111,6 +112,7 @@ class LinearReplacement:
         self.model, self.clt, self.state, self.active = model, clt, state, active
         self.n_layers, self.n_pos = clt.n_layers, len(state.tokens)
         self.batch_size = batch_size
+        self.n_backward = 0
         self.errors = state.mlp_out - active.reconstruction
         self.errors[:, 0] = 0
         self.embed: Tensor | None = None
@@ -145,10 +147,9 @@ class LinearReplacement:
         return hooks
 
     def run_forward(self) -> None:
-        """Build the autograd graph of the frozen model on `batch_size` copies of the prompt."""
-        tokens = self.state.tokens[None].expand(self.batch_size, -1)
+        """Build the autograd graph of the frozen model (batch 1; rows are vmapped over it)."""
         with torch.enable_grad(), self.model.hooks(fwd_hooks=self._hooks()):
-            resid = self.model(tokens, stop_at_layer=self.n_layers)
+            resid = self.model(self.state.tokens[None], stop_at_layer=self.n_layers)
         self.sites[self.n_layers] = resid
 
     # ---------------------------------------------------------------- read-out vectors
@@ -165,27 +166,24 @@ class LinearReplacement:
         return (directions * w).to(self.embed.dtype).detach()
 
     # ---------------------------------------------------------------- backward
-    def _decoder_blocks(self) -> list[tuple[Tensor, Tensor, list[int]]]:
-        """Per target layer l: (columns, a * W_dec_{k->l} rows sorted by position, position bounds)."""
+    def _decoder_blocks(self) -> list[tuple[Tensor, Tensor, Tensor, list[int]]]:
+        """Per position p: (columns, activations, raw decoder rows [n_p, n_layers, d_model], prefix).
+
+        Row i holds `W_dec_{k_i->l}[f_i]` at l >= k_i and zeros below, in the CLT's dtype (exact bf16 for
+        the real CLTs); rows are sorted by source layer and `prefix[l]` counts the rows with k < l.
+        """
         index, values = self.active.index, self.active.values
-        per_layer: list[list[tuple[Tensor, Tensor, Tensor]]] = [[] for _ in range(self.n_layers)]
-        for k in range(self.n_layers):
+        L, d = self.n_layers, self.clt.d_model
+        rows = torch.zeros(len(values), L, d, dtype=self.clt.dtype, device=values.device)
+        for k in range(L):
             cols = (index[:, 0] == k).nonzero().squeeze(-1)
-            if cols.numel() == 0:
-                continue
-            rows = self.clt.decoder_rows(k, index[cols, 2]).to(values.dtype)
-            rows = rows * values[cols, None, None]
-            for target in range(k, self.n_layers):
-                per_layer[target].append((cols, index[cols, 1], rows[:, target - k]))
+            if cols.numel():
+                rows[cols, k:] = self.clt.decoder_rows(k, index[cols, 2])
         blocks = []
-        for parts in per_layer:
-            if not parts:
-                blocks.append((torch.empty(0, dtype=torch.long), torch.empty(0, self.clt.d_model), []))
-                continue
-            cols, pos, mats = (torch.cat(x) for x in zip(*parts))
-            order = torch.argsort(pos, stable=True)
-            bounds = torch.searchsorted(pos[order], torch.arange(self.n_pos + 1)).tolist()
-            blocks.append((cols[order], mats[order].contiguous(), bounds))
+        for p in range(self.n_pos):
+            cols = (index[:, 1] == p).nonzero().squeeze(-1)  # already sorted by layer
+            prefix = torch.searchsorted(index[cols, 0], torch.arange(L + 1)).tolist()
+            blocks.append((cols, values[cols], rows[cols], prefix))
         return blocks
 
     @property
@@ -193,33 +191,42 @@ class LinearReplacement:
         return len(self.active.values) + (self.n_layers + 1) * self.n_pos
 
     def rows(self, site_layers: Tensor, positions: Tensor, readouts: Tensor) -> Float[Tensor, "b n_sources"]:
-        """Edge rows for targets read at (site layer, position) by `readouts` (n_layers = the logits)."""
+        """Edge rows for targets read at (site layer, position) by `readouts` (n_layers = the logits).
+
+        One vmapped backward pass (`is_grads_batched`) gives every row's gradient at all leaves.
+        """
         b = len(site_layers)
+        self.n_backward += 1
         outputs, grad_outputs = [], []
         for layer in site_layers.unique().tolist():
             mask = site_layers == layer
-            g = torch.zeros_like(self.sites[layer])
-            g[mask.nonzero().squeeze(-1), positions[mask]] = readouts[mask].to(g.dtype)
+            g = torch.zeros(b, *self.sites[layer].shape, dtype=self.embed.dtype, device=self.embed.device)
+            g[mask.nonzero().squeeze(-1), 0, positions[mask]] = readouts[mask].to(g.dtype)
             outputs.append(self.sites[layer])
             grad_outputs.append(g)
         top = int(site_layers.max())
         inputs = [self.embed] + self.mlp_out[:top]
-        grads = torch.autograd.grad(outputs, inputs, grad_outputs, retain_graph=True, allow_unused=True)
+        grads = torch.autograd.grad(
+            outputs, inputs, grad_outputs, retain_graph=True, allow_unused=True, is_grads_batched=True
+        )
+        zeros = torch.zeros_like(grad_outputs[0])
+        G_emb = (grads[0] if grads[0] is not None else zeros)[:, 0]  # [b, pos, d]
         n_feat = len(self.active.values)
-        out = torch.zeros(self.batch_size, self.n_sources, dtype=self.embed.dtype, device=self.embed.device)
-        for layer, G in enumerate(grads[1:]):
-            if G is None:
-                continue
-            cols, mats, bounds = self._decoders[layer]
-            if len(cols):
-                parts = [G[:, p] @ mats[bounds[p] : bounds[p + 1]].T for p in range(self.n_pos)]
-                out[:, cols] += torch.cat(parts, dim=1)
-            start = n_feat + layer * self.n_pos
-            out[:, start : start + self.n_pos] = (G * self.errors[layer]).sum(-1)
-        if grads[0] is not None:
-            start = n_feat + self.n_layers * self.n_pos
-            out[:, start:] = (grads[0] * self.embed[0].detach()).sum(-1)
-        return out[:b]
+        out = torch.zeros(b, self.n_sources, dtype=G_emb.dtype, device=G_emb.device)
+        if top:
+            G = torch.stack([(g if g is not None else zeros)[:, 0] for g in grads[1:]], 2)  # [b, pos, top, d]
+            for cols, acts, dec, prefix in self._decoders:
+                m = prefix[top]
+                if m:
+                    p = int(self.active.index[cols[0], 1])
+                    D = dec[:m, :top].reshape(m, -1).to(G.dtype)
+                    out[:, cols[:m]] = (G[:, p].reshape(b, -1) @ D.T) * acts[:m]
+            err = (G * self.errors[:top].transpose(0, 1)).sum(-1)  # [b, pos, top]
+            start = n_feat
+            out[:, start : start + top * self.n_pos] = err.transpose(1, 2).reshape(b, -1)
+        start = n_feat + self.n_layers * self.n_pos
+        out[:, start:] = (G_emb * self.embed[0].detach()).sum(-1)
+        return out
 
 
 def logit_targets(
@@ -267,21 +274,24 @@ def attribute(
     _check_args(max_n_logits, desired_logit_prob, max_feature_nodes, batch_size)
     check_compatible(model, clt)
     tokens = to_tokens(model, prompt)
+    clock = [time.perf_counter()]
     with preserve(model):
         state = clean_pass(model, clt, tokens)
         active = find_active_features(clt, state)
         lin = LinearReplacement(model, clt, state, active, batch_size)
         lin.run_forward()
-        return _build_graph(
-            model,
-            clt,
-            lin,
-            max_n_logits,
-            desired_logit_prob,
-            max_feature_nodes,
-            update_interval,
-            verbose,
+        clock.append(time.perf_counter())
+        graph = _build_graph(
+            model, clt, lin, max_n_logits, desired_logit_prob, max_feature_nodes, update_interval, verbose
         )
+    clock.append(time.perf_counter())
+    graph.meta.update(
+        n_active_features=len(active.values),
+        n_backward_passes=lin.n_backward,
+        seconds_setup=clock[1] - clock[0],
+        seconds_rows=clock[2] - clock[1],
+    )
+    return graph
 
 
 def _build_graph(
