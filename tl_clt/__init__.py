@@ -7,19 +7,37 @@ from tl_clt.hooks import check_compatible, preserve, replacement_hooks
 from tl_clt.loading import load_qwen3
 from tl_clt.prompts import to_tokens
 from tl_clt.replacement import ReconstructionReport, feature_activations, reconstruction_report
+from tl_clt.steering import (
+    Intervention,
+    PredictionTable,
+    ablate,
+    generate,
+    prediction_table,
+    scale,
+    steer,
+    steering_hooks,
+)
 
 __all__ = [
     "AttributionGraph",
     "CrossLayerTranscoder",
     "GraphScores",
+    "Intervention",
+    "PredictionTable",
     "ReconstructionReport",
+    "ablate",
     "attribute",
     "check_compatible",
     "feature_activations",
+    "generate",
     "load_qwen3",
+    "prediction_table",
     "preserve",
     "reconstruction_report",
     "replacement_hooks",
+    "scale",
+    "steer",
+    "steering_hooks",
     "to_tokens",
 ]
 __version__ = "0.1.0"
