@@ -17,19 +17,35 @@ from tl_clt.steering import (
     steer,
     steering_hooks,
 )
+from tl_clt.supernodes import (
+    Candidate,
+    TokenScore,
+    feature_output_tokens,
+    features_at,
+    group_graph,
+    group_interventions,
+    top_inputs,
+    top_outputs,
+)
 
 __all__ = [
     "AttributionGraph",
+    "Candidate",
     "CrossLayerTranscoder",
     "GraphScores",
     "Intervention",
     "PredictionTable",
     "ReconstructionReport",
+    "TokenScore",
     "ablate",
     "attribute",
     "check_compatible",
     "feature_activations",
+    "feature_output_tokens",
+    "features_at",
     "generate",
+    "group_graph",
+    "group_interventions",
     "load_qwen3",
     "prediction_table",
     "preserve",
@@ -39,5 +55,7 @@ __all__ = [
     "steer",
     "steering_hooks",
     "to_tokens",
+    "top_inputs",
+    "top_outputs",
 ]
 __version__ = "0.1.0"
