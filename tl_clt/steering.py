@@ -260,7 +260,8 @@ def steering_hooks(
     `tokens`: the prompt you will run (`tl_clt.to_tokens` convention). Needed for
     `freeze_attention` / `direct_effects` (a clean pass over it gives the frozen values); optional
     otherwise, where positions are resolved against whatever sequence the model runs on.
-    `direct_effects=True` implies frozen attention. Use with `model.hooks(fwd_hooks=...)`.
+    `direct_effects=True` implies frozen attention. Use with `model.hooks(fwd_hooks=...)`; to steer
+    the replacement model, put these after `replacement_hooks(...)` (both write `hook_mlp_out`).
     """
     check_compatible(model, clt)
     if (freeze_attention or direct_effects) and tokens is None:
