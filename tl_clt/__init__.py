@@ -7,19 +7,55 @@ from tl_clt.hooks import check_compatible, preserve, replacement_hooks
 from tl_clt.loading import load_qwen3
 from tl_clt.prompts import to_tokens
 from tl_clt.replacement import ReconstructionReport, feature_activations, reconstruction_report
+from tl_clt.steering import (
+    Intervention,
+    PredictionTable,
+    ablate,
+    generate,
+    prediction_table,
+    scale,
+    steer,
+    steering_hooks,
+)
+from tl_clt.supernodes import (
+    Candidate,
+    TokenScore,
+    feature_output_tokens,
+    features_at,
+    group_graph,
+    group_interventions,
+    top_inputs,
+    top_outputs,
+)
 
 __all__ = [
     "AttributionGraph",
+    "Candidate",
     "CrossLayerTranscoder",
     "GraphScores",
+    "Intervention",
+    "PredictionTable",
     "ReconstructionReport",
+    "TokenScore",
+    "ablate",
     "attribute",
     "check_compatible",
     "feature_activations",
+    "feature_output_tokens",
+    "features_at",
+    "generate",
+    "group_graph",
+    "group_interventions",
     "load_qwen3",
+    "prediction_table",
     "preserve",
     "reconstruction_report",
     "replacement_hooks",
+    "scale",
+    "steer",
+    "steering_hooks",
     "to_tokens",
+    "top_inputs",
+    "top_outputs",
 ]
 __version__ = "0.1.0"

@@ -266,6 +266,13 @@ class AttributionGraph:
                 G.add_edge(ids[s], ids[t], weight=wt)
         return G
 
+    def group(self, groups: dict[str, list]) -> nx.DiGraph:
+        """`to_networkx()` with each group of nodes merged into one supernode whose edges carry its
+        members' summed edge weights; see `tl_clt.supernodes.group_graph`."""
+        from tl_clt.supernodes import group_graph
+
+        return group_graph(self, groups)
+
     def save(self, path: str | Path) -> None:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         torch.save({"format": GRAPH_FORMAT, "graph": data}, str(path))

@@ -1,0 +1,281 @@
+"""Supernodes: groups of graph nodes merged into one, candidate finders, and steering a group.
+
+- `group_graph(graph, {"name": [node, ...]})` (also `AttributionGraph.group`): the graph's networkx
+  view with each group merged into one node whose edges carry its members' summed edge weights.
+- Candidate finders that need no hosted dashboard: `features_at` (most active features on given
+  tokens), `top_inputs` / `top_outputs` (largest edges into / out of a node) and
+  `feature_output_tokens` (a feature's top tokens through the unembedding).
+- `group_interventions(graph, members, factor)`: one `Intervention` per member, to steer a group.
+Nodes are node ids ("F:l:p:f", "E:l:p", "T:p", "L:token_id") or (layer, pos, feature) keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Literal, NamedTuple
+
+import networkx as nx
+import torch
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from tl_clt.clt import CrossLayerTranscoder
+from tl_clt.graph import AttributionGraph
+from tl_clt.nodes import NodeLike, as_node_list, node_kind, to_node_id
+from tl_clt.steering import Intervention, scale
+
+
+class Candidate(NamedTuple):
+    """A node found by a candidate finder; `score` is an activation or an edge weight."""
+
+    node: str
+    score: float
+    layer: int | None = None
+    pos: int | None = None
+    feature: int | None = None
+
+
+class TokenScore(NamedTuple):
+    token: str
+    token_id: int
+    score: float  # de-meaned logit per unit activation along the direct path
+
+
+# ------------------------------------------------------------------------ grouping
+def _membership(G: nx.DiGraph, groups: Mapping[str, Iterable[NodeLike]]) -> dict[str, str]:
+    """{member node id: group name}, with clear errors for unknown or doubly grouped nodes."""
+    owner: dict[str, str] = {}
+    for name, members in groups.items():
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"Group names must be non-empty strings, got {name!r}.")
+        ids = [to_node_id(m) for m in as_node_list(members)]
+        if not ids:
+            raise ValueError(f"Group {name!r} has no members.")
+        for node in ids:
+            if node not in G:
+                raise KeyError(
+                    f"Group {name!r}: node {node!r} is not in the graph (not active, left out "
+                    "of the graph, or pruned away). See graph.to_networkx().nodes for its nodes."
+                )
+            if owner.get(node, name) != name:
+                raise ValueError(
+                    f"Node {node!r} is in two groups, {owner[node]!r} and {name!r}; a node can "
+                    "belong to one supernode only."
+                )
+            owner[node] = name
+    for name in groups:
+        if name in G and name not in owner:
+            raise ValueError(f"Group name {name!r} is also the id of an ungrouped node; pick another name.")
+    return owner
+
+
+def _supernode_attrs(G: nx.DiGraph, members: list[str]) -> dict:
+    data = [G.nodes[m] for m in members]
+    layers = sorted({d["layer"] for d in data if d.get("layer") is not None})
+    positions = sorted({d["pos"] for d in data if d.get("pos") is not None})
+    acts = [d["activation"] for d in data if "activation" in d]
+    attrs = dict(
+        kind="supernode",
+        members=members,
+        n_members=len(members),
+        member_kinds=sorted({d["kind"] for d in data}),
+        layers=layers,
+        positions=positions,
+        layer=layers[0] if len(layers) == 1 else None,
+        pos=positions[0] if len(positions) == 1 else None,
+        activation=sum(acts) if acts else None,
+    )
+    if all("influence" in d for d in data):
+        attrs["influence"] = sum(d["influence"] for d in data)
+    return attrs
+
+
+def group_graph(graph: AttributionGraph, groups: Mapping[str, Iterable[NodeLike]]) -> nx.DiGraph:
+    """`graph.to_networkx()` with each group of nodes merged into one supernode.
+
+    A supernode has kind="supernode", members (node ids), n_members, member_kinds, layers,
+    positions, layer/pos (when all members share one), activation (sum over feature members) and
+    influence (sum, when the graph has it). Its edges carry the summed weights of its members'
+    edges (`n_edges` counts them); edges between members of one group are dropped. Ungrouped nodes
+    and edges stay as in `to_networkx()`, so a pruned graph groups its pruned nodes and edges.
+    """
+    G = graph.to_networkx()
+    owner = _membership(G, groups)
+    H = nx.DiGraph(**G.graph)
+    for node, data in G.nodes(data=True):
+        if node not in owner:
+            H.add_node(node, **data)
+    for name in groups:
+        H.add_node(name, **_supernode_attrs(G, [m for m, g in owner.items() if g == name]))
+    for u, v, w in G.edges(data="weight"):
+        su, sv = owner.get(u, u), owner.get(v, v)
+        if su == sv and u in owner:
+            continue
+        if H.has_edge(su, sv):
+            H[su][sv]["weight"] += w
+            H[su][sv]["n_edges"] += 1
+        else:
+            H.add_edge(su, sv, weight=w, n_edges=1)
+    return H
+
+
+def group_interventions(
+    graph: AttributionGraph | Tensor, members: Iterable[NodeLike], factor: float
+) -> list[Intervention]:
+    """Interventions steering a whole group: every member feature set to `factor` times its
+    activation in `graph` (0 ablates the group). Members must be features."""
+    members = as_node_list(members)
+    bad = [m for m in members if isinstance(m, str) and node_kind(m) != "feature"]
+    if bad:
+        raise ValueError(
+            f"Only features can be steered; the group also holds {bad}. Drop the error, token "
+            "and logit nodes from the members you steer."
+        )
+    return scale(members, factor, graph)
+
+
+# ------------------------------------------------------------------------ candidate finders
+def _positions_of(where, token_strs: list[str] | None, n_pos: int) -> list[int]:
+    if isinstance(where, str):
+        if token_strs is None:
+            raise ValueError(
+                "To find positions by token text, pass token_strs= (the prompt's tokens), or give "
+                "positions as ints."
+            )
+        hits = [i for i, t in enumerate(token_strs) if t.strip() == where.strip()]
+        if not hits:
+            raise ValueError(f"No token {where!r} in the prompt; its tokens are {token_strs}.")
+        return hits
+    out = []
+    for p in [where] if isinstance(where, int) else list(where):
+        if not -n_pos <= p < n_pos:
+            raise ValueError(f"Position {p} is out of range for a prompt of {n_pos} tokens.")
+        out.append(p % n_pos)
+    return out
+
+
+def features_at(
+    source: AttributionGraph | Tensor,
+    where: int | Iterable[int] | str,
+    k: int = 10,
+    token_strs: list[str] | None = None,
+) -> list[Candidate]:
+    """The `k` most active features at positions `where` (ints, or a token's text, stripped).
+
+    `source`: an AttributionGraph (its feature nodes, so the result can be grouped) or activations
+    [n_layers, pos, n_features] from `tl_clt.feature_activations` (then token text needs
+    `token_strs`). Sorted by activation, largest first.
+    """
+    if isinstance(source, AttributionGraph):
+        present = source._present()[: source.n_features]
+        keys = source.feature_keys[present]
+        values = source.activation_values[source.selected_features][present]
+        token_strs, n_pos = token_strs or source.token_strs, source.n_pos
+    else:
+        acts = source.coalesce() if source.is_sparse else source.to_sparse().coalesce()
+        keys, values, n_pos = acts.indices().T, acts.values(), source.shape[1]
+    pos = torch.tensor(_positions_of(where, token_strs, n_pos))
+    hit = torch.isin(keys[:, 1], pos)
+    keys, values = keys[hit], values[hit].float()
+    order = torch.argsort(values, descending=True, stable=True)[:k]
+    return [
+        Candidate(f"F:{la}:{p}:{f}", float(values[i]), la, p, f)
+        for i, (la, p, f) in zip(order.tolist(), keys[order].tolist(), strict=True)
+    ]
+
+
+def _edges(graph: AttributionGraph | nx.DiGraph, node: NodeLike, direction: str):
+    """(other node id, weight, attributes) of each edge into / out of `node`."""
+    if isinstance(graph, AttributionGraph):
+        yield from _adjacency_edges(graph, to_node_id(node), direction)
+        return
+    G = graph
+    node_id = node if isinstance(node, str) and node in G else to_node_id(node)
+    if node_id not in G:
+        raise KeyError(f"Node {node_id!r} is not in the graph.")
+    edges = G.in_edges(node_id, data="weight") if direction == "in" else G.out_edges(node_id, data="weight")
+    for u, v, w in edges:
+        other = u if direction == "in" else v
+        yield other, w, G.nodes[other]
+
+
+def _adjacency_edges(graph: AttributionGraph, node_id: str, direction: str):
+    """`_edges` read straight from the adjacency (no networkx graph of the whole prompt)."""
+    ids = graph.node_ids()
+    present = graph._present()
+    i = ids.index(node_id) if node_id in ids else None
+    if i is None or not present[i]:
+        raise KeyError(f"Node {node_id!r} is not in the graph (or was pruned away).")
+    weights = graph.adjacency[i] if direction == "in" else graph.adjacency[:, i]
+    for j in ((weights != 0) & present).nonzero().squeeze(-1).tolist():
+        yield ids[j], float(weights[j]), graph.node_info(j)
+
+
+def _top_edges(graph, node, k, kinds, direction) -> list[Candidate]:
+    found = [
+        (o, w, d) for o, w, d in _edges(graph, node, direction) if kinds is None or d.get("kind") in kinds
+    ]
+    found.sort(key=lambda x: -abs(x[1]))
+    return [Candidate(o, float(w), d.get("layer"), d.get("pos"), d.get("feature")) for o, w, d in found[:k]]
+
+
+def top_inputs(
+    graph: AttributionGraph | nx.DiGraph,
+    node: NodeLike,
+    k: int = 10,
+    kinds: tuple[str, ...] | None = ("feature",),
+) -> list[Candidate]:
+    """The `k` nodes with the largest |edge weight| into `node` (features only by default; `kinds`
+    None for all). Works on grouped graphs too; scores are signed edge weights."""
+    return _top_edges(graph, node, k, kinds, "in")
+
+
+def top_outputs(
+    graph: AttributionGraph | nx.DiGraph,
+    node: NodeLike,
+    k: int = 10,
+    kinds: tuple[str, ...] | None = ("feature",),
+) -> list[Candidate]:
+    """The `k` nodes with the largest |edge weight| out of `node` (features only by default; use
+    kinds=("logit",) for the logits it pushes, None for all)."""
+    return _top_edges(graph, node, k, kinds, "out")
+
+
+def feature_output_tokens(
+    model: HookedTransformer,
+    clt: CrossLayerTranscoder,
+    layer: int,
+    feature: int,
+    k: int = 10,
+    read: Literal["sum", "last"] | int = "sum",
+    largest: bool = True,
+) -> list[TokenScore]:
+    """A feature's top output tokens: its decoder direction read by the unembedding.
+
+    `read="sum"` (default): the sum of the feature's decoder rows over every layer it writes to,
+    i.e. all it adds to the residual stream; "last": only its row into the last layer; an int:
+    its row into that layer. The direction is multiplied by `ln_final.w`, read by `W_U` and
+    de-meaned over the vocabulary: the direct path to the de-meaned logits, ignoring later
+    attention/MLPs and the final norm's per-position scale (a positive factor that keeps the
+    order). `largest=False` gives the most suppressed tokens.
+    """
+    rows = clt.decoder_rows(layer, torch.tensor([feature]))[0]  # [n_layers - layer, d_model]
+    if read == "sum":
+        direction = rows.sum(0)
+    elif read == "last":
+        direction = rows[-1]
+    elif isinstance(read, int) and layer <= read < clt.n_layers:
+        direction = rows[read - layer]
+    else:
+        raise ValueError(
+            f"read must be 'sum', 'last' or a layer in {layer}..{clt.n_layers - 1} (a layer-"
+            f"{layer} feature writes to those), got {read!r}."
+        )
+    W_U = model.W_U.detach()
+    scores = (direction.to(W_U.dtype) * model.ln_final.w.detach()) @ W_U
+    scores = scores - scores.mean()
+    top = scores.topk(min(k, len(scores)), largest=largest)
+    return [
+        TokenScore(model.tokenizer.decode([i]), i, float(s))
+        for i, s in zip(top.indices.tolist(), top.values.tolist(), strict=True)
+    ]
