@@ -2,6 +2,7 @@
 
 from tl_clt.attribution import attribute
 from tl_clt.clt import CrossLayerTranscoder
+from tl_clt.export import graph_to_dict, validate_graph_json, write_graph_folder
 from tl_clt.graph import AttributionGraph, GraphScores
 from tl_clt.hooks import check_compatible, preserve, replacement_hooks
 from tl_clt.loading import load_qwen3
@@ -16,10 +17,13 @@ __all__ = [
     "attribute",
     "check_compatible",
     "feature_activations",
+    "graph_to_dict",
     "load_qwen3",
     "preserve",
     "reconstruction_report",
     "replacement_hooks",
     "to_tokens",
+    "validate_graph_json",
+    "write_graph_folder",
 ]
 __version__ = "0.1.0"

@@ -245,6 +245,17 @@ class AttributionGraph:
                 G.add_edge(ids[s], ids[t], weight=wt)
         return G
 
+    def to_json(self, path: str | Path, slug: str | None = None, node_threshold: float = 0.8,
+                edge_threshold: float = 0.98, **kwargs) -> Path:
+        """Graph JSON for the circuit-tracer frontend / Neuronpedia (see `tl_clt.export`).
+
+        Prunes with `prune(node_threshold, edge_threshold)` unless this graph is already pruned.
+        """
+        from tl_clt.export import to_json
+
+        return to_json(self, path, slug=slug, node_threshold=node_threshold,
+                       edge_threshold=edge_threshold, **kwargs)
+
     def save(self, path: str | Path) -> None:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         torch.save({"format": GRAPH_FORMAT, "graph": data}, str(path))
