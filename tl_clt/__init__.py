@@ -6,6 +6,7 @@ from tl_clt.export import graph_to_dict, validate_graph_json, write_graph_folder
 from tl_clt.graph import AttributionGraph, GraphScores
 from tl_clt.hooks import check_compatible, preserve, replacement_hooks
 from tl_clt.loading import load_qwen3
+from tl_clt.plot import plot_graph
 from tl_clt.prompts import to_tokens
 from tl_clt.replacement import ReconstructionReport, feature_activations, reconstruction_report
 
@@ -19,6 +20,7 @@ __all__ = [
     "feature_activations",
     "graph_to_dict",
     "load_qwen3",
+    "plot_graph",
     "preserve",
     "reconstruction_report",
     "replacement_hooks",

@@ -256,6 +256,12 @@ class AttributionGraph:
         return to_json(self, path, slug=slug, node_threshold=node_threshold,
                        edge_threshold=edge_threshold, **kwargs)
 
+    def plot(self, path: str | Path | None = None, **kwargs):
+        """matplotlib Figure of the pruned graph (see `tl_clt.plot.plot_graph`)."""
+        from tl_clt.plot import plot_graph
+
+        return plot_graph(self, path=path, **kwargs)
+
     def save(self, path: str | Path) -> None:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         torch.save({"format": GRAPH_FORMAT, "graph": data}, str(path))
