@@ -81,7 +81,8 @@ def slugify(text: str, max_len: int = 60) -> str:
     return slug or "graph"
 
 
-def _check_slug(slug: str) -> str:
+def check_slug(slug: str) -> str:
+    """`slug` itself if it is safe as a file name and URL parameter, else ValueError."""
     if not isinstance(slug, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", slug):
         raise ValueError(
             f"slug {slug!r} must start with a letter or digit and hold only letters, digits, '-', "
@@ -211,7 +212,7 @@ def graph_to_dict(
     to labels; `scan` names the model (Neuronpedia reads it as the model id; default the graph's
     model name); `extra_metadata` is merged into `metadata`.
     """
-    _check_slug(slug)
+    check_slug(slug)
     if not torch.isfinite(graph.adjacency).all():
         raise ValueError("The graph has NaN or inf edge weights; it cannot be pruned or exported.")
     pruned = _pruned(graph, node_threshold, edge_threshold)
@@ -304,7 +305,7 @@ def _load_source(item, slug: str | None, kwargs: dict) -> dict:
     if path.suffix == ".json":
         data = json.loads(path.read_text(encoding="utf-8"))
         if slug:
-            data["metadata"]["slug"] = _check_slug(slug)
+            data["metadata"]["slug"] = check_slug(slug)
         return data
     return graph_to_dict(AttributionGraph.load(path), slug or slugify(path.stem), **kwargs)
 
