@@ -105,6 +105,9 @@ def test_unpruned_graph_input_and_bad_inputs(tmp_path):
     g = make_graph(FEATURES, density=0.7)
     fig = tl_clt.plot_graph(g, node_threshold=0.5, edge_threshold=0.9)
     assert plot.node_marker_count(fig) == g.prune(0.5, 0.9).to_networkx().number_of_nodes()
+    shallow = make_graph([(0, 1, 3), (1, 2, 4), (1, 3, 5)], n_layers=5, density=1.0)
+    labels = [t.get_text() for t in shallow.plot().axes[0].get_yticklabels()]
+    assert labels == ["Emb", "L0", "L1", "L2", "L3", "L4", "Logit"]
     with pytest.raises(TypeError, match="AttributionGraph or an nx.DiGraph"):
         tl_clt.plot_graph({"nodes": []})
     with pytest.raises(ValueError, match="no nodes"):

@@ -61,7 +61,9 @@ def as_networkx(graph: AttributionGraph | nx.DiGraph, node_threshold: float = 0.
         )
     if graph.node_mask is None:
         graph = graph.prune(node_threshold=node_threshold, edge_threshold=edge_threshold)
-    return graph.to_networkx()
+    G = graph.to_networkx()
+    G.graph["n_layers"] = graph.n_layers  # the top layers may have no node left after pruning
+    return G
 
 
 def _mean(values: Any) -> float | None:
