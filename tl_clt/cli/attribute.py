@@ -1,80 +1,24 @@
-"""The `tl-clt` command line: `tl-clt attribute ...` (more subcommands plug into `build_parser`).
-
-    tl-clt attribute --model Qwen/Qwen3-1.7B-Base --clt bluelightai/clt-qwen3-1.7b-base-20k \\
-        --prompt "The capital of France is" -o graph.json --png graph.png
-
-Progress and messages go to stderr; the paths written go to stdout, one per line.
-"""
+"""`tl-clt attribute`: attribution graph of one prompt -> graph JSON (+ picture, + .pt)."""
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import os
-import sys
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
-PROG = "tl-clt"
-DTYPES = ("float32", "bfloat16")
+from tl_clt.cli.common import (
+    CLIError,
+    add_model_arguments,
+    add_running_arguments,
+    check_local_path,
+    load,
+    positive_int,
+    probability,
+    quiet_stdout,
+    say,
+    unit_interval,
+)
 
 
-class CLIError(Exception):
-    """A bad argument or input found after parsing; reported as `tl-clt <cmd>: error: ...`."""
-
-
-# ------------------------------------------------------------------------ argument types
-def unit_interval(text: str) -> float:
-    """A float in [0, 1]."""
-    value = _float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
-
-
-def probability(text: str) -> float:
-    """A float in (0, 1]."""
-    value = _float(text)
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if value != value:  # NaN
-        raise argparse.ArgumentTypeError("must be a number, got NaN")
-    return value
-
-
-# ------------------------------------------------------------------------ parser
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Circuit tracing on Qwen3 with cross-layer transcoders.",
-    )
-    from tl_clt import __version__
-
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_attribute_parser(commands)
-    return parser
-
-
-def add_attribute_parser(commands) -> argparse.ArgumentParser:
+def add_attribute_parser(commands):
     p = commands.add_parser(
         "attribute",
         help="attribution graph of one prompt -> graph JSON (+ picture)",
@@ -82,18 +26,7 @@ def add_attribute_parser(commands) -> argparse.ArgumentParser:
         "that the circuit-tracer frontend and Neuronpedia read (and optionally a picture).",
     )
     io = p.add_argument_group("inputs and outputs")
-    io.add_argument(
-        "--model",
-        required=True,
-        metavar="NAME_OR_PATH",
-        help="Qwen3 checkpoint: a local Hugging Face folder or a hub id",
-    )
-    io.add_argument(
-        "--clt",
-        required=True,
-        metavar="NAME_OR_PATH",
-        help="cross-layer transcoder: a local folder (config.yaml + W_enc_*/W_dec_* safetensors) or a hub id",
-    )
+    add_model_arguments(io)
     io.add_argument("--prompt", required=True, help="the prompt text to attribute")
     io.add_argument(
         "-o",
@@ -170,30 +103,12 @@ def add_attribute_parser(commands) -> argparse.ArgumentParser:
         help="keep the edges that carry this share of the influence (default: %(default)s)",
     )
 
-    run = p.add_argument_group("running")
-    run.add_argument(
-        "--dtype",
-        choices=DTYPES,
-        default="float32",
-        help="dtype of the model and the CLT (default: %(default)s)",
-    )
-    run.add_argument(
-        "--device",
-        choices=("cpu", "cuda"),
-        default=None,
-        help="device (default: cuda when available, else cpu)",
-    )
-    run.add_argument("-q", "--quiet", action="store_true", help="no progress bars or messages")
+    add_running_arguments(p)
     p.set_defaults(func=run_attribute, parser=p)
     return p
 
 
 # ------------------------------------------------------------------------ attribute
-def _say(args, message: str) -> None:
-    if not args.quiet:
-        print(message, file=sys.stderr, flush=True)
-
-
 def _check_picture_path(path: Path) -> None:
     """Fail before the long computation when the picture cannot be written."""
     try:
@@ -209,29 +124,12 @@ def _check_picture_path(path: Path) -> None:
         )
 
 
-def _check_local_path(name: str, flag: str) -> None:
-    """A path-like name must exist; hub ids ('owner/name') are left to the loaders."""
-    path = Path(name).expanduser()
-    looks_local = name.startswith((".", "/", "~")) or name.count("/") != 1 or path.exists()
-    if looks_local and not path.is_dir():
-        what = "file, not a folder" if path.is_file() else "no such folder"
-        raise CLIError(f"{flag} {name}: {what}; pass a local folder or a hub id 'owner/name'")
-
-
-def _device(args) -> str:
-    import torch
-
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise CLIError("--device cuda: no CUDA device is available here; use --device cpu")
-    return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _prepare(args) -> None:
     """All checks that need no model, so mistakes fail in a second."""
     if not args.prompt.strip():
         raise CLIError("--prompt is empty")
-    _check_local_path(args.model, "--model")
-    _check_local_path(args.clt, "--clt")
+    check_local_path(args.model, "--model")
+    check_local_path(args.clt, "--clt")
     if args.output.suffix.lower() != ".json":
         raise CLIError(f"-o {args.output}: the graph file must end in .json")
     if args.png is not None:
@@ -250,27 +148,14 @@ def _prepare(args) -> None:
 def run_attribute(args) -> list[Path]:
     """Load, attribute, prune, write; returns the paths written."""
     _prepare(args)
-    # libraries print to stdout (e.g. "Moving model to device"); stdout is for the paths written
-    sink = open(os.devnull, "w") if args.quiet else sys.stderr  # noqa: SIM115
-    try:
-        with contextlib.redirect_stdout(sink):
-            return _attribute(args)
-    finally:
-        if sink is not sys.stderr:
-            sink.close()
+    return quiet_stdout(args, _attribute)
 
 
 def _attribute(args) -> list[Path]:
-    import torch
-
     import tl_clt
 
-    device, dtype = _device(args), getattr(torch, args.dtype)
-    _say(args, f"loading model {args.model} ({args.dtype}, {device})")
-    model = tl_clt.load_qwen3(args.model, device=device, dtype=dtype)
-    _say(args, f"loading CLT {args.clt}")
-    clt = tl_clt.CrossLayerTranscoder.from_pretrained(args.clt, device=device, dtype=dtype)
-    _say(args, "attributing")
+    model, clt = load(args)
+    say(args, "attributing")
     graph = tl_clt.attribute(
         model,
         clt,
@@ -307,31 +192,9 @@ def _attribute(args) -> list[Path]:
         pruned.plot(args.png)
         written.append(args.png)
     G = pruned.to_networkx()
-    _say(
+    say(
         args,
         f"graph: {graph.n_features} feature rows; pruned to {G.number_of_nodes()} nodes, "
         f"{G.number_of_edges()} edges",
     )
     return written
-
-
-# ------------------------------------------------------------------------ entry point
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run `tl-clt` with `argv` (default: sys.argv[1:]); returns 0, or exits non-zero on errors."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    func: Callable = args.func
-    try:
-        written = func(args)
-    except CLIError as err:
-        args.parser.error(str(err))  # exits with status 2
-    except (FileNotFoundError, ValueError, NotImplementedError) as err:
-        print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
-        return 1
-    for path in written or []:
-        print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
