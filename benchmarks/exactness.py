@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 warnings.filterwarnings("ignore")
 
-from frozen_reference import FrozenReference  # noqa: E402
+from frozen_reference import FrozenReference, target_rows  # noqa: E402
 
 import tl_clt  # noqa: E402
 from tl_clt import synthetic  # noqa: E402
@@ -63,38 +63,20 @@ def main() -> None:
     ref = FrozenReference(
         model, cdir, tl_clt.to_tokens(model, PROMPT), graph.active_features, graph.activation_values.to(dtype)
     )
-    rows = list(range(graph.n_features)) + [graph.logit_index(i) for i in range(graph.n_logits)]
-    pre0, logit0 = ref.run()
+    rows = target_rows(graph)
     scale = graph.adjacency.abs().max().item()
-    worst = {"feature": 0.0, "error": 0.0, "token": 0.0}
-    for kind in worst:
-        if kind == "feature":
-            sources = range(graph.n_features)
-        elif kind == "error":
-            sources = [(layer, p) for layer in range(graph.n_layers) for p in range(1, graph.n_pos)]
-        else:
-            sources = range(graph.n_pos)
-        for s in sources:
-            if kind == "feature":
-                v = ref.values.clone()
-                v[graph.selected_features[s]] *= 2
-                pre, logit = ref.run(values=v)
-                col = s
-            elif kind == "error":
-                e = ref.errors.clone()
-                e[s] *= 2
-                pre, logit = ref.run(errors=e)
-                col = graph.error_index(*s)
-            else:
-                e = ref.embed.clone()
-                e[s] *= 2
-                pre, logit = ref.run(embed=e)
-                col = graph.token_index(s)
-            measured = torch.cat(
-                [(pre - pre0)[graph.selected_features], (logit - logit0)[graph.logit_tokens]]
-            )
-            err = (graph.adjacency[rows, col].double() - measured.double().cpu()).abs().max().item()
-            worst[kind] = max(worst[kind], err)
+    sources = {
+        "feature": range(graph.n_features),
+        "error": [(layer, p) for layer in range(graph.n_layers) for p in range(1, graph.n_pos)],
+        "token": range(graph.n_pos),
+    }
+    worst = {}
+    for kind, items in sources.items():
+        errs = [
+            (graph.adjacency[rows, col].double() - measured.double()).abs().max().item()
+            for col, measured in (ref.double_source(graph, kind, s) for s in items)
+        ]
+        worst[kind] = max(errs)
     print(
         f"model: {args.layers} layers, d_model {args.d_model}, {args.features} features/layer, "
         f"{args.dtype}; prompt {graph.n_pos} tokens; {graph.n_features} active features; "

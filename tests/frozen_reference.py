@@ -89,3 +89,35 @@ class FrozenReference:
             ]
         )
         return pre, logits - logits.mean()
+
+    def double_source(self, graph, kind, source):
+        """Double one source of `graph` and measure every target row's change.
+
+        kind: "feature" (source = feature node index), "error" (source = (layer, pos)) or "token"
+        (source = pos). Returns (adjacency column of the source, measured changes in the order
+        [feature rows..., logit rows...]); in the linear frozen model the changes equal the edges.
+        """
+        pre0, logits0 = self.run()
+        if kind == "feature":
+            values = self.values.clone()
+            values[graph.selected_features[source]] *= 2
+            pre, logits = self.run(values=values)
+            col = source
+        elif kind == "error":
+            errors = self.errors.clone()
+            errors[source] *= 2
+            pre, logits = self.run(errors=errors)
+            col = graph.error_index(*source)
+        else:
+            embed = self.embed.clone()
+            embed[source] *= 2
+            pre, logits = self.run(embed=embed)
+            col = graph.token_index(source)
+        feat = (pre - pre0)[graph.selected_features]
+        logit = (logits - logits0)[graph.logit_tokens]
+        return col, torch.cat([feat, logit])
+
+
+def target_rows(graph):
+    """Adjacency rows of every target: feature rows, then logit rows."""
+    return list(range(graph.n_features)) + [graph.logit_index(i) for i in range(graph.n_logits)]

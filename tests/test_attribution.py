@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import PROMPT
-from frozen_reference import FrozenReference
+from frozen_reference import FrozenReference, target_rows
 
 import tl_clt
 from tl_clt.prompts import to_tokens
@@ -40,25 +40,12 @@ def test_frozen_reference_reproduces_the_model(setup):
     torch.testing.assert_close(logits, ref.clean_logits - ref.clean_logits.mean(), atol=1e-4, rtol=0)
 
 
-def _targets(graph):
-    """Rows of the adjacency and how to read the same target from FrozenReference.run()."""
-    rows = list(range(graph.n_features)) + [graph.logit_index(i) for i in range(graph.n_logits)]
-    return rows
-
-
-def _measured(graph, ref, pre, logits, pre0, logits0):
-    feat = (pre - pre0)[graph.selected_features]
-    logit = (logits - logits0)[graph.logit_tokens]
-    return torch.cat([feat, logit])
-
-
 @pytest.mark.parametrize("kind", ["feature", "error", "token"])
 def test_edges_equal_measured_interventions(setup, kind):
     """Doubling a source changes each target by exactly its edge weight (the model is linear)."""
     _, graph, ref = setup
     gen = torch.Generator().manual_seed(0)
-    pre0, logits0 = ref.run()
-    rows = _targets(graph)
+    rows = target_rows(graph)
     scale = graph.adjacency.abs().max()
     if kind == "feature":
         sources = torch.randperm(graph.n_features, generator=gen)[:12].tolist()
@@ -69,22 +56,7 @@ def test_edges_equal_measured_interventions(setup, kind):
         sources = list(range(graph.n_pos))
     checked = 0
     for s in sources:
-        if kind == "feature":
-            values = ref.values.clone()
-            values[graph.selected_features[s]] *= 2
-            pre, logits = ref.run(values=values)
-            col = s
-        elif kind == "error":
-            errors = ref.errors.clone()
-            errors[s] *= 2
-            pre, logits = ref.run(errors=errors)
-            col = graph.error_index(*s)
-        else:
-            embed = ref.embed.clone()
-            embed[s] *= 2
-            pre, logits = ref.run(embed=embed)
-            col = graph.token_index(s)
-        measured = _measured(graph, ref, pre, logits, pre0, logits0)
+        col, measured = ref.double_source(graph, kind, s)
         edges = graph.adjacency[rows, col]
         torch.testing.assert_close(edges, measured, atol=2e-5 * float(scale), rtol=1e-4)
         checked += int((edges.abs() > 1e-3 * scale).sum())
@@ -162,16 +134,12 @@ def test_other_input_hooks_are_exact(model_dir, tmp_path, input_hook):
     ref = FrozenReference(
         model, cdir, to_tokens(model, PROMPT), graph.active_features, graph.activation_values, input_hook
     )
-    pre0, logits0 = ref.run()
-    rows = _targets(graph)
+    rows = target_rows(graph)
     scale = graph.adjacency.abs().max()
     assert graph.n_features > 5
     for s in range(0, graph.n_features, max(1, graph.n_features // 8)):
-        values = ref.values.clone()
-        values[graph.selected_features[s]] *= 2
-        pre, logits = ref.run(values=values)
-        measured = _measured(graph, ref, pre, logits, pre0, logits0)
-        torch.testing.assert_close(graph.adjacency[rows, s], measured, atol=2e-5 * float(scale), rtol=1e-4)
+        col, measured = ref.double_source(graph, "feature", s)
+        torch.testing.assert_close(graph.adjacency[rows, col], measured, atol=2e-5 * float(scale), rtol=1e-4)
 
 
 def test_bfloat16_model_matches_float32_closely(model_dir, clt_dir, setup):
