@@ -10,6 +10,8 @@ import torch
 from tl_clt import CrossLayerTranscoder, load_qwen3, synthetic
 
 warnings.filterwarnings("ignore", message=".*HookedTransformer is deprecated.*")
+# The test models are tiny: extra intra-op threads only fight over the shared cores (4x slower under load).
+torch.set_num_threads(1)
 PROMPT = "Fact: The president of the United States in 2010 was"
 
 
