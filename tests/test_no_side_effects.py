@@ -3,40 +3,10 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from conftest import PROMPT
+from model_state import assert_unchanged, snapshot
 
 import tl_clt
-
-
-def snapshot(model):
-    return {
-        "hook_points": {
-            n: (tuple(map(id, hp.fwd_hooks)), tuple(map(id, hp.bwd_hooks)))
-            for n, hp in model.hook_dict.items()
-        },
-        "torch_hooks": {
-            n: (tuple(m._forward_hooks), tuple(m._forward_pre_hooks), tuple(m._backward_hooks))
-            for n, m in model.named_modules()
-        },
-        "modules": [id(m) for m in model.modules()],
-        "cfg": dict(model.cfg.__dict__),
-        "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()},
-        "grads": {n: p.grad for n, p in model.named_parameters()},
-        "training": {n: m.training for n, m in model.named_modules()},
-        "context_level": model.context_level,
-        "params": {n: p.detach().clone() for n, p in model.named_parameters()},
-    }
-
-
-def assert_unchanged(model, before, tokens, logits_before):
-    after = snapshot(model)
-    for key in before:
-        if key == "params":
-            assert all(torch.equal(before[key][n], after[key][n]) for n in before[key])
-        else:
-            assert before[key] == after[key], key
-    assert torch.equal(model(tokens), logits_before)
 
 
 @pytest.fixture()
