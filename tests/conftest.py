@@ -45,3 +45,11 @@ def model(model_dir):
 @pytest.fixture(scope="session")
 def clt(clt_dir):
     return CrossLayerTranscoder.from_pretrained(clt_dir, dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def small_clt_dir(tmp_path_factory):
+    """A CLT that fits the `model` fixture (3 layers, d_model 64) with 16 features: fast graphs."""
+    return synthetic.make_random_clt_folder(
+        tmp_path_factory.mktemp("small") / "clt", 3, 64, 16, density=0.2, model_name="tiny-qwen3"
+    )

@@ -49,14 +49,6 @@ TABLE = read_table()
 
 # ------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
-def small_clt_dir(tmp_path_factory):
-    """A CLT that fits the session model (3 layers, d_model 64) with few features: fast graphs."""
-    return synthetic.make_random_clt_folder(
-        tmp_path_factory.mktemp("small") / "clt", 3, 64, N_FEATURES, density=0.2, model_name="tiny-qwen3"
-    )
-
-
-@pytest.fixture(scope="module")
 def env(model_dir, small_clt_dir):
     model = tl_clt.load_qwen3(model_dir)
     clt = CrossLayerTranscoder.from_pretrained(small_clt_dir, dtype=torch.float32)
