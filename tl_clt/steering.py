@@ -149,7 +149,7 @@ class _LayerPlan:
     def targets(self, n_pos: int) -> tuple[Tensor, Tensor]:
         """Which (pos, feature column) are set, and to what. Later interventions win."""
         mask = torch.zeros(n_pos, len(self.features), dtype=torch.bool)
-        value = torch.zeros(n_pos, len(self.features))
+        value = torch.zeros(n_pos, len(self.features), dtype=torch.float64)  # exact for any model dtype
         for pos, col, v in self.items:
             p = positions(pos, n_pos)
             mask[p, col] = True
