@@ -650,3 +650,12 @@ def test_other_model_warns(ctx, clt_name, model_name):
     model.cfg.model_name = model_name
     with pytest.warns(ModelNameWarning, match="load the CLT made for this model"):
         tl_clt.check_compatible(model, clt)
+
+
+@pytest.mark.parametrize("lazy", [True, False])
+def test_decoder_rows_of_no_features_and_a_single_feature(ctx, lazy):
+    """The NaN check on decoder rows handles empty and 0-d index tensors (layers with nothing active)."""
+    clt = load(ctx.dir, lazy_decoder=lazy)
+    assert clt.decoder_rows(1, torch.tensor([], dtype=torch.long)).shape == (0, 2, 64)
+    rows = clt.decoder_rows(0, torch.tensor(3))
+    assert rows.shape == (3, 64) and torch.isfinite(rows).all()

@@ -57,9 +57,9 @@ class SafetensorsRows:
     def __getitem__(self, rows: Tensor) -> Tensor:
         """The rows, checked for NaN/inf as they are read (a corrupt file fails where it is used)."""
         data = torch.from_numpy(np.ascontiguousarray(self._mm[rows.cpu().numpy()])).view(self.torch_dtype)
-        finite = torch.isfinite(data).reshape(len(data), -1).all(1)
-        if not finite.all():
-            bad = rows.cpu()[~finite].unique()[:10].tolist()
+        if not torch.isfinite(data).all():
+            per_row = zip(rows.reshape(-1).tolist(), data.reshape(-1, *self.shape[1:]), strict=True)
+            bad = sorted({r for r, row in per_row if not torch.isfinite(row).all()})[:10]
             raise ValueError(
                 f"{self.path}: {self.name} rows (features) {bad} contain NaN or inf; the file is corrupt. "
                 "Re-download the CLT."
