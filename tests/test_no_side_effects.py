@@ -211,17 +211,19 @@ def test_call_interrupted_inside_a_forward_pass_leaves_nothing(user, name, where
 @pytest.mark.parametrize(
     "name", ["attribute", "steer", "generate", "replacement_hooks", "feature_output_tokens"]
 )
-def test_call_failing_while_reading_the_clt_leaves_nothing(user, name, monkeypatch):
-    """The CLT's decoder fails midway (a disk error): the error comes through, the model is untouched."""
+@pytest.mark.parametrize("exc", [OSError, KeyboardInterrupt])
+def test_call_failing_while_reading_the_clt_leaves_nothing(user, name, exc, monkeypatch):
+    """Reading the CLT's decoder fails midway (a disk error, or Ctrl-C): the error comes through, the
+    model is untouched. In `attribute` this happens between the forward pass and the backward passes."""
     model, clt, trip, _ = user
     trip.disarm()
     tokens, logits, before = _state(model)
 
     def boom(*args, **kwargs):
-        raise OSError("disk vanished")
+        raise exc("disk vanished")
 
     monkeypatch.setattr(clt, "decoder_rows", boom)
-    with pytest.raises(OSError, match="disk vanished"):
+    with pytest.raises(exc, match="disk vanished"):
         CALLS[name][2](model, clt)
     monkeypatch.undo()
     assert_unchanged(model, before, tokens, logits)
