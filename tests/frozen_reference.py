@@ -12,9 +12,12 @@ from safetensors.torch import load_file
 
 
 class FrozenReference:
-    def __init__(self, model, clt_dir, tokens, features, values):
-        """features: [n, 3] (layer, pos, feature) active features; values: their activations."""
-        self.model, self.tokens = model, tokens
+    def __init__(self, model, clt_dir, tokens, features, values, input_hook="mlp.hook_in"):
+        """features: [n, 3] (layer, pos, feature) active features; values: their activations.
+
+        input_hook: what the CLT reads ("mlp.hook_in", "ln2.hook_normalized" or "hook_resid_mid").
+        """
+        self.model, self.tokens, self.input_hook = model, tokens, input_hook
         n_layers = model.cfg.n_layers
         dt = model.cfg.dtype
         self.enc = [
@@ -62,8 +65,11 @@ class FrozenReference:
 
         def read_in(t, hook):
             layer = int(hook.name.split(".")[1])
-            mlp_in[layer] = t[0] * self.model.blocks[layer].ln2.w
+            w = self.model.blocks[layer].ln2.w if self.input_hook == "mlp.hook_in" else 1.0
+            mlp_in[layer] = t[0] * w
             return t
+
+        read_at = "hook_resid_mid" if self.input_hook == "hook_resid_mid" else "ln2.hook_normalized"
 
         def set_out(t, hook):
             return mlp_out[int(hook.name.split(".")[1])][None]
@@ -71,7 +77,7 @@ class FrozenReference:
         hooks = [(n, freeze) for n in self.frozen] + [("hook_embed", set_embed)]
         for k in range(self.model.cfg.n_layers):
             hooks += [
-                (f"blocks.{k}.ln2.hook_normalized", read_in),
+                (f"blocks.{k}.{read_at}", read_in),
                 (f"blocks.{k}.hook_mlp_out", set_out),
             ]
         with torch.no_grad():

@@ -146,3 +146,45 @@ def test_networkx_attributes_and_edges(setup):
             float(graph.adjacency[graph.node_ids().index(v), graph.node_ids().index(u)])
         )
     assert all(G.nodes[v]["kind"] in ("feature", "logit") for _, v in G.edges())
+
+
+@pytest.mark.parametrize("input_hook", ["ln2.hook_normalized", "hook_resid_mid"])
+def test_other_input_hooks_are_exact(model_dir, tmp_path, input_hook):
+    """CLTs reading ln2's normalised value (no weight) or the residual stream are attributed exactly."""
+    from tl_clt import synthetic
+
+    model = tl_clt.load_qwen3(model_dir)
+    cdir = synthetic.make_random_clt_folder(
+        tmp_path / "c", 3, 64, 48, seed=3, feature_input_hook=input_hook, model_name=str(model_dir)
+    )
+    clt = tl_clt.CrossLayerTranscoder.from_pretrained(cdir, dtype=torch.float32)
+    graph = tl_clt.attribute(model, clt, PROMPT, batch_size=16, max_n_logits=3, verbose=False)
+    ref = FrozenReference(
+        model, cdir, to_tokens(model, PROMPT), graph.active_features, graph.activation_values, input_hook
+    )
+    pre0, logits0 = ref.run()
+    rows = _targets(graph)
+    scale = graph.adjacency.abs().max()
+    assert graph.n_features > 5
+    for s in range(0, graph.n_features, max(1, graph.n_features // 8)):
+        values = ref.values.clone()
+        values[graph.selected_features[s]] *= 2
+        pre, logits = ref.run(values=values)
+        measured = _measured(graph, ref, pre, logits, pre0, logits0)
+        torch.testing.assert_close(graph.adjacency[rows, s], measured, atol=2e-5 * float(scale), rtol=1e-4)
+
+
+def test_bfloat16_model_matches_float32_closely(model_dir, clt_dir, setup):
+    """A bf16 model (with a bf16 or fp32 CLT) attributes; its logit edges track the fp32 graph's."""
+    _, graph32, _ = setup
+    for clt_dtype in (torch.bfloat16, torch.float32):
+        model = tl_clt.load_qwen3(model_dir, dtype=torch.bfloat16)
+        clt = tl_clt.CrossLayerTranscoder.from_pretrained(clt_dir, dtype=clt_dtype)
+        graph = tl_clt.attribute(model, clt, PROMPT, batch_size=7, max_n_logits=5, verbose=False)
+        assert torch.isfinite(graph.adjacency).all() and graph.adjacency.dtype == torch.float32
+        assert graph.logit_tokens[0] == graph32.logit_tokens[0]
+        common = [k for k in graph.feature_keys.tolist() if k in graph32.feature_keys.tolist()]
+        assert len(common) > 0.8 * graph32.n_features
+        ours = graph.adjacency[graph.logit_index(0), [graph.feature_index(*k) for k in common]]
+        ref = graph32.adjacency[graph32.logit_index(0), [graph32.feature_index(*k) for k in common]]
+        assert (ours - ref).abs().max() < 0.05 * ref.abs().max()

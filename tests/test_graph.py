@@ -123,3 +123,10 @@ def test_load_rejects_other_files(tmp_path):
         AttributionGraph.load(tmp_path / "junk.pt")
     with pytest.raises(FileNotFoundError):
         AttributionGraph.load(tmp_path / "absent.pt")
+
+
+def test_nan_edges_are_named_not_called_a_cycle():
+    graph, _ = make_graph(EDGES)
+    graph.adjacency[0, 5] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        graph.prune()

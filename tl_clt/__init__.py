@@ -2,9 +2,11 @@
 
 from tl_clt.attribution import attribute
 from tl_clt.clt import CrossLayerTranscoder
+from tl_clt.export import graph_to_dict, validate_graph_json, write_graph_folder
 from tl_clt.graph import AttributionGraph, GraphScores
 from tl_clt.hooks import check_compatible, preserve, replacement_hooks
 from tl_clt.loading import load_qwen3
+from tl_clt.plot import plot_graph
 from tl_clt.prompts import to_tokens
 from tl_clt.replacement import ReconstructionReport, feature_activations, reconstruction_report
 from tl_clt.steering import (
@@ -44,9 +46,11 @@ __all__ = [
     "feature_output_tokens",
     "features_at",
     "generate",
+    "graph_to_dict",
     "group_graph",
     "group_interventions",
     "load_qwen3",
+    "plot_graph",
     "prediction_table",
     "preserve",
     "reconstruction_report",
@@ -57,5 +61,7 @@ __all__ = [
     "to_tokens",
     "top_inputs",
     "top_outputs",
+    "validate_graph_json",
+    "write_graph_folder",
 ]
 __version__ = "0.1.0"

@@ -210,22 +210,22 @@ class LinearReplacement:
             outputs, inputs, grad_outputs, retain_graph=True, allow_unused=True, is_grads_batched=True
         )
         zeros = torch.zeros_like(grad_outputs[0])
-        G_emb = (grads[0] if grads[0] is not None else zeros)[:, 0]  # [b, pos, d]
+        G_emb = (grads[0] if grads[0] is not None else zeros)[:, 0].float()  # [b, pos, d]
         n_feat = len(self.active.values)
-        out = torch.zeros(b, self.n_sources, dtype=G_emb.dtype, device=G_emb.device)
+        out = torch.zeros(b, self.n_sources, dtype=torch.float32, device=G_emb.device)  # edges in fp32
         if top:
-            G = torch.stack([(g if g is not None else zeros)[:, 0] for g in grads[1:]], 2)  # [b, pos, top, d]
+            G = torch.stack([(g if g is not None else zeros)[:, 0] for g in grads[1:]], 2).float()
             for cols, acts, dec, prefix in self._decoders:
                 m = prefix[top]
                 if m:
                     p = int(self.active.index[cols[0], 1])
-                    D = dec[:m, :top].reshape(m, -1).to(G.dtype)
-                    out[:, cols[:m]] = ((G[:, p].reshape(b, -1) @ D.T) * acts[:m]).to(out.dtype)
-            err = (G * self.errors[:top].transpose(0, 1)).sum(-1)  # [b, pos, top]
+                    D = dec[:m, :top].reshape(m, -1).float()
+                    out[:, cols[:m]] = (G[:, p].reshape(b, -1) @ D.T) * acts[:m].float()
+            err = (G * self.errors[:top].transpose(0, 1).float()).sum(-1)  # [b, pos, top]
             start = n_feat
             out[:, start : start + top * self.n_pos] = err.transpose(1, 2).reshape(b, -1)
         start = n_feat + self.n_layers * self.n_pos
-        out[:, start:] = (G_emb * self.embed[0].detach()).sum(-1)
+        out[:, start:] = (G_emb * self.embed[0].detach().float()).sum(-1)
         return out
 
 

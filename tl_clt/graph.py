@@ -36,6 +36,8 @@ def normalize_rows(matrix: Float[Tensor, "n m"]) -> Float[Tensor, "n m"]:
 
 def total_influence(A: Float[Tensor, "n n"], weights: Float[Tensor, " n"]) -> Float[Tensor, " n"]:
     """`weights @ (A + A^2 + ...)`: each node's influence through all paths (A nilpotent: a DAG)."""
+    if not torch.isfinite(A).all():
+        raise ValueError("The adjacency matrix has NaN or inf edge weights; the graph is corrupt.")
     step = weights @ A
     total = step.clone()
     for _ in range(A.shape[0] + 1):
@@ -274,6 +276,30 @@ class AttributionGraph:
         from tl_clt.supernodes import group_graph
 
         return group_graph(self, groups)
+
+    def to_json(
+        self,
+        path: str | Path,
+        slug: str | None = None,
+        node_threshold: float = 0.8,
+        edge_threshold: float = 0.98,
+        **kwargs,
+    ) -> Path:
+        """Graph JSON for the circuit-tracer frontend / Neuronpedia (see `tl_clt.export`).
+
+        Prunes with `prune(node_threshold, edge_threshold)` unless this graph is already pruned.
+        """
+        from tl_clt.export import to_json
+
+        return to_json(
+            self, path, slug=slug, node_threshold=node_threshold, edge_threshold=edge_threshold, **kwargs
+        )
+
+    def plot(self, path: str | Path | None = None, **kwargs):
+        """matplotlib Figure of the pruned graph (see `tl_clt.plot.plot_graph`)."""
+        from tl_clt.plot import plot_graph
+
+        return plot_graph(self, path=path, **kwargs)
 
     def save(self, path: str | Path) -> None:
         """Write the graph to `path` (a temp file renamed into place: a failed save leaves no file)."""

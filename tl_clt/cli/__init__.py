@@ -1,0 +1,53 @@
+"""The `tl-clt` command line: `tl-clt attribute ...` and `tl-clt steer ...`.
+
+    tl-clt attribute --model Qwen/Qwen3-1.7B-Base --clt bluelightai/clt-qwen3-1.7b-base-20k \\
+        --prompt "The capital of France is" -o graph.json --png graph.png
+    tl-clt steer --model ... --clt ... --prompt "..." --set 12:-1:847=0
+
+Progress and messages go to stderr; results (paths written, tables) go to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from tl_clt.cli.attribute import add_attribute_parser
+from tl_clt.cli.common import PROG, CLIError
+from tl_clt.cli.steer import add_steer_parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Circuit tracing on Qwen3 with cross-layer transcoders.",
+    )
+    from tl_clt import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_attribute_parser(commands)
+    add_steer_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `tl-clt` with `argv` (default: sys.argv[1:]); returns 0, or exits non-zero on errors."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable = args.func
+    try:
+        results = func(args)
+    except CLIError as err:
+        args.parser.error(str(err))  # exits with status 2
+    except (FileNotFoundError, ValueError, IndexError, KeyError, NotImplementedError) as err:
+        print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    for line in results or []:
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

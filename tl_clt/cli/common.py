@@ -1,0 +1,135 @@
+"""What the `tl-clt` subcommands share: argument types, messages, device choice, model loading."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+PROG = "tl-clt"
+DTYPES = ("float32", "bfloat16")
+
+
+class CLIError(Exception):
+    """A bad argument or input found after parsing; reported as `tl-clt <cmd>: error: ...`."""
+
+
+# ------------------------------------------------------------------------ argument types
+def unit_interval(text: str) -> float:
+    """A float in [0, 1]."""
+    value = _float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def probability(text: str) -> float:
+    """A float in (0, 1]."""
+    value = _float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if value != value:  # NaN
+        raise argparse.ArgumentTypeError("must be a number, got NaN")
+    return value
+
+
+def say(args, message: str) -> None:
+    if not args.quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def check_local_path(name: str, flag: str) -> None:
+    """A path-like name must exist; hub ids ('owner/name') are left to the loaders."""
+    path = Path(name).expanduser()
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") != 1 or path.exists()
+    if looks_local and not path.is_dir():
+        what = "file, not a folder" if path.is_file() else "no such folder"
+        raise CLIError(f"{flag} {name}: {what}; pass a local folder or a hub id 'owner/name'")
+
+
+def device_of(args) -> str:
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise CLIError("--device cuda: no CUDA device is available here; use --device cpu")
+    return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def add_model_arguments(group) -> None:
+    """--model and --clt, as every subcommand takes them."""
+    group.add_argument(
+        "--model",
+        required=True,
+        metavar="NAME_OR_PATH",
+        help="Qwen3 checkpoint: a local Hugging Face folder or a hub id",
+    )
+    group.add_argument(
+        "--clt",
+        required=True,
+        metavar="NAME_OR_PATH",
+        help="cross-layer transcoder: a local folder (config.yaml + W_enc_*/W_dec_* safetensors) or a hub id",
+    )
+
+
+def add_running_arguments(p) -> None:
+    """--dtype, --device, --quiet."""
+    run = p.add_argument_group("running")
+    run.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="float32",
+        help="dtype of the model and the CLT (default: %(default)s)",
+    )
+    run.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default=None,
+        help="device (default: cuda when available, else cpu)",
+    )
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bars or messages")
+
+
+def load(args):
+    """(model, clt) from --model/--clt/--dtype/--device, with messages on stderr."""
+    import torch
+
+    import tl_clt
+
+    device, dtype = device_of(args), getattr(torch, args.dtype)
+    say(args, f"loading model {args.model} ({args.dtype}, {device})")
+    model = tl_clt.load_qwen3(args.model, device=device, dtype=dtype)
+    say(args, f"loading CLT {args.clt}")
+    clt = tl_clt.CrossLayerTranscoder.from_pretrained(args.clt, device=device, dtype=dtype)
+    return model, clt
+
+
+def quiet_stdout(args, fn: Callable):
+    """Run fn(args) with library prints (e.g. "Moving model to device") sent to stderr or nowhere."""
+    sink = open(os.devnull, "w") if args.quiet else sys.stderr  # noqa: SIM115
+    try:
+        with contextlib.redirect_stdout(sink):
+            return fn(args)
+    finally:
+        if sink is not sys.stderr:
+            sink.close()
