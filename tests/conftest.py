@@ -10,6 +10,8 @@ import torch
 from tl_clt import CrossLayerTranscoder, load_qwen3, synthetic
 
 warnings.filterwarnings("ignore", message=".*HookedTransformer is deprecated.*")
+# The test models are tiny: extra intra-op threads only fight over the shared cores (4x slower under load).
+torch.set_num_threads(1)
 PROMPT = "Fact: The president of the United States in 2010 was"
 
 
@@ -43,3 +45,11 @@ def model(model_dir):
 @pytest.fixture(scope="session")
 def clt(clt_dir):
     return CrossLayerTranscoder.from_pretrained(clt_dir, dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def small_clt_dir(tmp_path_factory):
+    """A CLT that fits the `model` fixture (3 layers, d_model 64) with 16 features: fast graphs."""
+    return synthetic.make_random_clt_folder(
+        tmp_path_factory.mktemp("small") / "clt", 3, 64, 16, density=0.2, model_name="tiny-qwen3"
+    )

@@ -82,12 +82,11 @@ class FrozenReference:
             ]
         with torch.no_grad():
             logits = self.model.run_with_hooks(self.tokens[None], fwd_hooks=hooks)[0, -1]
-        pre = torch.stack(
-            [
-                mlp_in[k][p] @ self.enc[k][f"W_enc_{k}"][f] + self.enc[k][f"b_enc_{k}"][f]
-                for k, p, f in self.features.tolist()
-            ]
-        )
+        pre = [
+            mlp_in[k][p] @ self.enc[k][f"W_enc_{k}"][f] + self.enc[k][f"b_enc_{k}"][f]
+            for k, p, f in self.features.tolist()
+        ]
+        pre = torch.stack(pre) if pre else logits.new_zeros(0)
         return pre, logits - logits.mean()
 
     def double_source(self, graph, kind, source):

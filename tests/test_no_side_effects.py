@@ -1,111 +1,280 @@
-"""After every call — successful, raising, or interrupted from inside a hook — the model is unchanged."""
+"""After every public call that takes a model — successful, raising, or interrupted from inside a hook —
+the model is exactly as it was: the same hooks (the user's own, permanent ones included, still there and
+still called), cfg, requires_grad, train/eval mode, grads, and bit-identical logits.
+
+The hook functions we return (replacement_hooks, steering_hooks) keep no state that corrupts a later
+forward pass with another batch size or sequence length, or a pass after an interrupted one.
+"""
 
 from __future__ import annotations
+
+import inspect
 
 import pytest
 import torch
 from conftest import PROMPT
+from model_state import assert_unchanged, snapshot
 
 import tl_clt
+from tl_clt import Intervention
 
 
-def snapshot(model):
-    return {
-        "hook_points": {
-            n: (tuple(map(id, hp.fwd_hooks)), tuple(map(id, hp.bwd_hooks)))
-            for n, hp in model.hook_dict.items()
-        },
-        "torch_hooks": {
-            n: (tuple(m._forward_hooks), tuple(m._forward_pre_hooks), tuple(m._backward_hooks))
-            for n, m in model.named_modules()
-        },
-        "modules": [id(m) for m in model.modules()],
-        "cfg": dict(model.cfg.__dict__),
-        "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()},
-        "grads": {n: p.grad for n, p in model.named_parameters()},
-        "training": {n: m.training for n, m in model.named_modules()},
-        "context_level": model.context_level,
-        "params": {n: p.detach().clone() for n, p in model.named_parameters()},
-    }
+class Tripwire:
+    """A user's permanent hook that counts its calls and, when armed, raises at the k-th one."""
+
+    def __init__(self):
+        self.calls, self.at, self.exc = 0, None, None
+
+    def arm(self, at: int, exc: type[BaseException]) -> None:
+        self.calls, self.at, self.exc = 0, at, exc
+
+    def disarm(self) -> None:
+        self.at = None
+
+    def __call__(self, tensor, hook):
+        self.calls += 1
+        if self.at is not None and self.calls == self.at:
+            raise self.exc("tripwire")
+        return tensor
 
 
-def assert_unchanged(model, before, tokens, logits_before):
-    after = snapshot(model)
-    for key in before:
-        if key == "params":
-            assert all(torch.equal(before[key][n], after[key][n]) for n in before[key])
-        else:
-            assert before[key] == after[key], key
-    assert torch.equal(model(tokens), logits_before)
-
-
-@pytest.fixture()
-def user_model(model):
-    """The user's model with their own permanent hook (which counts calls) and a frozen parameter."""
-    calls = []
-    model.add_perma_hook("blocks.0.hook_resid_pre", lambda t, hook: calls.append(1) or t)
+@pytest.fixture(scope="module")
+def user(model_dir, small_clt_dir):
+    """The user's model as they left it: a permanent hook, a temporary hook, a torch module hook, a frozen
+    parameter, train mode. Shared by the tests of this module: each checks it is unchanged by its call."""
+    model = tl_clt.load_qwen3(model_dir)
+    clt = tl_clt.CrossLayerTranscoder.from_pretrained(small_clt_dir, dtype=torch.float32)
+    trip = Tripwire()
+    counted = []
+    model.add_perma_hook("blocks.1.hook_attn_out", trip)
+    model.add_hook("blocks.0.hook_resid_pre", lambda t, hook: counted.append(1) or t)
+    model.blocks[2].mlp.register_forward_hook(lambda mod, args, out: None)
     model.blocks[1].attn.W_Q.requires_grad_(False)
     model.train()
-    return model, calls
+    model.blocks[0].eval()  # mixed modes must survive too
+    return model, clt, trip, counted
 
 
-def run_calls(model, clt):
-    yield lambda: tl_clt.attribute(model, clt, PROMPT, batch_size=8, verbose=False)
-    yield lambda: tl_clt.attribute(model, clt, PROMPT, batch_size=3, max_feature_nodes=5, verbose=False)
-    yield lambda: tl_clt.feature_activations(model, clt, PROMPT)
-    yield lambda: tl_clt.reconstruction_report(model, clt, PROMPT)
-
-    def with_replacement():
-        with model.hooks(fwd_hooks=tl_clt.replacement_hooks(model, clt, use_error_term=True)):
-            model(tl_clt.to_tokens(model, PROMPT)[None])
-
-    yield with_replacement
+def _tokens(model):
+    return tl_clt.to_tokens(model, PROMPT)
 
 
-@pytest.mark.parametrize("i", range(5))
-def test_successful_calls_leave_nothing(user_model, clt, i):
-    model, calls = user_model
-    tokens = tl_clt.to_tokens(model, PROMPT)[None]
-    logits = model(tokens)
-    before = snapshot(model)
-    list(run_calls(model, clt))[i]()
+IVS = [Intervention(0, 3, 1, 0.0), Intervention(1, slice(2, None), 5, 2.0)]
+
+
+def _with_hooks(model, hooks):
+    with model.hooks(fwd_hooks=hooks):
+        return model(_tokens(model)[None])
+
+
+def _preserve_body(model):
+    """What a careless caller might do inside `preserve`: all of it is undone on exit."""
+    with tl_clt.preserve(model):
+        model.add_hook("blocks.0.hook_mlp_out", lambda t, hook: t * 2)
+        model.add_perma_hook("blocks.2.hook_resid_post", lambda t, hook: t)
+        model.cfg.use_attn_result = True
+        model.eval()
+        model.requires_grad_(False)
+        model.W_E.grad = torch.ones_like(model.W_E)
+        return model(_tokens(model)[None])
+
+
+# name -> (public function it exercises, whether it runs the model forward, call(model, clt))
+CALLS = {
+    "attribute": (
+        "attribute",
+        True,
+        lambda m, c: tl_clt.attribute(m, c, PROMPT, max_n_logits=3, batch_size=4, verbose=False),
+    ),
+    "attribute_max_feature_nodes": (
+        "attribute",
+        True,
+        lambda m, c: tl_clt.attribute(
+            m, c, PROMPT, max_feature_nodes=4, batch_size=2, update_interval=1, verbose=False
+        ),
+    ),
+    "feature_activations": (
+        "feature_activations",
+        True,
+        lambda m, c: tl_clt.feature_activations(m, c, PROMPT),
+    ),
+    "reconstruction_report": (
+        "reconstruction_report",
+        True,
+        lambda m, c: tl_clt.reconstruction_report(m, c, PROMPT),
+    ),
+    "replacement_hooks_error_term": (
+        "replacement_hooks",
+        True,
+        lambda m, c: _with_hooks(m, tl_clt.replacement_hooks(m, c, use_error_term=True)),
+    ),
+    "replacement_hooks": (
+        "replacement_hooks",
+        True,
+        lambda m, c: _with_hooks(m, tl_clt.replacement_hooks(m, c)),
+    ),
+    "steering_hooks_frozen": (
+        "steering_hooks",
+        True,
+        lambda m, c: _with_hooks(m, tl_clt.steering_hooks(m, c, IVS, tokens=_tokens(m))),
+    ),
+    "steering_hooks_unfrozen": (
+        "steering_hooks",
+        True,
+        lambda m, c: _with_hooks(m, tl_clt.steering_hooks(m, c, IVS, freeze_attention=False)),
+    ),
+    "steering_hooks_direct": (
+        "steering_hooks",
+        True,
+        lambda m, c: _with_hooks(m, tl_clt.steering_hooks(m, c, IVS, tokens=_tokens(m), direct_effects=True)),
+    ),
+    "steer": ("steer", True, lambda m, c: tl_clt.steer(m, c, PROMPT, IVS)),
+    "steer_direct": ("steer", True, lambda m, c: tl_clt.steer(m, c, PROMPT, IVS, direct_effects=True)),
+    "generate": ("generate", True, lambda m, c: tl_clt.generate(m, c, PROMPT, IVS, max_new_tokens=2)),
+    "generate_frozen": (
+        "generate",
+        True,
+        lambda m, c: tl_clt.generate(
+            m, c, PROMPT, IVS, max_new_tokens=2, freeze_attention=True, temperature=1.0
+        ),
+    ),
+    "feature_output_tokens": (
+        "feature_output_tokens",
+        False,
+        lambda m, c: tl_clt.feature_output_tokens(m, c, layer=1, feature=3, k=5),
+    ),
+    "prediction_table": (
+        "prediction_table",
+        False,
+        lambda m, c: tl_clt.prediction_table(m, torch.randn(12, m.cfg.d_vocab), torch.randn(m.cfg.d_vocab)),
+    ),
+    "check_compatible": ("check_compatible", False, lambda m, c: tl_clt.check_compatible(m, c)),
+    "to_tokens": ("to_tokens", False, lambda m, c: tl_clt.to_tokens(m, PROMPT)),
+    "preserve": ("preserve", True, lambda m, c: _preserve_body(m)),
+}
+FORWARD_CALLS = [name for name, (_, forward, _) in CALLS.items() if forward]
+
+
+def test_every_public_function_taking_a_model_is_covered():
+    takes_model = {
+        name
+        for name in tl_clt.__all__
+        if inspect.isfunction(getattr(tl_clt, name))
+        and "model" in inspect.signature(getattr(tl_clt, name)).parameters
+    }
+    assert takes_model <= {fn for fn, _, _ in CALLS.values()}, takes_model - {
+        fn for fn, _, _ in CALLS.values()
+    }
+    assert len(takes_model) >= 12
+
+
+def _state(model):
+    tokens = _tokens(model)[None]
+    with torch.no_grad():
+        logits = model(tokens)
+    return tokens, logits, snapshot(model)
+
+
+@pytest.mark.parametrize("name", list(CALLS))
+def test_successful_call_leaves_nothing(user, name):
+    model, clt, trip, counted = user
+    tokens, logits, before = _state(model)
+    counted.clear()
+    trip.disarm()
+    CALLS[name][2](model, clt)
     assert_unchanged(model, before, tokens, logits)
-    assert calls, "the user's own permanent hook stays active during our calls"
+    if CALLS[name][1]:
+        assert counted, "the user's own hooks stay active during our calls"
 
 
-def test_raising_call_leaves_nothing(user_model, clt, monkeypatch):
-    model, _ = user_model
-    tokens = tl_clt.to_tokens(model, PROMPT)[None]
-    logits = model(tokens)
-    before = snapshot(model)
+@pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])
+@pytest.mark.parametrize("where", ["first", "last"])
+@pytest.mark.parametrize("name", FORWARD_CALLS)
+def test_call_interrupted_inside_a_forward_pass_leaves_nothing(user, name, where, exc):
+    """The user's hook raises at the first or the last forward pass our call makes."""
+    model, clt, trip, _ = user
+    trip.disarm()
+    trip.calls = 0
+    CALLS[name][2](model, clt)
+    n_calls = trip.calls
+    assert n_calls >= 1
+    tokens, logits, before = _state(model)
+    trip.arm(1 if where == "first" else n_calls, exc)
+    try:
+        with pytest.raises(exc, match="tripwire"):
+            CALLS[name][2](model, clt)
+    finally:
+        trip.disarm()
+    assert_unchanged(model, before, tokens, logits)
 
-    def boom(*a, **k):
-        raise RuntimeError("disk vanished")
+
+@pytest.mark.parametrize(
+    "name", ["attribute", "steer", "generate", "replacement_hooks", "feature_output_tokens"]
+)
+@pytest.mark.parametrize("exc", [OSError, KeyboardInterrupt])
+def test_call_failing_while_reading_the_clt_leaves_nothing(user, name, exc, monkeypatch):
+    """Reading the CLT's decoder fails midway (a disk error, or Ctrl-C): the error comes through, the
+    model is untouched. In `attribute` this happens between the forward pass and the backward passes."""
+    model, clt, trip, _ = user
+    trip.disarm()
+    tokens, logits, before = _state(model)
+
+    def boom(*args, **kwargs):
+        raise exc("disk vanished")
 
     monkeypatch.setattr(clt, "decoder_rows", boom)
-    with pytest.raises(RuntimeError, match="disk vanished"):
-        tl_clt.attribute(model, clt, PROMPT, verbose=False)
+    with pytest.raises(exc, match="disk vanished"):
+        CALLS[name][2](model, clt)
     monkeypatch.undo()
     assert_unchanged(model, before, tokens, logits)
 
 
-@pytest.mark.parametrize("i", range(5))
-def test_keyboard_interrupt_inside_a_hook_leaves_nothing(user_model, clt, i):
-    """A KeyboardInterrupt raised from inside a forward pass midway through our call."""
-    model, _ = user_model
-    tokens = tl_clt.to_tokens(model, PROMPT)[None]
-    logits = model(tokens)
-    armed = []
+# ------------------------------------------------------------------------ returned hooks keep no stale state
+def _run(model, hooks, tokens):
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+        return model(tokens)
 
-    def interrupt(t, hook):
-        if armed:
-            raise KeyboardInterrupt
-        return t
 
-    model.add_perma_hook("blocks.1.hook_attn_out", interrupt)
-    before = snapshot(model)
-    armed.append(True)
+def _batches(model):
+    gen = torch.Generator().manual_seed(0)
+    short = torch.randint(1, model.cfg.d_vocab, (3, 7), generator=gen)
+    short[:, 0] = tl_clt.to_tokens(model, [5])[0]  # the sink first, as to_tokens does
+    return [_tokens(model)[None], short, _tokens(model)[None].repeat(2, 1)]
+
+
+@pytest.mark.parametrize("kind", ["replacement", "replacement_error_term", "steering_unfrozen"])
+def test_reused_hooks_match_fresh_hooks_for_any_batch_and_length(user, kind):
+    model, clt, trip, _ = user
+    trip.disarm()
+
+    def make():
+        if kind == "steering_unfrozen":
+            return tl_clt.steering_hooks(model, clt, IVS, freeze_attention=False)
+        return tl_clt.replacement_hooks(model, clt, use_error_term=kind.endswith("error_term"))
+
+    hooks = make()
+    batches = _batches(model)
+    for tokens in batches + batches[::-1]:
+        torch.testing.assert_close(_run(model, hooks, tokens), _run(model, make(), tokens), atol=0, rtol=0)
+    # a pass interrupted midway leaves nothing that changes the next one
+    trip.arm(1, KeyboardInterrupt)
     with pytest.raises(KeyboardInterrupt):
-        list(run_calls(model, clt))[i]()
-    armed.clear()
-    assert_unchanged(model, before, tokens, logits)
+        _run(model, hooks, batches[1])
+    trip.disarm()
+    torch.testing.assert_close(
+        _run(model, hooks, batches[0]), _run(model, make(), batches[0]), atol=0, rtol=0
+    )
+
+
+@pytest.mark.parametrize("direct_effects", [False, True])
+def test_frozen_steering_hooks_serve_any_batch_of_their_prompt(user, direct_effects):
+    model, clt, trip, _ = user
+    trip.disarm()
+    tokens = _tokens(model)[None]
+    hooks = tl_clt.steering_hooks(model, clt, IVS, tokens=tokens, direct_effects=direct_effects)
+    one = _run(model, hooks, tokens)
+    three = _run(model, hooks, tokens.repeat(3, 1))
+    torch.testing.assert_close(three, one.expand(3, -1, -1), atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="were built for tokens="):
+        _run(model, hooks, tokens[:, :5])
+    torch.testing.assert_close(_run(model, hooks, tokens), one, atol=0, rtol=0)

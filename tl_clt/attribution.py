@@ -240,8 +240,16 @@ def logit_targets(
     return top_i[:n], top_p[:n]
 
 
-def _check_args(max_n_logits, desired_logit_prob, max_feature_nodes, batch_size) -> None:
-    if not 0 < desired_logit_prob <= 1:
+def _check_args(max_n_logits, desired_logit_prob, max_feature_nodes, batch_size, update_interval) -> None:
+    for name, value in [
+        ("max_n_logits", max_n_logits),
+        ("max_feature_nodes", max_feature_nodes),
+        ("batch_size", batch_size),
+        ("update_interval", update_interval),
+    ]:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__}).")
+    if not isinstance(desired_logit_prob, (int, float)) or not 0 < desired_logit_prob <= 1:
         raise ValueError(f"desired_logit_prob must be in (0, 1], got {desired_logit_prob}.")
     if max_n_logits < 1:
         raise ValueError(f"max_n_logits must be at least 1, got {max_n_logits}.")
@@ -251,6 +259,8 @@ def _check_args(max_n_logits, desired_logit_prob, max_feature_nodes, batch_size)
         )
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    if update_interval < 1:
+        raise ValueError(f"update_interval must be >= 1 (batches per re-ranking), got {update_interval}.")
 
 
 def attribute(
@@ -271,9 +281,14 @@ def attribute(
     With `max_feature_nodes`, features are visited in order of estimated influence on the logits,
     refreshed every `update_interval` batches; otherwise every active feature gets a row.
     """
-    _check_args(max_n_logits, desired_logit_prob, max_feature_nodes, batch_size)
+    _check_args(max_n_logits, desired_logit_prob, max_feature_nodes, batch_size, update_interval)
     check_compatible(model, clt)
     tokens = to_tokens(model, prompt)
+    if len(tokens) < 2:
+        raise ValueError(
+            "The prompt is only the attention-sink token; attribution needs at least one real token "
+            "after it (features and errors at position 0 are left out of graphs)."
+        )
     clock = [time.perf_counter()]
     with preserve(model):
         state = clean_pass(model, clt, tokens)

@@ -37,9 +37,8 @@ class SafetensorsRows:
     """Memory-mapped row reader for one tensor of a safetensors file (only touched pages are read)."""
 
     def __init__(self, path: Path, name: str):
-        with open(path, "rb") as f:
-            header_len = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(header_len))
+        self.path, self.name = path, name
+        header, header_len = _read_header(path)
         if name not in header:
             raise KeyError(f"{path.name} has no tensor {name!r} (it has {sorted(header)[:5]}).")
         info = header[name]
@@ -50,12 +49,25 @@ class SafetensorsRows:
         start, end = info["data_offsets"]
         expected = int(np.prod(self.shape)) * np.dtype(np_dtype).itemsize
         if end - start != expected or 8 + header_len + end > path.stat().st_size:
-            raise ValueError(f"{path} is truncated or corrupt (tensor {name} does not fit the file).")
+            raise ValueError(
+                f"{path} is truncated or corrupt (tensor {name} does not fit the file); re-download the CLT."
+            )
         self._mm = np.memmap(path, dtype=np_dtype, mode="r", offset=8 + header_len + start, shape=self.shape)
 
     def __getitem__(self, rows: Tensor) -> Tensor:
-        data = np.ascontiguousarray(self._mm[rows.cpu().numpy()])
-        return torch.from_numpy(data).view(self.torch_dtype)
+        """The rows, checked for NaN/inf as they are read (a corrupt file fails where it is used).
+
+        The check is one float32/64 sum (NaN and inf propagate): no temporary as large as the rows."""
+        data = torch.from_numpy(np.ascontiguousarray(self._mm[rows.cpu().numpy()])).view(self.torch_dtype)
+        acc = torch.float64 if data.dtype == torch.float64 else torch.float32
+        if not torch.isfinite(data.sum(dtype=acc)):
+            per_row = zip(rows.reshape(-1).tolist(), data.reshape(-1, *self.shape[1:]), strict=True)
+            bad = sorted({r for r, row in per_row if not torch.isfinite(row).all()})[:10]
+            raise ValueError(
+                f"{self.path}: {self.name} rows (features) {bad} contain NaN or inf; the file is corrupt. "
+                "Re-download the CLT."
+            )
+        return data
 
 
 class CrossLayerTranscoder(torch.nn.Module):
@@ -128,7 +140,10 @@ class CrossLayerTranscoder(torch.nn.Module):
             ("threshold", threshold),
         ):
             if t is not None and not torch.isfinite(t).all():
-                raise ValueError(f"{folder}: {name} contains NaN or inf values; the file is corrupt.")
+                raise ValueError(
+                    f"{folder}: {name} has values too large for dtype={dtype} (NaN or inf after "
+                    "conversion); load it in a wider dtype (dtype=None keeps the on-disk one)."
+                )
         W_dec = _open_decoders(folder, n_layers, W_enc.shape[1], W_enc.shape[2], lazy_decoder)
         if not lazy_decoder:
             W_dec = [w.to(dtype) for w in W_dec]
@@ -212,7 +227,15 @@ def _read_config(folder: Path) -> dict:
             f"No config.yaml in {folder}. A CLT folder holds config.yaml plus W_enc_{{l}} and "
             "W_dec_{l} .safetensors files per layer (circuit-tracer's split format)."
         )
-    config = yaml.safe_load(path.read_text()) or {}
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path} is not valid YAML ({err}); re-download the CLT.") from err
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"{path} holds a {type(config).__name__}, not a mapping with model_kind, model_name, "
+            "feature_input_hook and feature_output_hook; re-download the CLT."
+        )
     kind = config.get("model_kind", "cross_layer_transcoder")
     if kind != "cross_layer_transcoder":
         raise ValueError(
@@ -233,8 +256,10 @@ def _count_layers(folder: Path) -> int:
         missing = sorted(set(range(n)) - set(got))
         if missing or n == 0:
             raise FileNotFoundError(
-                f"{folder}: W_{kind}_{{l}}.safetensors missing for layers {missing or 'all'}; "
-                "re-download the CLT or check the folder."
+                f"{folder}: W_{kind}_{{l}}.safetensors missing for layers {missing or 'all'} (found "
+                f"W_enc for layers {layers['enc']}, W_dec for {layers['dec']}; a CLT of n layers has "
+                "W_enc_0..W_enc_{n-1} and W_dec_0..W_dec_{n-1}). Re-download the CLT, or remove stray "
+                "layer files."
             )
     return n
 
@@ -251,7 +276,10 @@ def _read_encoder_layer(folder: Path, layer: int) -> dict[str, Tensor]:
             if f"threshold_{layer}" in keys:
                 out["threshold"] = f.get_tensor(f"threshold_{layer}")
     except SafetensorError as err:
-        raise ValueError(f"{path} is not a readable safetensors file ({err}).") from err
+        raise ValueError(f"{path} is not a readable safetensors file ({err}); re-download the CLT.") from err
+    for name, t in out.items():
+        if not torch.isfinite(t).all():
+            raise ValueError(f"{path}: {name}_{layer} contains NaN or inf values; the file is corrupt.")
     return out
 
 
@@ -277,3 +305,23 @@ def _open_decoders(folder: Path, n_layers: int, F: int, d: int, lazy: bool) -> l
             )
         decoders.append(rows if lazy else rows[torch.arange(F)])
     return decoders
+
+
+def _read_header(path: Path) -> tuple[dict, int]:
+    """A safetensors file's JSON header and its length, or ValueError for a truncated/corrupt file."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        if size < 8 or header_len > size - 8:
+            raise ValueError(f"{path} is truncated or corrupt (its header does not fit the file).")
+        try:
+            header = json.loads(f.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path} is truncated or corrupt (unreadable header: {err}).") from err
+    if not isinstance(header, dict) or not all(
+        isinstance(v, dict) and {"dtype", "shape", "data_offsets"} <= set(v)
+        for k, v in header.items()
+        if k != "__metadata__"
+    ):
+        raise ValueError(f"{path} is truncated or corrupt (its header is not a safetensors header).")
+    return header, header_len

@@ -9,7 +9,9 @@ Node ids in networkx: `"F:{layer}:{pos}:{feature}"`, `"E:{layer}:{pos}"`, `"T:{p
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+import os
+import tempfile
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -300,8 +302,19 @@ class AttributionGraph:
         return plot_graph(self, path=path, **kwargs)
 
     def save(self, path: str | Path) -> None:
+        """Write the graph to `path` (a temp file renamed into place: a failed save leaves no file)."""
+        path = Path(path)
+        if not path.parent.is_dir():
+            raise FileNotFoundError(f"Cannot save to {path}: the folder {path.parent} does not exist.")
         data = {f.name: getattr(self, f.name) for f in fields(self)}
-        torch.save({"format": GRAPH_FORMAT, "graph": data}, str(path))
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save({"format": GRAPH_FORMAT, "graph": data}, f)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
     @classmethod
     def load(cls, path: str | Path) -> AttributionGraph:
@@ -318,4 +331,13 @@ class AttributionGraph:
                 f"{path} holds {found!r}, not a {GRAPH_FORMAT} graph; re-create it with this "
                 "version of tl_clt (tl_clt.attribute(...).save(path))."
             )
-        return cls(**blob["graph"])
+        data = blob.get("graph")
+        names = {f.name for f in fields(cls)}
+        required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+        if not isinstance(data, dict) or set(data) - names or required - set(data):
+            got = sorted(data) if isinstance(data, dict) else type(data).__name__
+            raise ValueError(
+                f"{path} says {GRAPH_FORMAT} but its fields {got} are not this version's {sorted(names)}; "
+                "the file is corrupt or from another tl_clt version: re-create it with tl_clt.attribute."
+            )
+        return cls(**data)

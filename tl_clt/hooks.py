@@ -62,9 +62,22 @@ def check_model(model: HookedTransformer) -> None:
         )
 
 
+class ModelNameWarning(UserWarning):
+    """The CLT's config names another model than the one it is used with (the shapes do match)."""
+
+
 def check_compatible(model: HookedTransformer, clt: CrossLayerTranscoder) -> None:
-    """Model and CLT fit together: same d_model and n_layers, unfolded norms; warn on a name mismatch."""
+    """Model and CLT fit together: same d_model, n_layers and device, unfolded norms.
+
+    Names that differ beyond a path, the hub owner or case give a `ModelNameWarning`, not an error: the
+    same checkpoint may live under another name (a local copy).
+    """
     check_model(model)
+    if not isinstance(clt, CrossLayerTranscoder):
+        raise TypeError(
+            f"Expected a tl_clt.CrossLayerTranscoder, got {type(clt).__name__}; load one with "
+            "tl_clt.CrossLayerTranscoder.from_pretrained(...)."
+        )
     if clt.d_model != model.cfg.d_model:
         raise ValueError(
             f"CLT d_model {clt.d_model} != model d_model {model.cfg.d_model}: this CLT was trained for "
@@ -75,16 +88,34 @@ def check_compatible(model: HookedTransformer, clt: CrossLayerTranscoder) -> Non
             f"CLT has {clt.n_layers} layers but the model has {model.cfg.n_layers}: this CLT was "
             f"trained for another model ({clt.model_name!r})."
         )
-    if clt.model_name and model.cfg.model_name and not _same_model(clt.model_name, model.cfg.model_name):
+    model_device = model.W_E.device
+    if model.cfg.n_devices == 1 and clt.device != model_device:
+        raise ValueError(
+            f"The CLT is on {clt.device} but the model is on {model_device}; move it with "
+            f"clt.to({str(model_device)!r}) (or load it with device=...)."
+        )
+    if clt.model_name and model.cfg.model_name and not same_model(clt.model_name, model.cfg.model_name):
         warnings.warn(
-            f"CLT was trained for {clt.model_name!r} but the model is {model.cfg.model_name!r}.",
+            f"This CLT was trained for {clt.model_name!r} but the model is {model.cfg.model_name!r}. "
+            "d_model and n_layers match, so tl_clt goes on; if these are different checkpoints the "
+            "features mean nothing here: load the CLT made for this model. If it is the same model under "
+            "another name, silence this with warnings.simplefilter('ignore', tl_clt.hooks.ModelNameWarning).",
+            ModelNameWarning,
             stacklevel=3,
         )
 
 
-def _same_model(a: str, b: str) -> bool:
-    norm = [s.rstrip("/").rsplit("/", 1)[-1].lower() for s in (a, b)]
-    return norm[0] == norm[1] or norm[0] in norm[1] or norm[1] in norm[0]
+def same_model(a: str, b: str) -> bool:
+    """Same checkpoint name up to a local path, the hub owner, case, or a hub cache folder."""
+    return _model_id(a) == _model_id(b)
+
+
+def _model_id(name: str) -> str:
+    parts = [p for p in str(name).replace("\\", "/").split("/") if p]
+    for i, part in enumerate(parts):  # <cache>/models--Owner--Name/snapshots/<hash>
+        if part.startswith("models--") and i + 1 < len(parts) and parts[i + 1] == "snapshots":
+            return part.split("--")[-1].lower()
+    return parts[-1].lower() if parts else ""
 
 
 # ------------------------------------------------------------------------ leave nothing behind

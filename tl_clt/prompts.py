@@ -17,6 +17,11 @@ SINK_TOKEN = "<|endoftext|>"
 
 def sink_token_id(model: HookedTransformer) -> int:
     tok = model.tokenizer
+    if tok is None:
+        raise ValueError(
+            f"This model has no tokenizer, so the {SINK_TOKEN!r} sink id is unknown. Give it one with "
+            "model.set_tokenizer(AutoTokenizer.from_pretrained(<the model's folder or hub id>))."
+        )
     token_id = tok.convert_tokens_to_ids(SINK_TOKEN)
     if token_id is None or token_id == tok.unk_token_id:
         token_id = tok.eos_token_id
@@ -27,6 +32,8 @@ def sink_token_id(model: HookedTransformer) -> int:
 
 def to_tokens(model: HookedTransformer, prompt: Prompt) -> Int[Tensor, " pos"]:
     """Token ids on the model's device, with `<|endoftext|>` prepended when the first is not special."""
+    if not isinstance(model, HookedTransformer):
+        raise TypeError(f"Expected a transformer_lens.HookedTransformer, got {type(model).__name__}.")
     if isinstance(prompt, str):
         if model.tokenizer is None:
             raise ValueError("This model has no tokenizer: pass token ids instead of a string.")
@@ -35,21 +42,55 @@ def to_tokens(model: HookedTransformer, prompt: Prompt) -> Int[Tensor, " pos"]:
         ids = model.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         tokens = torch.tensor(ids, dtype=torch.long)
     else:
-        tokens = torch.as_tensor(prompt).detach().to("cpu")
-        if tokens.is_floating_point() or tokens.is_complex():
-            raise TypeError(f"Token ids must be integers, got dtype {tokens.dtype}.")
+        tokens = _as_token_tensor(prompt)
         tokens = tokens.long().reshape(-1) if tokens.ndim == 2 and tokens.shape[0] == 1 else tokens.long()
         if tokens.ndim != 1:
-            raise ValueError(f"Expected one prompt (1-D token ids), got shape {tuple(tokens.shape)}.")
+            raise ValueError(
+                f"Expected one prompt (1-D token ids), got shape {tuple(tokens.shape)}; tl_clt works on one "
+                "prompt at a time: loop over the batch."
+            )
     if tokens.numel() == 0:
         raise ValueError("The prompt has no tokens.")
     if tokens.min() < 0 or tokens.max() >= model.cfg.d_vocab:
         raise ValueError(
-            f"Token ids must be in [0, {model.cfg.d_vocab}); got {tokens.min()}..{tokens.max()}."
+            f"Token ids must be in [0, {model.cfg.d_vocab}) (this model's vocabulary); got "
+            f"{tokens.min()}..{tokens.max()}. Tokenize with this model's tokenizer (tl_clt.to_tokens)."
         )
     special = set(model.tokenizer.all_special_ids) if model.tokenizer is not None else set()
     if int(tokens[0]) not in special:
         tokens = torch.cat([torch.tensor([sink_token_id(model)]), tokens])
     if len(tokens) > model.cfg.n_ctx:
-        raise ValueError(f"The prompt has {len(tokens)} tokens; the model's context is {model.cfg.n_ctx}.")
+        raise ValueError(
+            f"The prompt has {len(tokens)} tokens (sink included) but the model's context is "
+            f"{model.cfg.n_ctx}; shorten it (or load the model with a larger n_ctx)."
+        )
     return tokens.to(model.cfg.device)
+
+
+def _as_token_tensor(prompt) -> Tensor:
+    """A tensor of token ids from a list or tensor, with clear errors for anything else."""
+    if isinstance(prompt, (list, tuple)):
+        if len(prompt) == 0:
+            raise ValueError("The prompt has no tokens.")
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in _flat(prompt)):
+            raise TypeError(
+                "A prompt is a string, a list of int token ids or a 1-D integer tensor; got a list "
+                f"holding {sorted({type(t).__name__ for t in _flat(prompt)})}. Pass one prompt at a time."
+            )
+    elif not isinstance(prompt, Tensor):
+        raise TypeError(
+            "A prompt is a string, a list of int token ids or a 1-D integer tensor, got "
+            f"{type(prompt).__name__}."
+        )
+    tokens = torch.as_tensor(prompt).detach().to("cpu")
+    if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
+        raise TypeError(f"Token ids must be integers, got dtype {tokens.dtype}; use tokens.long().")
+    return tokens
+
+
+def _flat(items):
+    for x in items:
+        if isinstance(x, (list, tuple)):
+            yield from _flat(x)
+        else:
+            yield x

@@ -57,6 +57,11 @@ def reconstruction_report(
     """FVU, L0, top-1 agreement and KL of the replacement model (every MLP replaced) vs the model."""
     check_compatible(model, clt)
     tokens = to_tokens(model, prompt)
+    if len(tokens) < 2:
+        raise ValueError(
+            "The prompt is only the attention-sink token; the report averages over the positions after "
+            "it, so pass at least one real token."
+        )
     mlp_in, mlp_out, logits = _capture(model, clt, tokens)
     with torch.no_grad():
         acts = torch.stack([clt.encode(mlp_in[k], k) for k in range(clt.n_layers)])

@@ -149,7 +149,7 @@ class _LayerPlan:
     def targets(self, n_pos: int) -> tuple[Tensor, Tensor]:
         """Which (pos, feature column) are set, and to what. Later interventions win."""
         mask = torch.zeros(n_pos, len(self.features), dtype=torch.bool)
-        value = torch.zeros(n_pos, len(self.features))
+        value = torch.zeros(n_pos, len(self.features), dtype=torch.float64)  # exact for any model dtype
         for pos, col, v in self.items:
             p = positions(pos, n_pos)
             mask[p, col] = True
@@ -296,6 +296,7 @@ def steer(
 ) -> Float[Tensor, "pos d_vocab"]:
     """Logits of `prompt` (sink token at 0 included) with `interventions` applied, as by
     `steering_hooks`."""
+    check_compatible(model, clt)
     tokens = to_tokens(model, prompt)
     with preserve(model), torch.no_grad():
         hooks = steering_hooks(model, clt, interventions, tokens, freeze_attention, direct_effects)
@@ -406,8 +407,13 @@ def generate(
     the full token tensor (sink included).
     """
     check_compatible(model, clt)
-    if max_new_tokens < 0 or temperature < 0:
-        raise ValueError(f"max_new_tokens and temperature must be >= 0, got {max_new_tokens}, {temperature}.")
+    for name, x in (("max_new_tokens", max_new_tokens), ("top_k", top_k)):
+        if x is not None and (isinstance(x, bool) or not isinstance(x, int)):
+            raise TypeError(f"{name} must be an int, got {x!r} ({type(x).__name__}).")
+    if max_new_tokens < 0 or not isinstance(temperature, (int, float)) or not 0 <= temperature < math.inf:
+        raise ValueError(
+            f"max_new_tokens and temperature must be finite and >= 0, got {max_new_tokens}, {temperature}."
+        )
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be None or >= 1, got {top_k}.")
     if return_type not in ("input", "str", "tokens"):
@@ -494,6 +500,8 @@ def _next_token_logits(logits: Tensor, pos: int) -> Float[Tensor, " d_vocab"]:
         if logits.shape[0] != 1:
             raise ValueError(f"Expected logits of one prompt, got batch size {logits.shape[0]}.")
         logits = logits[0]
+    if logits.ndim == 2 and not -len(logits) <= pos < len(logits):
+        raise IndexError(f"pos {pos} is out of range for logits of {len(logits)} positions.")
     return logits[pos] if logits.ndim == 2 else logits
 
 
@@ -509,6 +517,8 @@ def prediction_table(
     Logits: [d_vocab], [pos, d_vocab] or [1, pos, d_vocab]. Each entry also shows the same token's
     probability in the other distribution.
     """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be an int >= 1 (tokens per column), got {k!r}.")
     p_before, p_after = (
         torch.softmax(_next_token_logits(x, pos).float(), -1) for x in (before_logits, after_logits)
     )

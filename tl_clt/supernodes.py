@@ -21,6 +21,7 @@ from transformer_lens import HookedTransformer
 
 from tl_clt.clt import CrossLayerTranscoder
 from tl_clt.graph import AttributionGraph
+from tl_clt.hooks import check_compatible
 from tl_clt.nodes import NodeLike, as_node_list, node_kind, to_node_id
 from tl_clt.steering import Intervention, scale
 
@@ -259,6 +260,9 @@ def feature_output_tokens(
     attention/MLPs and the final norm's per-position scale (a positive factor that keeps the
     order). `largest=False` gives the most suppressed tokens.
     """
+    check_compatible(model, clt)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be an int >= 1 (how many tokens), got {k!r}.")
     rows = clt.decoder_rows(layer, torch.tensor([feature]))[0]  # [n_layers - layer, d_model]
     if read == "sum":
         direction = rows.sum(0)

@@ -1,0 +1,661 @@
+"""Every row of docs/errors.md: the bad input gives that exception with that message, nothing is changed.
+
+The expected exception and message excerpt are read from the table in docs/errors.md, so the table and
+the tests cannot drift apart. Each case is a function below named `case_<id>`; after each one the user's
+model is checked unchanged and a broken CLT folder is checked byte-identical (a failed load writes nothing).
+"""
+
+from __future__ import annotations
+
+import builtins
+import copy
+import math
+import re
+import shutil
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+from conftest import PROMPT
+from model_state import assert_unchanged, snapshot
+from safetensors.torch import load_file, save_file
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+import tl_clt
+from tl_clt import AttributionGraph, CrossLayerTranscoder, Intervention, synthetic
+from tl_clt.hooks import ModelNameWarning
+from tl_clt.loading import _read_hf_weights, qwen3_state_dict, qwen3_tl_config, read_hf_config
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
+N_FEATURES = 16
+
+
+def read_table() -> dict[str, tuple[str, str]]:
+    """{id: (exception name, message excerpt)} from the table in docs/errors.md."""
+    rows = {}
+    for line in DOC.read_text().splitlines():
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+        if len(cells) == 4 and cells[0].startswith("`"):
+            excerpt = cells[3].strip("`").replace("\\|", "|")
+            rows[cells[0].strip("`")] = (cells[2], excerpt)
+    return rows
+
+
+TABLE = read_table()
+
+
+# ------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def env(model_dir, small_clt_dir):
+    model = tl_clt.load_qwen3(model_dir)
+    clt = CrossLayerTranscoder.from_pretrained(small_clt_dir, dtype=torch.float32)
+    graph = tl_clt.attribute(model, clt, PROMPT, max_n_logits=3, verbose=False)
+    return SimpleNamespace(model=model, clt=clt, graph=graph, model_dir=model_dir, clt_src=small_clt_dir)
+
+
+@pytest.fixture()
+def ctx(env, tmp_path):
+    """The shared model/CLT/graph plus a fresh copy of the CLT folder (`ctx.dir`) to break."""
+    shutil.copytree(env.clt_src, tmp_path / "clt")
+    return SimpleNamespace(**vars(env), dir=tmp_path / "clt", tmp=tmp_path)
+
+
+def folder_state(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())} if folder.is_dir() else {}
+
+
+# ------------------------------------------------------------------------ helpers to break a CLT folder
+def edit_file(folder: Path, name: str, fn) -> None:
+    """Load `name` (a safetensors file), let `fn` change the dict of tensors, save it back."""
+    tensors = load_file(str(folder / name))
+    fn(tensors)
+    save_file(tensors, str(folder / name))
+
+
+def set_config(folder: Path, **changes) -> None:
+    cfg = yaml.safe_load((folder / "config.yaml").read_text())
+    cfg.update(changes)
+    (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+
+LOADED: dict[Path, dict[str, bytes]] = {}  # folder -> its bytes just before a case loaded it
+
+
+def load(folder: Path, **kwargs) -> CrossLayerTranscoder:
+    LOADED[folder] = folder_state(folder)
+    return CrossLayerTranscoder.from_pretrained(folder, **kwargs)
+
+
+def gpt2_model(tokenizer_of: HookedTransformer) -> HookedTransformer:
+    cfg = HookedTransformerConfig(
+        n_layers=3,
+        d_model=64,
+        d_head=16,
+        n_heads=4,
+        d_mlp=128,
+        d_vocab=tokenizer_of.cfg.d_vocab,
+        n_ctx=64,
+        act_fn="gelu",
+        normalization_type="LN",
+    )
+    return HookedTransformer(cfg, tokenizer=tokenizer_of.tokenizer)
+
+
+def assert_graphs_close(a: AttributionGraph, b: AttributionGraph, rtol: float) -> None:
+    assert torch.equal(a.active_features, b.active_features)
+    assert torch.isfinite(a.adjacency).all() and torch.isfinite(b.adjacency).all()
+    scale = float(b.adjacency.abs().max())
+    assert scale > 0
+    torch.testing.assert_close(a.adjacency, b.adjacency, atol=rtol * scale, rtol=rtol)
+
+
+def an_inactive_feature(graph: AttributionGraph, pos: int = 1) -> tuple[int, int, int]:
+    active = {tuple(k) for k in graph.active_features.tolist()}
+    return next((0, pos, f) for f in range(N_FEATURES) if (0, pos, f) not in active)
+
+
+# ------------------------------------------------------------------------ CLT vs model
+def case_clt_d_model(c):
+    other = synthetic.make_random_clt_folder(c.tmp / "wide", 3, 32, 8)
+    tl_clt.attribute(c.model, load(other), PROMPT, verbose=False)
+
+
+def case_clt_n_layers(c):
+    other = synthetic.make_random_clt_folder(c.tmp / "short", 2, 64, 8)
+    tl_clt.feature_activations(c.model, load(other), PROMPT)
+
+
+def case_clt_other_model_name(c):
+    set_config(c.dir, model_name="Qwen/Qwen3-8B")
+    tl_clt.check_compatible(c.model, load(c.dir))
+
+
+def case_clt_not_a_clt(c):
+    tl_clt.feature_activations(c.model, {"W_enc": c.clt.W_enc}, PROMPT)
+
+
+def case_clt_other_device(c):
+    tl_clt.steer(c.model, load(c.dir).to("meta"), PROMPT, [])
+
+
+def case_model_bf16_clt_f32(c):
+    model = tl_clt.load_qwen3(c.model_dir, dtype=torch.bfloat16)
+    clt16 = load(c.dir)  # bf16 on disk: the same values as c.clt, in bf16
+    g32 = tl_clt.attribute(model, c.clt, PROMPT, max_n_logits=3, verbose=False)
+    g16 = tl_clt.attribute(model, clt16, PROMPT, max_n_logits=3, verbose=False)
+    assert_graphs_close(g32, g16, rtol=1e-5)
+    _check_dtype_pairing(model, c.clt, atol=0.05)
+
+
+def case_model_f32_clt_bf16(c):
+    clt16 = load(c.dir)
+    assert clt16.dtype == torch.bfloat16
+    g16 = tl_clt.attribute(c.model, clt16, PROMPT, max_n_logits=3, verbose=False)
+    assert_graphs_close(g16, c.graph, rtol=1e-5)  # c.graph: the float32 CLT of the same files
+    _check_dtype_pairing(c.model, clt16, atol=1e-4)
+
+
+def _check_dtype_pairing(model, clt, atol):
+    """Replacement with error term reproduces the model; steering to the current activation is a no-op."""
+    tokens = tl_clt.to_tokens(model, PROMPT)
+    with torch.no_grad():
+        clean = model(tokens[None])[0]
+        with model.hooks(fwd_hooks=tl_clt.replacement_hooks(model, clt, use_error_term=True)):
+            replaced = model(tokens[None])[0]
+    torch.testing.assert_close(replaced.float(), clean.float(), atol=atol, rtol=0)
+    acts = tl_clt.feature_activations(model, clt, PROMPT)
+    ivs = tl_clt.scale(acts.indices().T[:5].tolist(), 1.0, acts)
+    assert ivs
+    steered = tl_clt.steer(model, clt, PROMPT, ivs, freeze_attention=False)
+    torch.testing.assert_close(steered.float(), clean.float(), atol=atol, rtol=0)
+
+
+def case_folded_model(c):
+    cfg = qwen3_tl_config(
+        read_hf_config(c.model_dir), dtype=torch.float32, device="cpu", n_ctx=None, model_name="tiny-qwen3"
+    )
+    folded = HookedTransformer(cfg, tokenizer=c.model.tokenizer, move_to_device=False)
+    folded.load_and_process_state_dict(qwen3_state_dict(_read_hf_weights(c.model_dir), cfg), fold_ln=True)
+    tl_clt.attribute(folded, c.clt, PROMPT, verbose=False)
+
+
+def case_gpt2_model(c):
+    tl_clt.attribute(gpt2_model(c.model), c.clt, PROMPT, verbose=False)
+
+
+def case_not_a_model(c):
+    tl_clt.steer(torch.nn.Linear(64, 64), c.clt, PROMPT, [])
+
+
+# ------------------------------------------------------------------------ loading a CLT
+def case_missing_folder(c):
+    load(c.tmp / "nowhere" / "clt")
+
+
+def case_missing_config(c):
+    (c.dir / "config.yaml").unlink()
+    load(c.dir)
+
+
+def case_config_not_yaml(c):
+    (c.dir / "config.yaml").write_text("model_kind: [cross_layer_transcoder\n")
+    load(c.dir)
+
+
+def case_config_not_mapping(c):
+    (c.dir / "config.yaml").write_text("- cross_layer_transcoder\n")
+    load(c.dir)
+
+
+def case_unknown_model_kind(c):
+    set_config(c.dir, model_kind="transcoder_set")
+    load(c.dir)
+
+
+def case_unknown_input_hook(c):
+    set_config(c.dir, feature_input_hook="blocks.hook_foo")
+    load(c.dir)
+
+
+def case_unknown_output_hook(c):
+    set_config(c.dir, feature_output_hook="hook_attn_out")
+    load(c.dir)
+
+
+def case_missing_decoder_file(c):
+    (c.dir / "W_dec_1.safetensors").unlink()
+    load(c.dir)
+
+
+def case_layer_gap(c):
+    (c.dir / "W_enc_1.safetensors").unlink()
+    (c.dir / "W_dec_1.safetensors").unlink()
+    load(c.dir)
+
+
+def case_extra_layer_file(c):
+    shutil.copy(c.dir / "W_enc_2.safetensors", c.dir / "W_enc_5.safetensors")
+    load(c.dir)
+
+
+def case_no_layer_files(c):
+    for p in c.dir.glob("*.safetensors"):
+        p.unlink()
+    load(c.dir)
+
+
+def _cut(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def case_truncated_encoder(c):
+    _cut(c.dir / "W_enc_1.safetensors")
+    load(c.dir)
+
+
+def case_garbage_encoder(c):
+    (c.dir / "W_enc_1.safetensors").write_bytes(b"\xff" * 300)
+    load(c.dir)
+
+
+def case_truncated_decoder(c):
+    _cut(c.dir / "W_dec_1.safetensors")
+    load(c.dir)
+
+
+def case_garbage_decoder(c):
+    (c.dir / "W_dec_1.safetensors").write_bytes(b"\xff" * 300)
+    load(c.dir)
+
+
+def case_empty_decoder(c):
+    (c.dir / "W_dec_1.safetensors").write_bytes(b"")
+    load(c.dir)
+
+
+def case_bad_header_decoder(c):
+    (c.dir / "W_dec_1.safetensors").write_bytes((10).to_bytes(8, "little") + b"{not json}")
+    load(c.dir)
+
+
+def case_encoder_tensor_name(c):
+    edit_file(c.dir, "W_enc_1.safetensors", lambda t: t.update(W_encoder_1=t.pop("W_enc_1")))
+    load(c.dir)
+
+
+def case_decoder_tensor_name(c):
+    edit_file(c.dir, "W_dec_1.safetensors", lambda t: t.update(W_dec_x=t.pop("W_dec_1")))
+    load(c.dir)
+
+
+def case_encoder_shape(c):
+    edit_file(c.dir, "W_enc_1.safetensors", lambda t: t.update(W_enc_1=t["W_enc_1"][:10].clone()))
+    load(c.dir)
+
+
+def case_decoder_shape(c):
+    edit_file(c.dir, "W_dec_1.safetensors", lambda t: t.update(W_dec_1=torch.zeros(N_FEATURES, 3, 64)))
+    load(c.dir)
+
+
+def _poison(key: str, index: tuple, value: float):
+    def fn(tensors):
+        tensors[key][index] = value
+
+    return fn
+
+
+def case_nan_encoder(c):
+    edit_file(c.dir, "W_enc_1.safetensors", _poison("W_enc_1", (3, 4), math.nan))
+    load(c.dir)
+
+
+def case_inf_threshold(c):
+    edit_file(c.dir, "W_enc_2.safetensors", _poison("threshold_2", (5,), math.inf))
+    load(c.dir)
+
+
+def case_overflow_dtype(c):
+    edit_file(c.dir, "W_enc_0.safetensors", _poison("b_enc_0", (0,), 1e30))
+    load(c.dir, dtype=torch.float16)
+
+
+def case_nan_decoder_lazy(c):
+    edit_file(c.dir, "W_dec_1.safetensors", _poison("W_dec_1", (3, 0, 7), math.nan))
+    clt = load(c.dir)  # decoders stay on disk: the bad row fails where it is read
+    clt.decoder_rows(1, torch.tensor([0, 2, 4]))  # healthy rows read fine
+    tl_clt.feature_output_tokens(c.model, clt, layer=1, feature=3)
+
+
+def case_nan_decoder_eager(c):
+    edit_file(c.dir, "W_dec_1.safetensors", _poison("W_dec_1", (3, 0, 7), math.nan))
+    load(c.dir, lazy_decoder=False)
+
+
+# ------------------------------------------------------------------------ prompts
+def case_empty_prompt(c):
+    tl_clt.attribute(c.model, c.clt, "", verbose=False)
+
+
+def case_empty_token_list(c):
+    tl_clt.feature_activations(c.model, c.clt, [])
+
+
+def case_prompt_too_long(c):
+    tl_clt.steer(c.model, c.clt, [5] * (c.model.cfg.n_ctx + 1), [])
+
+
+def case_token_out_of_vocab(c):
+    tl_clt.attribute(c.model, c.clt, [5, c.model.cfg.d_vocab + 5], verbose=False)
+
+
+def case_negative_token(c):
+    tl_clt.feature_activations(c.model, c.clt, torch.tensor([5, -1]))
+
+
+def case_sink_only_attribute(c):
+    tl_clt.attribute(c.model, c.clt, "<|endoftext|>", verbose=False)
+
+
+def case_sink_only_report(c):
+    tl_clt.reconstruction_report(c.model, c.clt, [c.model.tokenizer.eos_token_id])
+
+
+def case_float_tokens(c):
+    tl_clt.attribute(c.model, c.clt, torch.tensor([1.0, 2.0]), verbose=False)
+
+
+def case_bool_tokens(c):
+    tl_clt.to_tokens(c.model, torch.tensor([True, False]))
+
+
+def case_batch_2d(c):
+    tl_clt.steer(c.model, c.clt, torch.ones(2, 5, dtype=torch.long), [])
+
+
+def case_list_of_strings(c):
+    tl_clt.feature_activations(c.model, c.clt, ["a", "b"])
+
+
+def case_none_prompt(c):
+    tl_clt.attribute(c.model, c.clt, None, verbose=False)
+
+
+def case_no_tokenizer(c):
+    bare = HookedTransformer(copy.deepcopy(c.model.cfg), move_to_device=False)
+    tl_clt.to_tokens(bare, [5, 6, 7])
+
+
+# ------------------------------------------------------------------------ attribute arguments
+def _attribute(c, **kwargs):
+    tl_clt.attribute(c.model, c.clt, PROMPT, verbose=False, **kwargs)
+
+
+ATTRIBUTE_ARGS = {
+    "max_feature_nodes_0": dict(max_feature_nodes=0),
+    "max_feature_nodes_negative": dict(max_feature_nodes=-3),
+    "max_feature_nodes_float": dict(max_feature_nodes=2.5),
+    "desired_logit_prob_0": dict(desired_logit_prob=0),
+    "desired_logit_prob_above_1": dict(desired_logit_prob=1.5),
+    "desired_logit_prob_nan": dict(desired_logit_prob=math.nan),
+    "batch_size_0": dict(batch_size=0),
+    "batch_size_float": dict(batch_size=2.5),
+    "max_n_logits_0": dict(max_n_logits=0),
+    "update_interval_0": dict(update_interval=0, max_feature_nodes=5),
+}
+for _name, _kwargs in ATTRIBUTE_ARGS.items():
+    globals()[f"case_{_name}"] = lambda c, kw=_kwargs: _attribute(c, **kw)
+
+
+# ------------------------------------------------------------------------ interventions
+def _steer(c, iv, **kwargs):
+    tl_clt.steer(c.model, c.clt, PROMPT, [iv], **kwargs)
+
+
+INTERVENTIONS = {
+    "iv_layer": Intervention(3, 1, 0, 1.0),
+    "iv_negative_layer": Intervention(-1, 1, 0, 1.0),
+    "iv_feature": Intervention(0, 1, N_FEATURES, 1.0),
+    "iv_pos": Intervention(0, 40, 0, 1.0),
+    "iv_nan": Intervention(0, 1, 0, math.nan),
+    "iv_inf": Intervention(0, 1, 0, math.inf),
+    "iv_float_layer": Intervention(0.5, 1, 0, 1.0),
+    "iv_three_tuple": (0, 1, 0),
+}
+for _name, _iv in INTERVENTIONS.items():
+    globals()[f"case_{_name}"] = lambda c, iv=_iv: _steer(c, iv)
+
+
+def case_iv_pos_at_run(c):
+    hooks = tl_clt.steering_hooks(c.model, c.clt, [Intervention(0, 40, 0, 1.0)], freeze_attention=False)
+    with c.model.hooks(fwd_hooks=hooks):
+        c.model(tl_clt.to_tokens(c.model, [5, 6, 7])[None])
+
+
+def case_steering_hooks_other_length(c):
+    tokens = tl_clt.to_tokens(c.model, PROMPT)
+    hooks = tl_clt.steering_hooks(c.model, c.clt, [Intervention(0, 1, 0, 1.0)], tokens=tokens)
+    with c.model.hooks(fwd_hooks=hooks):
+        c.model(tokens[None, :5])
+
+
+def case_freeze_without_tokens(c):
+    tl_clt.steering_hooks(c.model, c.clt, [Intervention(0, 1, 0, 1.0)], freeze_attention=True)
+
+
+def case_scale_inactive_feature(c):
+    tl_clt.scale([an_inactive_feature(c.graph)], 2.0, c.graph)
+
+
+def case_generate_float_max_new_tokens(c):
+    tl_clt.generate(c.model, c.clt, PROMPT, [], max_new_tokens=2.5)
+
+
+def case_generate_nan_temperature(c):
+    tl_clt.generate(c.model, c.clt, PROMPT, [], max_new_tokens=2, temperature=math.nan)
+
+
+def case_output_tokens_layer(c):
+    tl_clt.feature_output_tokens(c.model, c.clt, layer=3, feature=0)
+
+
+def case_output_tokens_feature(c):
+    tl_clt.feature_output_tokens(c.model, c.clt, layer=0, feature=N_FEATURES)
+
+
+def case_output_tokens_k(c):
+    tl_clt.feature_output_tokens(c.model, c.clt, layer=0, feature=0, k=-1)
+
+
+def case_output_tokens_gpt2(c):
+    tl_clt.feature_output_tokens(gpt2_model(c.model), c.clt, layer=0, feature=0)
+
+
+def _logits(c):
+    with torch.no_grad():
+        return c.model(tl_clt.to_tokens(c.model, PROMPT)[None])
+
+
+def case_prediction_table_k(c):
+    tl_clt.prediction_table(c.model, _logits(c), _logits(c), k=0)
+
+
+def case_prediction_table_pos(c):
+    tl_clt.prediction_table(c.model, _logits(c), _logits(c), pos=99)
+
+
+# ------------------------------------------------------------------------ graphs
+def case_prune_node_threshold_negative(c):
+    c.graph.prune(node_threshold=-0.1)
+
+
+def case_prune_node_threshold_nan(c):
+    c.graph.prune(node_threshold=math.nan)
+
+
+def case_prune_edge_threshold_above_1(c):
+    c.graph.prune(edge_threshold=2)
+
+
+def case_load_other_version(c):
+    torch.save({"format": "tl_clt.AttributionGraph/2", "graph": {}}, c.tmp / "g.pt")
+    AttributionGraph.load(c.tmp / "g.pt")
+
+
+def case_load_junk(c):
+    (c.tmp / "g.pt").write_bytes(b"not a torch file at all")
+    AttributionGraph.load(c.tmp / "g.pt")
+
+
+def case_load_truncated(c):
+    c.graph.save(c.tmp / "g.pt")
+    _cut(c.tmp / "g.pt")
+    AttributionGraph.load(c.tmp / "g.pt")
+
+
+def case_load_other_fields(c):
+    c.graph.save(c.tmp / "g.pt")
+    blob = torch.load(c.tmp / "g.pt", weights_only=False)
+    blob["graph"]["edge_labels"] = []
+    del blob["graph"]["adjacency"]
+    torch.save(blob, c.tmp / "g.pt")
+    AttributionGraph.load(c.tmp / "g.pt")
+
+
+def case_load_missing(c):
+    AttributionGraph.load(c.tmp / "absent.pt")
+
+
+def case_save_missing_folder(c):
+    try:
+        c.graph.save(c.tmp / "no" / "such" / "g.pt")
+    finally:
+        assert not (c.tmp / "no").exists()
+
+
+def case_save_fails_midway(c, monkeypatch=None):
+    path = c.tmp / "out" / "g.pt"
+    path.parent.mkdir()
+    path.write_bytes(b"the user's previous graph")
+    real_save = torch.save
+
+    def disk_full(obj, f, *a, **k):
+        f.write(b"PK\x03\x04 half a zip")
+        raise OSError(28, "No space left on device")
+
+    import tl_clt.graph as graph_module
+
+    graph_module.torch.save = disk_full
+    try:
+        c.graph.save(path)
+    finally:
+        graph_module.torch.save = real_save
+        assert path.read_bytes() == b"the user's previous graph"
+        assert [p.name for p in path.parent.iterdir()] == ["g.pt"]
+
+
+def case_group_unknown_node(c):
+    c.graph.group({"x": ["F:0:1:9999"]})
+
+
+def case_group_malformed_id(c):
+    c.graph.group({"x": ["Q:1"]})
+
+
+def case_group_node_twice(c):
+    node = c.graph.node_id(0)
+    c.graph.group({"a": [node], "b": [node]})
+
+
+def case_top_inputs_unknown_node(c):
+    tl_clt.top_inputs(c.graph, "F:0:1:9999")
+
+
+# ------------------------------------------------------------------------ the tests
+CASES = {name.removeprefix("case_"): fn for name, fn in globals().items() if name.startswith("case_")}
+EXCEPTIONS = {"ModelNameWarning": ModelNameWarning}
+
+
+def test_every_table_row_has_a_case_and_back():
+    assert len(TABLE) > 80
+    assert sorted(TABLE) == sorted(CASES)
+
+
+def _message(err: BaseException) -> str:
+    return str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+
+
+@pytest.mark.parametrize("case", list(TABLE))
+def test_bad_input(ctx, case):
+    exc_name, excerpt = TABLE[case]
+    model = ctx.model
+    tokens = tl_clt.to_tokens(model, PROMPT)[None]
+    with torch.no_grad():
+        logits = model(tokens)
+    before = snapshot(model)
+    LOADED.clear()
+    if exc_name == "works":
+        CASES[case](ctx)
+    elif exc_name in EXCEPTIONS and issubclass(EXCEPTIONS[exc_name], Warning):
+        with pytest.warns(EXCEPTIONS[exc_name]) as record:
+            CASES[case](ctx)
+        assert any(excerpt in str(w.message) for w in record), [str(w.message) for w in record]
+    else:
+        exc_type = EXCEPTIONS.get(exc_name) or getattr(builtins, exc_name)
+        with pytest.raises(exc_type) as info:
+            CASES[case](ctx)
+        assert excerpt in _message(info.value), _message(info.value)
+    for folder, state in LOADED.items():  # loading wrote nothing into the folder it read
+        assert folder_state(folder) == state, folder
+    assert_unchanged(model, before, tokens, logits)
+
+
+# ------------------------------------------------------------------------ the name policy, both ways
+@pytest.mark.parametrize(
+    "clt_name,model_name",
+    [
+        ("Qwen/Qwen3-1.7B-Base", "/data/models/Qwen3-1.7B-Base"),
+        ("Qwen/Qwen3-1.7B-Base", "qwen/qwen3-1.7b-base/"),
+        (
+            "Qwen/Qwen3-1.7B-Base",
+            "/root/.cache/huggingface/hub/models--Qwen--Qwen3-1.7B-Base/snapshots/0a1b2c",
+        ),
+        ("tiny-qwen3", "/tmp/x/tiny-qwen3"),
+    ],
+)
+def test_same_model_under_another_name_does_not_warn(ctx, clt_name, model_name):
+    clt = load(ctx.dir)
+    clt.model_name = clt_name
+    model = copy.copy(ctx.model)  # shallow: a cfg of our own to rename, the weights shared
+    model.cfg = copy.copy(ctx.model.cfg)
+    model.cfg.model_name = model_name
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tl_clt.check_compatible(model, clt)
+
+
+@pytest.mark.parametrize(
+    "clt_name,model_name",
+    [("Qwen/Qwen3-1.7B-Base", "Qwen/Qwen3-1.7B"), ("Qwen/Qwen3-1.7B-Base", "/data/Qwen3-8B-Base")],
+)
+def test_other_model_warns(ctx, clt_name, model_name):
+    clt = load(ctx.dir)
+    clt.model_name = clt_name
+    model = copy.copy(ctx.model)
+    model.cfg = copy.copy(ctx.model.cfg)
+    model.cfg.model_name = model_name
+    with pytest.warns(ModelNameWarning, match="load the CLT made for this model"):
+        tl_clt.check_compatible(model, clt)
+
+
+@pytest.mark.parametrize("lazy", [True, False])
+def test_decoder_rows_of_no_features_and_a_single_feature(ctx, lazy):
+    """The NaN check on decoder rows handles empty and 0-d index tensors (layers with nothing active)."""
+    clt = load(ctx.dir, lazy_decoder=lazy)
+    assert clt.decoder_rows(1, torch.tensor([], dtype=torch.long)).shape == (0, 2, 64)
+    rows = clt.decoder_rows(0, torch.tensor(3))
+    assert rows.shape == (3, 64) and torch.isfinite(rows).all()
