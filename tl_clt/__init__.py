@@ -3,22 +3,14 @@
 from tl_clt.attribution import attribute
 from tl_clt.clt import CrossLayerTranscoder
 from tl_clt.export import graph_to_dict, validate_graph_json, write_graph_folder
+from tl_clt.generation import generate
 from tl_clt.graph import AttributionGraph, GraphScores
 from tl_clt.hooks import check_compatible, preserve, replacement_hooks
 from tl_clt.loading import load_qwen3
 from tl_clt.plot import plot_graph
 from tl_clt.prompts import to_tokens
 from tl_clt.replacement import ReconstructionReport, feature_activations, reconstruction_report
-from tl_clt.steering import (
-    Intervention,
-    PredictionTable,
-    ablate,
-    generate,
-    prediction_table,
-    scale,
-    steer,
-    steering_hooks,
-)
+from tl_clt.steering import Intervention, ablate, scale, steer, steering_hooks
 from tl_clt.supernodes import (
     Candidate,
     TokenScore,
@@ -29,6 +21,7 @@ from tl_clt.supernodes import (
     top_inputs,
     top_outputs,
 )
+from tl_clt.tables import PredictionTable, prediction_table
 
 __all__ = [
     "AttributionGraph",

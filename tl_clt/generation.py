@@ -1,0 +1,105 @@
+"""Steered generation: sample tokens with interventions acting, open-ended slices on new tokens too."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Literal
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from tl_clt.clt import CrossLayerTranscoder
+from tl_clt.hooks import check_compatible
+from tl_clt.prompts import Prompt, to_tokens
+from tl_clt.steering import Intervention, as_interventions, check_intervention, steer
+
+
+def _absolute(iv: Intervention, n_prompt: int) -> Intervention:
+    """Negative positions resolved against the prompt; an open-ended slice stays open-ended."""
+    pos = iv.pos
+    if isinstance(pos, int):
+        pos = pos % n_prompt
+    else:
+        start = pos.start + n_prompt if pos.start is not None and pos.start < 0 else pos.start
+        stop = pos.stop + n_prompt if pos.stop is not None and pos.stop < 0 else pos.stop
+        pos = slice(start, stop, pos.step)
+    return Intervention(iv.layer, pos, iv.feature, iv.value)
+
+
+def _sample(
+    logits: Float[Tensor, " d_vocab"],
+    temperature: float,
+    top_k: int | None,
+    generator: torch.Generator | None,
+) -> int:
+    if temperature == 0:
+        return int(logits.argmax())
+    logits = logits.float() / temperature
+    if top_k is not None:
+        cut = logits.topk(min(top_k, len(logits))).values[-1]
+        logits = logits.masked_fill(logits < cut, -math.inf)
+    probs = torch.softmax(logits, -1).cpu()
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def generate(
+    model: HookedTransformer,
+    clt: CrossLayerTranscoder,
+    prompt: Prompt,
+    interventions: Intervention | Iterable[Intervention],
+    max_new_tokens: int = 20,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    freeze_attention: bool = False,
+    stop_at_eos: bool = True,
+    seed: int | None = None,
+    return_type: Literal["input", "str", "tokens"] = "input",
+) -> str | Int[Tensor, " pos"]:
+    """Sample `max_new_tokens` tokens with `interventions` applied (greedy for temperature=0).
+
+    Each step is `steer(model, clt, tokens_so_far, interventions, freeze_attention)` on the full
+    sequence (no KV cache). Positions refer to the full sequence: ints and negative slice bounds are
+    resolved against the prompt once (pos=-1 is the prompt's last token), and an open-ended slice
+    `slice(k, None)` keeps acting on every generated token. `freeze_attention` defaults to False
+    here: with it, each step freezes patterns to an unsteered pass over the sequence so far.
+    Returns the text (without the added sink token) for a str prompt or return_type="str", else
+    the full token tensor (sink included).
+    """
+    check_compatible(model, clt)
+    for name, x in (("max_new_tokens", max_new_tokens), ("top_k", top_k)):
+        if x is not None and (isinstance(x, bool) or not isinstance(x, int)):
+            raise TypeError(f"{name} must be an int, got {x!r} ({type(x).__name__}).")
+    if max_new_tokens < 0 or not isinstance(temperature, (int, float)) or not 0 <= temperature < math.inf:
+        raise ValueError(
+            f"max_new_tokens and temperature must be finite and >= 0, got {max_new_tokens}, {temperature}."
+        )
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be None or >= 1, got {top_k}.")
+    if return_type not in ("input", "str", "tokens"):
+        raise ValueError(f"return_type must be 'input', 'str' or 'tokens', got {return_type!r}.")
+    tokens = to_tokens(model, prompt)
+    n_prompt = len(tokens)
+    ivs = [
+        _absolute(check_intervention(iv, clt, n_prompt), n_prompt) for iv in as_interventions(interventions)
+    ]
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    eos = model.tokenizer.eos_token_id if model.tokenizer is not None else None
+    for _ in range(max_new_tokens):
+        logits = steer(model, clt, tokens, ivs, freeze_attention=freeze_attention)[-1]
+        nxt = _sample(logits, temperature, top_k, generator)
+        tokens = torch.cat([tokens, tokens.new_tensor([nxt])])
+        if stop_at_eos and nxt == eos:
+            break
+    if return_type == "tokens" or (return_type == "input" and not isinstance(prompt, str)):
+        return tokens
+    start = n_prompt - _n_raw_tokens(model, prompt)
+    return model.tokenizer.decode(tokens[start:].tolist())
+
+
+def _n_raw_tokens(model: HookedTransformer, prompt: Prompt) -> int:
+    if isinstance(prompt, str):
+        return len(model.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    return torch.as_tensor(prompt).numel()
