@@ -67,6 +67,13 @@ def _with_hooks(model, hooks):
         return model(_tokens(model)[None])
 
 
+def _swapped(model):
+    """The prompt's tokens with the second-to-last one changed (same length, for contrast_features)."""
+    tokens = tl_clt.to_tokens(model, PROMPT).clone()
+    tokens[-2] = (tokens[-2] + 1) % model.cfg.d_vocab
+    return tokens
+
+
 def _preserve_body(model):
     """What a careless caller might do inside `preserve`: all of it is undone on exit."""
     with tl_clt.preserve(model):
@@ -136,6 +143,13 @@ CALLS = {
         True,
         lambda m, c: tl_clt.generate(
             m, c, PROMPT, IVS, max_new_tokens=2, freeze_attention=True, temperature=1.0
+        ),
+    ),
+    "contrast_features": (
+        "contrast_features",
+        True,
+        lambda m, c: tl_clt.contrast_features(
+            m, c, tl_clt.attribute(m, c, PROMPT, verbose=False), _swapped(m)
         ),
     ),
     "feature_output_tokens": (

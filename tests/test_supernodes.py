@@ -251,3 +251,26 @@ def test_group_interventions_steer_every_member(real, clt):
     assert (ablated - clean).abs().max() > 1e-3
     with pytest.raises(ValueError, match="Only features can be steered"):
         group_interventions(graph, members + ["E:0:1"], 0.0)
+
+
+def test_contrast_features_finds_what_the_change_switches_off(model, clt):
+    import tl_clt
+
+    prompt = "Fact: The president of the United States in 2010 was"
+    tokens = tl_clt.to_tokens(model, prompt)
+    other = tokens.clone()
+    changed = len(tokens) - 4
+    other[changed] = (other[changed] + 1) % model.cfg.d_vocab  # one token swapped, positions line up
+    graph = tl_clt.attribute(model, clt, tokens, verbose=False)
+    found = tl_clt.contrast_features(model, clt, graph, other, min_drop=0.5)
+    a = tl_clt.feature_activations(model, clt, tokens).to_dense()
+    b = tl_clt.feature_activations(model, clt, other).to_dense()
+    expected = []
+    for la, p, f in graph.feature_keys.tolist():
+        if a[la, p, f] - b[la, p, f] >= 0.5 * a[la, p, f]:
+            expected.append((float(a[la, p, f] - b[la, p, f]), f"F:{la}:{p}:{f}"))
+    assert found, "changing a token must switch some features off"
+    assert [c.node for c in found] == [n for _, n in sorted(expected, key=lambda x: -x[0])]
+    assert all(c.pos >= changed for c in found), "nothing before the change can depend on it (causal)"
+    with pytest.raises(ValueError, match="positions line up"):
+        tl_clt.contrast_features(model, clt, graph, tokens[:-1])

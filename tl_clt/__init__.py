@@ -14,6 +14,7 @@ from tl_clt.steering import Intervention, ablate, scale, steer, steering_hooks
 from tl_clt.supernodes import (
     Candidate,
     TokenScore,
+    contrast_features,
     feature_output_tokens,
     features_at,
     group_graph,
@@ -35,6 +36,7 @@ __all__ = [
     "ablate",
     "attribute",
     "check_compatible",
+    "contrast_features",
     "feature_activations",
     "feature_output_tokens",
     "features_at",

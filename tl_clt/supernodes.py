@@ -3,7 +3,8 @@
 - `group_graph(graph, {"name": [node, ...]})` (also `AttributionGraph.group`): the graph's networkx
   view with each group merged into one node whose edges carry its members' summed edge weights.
 - Candidate finders that need no hosted dashboard: `features_at` (most active features on given
-  tokens), `top_inputs` / `top_outputs` (largest edges into / out of a node) and
+  tokens), `contrast_features` (features that need what a counterfactual prompt changes),
+  `top_inputs` / `top_outputs` (largest edges into / out of a node) and
   `feature_output_tokens` (a feature's top tokens through the unembedding).
 - `group_interventions(graph, members, factor)`: one `Intervention` per member, to steer a group.
 Nodes are node ids ("F:l:p:f", "E:l:p", "T:p", "L:token_id") or (layer, pos, feature) keys.
@@ -182,6 +183,44 @@ def features_at(
     return [
         Candidate(f"F:{la}:{p}:{f}", float(values[i]), la, p, f)
         for i, (la, p, f) in zip(order.tolist(), keys[order].tolist(), strict=True)
+    ]
+
+
+def contrast_features(
+    model: HookedTransformer,
+    clt: CrossLayerTranscoder,
+    graph: AttributionGraph,
+    counterfactual: str | list[int] | Tensor,
+    min_drop: float = 0.5,
+) -> list[Candidate]:
+    """Feature nodes of `graph` that lose at least `min_drop` of their activation on `counterfactual`.
+
+    `counterfactual` is the graph's prompt with one thing changed (the office word, the year, ...) and
+    the same number of tokens, so positions line up. A feature that needs the changed thing drops;
+    score = the drop (activation - counterfactual activation), largest first.
+    """
+    from tl_clt.prompts import to_tokens
+    from tl_clt.replacement import feature_activations
+
+    tokens = to_tokens(model, counterfactual)
+    if len(tokens) != graph.n_pos:
+        raise ValueError(
+            f"The counterfactual has {len(tokens)} tokens and the graph's prompt {graph.n_pos}; "
+            "change one thing while keeping the token count, so positions line up."
+        )
+    if not 0 < min_drop <= 1:
+        raise ValueError(f"min_drop is a share of the activation in (0, 1], got {min_drop}.")
+    other = feature_activations(model, clt, tokens).to_dense()
+    present = graph._present()[: graph.n_features]
+    keys = graph.feature_keys[present]
+    acts = graph.activation_values[graph.selected_features][present].float()
+    drop = acts - other[keys[:, 0], keys[:, 1], keys[:, 2]].float().cpu()
+    hit = drop >= min_drop * acts
+    order = torch.argsort(drop[hit], descending=True, stable=True)
+    keys, drop = keys[hit][order], drop[hit][order]
+    return [
+        Candidate(f"F:{la}:{p}:{f}", float(d), la, p, f)
+        for d, (la, p, f) in zip(drop.tolist(), keys.tolist(), strict=True)
     ]
 
 
