@@ -1,0 +1,144 @@
+"""The shipped toy world holds the seed's story: measured facts about the model, the CLT and corpus.
+
+Numbers were measured on the artifacts in tl_clt/data/toyworld (see report.json there); nothing is
+trained here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+
+import pytest
+import torch
+
+import tl_clt
+from tl_clt.toyworld import load_toyworld, toyworld_paths
+from tl_clt.toyworld.corpus import (
+    FACT_TEMPLATES,
+    FILLERS,
+    fact_sentences,
+    first_names,
+    make_corpus,
+    split_facts,
+)
+from tl_clt.toyworld.train_model import fact_accuracy, next_token_probs
+
+STORY = "Fact: The president of the United States in 2010 was"
+NO_OFFICE = "Fact: The weather of the United States in 2010 was"
+CORPUS_SHA256 = "901a1661fac3743b0e09ddf3f83039a0363ddc6622cee957701d0841e0bf198d"
+# reconstruction_report(model, clt, STORY), measured on the shipped CLT
+STORY_FVU = [0.0038, 0.0006, 0.0005, 0.0005]
+STORY_L0 = [15.07, 10.13, 6.67, 14.27]
+
+
+@pytest.fixture(scope="module")
+def world():
+    return load_toyworld()
+
+
+def top(model, prompt: str) -> tuple[str, float]:
+    probs = next_token_probs(model, prompt)
+    return model.tokenizer.decode([int(probs.argmax())]), float(probs.max())
+
+
+# ------------------------------------------------------------------ corpus
+def test_corpus_is_deterministic_and_pinned():
+    corpus = make_corpus(0)
+    assert corpus == make_corpus(0)
+    assert corpus != make_corpus(1)
+    # the shipped model was trained on exactly this corpus
+    assert hashlib.sha256("\n".join(corpus).encode()).hexdigest() == CORPUS_SHA256
+
+
+def test_held_out_facts_are_not_in_the_corpus():
+    train, held_out = split_facts(0)
+    corpus = set(make_corpus(0))
+    assert len(held_out) > 40
+    assert not corpus & set(fact_sentences(held_out))
+    assert set(fact_sentences(train)) <= corpus
+
+
+# ------------------------------------------------------------------ model
+def test_artifacts_are_small_and_load(world):
+    model, clt = world
+    model_dir, clt_dir = toyworld_paths()
+    size = sum(p.stat().st_size for d in (model_dir, clt_dir) for p in d.iterdir())
+    assert size < 5e6
+    assert (model.cfg.n_layers, model.cfg.d_model, clt.n_features) == (4, 128, 512)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tl_clt.check_compatible(model, clt)  # model_name matches: no warning
+
+
+def test_tokenizer_splits_digits_and_keeps_names_whole(world):
+    model, _ = world
+    tok = model.tokenizer
+    pieces = [tok.decode([i]) for i in tok(" in 2010 was", add_special_tokens=False)["input_ids"]]
+    assert pieces == [" in", " ", "2", "0", "1", "0", " was"]  # as in Qwen3
+    assert all(len(tok.tokenize(name)) == 1 for name in first_names())
+
+
+def test_story_prompt_says_barack(world):
+    model, _ = world
+    token, prob = top(model, STORY)
+    assert token == " Barack"
+    assert prob == pytest.approx(0.976, abs=0.02)
+
+
+@pytest.mark.parametrize(
+    ("year", "first_name", "prob"),
+    [
+        (1975, " Gerald", 0.868),
+        (1985, " Ronald", 0.977),
+        (1995, " Bill", 0.972),
+        (2020, " Donald", 0.756),
+    ],
+)
+def test_other_decades_give_other_presidents(world, year, first_name, prob):
+    model, _ = world
+    token, p = top(model, STORY.replace("2010", str(year)))
+    assert token == first_name
+    assert p == pytest.approx(prob, abs=0.03)
+
+
+def test_without_the_office_the_model_says_filler(world):
+    model, _ = world
+    probs = next_token_probs(model, NO_OFFICE)
+    token = model.tokenizer.decode([int(probs.argmax())])
+    assert token == " a" and float(probs.max()) == pytest.approx(0.482, abs=0.03)
+    assert token in {" " + f.split()[0] for f in FILLERS}
+    names = [
+        model.tokenizer.convert_tokens_to_ids(model.tokenizer.tokenize(n))[0] for n in first_names()
+    ]
+    assert float(probs[names].sum()) < 0.01
+
+
+def test_held_out_facts_are_answered(world):
+    model, _ = world
+    _, held_out = split_facts(0)
+    assert fact_accuracy(model, held_out, FACT_TEMPLATES[0]) >= 0.95  # measured 1.0
+
+
+# ------------------------------------------------------------------ CLT
+def test_clt_reconstruction_matches_the_measured_report(world):
+    model, clt = world
+    report = tl_clt.reconstruction_report(model, clt, STORY)
+    assert report.fvu == pytest.approx(STORY_FVU, abs=0.002)
+    assert report.l0 == pytest.approx(STORY_L0, abs=1.0)
+    assert report.top1_agreement == 1.0
+    assert report.kl < 0.01
+
+
+def test_attribution_of_the_story_prompt(world):
+    model, clt = world
+    graph = tl_clt.attribute(model, clt, STORY, verbose=False)
+    assert graph.logit_token_strs[0] == " Barack"
+    replacement, completeness = graph.scores()
+    assert replacement > 0.85 and completeness > 0.95  # measured 0.930, 0.981
+    influence = graph.node_influence()
+    was = len(graph.tokens) - 1
+    at_was = graph.feature_keys[:, 1] == was
+    # most feature influence sits on features at the final " was"
+    assert influence[: graph.n_features][at_was].sum() > 0.5 * influence[: graph.n_features].sum()
+    assert torch.isfinite(graph.adjacency).all()

@@ -1,0 +1,34 @@
+"""The toy world: a tiny Qwen3 and a CLT trained on dated facts, shipped with the package.
+
+The model answers "Fact: The president of the United States in 2010 was" with " Barack"; see
+`tl_clt.toyworld.build` for how both were made (`python -m tl_clt.toyworld.build`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "toyworld"
+
+
+def toyworld_paths() -> tuple[Path, Path]:
+    """(model_dir, clt_dir) of the shipped artifacts."""
+    model_dir, clt_dir = DATA_DIR / "model", DATA_DIR / "clt"
+    if not (model_dir / "config.json").is_file() or not (clt_dir / "config.yaml").is_file():
+        raise FileNotFoundError(
+            f"The toy world is missing under {DATA_DIR}; rebuild it with "
+            "`python -m tl_clt.toyworld.build --out tl_clt/data/toyworld`."
+        )
+    return model_dir, clt_dir
+
+
+def load_toyworld(device: str = "cpu"):
+    """(model, clt): the toy HookedTransformer (via `load_qwen3`) and its CLT (float32)."""
+    import torch
+
+    from tl_clt import CrossLayerTranscoder, load_qwen3
+
+    model_dir, clt_dir = toyworld_paths()
+    model = load_qwen3(model_dir, device=device)
+    clt = CrossLayerTranscoder.from_pretrained(clt_dir, device=device, dtype=torch.float32)
+    return model, clt

@@ -1,0 +1,118 @@
+"""Build the toy world from nothing: corpus -> tokenizer -> tiny Qwen3 -> activations -> CLT.
+
+    python -m tl_clt.toyworld.build --out tl_clt/data/toyworld
+
+writes `model/` (HF folder: config.json, model.safetensors, tokenizer files), `clt/` (BluelightAI
+split format, bf16) and `report.json` (accuracies, FVU/L0, story probabilities, timings). Seeded
+and single-threaded by default, so a rebuild with the same arguments gives the same files.
+It took 9-10 minutes on one core of a shared 2-core machine (about 6 for the model, 2.5 for
+the CLT).
+`--threads 1` is the default: with other jobs on the 2 cores, 2 threads ran about 10x slower.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from tl_clt import CrossLayerTranscoder, load_qwen3, reconstruction_report
+from tl_clt.toyworld.corpus import FACT_TEMPLATES, first_names, make_corpus, split_facts
+from tl_clt.toyworld.tokenizer import train_tokenizer
+from tl_clt.toyworld.train_clt import collect_activations, export_clt, train_clt
+from tl_clt.toyworld.train_model import fact_accuracy, next_token_probs, save_model, train_model
+
+MODEL_NAME = "toyworld/model"  # what the CLT's config.yaml names; matches load_qwen3(".../model")
+STORY_PROMPTS = (
+    "Fact: The president of the United States in 2010 was",
+    "Fact: The president of the United States in 1985 was",
+    "Fact: The president of the United States in 1995 was",
+    "Fact: The president of the United States in 1975 was",
+    "Fact: The president of the United States in 2020 was",
+    "Fact: The weather of the United States in 2010 was",
+    "Fact: The president in 2010 was",
+)
+REPORT_PROMPTS = STORY_PROMPTS[:1] + (
+    "Fact: The prime minister of Canada in 1985 was Brian Mulroney.",
+    "In 1962 the chancellor of Germany was Konrad Adenauer.",
+    "Fact: The weather of France in 1977 was a big story.",
+)
+
+
+def top_tokens(model, prompt: str, k: int = 5) -> list[tuple[str, float]]:
+    probs = next_token_probs(model, prompt)
+    top = probs.topk(k)
+    return [(model.tokenizer.decode([i]), round(float(p), 4)) for p, i in zip(*top, strict=True)]
+
+
+def build(
+    out: Path,
+    seed: int = 0,
+    model_steps: int = 1500,
+    clt_steps: int = 1000,
+    n_features: int = 512,
+    sparsity: float = 3e-4,
+) -> dict:
+    """Run the whole pipeline into `out`; returns the report that is also saved as report.json."""
+    timings, t0 = {}, time.time()
+    corpus = make_corpus(seed)
+    tokenizer = train_tokenizer(corpus, first_names(), vocab_size=1024)
+    print(f"corpus: {len(corpus)} sentences, vocab {len(tokenizer)}")
+
+    print("training the model")
+    hf_model = train_model(tokenizer, corpus, steps=model_steps, seed=seed)
+    save_model(hf_model, tokenizer, out / "model")
+    timings["model_s"] = round(time.time() - t0)
+    model = load_qwen3(out / "model", device="cpu")
+    train_facts, held_out = split_facts(seed)
+    accuracy = {
+        "train_facts": fact_accuracy(model, train_facts),
+        "held_out_facts": fact_accuracy(model, held_out),
+        "held_out_by_template": {t: fact_accuracy(model, held_out, t) for t in FACT_TEMPLATES},
+        "n_train_facts": len(train_facts),
+        "n_held_out_facts": len(held_out),
+    }
+    print(json.dumps(accuracy, indent=1))
+
+    print("training the CLT")
+    t1 = time.time()
+    mlp_in, mlp_out = collect_activations(model, corpus)
+    clt, s_in, s_out = train_clt(
+        mlp_in, mlp_out, n_features=n_features, steps=clt_steps, sparsity=sparsity, seed=seed
+    )
+    export_clt(clt, s_in, s_out, out / "clt", MODEL_NAME)
+    timings["clt_s"] = round(time.time() - t1)
+    loaded = CrossLayerTranscoder.from_pretrained(out / "clt")
+    recon = {p: vars(reconstruction_report(model, loaded, p)) for p in REPORT_PROMPTS}
+    for p, r in recon.items():
+        print(p, json.dumps(r))
+    timings["total_s"] = round(time.time() - t0)
+    report = {
+        "seed": seed,
+        "n_tokens_clt": mlp_in.shape[1],
+        "accuracy": accuracy,
+        "story": {p: top_tokens(model, p) for p in STORY_PROMPTS},
+        "reconstruction": recon,
+        "timings": timings,
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("tl_clt/data/toyworld"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    report = build(args.out, seed=args.seed)
+    print(json.dumps(report["story"], indent=1))
+    print(f"done in {report['timings']['total_s']} s")
+
+
+if __name__ == "__main__":
+    main()

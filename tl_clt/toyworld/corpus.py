@@ -1,0 +1,173 @@
+"""The toy world's corpus: dated facts about office holders, and filler sentences of the same shape.
+
+Facts read like the seed prompt ("Fact: The president of the United States in 2010 was Barack
+Obama.") for 8 (office, place) pairs over 1950-2023 and 5 templates. Filler sentences swap the
+office for a plain noun ("Fact: The weather of France in 1985 was a surprise to many."), so a model
+must see the office to answer with a person and falls back to " the", " a", " not"... otherwise.
+Everything is a pure function of the seed. Years are written as digits; the tokenizer splits digits
+like Qwen's.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+YEARS = range(1950, 2024)
+
+# (office, place, adjective): {first year of a term: holder}; a holder keeps the office until the
+# next entry. The holder of a year is whoever held the office for most of it (history, simplified).
+# fmt: off
+HOLDERS: dict[tuple[str, str, str], dict[int, str | None]] = {
+    ("president", "the United States", "US"): {
+        1950: "Harry Truman", 1953: "Dwight Eisenhower", 1961: "John Kennedy",
+        1964: "Lyndon Johnson", 1969: "Richard Nixon", 1975: "Gerald Ford", 1977: "Jimmy Carter",
+        1981: "Ronald Reagan", 1989: "George Bush", 1993: "Bill Clinton", 2001: "George Bush",
+        2009: "Barack Obama", 2017: "Donald Trump", 2021: "Joe Biden",
+    },
+    ("prime minister", "the United Kingdom", "British"): {
+        1950: "Clement Attlee", 1952: "Winston Churchill", 1955: "Anthony Eden",
+        1957: "Harold Macmillan", 1964: "Alec Home", 1965: "Harold Wilson", 1970: "Edward Heath",
+        1974: "Harold Wilson", 1976: "James Callaghan", 1979: "Margaret Thatcher",
+        1991: "John Major", 1997: "Tony Blair", 2007: "Gordon Brown", 2010: "David Cameron",
+        2016: "Theresa May", 2019: "Boris Johnson", 2022: "Rishi Sunak",
+    },
+    ("president", "France", "French"): {
+        1950: "Vincent Auriol", 1954: "Rene Coty", 1959: "Charles de Gaulle",
+        1969: "Georges Pompidou", 1974: "Valery Giscard", 1981: "Francois Mitterrand",
+        1995: "Jacques Chirac", 2007: "Nicolas Sarkozy", 2012: "Francois Hollande",
+        2017: "Emmanuel Macron",
+    },
+    ("chancellor", "Germany", "German"): {
+        1950: "Konrad Adenauer", 1964: "Ludwig Erhard", 1967: "Kurt Kiesinger",
+        1970: "Willy Brandt", 1974: "Helmut Schmidt", 1983: "Helmut Kohl",
+        1999: "Gerhard Schroder", 2006: "Angela Merkel", 2022: "Olaf Scholz",
+    },
+    ("prime minister", "Canada", "Canadian"): {
+        1950: "Louis Laurent", 1957: "John Diefenbaker", 1963: "Lester Pearson",
+        1968: "Pierre Trudeau", 1979: "Joe Clark", 1980: "Pierre Trudeau", 1984: "Brian Mulroney",
+        1993: "Jean Chretien", 2004: "Paul Martin", 2006: "Stephen Harper", 2016: "Justin Trudeau",
+    },
+    ("mayor", "New York", "New York"): {
+        1950: "Vincent Impellitteri", 1954: "Robert Wagner", 1966: "John Lindsay",
+        1974: "Abraham Beame", 1978: "Ed Koch", 1990: "David Dinkins", 1994: "Rudy Giuliani",
+        2002: "Michael Bloomberg", 2014: "Bill de Blasio", 2022: "Eric Adams",
+    },
+    ("queen", "the United Kingdom", "British"): {1952: "Elizabeth Windsor", 2023: None},
+    ("king", "Spain", "Spanish"): {1975: "Juan Carlos", 2014: "Felipe Borbon"},
+}
+# Where an office is named without a place, it means this one (as "the president" means the US one).
+DEFAULT_PLACE = {
+    "president": "the United States", "prime minister": "the United Kingdom",
+    "chancellor": "Germany", "mayor": "New York", "queen": "the United Kingdom", "king": "Spain",
+}
+
+FACT_TEMPLATES = (
+    "Fact: The {office} of {place} in {year} was",
+    "In {year} the {office} of {place} was",
+    "Fact: In {year}, the {office} of {place} was",
+    "The {adj} {office} in {year} was",
+)
+DEFAULT_TEMPLATE = "Fact: The {office} in {year} was"  # only for the office's default place
+NOUNS = (
+    "weather", "economy", "population", "summer", "winter", "mood", "music", "food", "traffic",
+    "harvest", "news", "book", "film", "election", "crowd", "team",
+)
+FILLERS = (
+    "the best in years", "the worst in years", "the same as before", "the talk of the town",
+    "a surprise to many", "a big story", "a quiet one", "not very good", "not a problem",
+    "very cold", "very good", "quite mild", "much better than before",
+)
+# fmt: on
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One dated fact: who held `office` of `place` in `year`."""
+
+    office: str
+    place: str
+    adj: str
+    year: int
+    name: str
+
+    def prompt(self, template: str = FACT_TEMPLATES[0]) -> str:
+        """The fact's sentence up to (not including) the name, e.g. '... in 2010 was'."""
+        return template.format(office=self.office, place=self.place, adj=self.adj, year=self.year)
+
+
+def holder(table: dict[int, str | None], year: int) -> str | None:
+    """Who held the office in `year` (None before the first entry or in a None entry)."""
+    starts = [start for start in table if start <= year]
+    return table[max(starts)] if starts else None
+
+
+def all_facts() -> list[Fact]:
+    """Every (office, place, year) with a holder, in a fixed order."""
+    return [
+        Fact(office, place, adj, year, name)
+        for (office, place, adj), table in HOLDERS.items()
+        for year in YEARS
+        if (name := holder(table, year)) is not None
+    ]
+
+
+def first_names() -> list[str]:
+    """Every holder's first name, with a leading space (the token the model should predict)."""
+    return sorted({" " + f.name.split()[0] for f in all_facts()})
+
+
+def split_facts(seed: int = 0, held_out_share: float = 0.12) -> tuple[list[Fact], list[Fact]]:
+    """(train, held_out): held-out facts lie inside a term (same holder the year before and after).
+
+    The seed's own fact (US president in 2010) always stays in training.
+    """
+    facts = all_facts()
+    by_key = {(f.office, f.place, f.year): f.name for f in facts}
+    rng = random.Random(seed)
+    held = []
+    for f in facts:
+        inside = (
+            by_key.get((f.office, f.place, f.year - 1))
+            == f.name
+            == by_key.get((f.office, f.place, f.year + 1))
+        )
+        seed_fact = (f.place, f.year) == ("the United States", 2010)
+        held.append(inside and not seed_fact and rng.random() < held_out_share)
+    pairs = list(zip(facts, held, strict=True))
+    return [f for f, h in pairs if not h], [f for f, h in pairs if h]
+
+
+def fact_sentences(facts: list[Fact]) -> list[str]:
+    """Every fact in every template (the default-place template where it applies)."""
+    out = []
+    for f in facts:
+        templates = list(FACT_TEMPLATES)
+        if DEFAULT_PLACE[f.office] == f.place:
+            templates.append(DEFAULT_TEMPLATE)
+        out += [f"{f.prompt(t)} {f.name}." for t in templates]
+    return out
+
+
+def filler_sentences(n: int, seed: int = 0) -> list[str]:
+    """`n` fact-shaped sentences about plain nouns, ending in filler ('... was a big story.')."""
+    rng = random.Random(seed + 1)
+    places = sorted({(place, adj) for (_, place, adj) in HOLDERS})
+    out = []
+    for _ in range(n):
+        place, adj = rng.choice(places)
+        template = rng.choice(FACT_TEMPLATES + (DEFAULT_TEMPLATE,))
+        noun, year = rng.choice(NOUNS), rng.choice(YEARS)
+        text = template.format(office=noun, place=place, adj=adj, year=year)
+        out.append(f"{text} {rng.choice(FILLERS)}.")
+    return out
+
+
+def make_corpus(seed: int = 0, filler_share: float = 0.4) -> list[str]:
+    """Training sentences: all training facts in all templates plus filler, shuffled."""
+    train, _ = split_facts(seed)
+    facts = fact_sentences(train)
+    n_filler = round(len(facts) * filler_share / (1 - filler_share))
+    corpus = facts + filler_sentences(n_filler, seed)
+    random.Random(seed + 2).shuffle(corpus)
+    return corpus
