@@ -108,9 +108,7 @@ def test_without_the_office_the_model_says_filler(world):
     token = model.tokenizer.decode([int(probs.argmax())])
     assert token == " a" and float(probs.max()) == pytest.approx(0.482, abs=0.03)
     assert token in {" " + f.split()[0] for f in FILLERS}
-    names = [
-        model.tokenizer.convert_tokens_to_ids(model.tokenizer.tokenize(n))[0] for n in first_names()
-    ]
+    names = [model.tokenizer.convert_tokens_to_ids(model.tokenizer.tokenize(n))[0] for n in first_names()]
     assert float(probs[names].sum()) < 0.01
 
 

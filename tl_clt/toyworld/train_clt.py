@@ -152,9 +152,7 @@ def train_clt(
 
 
 @torch.no_grad()
-def export_clt(
-    clt: TrainableCLT, s_in: Tensor, s_out: Tensor, path: str | Path, model_name: str
-) -> Path:
+def export_clt(clt: TrainableCLT, s_in: Tensor, s_out: Tensor, path: str | Path, model_name: str) -> Path:
     """Fold the scales back in; write BluelightAI's split format (bf16) with `write_clt_folder`."""
     W_enc = [clt.W_enc[k] / s_in[k] for k in range(clt.n_layers)]
     b_enc = list(clt.b_enc)

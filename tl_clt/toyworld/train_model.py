@@ -134,9 +134,7 @@ def next_token_probs(model: HookedTransformer, prompt: str) -> Tensor:
     return model(to_tokens(model, prompt)[None])[0, -1].softmax(-1)
 
 
-def fact_accuracy(
-    model: HookedTransformer, facts: list[Fact], template: str | None = None
-) -> float:
+def fact_accuracy(model: HookedTransformer, facts: list[Fact], template: str | None = None) -> float:
     """Share of facts whose top next token is the holder's first name."""
     hits = 0
     for fact in facts:
