@@ -18,8 +18,11 @@ on it). Set `USE_REAL_WEIGHTS = True` to use Qwen3-1.7B-Base and BluelightAI's C
     (
         "code",
         """
+%matplotlib inline
 import json
+
 import torch
+
 import tl_clt
 
 USE_REAL_WEIGHTS = False
@@ -148,6 +151,7 @@ results["year_positions"] = year_positions
         "code",
         """
 import matplotlib.pyplot as plt
+
 fig, ax = plt.subplots(figsize=(8, 2.5))
 im = ax.imshow(effect, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
 ax.set_xticks(range(n_pos), labels, rotation=60, fontsize=7)

@@ -1,0 +1,277 @@
+"""Cells of tutorials/01_president_circuit.ipynb (built by build_notebooks.py)."""
+
+CELLS = [
+    (
+        "md",
+        """
+# The president circuit, step by step
+
+For **"Fact: The president of the United States in 2010 was"** Qwen3-1.7B says **" Barack"**. BluelightAI
+traced it with their CLTs and found four groups of features whose paths lead to the answer — *President*,
+*Year ~2010*, *Say a political figure* and *Events ~2010* — and showed that ablating or steering a group
+changes the prediction the way the story predicts. This notebook does the whole analysis with tl_clt:
+
+1. the prediction; 2. the attribution graph; 3. the pruned graph; 4. candidate groups; 5. the grouped graph;
+6. ablation and steering experiments with before/after tables; 7. a short reading.
+
+It runs on the **toy world** shipped with tl_clt: a 4-layer Qwen3 trained on dated facts about office
+holders (plus filler sentences), and a JumpReLU CLT trained on it, in BluelightAI's on-disk format.
+Set `USE_REAL_WEIGHTS = True` to run the same cells on Qwen3-1.7B-Base with BluelightAI's CLT.
+""",
+    ),
+    (
+        "code",
+        """
+%matplotlib inline
+import json
+
+import torch
+
+import tl_clt
+
+USE_REAL_WEIGHTS = False
+if USE_REAL_WEIGHTS:
+    model = tl_clt.load_qwen3("Qwen/Qwen3-1.7B-Base", dtype=torch.bfloat16)
+    clt = tl_clt.CrossLayerTranscoder.from_pretrained("bluelightai/clt-qwen3-1.7b-base-20k")
+    MAX_FEATURE_NODES = 2048
+else:
+    from tl_clt.toyworld import load_toyworld
+    model, clt = load_toyworld()
+    MAX_FEATURE_NODES = None  # the toy graph is small: a row for every active feature
+torch.set_grad_enabled(False)
+results = {}
+
+prompt = "Fact: The president of the United States in 2010 was"
+no_office = "Fact: The weather of the United States in 2010 was"   # same length, no office
+other_year = "Fact: The president of the United States in 1985 was"  # same length, another era
+""",
+    ),
+    (
+        "md",
+        """
+## 1. The prediction
+
+Token sets used to read the experiments: US presidents' first names by era, and filler words.
+""",
+    ),
+    (
+        "code",
+        """
+def first_token(word):
+    return model.tokenizer(word, add_special_tokens=False)["input_ids"][0]
+
+US_PRESIDENTS = {  # first names, by the decade their term began
+    "1960s-80s": [" Lyndon", " Richard", " Gerald", " Jimmy", " Ronald"],
+    "1990s-2000s": [" George", " Bill"],
+    "2010s": [" Barack", " Donald", " Joe"],
+}
+FILLER = [" a", " the", " not", " very", " quite", " much", " The", " was", " in"]
+EARLY = [first_token(w) for w in US_PRESIDENTS["1960s-80s"]]
+FILL = [first_token(w) for w in FILLER]
+NAMES = [first_token(w) for era in US_PRESIDENTS.values() for w in era]
+BARACK = first_token(" Barack")
+
+def summary(logits):
+    p = logits[-1].float().softmax(-1)
+    return {"top": model.tokenizer.decode(p.argmax()), "p_barack": float(p[BARACK]),
+            "p_presidents_60s_80s": float(p[EARLY].sum()), "p_filler": float(p[FILL].sum()),
+            "p_presidents": float(p[NAMES].sum())}
+
+for text in (prompt, other_year, no_office):
+    logits = model(tl_clt.to_tokens(model, text)[None])[0]
+    top = logits[-1].softmax(-1).topk(3)
+    best = [f"{model.tokenizer.decode(i)!r} {p:.2f}" for p, i in zip(top.values, top.indices)]
+    print(f"{text!r:58s} ->", ", ".join(best))
+clean = model(tl_clt.to_tokens(model, prompt)[None])[0]
+results["baseline"] = summary(clean)
+print(results["baseline"])
+""",
+    ),
+    (
+        "md",
+        """
+## 2. The attribution graph
+
+`attribute` freezes attention patterns and norm scales at this prompt's values, replaces every MLP by the
+CLT plus an error node, and measures every direct effect in that linear model with batched backward
+passes through hook points on *your* model object.
+""",
+    ),
+    (
+        "code",
+        """
+graph = tl_clt.attribute(model, clt, prompt, max_feature_nodes=MAX_FEATURE_NODES, verbose=False)
+scores = graph.scores()
+print(f"{graph.meta['n_active_features']} active features, {graph.n_features} feature nodes, "
+      f"{graph.n_logits} logit node(s): {graph.logit_token_strs}")
+print(f"replacement score {scores.replacement:.3f}, completeness score {scores.completeness:.3f}")
+print(f"{graph.meta['n_backward_passes']} backward passes, {graph.meta['seconds_rows']:.1f} s")
+print("tokens:", list(enumerate(graph.token_strs)))
+""",
+    ),
+    ("md", "## 3. The pruned graph"),
+    (
+        "code",
+        """
+pruned = graph.prune(node_threshold=0.8, edge_threshold=0.98)
+G = pruned.to_networkx()
+kinds = {}
+for _, d in G.nodes(data=True):
+    kinds[d["kind"]] = kinds.get(d["kind"], 0) + 1
+print(G.number_of_nodes(), "nodes", kinds, "|", G.number_of_edges(), "edges")
+fig = pruned.plot()
+fig
+""",
+    ),
+    (
+        "md",
+        """
+## 4. Candidate groups
+
+No feature dashboard is needed to find the groups; three questions do it:
+- **Which features need the office?** `contrast_features` against the same prompt with "weather" in place
+  of "president" (features that lose at least half their activation).
+- **Which features need the year?** The same against "... in 1985 was".
+- **What does a feature say?** `feature_output_tokens` reads its decoder through the unembedding.
+
+Keeping the features with some influence on the logit, the four groups are:
+- *Year ~2010*: year-dependent features on the year's digits;
+- *Say a political figure*: office-dependent features at the last position whose outputs are names;
+- *Events ~2010*: features at or after the year that need both the office and the year;
+- *President*: the remaining office-dependent features (they do not care about the year).
+""",
+    ),
+    (
+        "code",
+        """
+influence = graph.node_influence()
+influential = {graph.node_id(i) for i in range(graph.n_features) if influence[i] > 1e-3}
+office = {c.node for c in tl_clt.contrast_features(model, clt, graph, no_office)} & influential
+year = {c.node for c in tl_clt.contrast_features(model, clt, graph, other_year)} & influential
+tokens, tokens_1985 = tl_clt.to_tokens(model, prompt), tl_clt.to_tokens(model, other_year)
+year_positions = {p for p in range(len(tokens)) if tokens[p] != tokens_1985[p]}
+last = len(tokens) - 1
+
+def position(node):
+    return int(node.split(":")[2])
+
+def says_a_name(node, k=5):
+    layer, _, feature = map(int, node.split(":")[1:])
+    toks = [t.token for t in tl_clt.feature_output_tokens(model, clt, layer, feature, k=k)]
+    return sum(t.startswith(" ") and t[1:2].isupper() for t in toks) >= 4
+
+say = {n for n in office if position(n) == last and says_a_name(n)}
+groups = {
+    "President": sorted(office - year - say),
+    "Year ~2010": sorted(n for n in year if position(n) in year_positions),
+    "Say a political figure": sorted(say),
+    "Events ~2010": sorted((office & year) - say),
+}
+for name, members in groups.items():
+    layer, _, feature = map(int, members[0].split(":")[1:])
+    outs = [t.token for t in tl_clt.feature_output_tokens(model, clt, layer, feature, k=4)]
+    where = sorted({graph.token_strs[position(n)] for n in members})
+    print(f"{name:24s} {len(members):3d} features on {where}; e.g. {members[0]} says {outs}")
+results["groups"] = {k: len(v) for k, v in groups.items()}
+""",
+    ),
+    (
+        "md",
+        """
+## 5. The grouped graph
+
+`group` merges each group into one node whose edges carry its members' summed direct effects. Groups are
+taken on the pruned graph (members that survived pruning).
+""",
+    ),
+    (
+        "code",
+        """
+kept = set(G.nodes)
+H = pruned.group({k: [n for n in v if n in kept] for k, v in groups.items() if any(n in kept for n in v)})
+logit = [n for n, d in H.nodes(data=True) if d["kind"] == "logit"][0]
+for name in groups:
+    if name in H:
+        to_logit = H.edges[name, logit]["weight"] if H.has_edge(name, logit) else 0.0
+        feeds = {t: round(d["weight"], 2) for _, t, d in H.out_edges(name, data=True) if t in groups}
+        print(f"{name:24s} -> logit {to_logit:+.2f}; -> groups {feeds}")
+fig = tl_clt.plot_graph(H)
+fig
+""",
+    ),
+    (
+        "md",
+        """
+## 6. Interventions
+
+Each group is ablated (activations set to 0) and steered (activations times -1), with attention patterns
+frozen at the prompt's values; the real MLPs still run, so later features respond. The tables show the
+top next tokens before and after.
+""",
+    ),
+    (
+        "code",
+        """
+for name, members in groups.items():
+    results[name] = {}
+    for label, ivs in (("ablate", tl_clt.ablate(members)), ("x-1", tl_clt.scale(members, -1.0, graph))):
+        steered = tl_clt.steer(model, clt, prompt, ivs)
+        results[name][label] = summary(steered)
+        print(f"=== {name}: {label} ({len(ivs)} features)")
+        print(tl_clt.prediction_table(model, clean, steered, k=4))
+""",
+    ),
+    (
+        "code",
+        """
+def row(name, label, r):
+    cells = f"{r['p_barack']:9.3f} {r['p_presidents_60s_80s']:10.3f} {r['p_filler']:9.3f}"
+    print(f"{name:24s} {label:7s} {r['top']!r:10s} {cells}")
+
+print(f"{'group':24s} {'change':7s} {'top':10s} {'p(Barack)':>9s} {'p(60s-80s)':>10s} {'p(filler)':>9s}")
+row("(none)", "", results["baseline"])
+for name in groups:
+    for label, r in results[name].items():
+        row(name, label, r)
+""",
+    ),
+    (
+        "md",
+        """
+A sweep of the steering factor for the era-carrying groups:
+""",
+    ),
+    (
+        "code",
+        """
+for name in ("Year ~2010", "Events ~2010"):
+    row = []
+    for factor in (1.0, 0.5, 0.0, -0.5, -1.0, -2.0):
+        r = summary(tl_clt.steer(model, clt, prompt, tl_clt.scale(groups[name], factor, graph)))
+        row.append(f"x{factor:+.1f}: {r['top']!r}")
+    print(f"{name:14s}", " | ".join(row))
+""",
+    ),
+    (
+        "md",
+        """
+## 7. Reading
+
+- **Year ~2010** carries the era. Ablating it, the model still names a US president but one of another era
+  (the table shows the 1960s–80s presidents taking over); steering it negative pushes further back.
+- **President** and **Say a political figure** carry "an office holder is asked for". Ablating them moves
+  probability from names to filler words; steering them negative makes a filler word the top prediction —
+  without the office the model continues the sentence without committing to a claim, as in the story.
+- **Events ~2010** needs both the office and the year. In this toy world it is the weakest group: the era is
+  read mostly from the year digits and from the name-saying features, so steering it moves probability
+  away from " Barack" but less than the year group does.
+- Like the real model, the toy world barely needs "the United States": "president" alone means the US one.
+""",
+    ),
+    (
+        "code",
+        """
+print("TUTORIAL_RESULTS", json.dumps(results))
+""",
+    ),
+]
