@@ -166,24 +166,28 @@ class LinearReplacement:
         return (directions * w).to(self.embed.dtype).detach()
 
     # ---------------------------------------------------------------- backward
-    def _decoder_blocks(self) -> list[tuple[Tensor, Tensor, Tensor, list[int]]]:
-        """Per position p: (columns, activations, raw decoder rows [n_p, n_layers, d_model], prefix).
+    def _decoder_blocks(self) -> list[tuple[int, int, int, int, Tensor, Tensor]]:
+        """Per (source layer k, position p) with active features: (k, p, start, end, activations, rows).
 
-        Row i holds `W_dec_{k_i->l}[f_i]` at l >= k_i and zeros below, in the CLT's dtype (exact bf16 for
-        the real CLTs); rows are sorted by source layer and `prefix[l]` counts the rows with k < l.
+        The features are columns start:end (contiguous: they are ordered by layer, position, feature);
+        `rows` [end - start, n_layers - k, d_model] are their raw decoder rows `W_dec_k[f]` as the CLT
+        stores them (exact bf16 for the real CLTs): what they write to layers k..n_layers-1, no padding
+        below k, so the blocks hold `sum_i (n_layers - k_i) * d_model` values, about half of a dense
+        `n_active * n_layers * d_model`.
         """
         index, values = self.active.index, self.active.values
-        L, d = self.n_layers, self.clt.d_model
-        rows = torch.zeros(len(values), L, d, dtype=self.clt.dtype, device=values.device)
-        for k in range(L):
-            cols = (index[:, 0] == k).nonzero().squeeze(-1)
-            if cols.numel():
-                rows[cols, k:] = self.clt.decoder_rows(k, index[cols, 2])
         blocks = []
-        for p in range(self.n_pos):
-            cols = (index[:, 1] == p).nonzero().squeeze(-1)  # already sorted by layer
-            prefix = torch.searchsorted(index[cols, 0], torch.arange(L + 1)).tolist()
-            blocks.append((cols, values[cols], rows[cols], prefix))
+        for k in range(self.n_layers):
+            cols = (index[:, 0] == k).nonzero().squeeze(-1)
+            if not cols.numel():
+                continue
+            rows = self.clt.decoder_rows(k, index[cols, 2])  # [n_k, n_layers - k, d]
+            positions, counts = index[cols, 1].unique_consecutive(return_counts=True)
+            offset, i = int(cols[0]), 0
+            for p, n in zip(positions.tolist(), counts.tolist()):
+                start = offset + i
+                blocks.append((k, p, start, start + n, values[start : start + n], rows[i : i + n]))
+                i += n
         return blocks
 
     @property
@@ -193,10 +197,14 @@ class LinearReplacement:
     def rows(self, site_layers: Tensor, positions: Tensor, readouts: Tensor) -> Float[Tensor, "b n_sources"]:
         """Edge rows for targets read at (site layer, position) by `readouts` (n_layers = the logits).
 
-        One vmapped backward pass (`is_grads_batched`) gives every row's gradient at all leaves.
+        One vmapped backward pass (`is_grads_batched`) gives every row's gradient at all leaves. Rows are
+        handled in order of target position: attention is causal, so a target's gradient is exactly zero
+        at later positions, and the features at position p are contracted with the rows from p on only.
         """
         b = len(site_layers)
         self.n_backward += 1
+        order = torch.argsort(positions, stable=True)
+        site_layers, positions, readouts = site_layers[order], positions[order], readouts[order]
         outputs, grad_outputs = [], []
         for layer in site_layers.unique().tolist():
             mask = site_layers == layer
@@ -215,18 +223,18 @@ class LinearReplacement:
         out = torch.zeros(b, self.n_sources, dtype=G_emb.dtype, device=G_emb.device)
         if top:
             G = torch.stack([(g if g is not None else zeros)[:, 0] for g in grads[1:]], 2)  # [b, pos, top, d]
-            for cols, acts, dec, prefix in self._decoders:
-                m = prefix[top]
-                if m:
-                    p = int(self.active.index[cols[0], 1])
-                    D = dec[:m, :top].reshape(m, -1).to(G.dtype)
-                    out[:, cols[:m]] = (G[:, p].reshape(b, -1) @ D.T) * acts[:m]
+            first = torch.searchsorted(positions, torch.arange(self.n_pos, device=positions.device)).tolist()
+            for k, p, start, end, acts, dec in self._decoders:
+                r = first[p]  # rows r: target at p or later
+                if k < top and r < b:  # views, no copies: G[r:, p, k:top] . W_dec_{k->k..top-1}[f]
+                    D = dec[:, : top - k].reshape(end - start, -1).to(G.dtype)
+                    out[r:, start:end] = (G[r:, p, k:].reshape(b - r, -1) @ D.T) * acts
             err = (G * self.errors[:top].transpose(0, 1)).sum(-1)  # [b, pos, top]
             start = n_feat
             out[:, start : start + top * self.n_pos] = err.transpose(1, 2).reshape(b, -1)
         start = n_feat + self.n_layers * self.n_pos
         out[:, start:] = (G_emb * self.embed[0].detach()).sum(-1)
-        return out
+        return out[torch.argsort(order)]
 
 
 def logit_targets(
