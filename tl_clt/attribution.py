@@ -118,7 +118,8 @@ class LinearReplacement:
         self.embed: Tensor | None = None
         self.mlp_out: list[Tensor | None] = [None] * self.n_layers
         self.sites: list[Tensor | None] = [None] * (self.n_layers + 1)
-        self._decoders = self._decoder_blocks()
+        self._layers = self._decoder_layout()
+        self._cached_rows: dict[int, Tensor] = {}
 
     # ---------------------------------------------------------------- forward
     def _hooks(self) -> list:
@@ -166,29 +167,34 @@ class LinearReplacement:
         return (directions * w).to(self.embed.dtype).detach()
 
     # ---------------------------------------------------------------- backward
-    def _decoder_blocks(self) -> list[tuple[int, int, int, int, Tensor, Tensor]]:
-        """Per (source layer k, position p) with active features: (k, p, start, end, activations, rows).
+    def _decoder_layout(self) -> list[tuple[int, int, Tensor, list[tuple[int, int]]]]:
+        """Per source layer k with active features: (k, first column, features, [(position, count)]).
 
-        The features are columns start:end (contiguous: they are ordered by layer, position, feature);
-        `rows` [end - start, n_layers - k, d_model] are their raw decoder rows `W_dec_k[f]` as the CLT
-        stores them (exact bf16 for the real CLTs): what they write to layers k..n_layers-1, no padding
-        below k, so the blocks hold `sum_i (n_layers - k_i) * d_model` values, about half of a dense
-        `n_active * n_layers * d_model`.
+        A layer's features are the columns first..first + n_k (active features are ordered by layer,
+        position, feature), in runs of one position each.
         """
-        index, values = self.active.index, self.active.values
-        blocks = []
+        index = self.active.index
+        layout = []
         for k in range(self.n_layers):
             cols = (index[:, 0] == k).nonzero().squeeze(-1)
-            if not cols.numel():
-                continue
-            rows = self.clt.decoder_rows(k, index[cols, 2])  # [n_k, n_layers - k, d]
-            positions, counts = index[cols, 1].unique_consecutive(return_counts=True)
-            offset, i = int(cols[0]), 0
-            for p, n in zip(positions.tolist(), counts.tolist()):
-                start = offset + i
-                blocks.append((k, p, start, start + n, values[start : start + n], rows[i : i + n]))
-                i += n
-        return blocks
+            if cols.numel():
+                positions, counts = index[cols, 1].unique_consecutive(return_counts=True)
+                spans = list(zip(positions.tolist(), counts.tolist()))
+                layout.append((k, int(cols[0]), index[cols, 2], spans))
+        return layout
+
+    def _layer_rows(self, k: int, features: Tensor) -> Float[Tensor, "n n_out d_model"]:
+        """Raw decoder rows `W_dec_k[features]` [n, n_layers - k, d_model] in the CLT's dtype.
+
+        With a lazy CLT they are read again for every backward pass: they come from the OS page cache,
+        and this process never holds more than one layer's rows (at the real shape the rows of all active
+        features are ~0.75 GB in bf16 for 16 tokens, ~3 GB for 64). In-memory decoders are gathered once.
+        """
+        if self.clt.lazy_decoder:
+            return self.clt.decoder_rows(k, features)
+        if k not in self._cached_rows:
+            self._cached_rows[k] = self.clt.decoder_rows(k, features)
+        return self._cached_rows[k]
 
     @property
     def n_sources(self) -> int:
@@ -218,23 +224,42 @@ class LinearReplacement:
             outputs, inputs, grad_outputs, retain_graph=True, allow_unused=True, is_grads_batched=True
         )
         zeros = torch.zeros_like(grad_outputs[0])
+        del outputs, grad_outputs
         G_emb = (grads[0] if grads[0] is not None else zeros)[:, 0]  # [b, pos, d]
         n_feat = len(self.active.values)
         out = torch.zeros(b, self.n_sources, dtype=G_emb.dtype, device=G_emb.device)
         if top:
             G = torch.stack([(g if g is not None else zeros)[:, 0] for g in grads[1:]], 2)  # [b, pos, top, d]
-            first = torch.searchsorted(positions, torch.arange(self.n_pos, device=positions.device)).tolist()
-            for k, p, start, end, acts, dec in self._decoders:
-                r = first[p]  # rows r: target at p or later
-                if k < top and r < b:  # views, no copies: G[r:, p, k:top] . W_dec_{k->k..top-1}[f]
-                    D = dec[:, : top - k].reshape(end - start, -1).to(G.dtype)
-                    out[r:, start:end] = (G[r:, p, k:].reshape(b - r, -1) @ D.T) * acts
-            err = (G * self.errors[:top].transpose(0, 1)).sum(-1)  # [b, pos, top]
+            del grads
+            self._contract_features(G, positions, out)
+            err = torch.stack([(G[:, p] * self.errors[:top, p]).sum(-1) for p in range(self.n_pos)], 1)
             start = n_feat
             out[:, start : start + top * self.n_pos] = err.transpose(1, 2).reshape(b, -1)
         start = n_feat + self.n_layers * self.n_pos
         out[:, start:] = (G_emb * self.embed[0].detach()).sum(-1)
         return out[torch.argsort(order)]
+
+    def _contract_features(self, G: Float[Tensor, "b pos top d"], positions: Tensor, out: Tensor) -> None:
+        """Feature columns of `out`: activation times G[row, p, k:top] . W_dec_{k->k..top-1}[f].
+
+        `positions` (the rows' target positions) are sorted: rows before `first[p]` target positions
+        before p, where their gradient is exactly zero, and are skipped. Blocks are strided views.
+        """
+        b, top = G.shape[0], G.shape[2]
+        first = torch.searchsorted(positions, torch.arange(self.n_pos, device=positions.device)).tolist()
+        acts = self.active.values
+        for k, col, features, spans in self._layers:
+            if k >= top:
+                break
+            dec = self._layer_rows(k, features)[:, : top - k].to(G.dtype)  # [n_k, top - k, d]
+            i = 0
+            for p, n in spans:
+                r = first[p]
+                if r < b:
+                    D = dec[i : i + n].reshape(n, -1)
+                    c = col + i
+                    out[r:, c : c + n] = (G[r:, p, k:].reshape(b - r, -1) @ D.T) * acts[c : c + n]
+                i += n
 
 
 def logit_targets(
