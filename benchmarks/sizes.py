@@ -1,8 +1,19 @@
-"""Synthetic Qwen3-shaped models and CLTs at the benchmark sizes, saved in the real on-disk formats."""
+"""Synthetic Qwen3-shaped models and CLTs at the benchmark sizes, saved in the real on-disk formats.
+
+The real size (Qwen3-0.6B shape, 20480 features per layer) makes a ~18 GB bf16 CLT: it is written
+layer by layer and feature chunk by feature chunk (`stream_random_clt_folder`), so making it needs
+well under 1 GiB of memory.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
 
 from tl_clt import synthetic
 
@@ -44,9 +55,11 @@ SIZES = {
             head_dim=128,
             vocab_size=151936,
             max_position_embeddings=4096,
+            tie_word_embeddings=True,
         ),
         features=20480,
         density=0.002,
+        stream=True,
     ),
 }
 PROMPT_28 = (
@@ -71,7 +84,8 @@ def build(size: str, root: Path, seed: int = 0) -> tuple[Path, Path]:
         synthetic.make_qwen3_folder(mdir, seed=seed, tokenizer=tok, initializer_range=0.05, **spec["model"])
     if not (cdir / "config.yaml").exists():
         m = spec["model"]
-        synthetic.make_random_clt_folder(
+        make = stream_random_clt_folder if spec.get("stream") else synthetic.make_random_clt_folder
+        make(
             cdir,
             m["num_hidden_layers"],
             m["hidden_size"],
@@ -81,3 +95,62 @@ def build(size: str, root: Path, seed: int = 0) -> tuple[Path, Path]:
             model_name=str(mdir),
         )
     return mdir, cdir
+
+
+def _write_streamed_tensor(path: Path, name: str, shape: tuple[int, ...], chunks) -> None:
+    """A one-tensor bf16 safetensors file written from an iterator of row chunks (never all in memory)."""
+    n_bytes = 2 * int(torch.tensor(shape).prod())
+    header = json.dumps({name: {"dtype": "BF16", "shape": list(shape), "data_offsets": [0, n_bytes]}})
+    header = header.encode() + b" " * (-len(header) % 8)
+    tmp = path.with_suffix(".partial")
+    with open(tmp, "wb") as f:
+        f.write(len(header).to_bytes(8, "little") + header)
+        for chunk in chunks:
+            chunk.to(torch.bfloat16).contiguous().view(torch.int16).numpy().tofile(f)
+        if f.tell() != 8 + len(header) + n_bytes:
+            raise RuntimeError(f"{path}: wrote {f.tell()} bytes, expected {8 + len(header) + n_bytes}")
+    tmp.rename(path)
+
+
+def stream_random_clt_folder(
+    path: Path,
+    n_layers: int,
+    d_model: int,
+    n_features: int,
+    seed: int = 0,
+    density: float = 0.1,
+    model_name: str = "synthetic",
+    chunk: int = 2048,
+) -> Path:
+    """The same random JumpReLU CLT as `synthetic.make_random_clt_folder`, streamed to disk in bf16.
+
+    config.yaml is written last, so an interrupted run leaves a folder that `build` makes again.
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    scale = d_model**-0.5
+    cut = float(torch.distributions.Normal(0, 1).icdf(torch.tensor(1 - density)))
+    for layer in tqdm(range(n_layers), desc=f"writing {path.name}"):
+        gen = torch.Generator().manual_seed(seed * 10_000 + layer)
+        enc = {
+            f"W_enc_{layer}": torch.randn(n_features, d_model, generator=gen) * scale,
+            f"b_enc_{layer}": torch.full((n_features,), -cut / 2),
+            f"b_dec_{layer}": torch.randn(d_model, generator=gen) * 0.01,
+            f"threshold_{layer}": torch.full((n_features,), cut / 2),
+        }
+        save_file({k: v.to(torch.bfloat16) for k, v in enc.items()}, str(path / f"W_enc_{layer}.safetensors"))
+        out = n_layers - layer
+        chunks = (
+            torch.randn(min(chunk, n_features - i), out, d_model, generator=gen) * (scale * 0.5)
+            for i in range(0, n_features, chunk)
+        )
+        _write_streamed_tensor(
+            path / f"W_dec_{layer}.safetensors", f"W_dec_{layer}", (n_features, out, d_model), chunks
+        )
+    config = dict(
+        model_kind="cross_layer_transcoder",
+        model_name=model_name,
+        feature_input_hook="mlp.hook_in",
+        feature_output_hook="mlp.hook_out",
+    )
+    (path / "config.yaml").write_text(yaml.safe_dump(config))
+    return path

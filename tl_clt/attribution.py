@@ -118,7 +118,8 @@ class LinearReplacement:
         self.embed: Tensor | None = None
         self.mlp_out: list[Tensor | None] = [None] * self.n_layers
         self.sites: list[Tensor | None] = [None] * (self.n_layers + 1)
-        self._decoders = self._decoder_blocks()
+        self._layers = self._decoder_layout()
+        self._cached_rows: dict[int, Tensor] = {}
 
     # ---------------------------------------------------------------- forward
     def _hooks(self) -> list:
@@ -166,25 +167,34 @@ class LinearReplacement:
         return (directions * w).to(self.embed.dtype).detach()
 
     # ---------------------------------------------------------------- backward
-    def _decoder_blocks(self) -> list[tuple[Tensor, Tensor, Tensor, list[int]]]:
-        """Per position p: (columns, activations, raw decoder rows [n_p, n_layers, d_model], prefix).
+    def _decoder_layout(self) -> list[tuple[int, int, Tensor, list[tuple[int, int]]]]:
+        """Per source layer k with active features: (k, first column, features, [(position, count)]).
 
-        Row i holds `W_dec_{k_i->l}[f_i]` at l >= k_i and zeros below, in the CLT's dtype (exact bf16 for
-        the real CLTs); rows are sorted by source layer and `prefix[l]` counts the rows with k < l.
+        A layer's features are the columns first..first + n_k (active features are ordered by layer,
+        position, feature), in runs of one position each.
         """
-        index, values = self.active.index, self.active.values
-        L, d = self.n_layers, self.clt.d_model
-        rows = torch.zeros(len(values), L, d, dtype=self.clt.dtype, device=values.device)
-        for k in range(L):
+        index = self.active.index
+        layout = []
+        for k in range(self.n_layers):
             cols = (index[:, 0] == k).nonzero().squeeze(-1)
             if cols.numel():
-                rows[cols, k:] = self.clt.decoder_rows(k, index[cols, 2])
-        blocks = []
-        for p in range(self.n_pos):
-            cols = (index[:, 1] == p).nonzero().squeeze(-1)  # already sorted by layer
-            prefix = torch.searchsorted(index[cols, 0], torch.arange(L + 1)).tolist()
-            blocks.append((cols, values[cols], rows[cols], prefix))
-        return blocks
+                positions, counts = index[cols, 1].unique_consecutive(return_counts=True)
+                spans = list(zip(positions.tolist(), counts.tolist()))
+                layout.append((k, int(cols[0]), index[cols, 2], spans))
+        return layout
+
+    def _layer_rows(self, k: int, features: Tensor) -> Float[Tensor, "n n_out d_model"]:
+        """Raw decoder rows `W_dec_k[features]` [n, n_layers - k, d_model] in the CLT's dtype.
+
+        With a lazy CLT they are read again for every backward pass: they come from the OS page cache,
+        and this process never holds more than one layer's rows (at the real shape the rows of all active
+        features are ~0.75 GB in bf16 for 16 tokens, ~3 GB for 64). In-memory decoders are gathered once.
+        """
+        if self.clt.lazy_decoder:
+            return self.clt.decoder_rows(k, features)
+        if k not in self._cached_rows:
+            self._cached_rows[k] = self.clt.decoder_rows(k, features)
+        return self._cached_rows[k]
 
     @property
     def n_sources(self) -> int:
@@ -193,10 +203,14 @@ class LinearReplacement:
     def rows(self, site_layers: Tensor, positions: Tensor, readouts: Tensor) -> Float[Tensor, "b n_sources"]:
         """Edge rows for targets read at (site layer, position) by `readouts` (n_layers = the logits).
 
-        One vmapped backward pass (`is_grads_batched`) gives every row's gradient at all leaves.
+        One vmapped backward pass (`is_grads_batched`) gives every row's gradient at all leaves. Rows are
+        handled in order of target position: attention is causal, so a target's gradient is exactly zero
+        at later positions, and the features at position p are contracted with the rows from p on only.
         """
         b = len(site_layers)
         self.n_backward += 1
+        order = torch.argsort(positions, stable=True)
+        site_layers, positions, readouts = site_layers[order], positions[order], readouts[order]
         outputs, grad_outputs = [], []
         for layer in site_layers.unique().tolist():
             mask = site_layers == layer
@@ -210,23 +224,42 @@ class LinearReplacement:
             outputs, inputs, grad_outputs, retain_graph=True, allow_unused=True, is_grads_batched=True
         )
         zeros = torch.zeros_like(grad_outputs[0])
-        G_emb = (grads[0] if grads[0] is not None else zeros)[:, 0].float()  # [b, pos, d]
+        del outputs, grad_outputs
+        G_emb = (grads[0] if grads[0] is not None else zeros)[:, 0].float()  # [b, pos, d]; edges in fp32
         n_feat = len(self.active.values)
         out = torch.zeros(b, self.n_sources, dtype=torch.float32, device=G_emb.device)  # edges in fp32
         if top:
             G = torch.stack([(g if g is not None else zeros)[:, 0] for g in grads[1:]], 2).float()
-            for cols, acts, dec, prefix in self._decoders:
-                m = prefix[top]
-                if m:
-                    p = int(self.active.index[cols[0], 1])
-                    D = dec[:m, :top].reshape(m, -1).float()
-                    out[:, cols[:m]] = (G[:, p].reshape(b, -1) @ D.T) * acts[:m].float()
-            err = (G * self.errors[:top].transpose(0, 1).float()).sum(-1)  # [b, pos, top]
+            del grads
+            self._contract_features(G, positions, out)
+            err = torch.stack([(G[:, p] * self.errors[:top, p]).sum(-1) for p in range(self.n_pos)], 1)
             start = n_feat
             out[:, start : start + top * self.n_pos] = err.transpose(1, 2).reshape(b, -1)
         start = n_feat + self.n_layers * self.n_pos
-        out[:, start:] = (G_emb * self.embed[0].detach().float()).sum(-1)
-        return out
+        out[:, start:] = (G_emb * self.embed[0].detach()).sum(-1)
+        return out[torch.argsort(order)]
+
+    def _contract_features(self, G: Float[Tensor, "b pos top d"], positions: Tensor, out: Tensor) -> None:
+        """Feature columns of `out`: activation times G[row, p, k:top] . W_dec_{k->k..top-1}[f].
+
+        `positions` (the rows' target positions) are sorted: rows before `first[p]` target positions
+        before p, where their gradient is exactly zero, and are skipped. Blocks are strided views.
+        """
+        b, top = G.shape[0], G.shape[2]
+        first = torch.searchsorted(positions, torch.arange(self.n_pos, device=positions.device)).tolist()
+        acts = self.active.values
+        for k, col, features, spans in self._layers:
+            if k >= top:
+                break
+            dec = self._layer_rows(k, features)[:, : top - k].to(G.dtype)  # [n_k, top - k, d]
+            i = 0
+            for p, n in spans:
+                r = first[p]
+                if r < b:
+                    D = dec[i : i + n].reshape(n, -1)
+                    c = col + i
+                    out[r:, c : c + n] = (G[r:, p, k:].reshape(b - r, -1) @ D.T) * acts[c : c + n]
+                i += n
 
 
 def logit_targets(

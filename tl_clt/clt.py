@@ -34,7 +34,12 @@ _NP_DTYPES = {
 
 
 class SafetensorsRows:
-    """Memory-mapped row reader for one tensor of a safetensors file (only touched pages are read)."""
+    """Row reader for one tensor of a safetensors file: reads only the requested rows from the file.
+
+    Rows are read with plain file reads into a fresh buffer (runs of consecutive rows in one read), not
+    through a long-lived memory map, so the pages read stay in the OS page cache and do not add to the
+    process's resident memory.
+    """
 
     def __init__(self, path: Path, name: str):
         self.path, self.name = path, name
@@ -44,30 +49,52 @@ class SafetensorsRows:
         info = header[name]
         if info["dtype"] not in _NP_DTYPES:
             raise ValueError(f"{path.name}:{name} has unsupported dtype {info['dtype']}.")
-        np_dtype, self.torch_dtype = _NP_DTYPES[info["dtype"]]
+        self.np_dtype, self.torch_dtype = _NP_DTYPES[info["dtype"]]
         self.shape = tuple(info["shape"])
         start, end = info["data_offsets"]
-        expected = int(np.prod(self.shape)) * np.dtype(np_dtype).itemsize
-        if end - start != expected or 8 + header_len + end > path.stat().st_size:
+        self.row_bytes = int(np.prod(self.shape[1:])) * np.dtype(self.np_dtype).itemsize
+        if end - start != self.shape[0] * self.row_bytes or 8 + header_len + end > path.stat().st_size:
             raise ValueError(
                 f"{path} is truncated or corrupt (tensor {name} does not fit the file); re-download the CLT."
             )
-        self._mm = np.memmap(path, dtype=np_dtype, mode="r", offset=8 + header_len + start, shape=self.shape)
+        self.path, self.offset = path, 8 + header_len + start
 
     def __getitem__(self, rows: Tensor) -> Tensor:
-        """The rows, checked for NaN/inf as they are read (a corrupt file fails where it is used).
+        rows = torch.as_tensor(rows, dtype=torch.long).cpu()
+        index_shape, rows = rows.shape, rows.reshape(-1)
+        out = np.empty((len(rows), *self.shape[1:]), dtype=self.np_dtype)
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.shape[0]):
+            raise IndexError(f"row index out of range [0, {self.shape[0]}) in {self.path.name}.")
+        buffer, size = memoryview(out.reshape(-1).view(np.uint8)), self.row_bytes
+        with open(self.path, "rb", buffering=0) as f:
+            for i, j in _runs(rows) if len(rows) else []:
+                f.seek(self.offset + int(rows[i]) * size)
+                if f.readinto(buffer[i * size : j * size]) != (j - i) * size:
+                    raise ValueError(f"{self.path} is truncated (short read).")
+        data = torch.from_numpy(out).view(self.torch_dtype)
+        _check_rows_finite(data, rows, self.path, self.name)
+        return data.reshape(*index_shape, *self.shape[1:])  # a 0-d index gives one row, as tensors do
 
-        The check is one float32/64 sum (NaN and inf propagate): no temporary as large as the rows."""
-        data = torch.from_numpy(np.ascontiguousarray(self._mm[rows.cpu().numpy()])).view(self.torch_dtype)
-        acc = torch.float64 if data.dtype == torch.float64 else torch.float32
-        if not torch.isfinite(data.sum(dtype=acc)):
-            per_row = zip(rows.reshape(-1).tolist(), data.reshape(-1, *self.shape[1:]), strict=True)
-            bad = sorted({r for r, row in per_row if not torch.isfinite(row).all()})[:10]
-            raise ValueError(
-                f"{self.path}: {self.name} rows (features) {bad} contain NaN or inf; the file is corrupt. "
-                "Re-download the CLT."
-            )
-        return data
+
+def _check_rows_finite(data: Tensor, rows: Tensor, path: Path, name: str) -> None:
+    """Rows read from disk are checked as they are read (a corrupt file fails where it is used).
+
+    The check is one float32/64 sum (NaN and inf propagate): no temporary as large as the rows."""
+    acc = torch.float64 if data.dtype == torch.float64 else torch.float32
+    if torch.isfinite(data.sum(dtype=acc)):
+        return
+    bad = sorted({r for r, row in zip(rows.tolist(), data, strict=True) if not torch.isfinite(row).all()})
+    raise ValueError(
+        f"{path}: {name} rows (features) {bad[:10]} contain NaN or inf; the file is corrupt. "
+        "Re-download the CLT."
+    )
+
+
+def _runs(rows: Tensor) -> list[tuple[int, int]]:
+    """(i, j) spans of `rows` whose values are consecutive integers, covering all of it in order."""
+    breaks = ((rows[1:] - rows[:-1]) != 1).nonzero().squeeze(-1) + 1
+    edges = [0, *breaks.tolist(), len(rows)]
+    return list(zip(edges[:-1], edges[1:]))
 
 
 class CrossLayerTranscoder(torch.nn.Module):
@@ -123,27 +150,9 @@ class CrossLayerTranscoder(torch.nn.Module):
         folder = resolve_folder(name_or_path, ["config.yaml", "*.safetensors"])
         config = _read_config(folder)
         n_layers = _count_layers(folder)
-        enc = [_read_encoder_layer(folder, layer) for layer in range(n_layers)]
-        _check_layer_shapes(enc, folder)
-        dtype = dtype or enc[0]["W_enc"].dtype
-        W_enc = torch.stack([e["W_enc"] for e in enc]).to(dtype)
-        b_enc = torch.stack([e["b_enc"] for e in enc]).to(dtype)
-        b_dec = torch.stack([e["b_dec"] for e in enc]).to(dtype)
-        has_thr = ["threshold" in e for e in enc]
-        if any(has_thr) and not all(has_thr):
-            raise ValueError(f"{folder}: threshold_l is present for some layers only.")
-        threshold = torch.stack([e["threshold"] for e in enc]).to(dtype) if all(has_thr) else None
-        for name, t in (
-            ("W_enc", W_enc),
-            ("b_enc", b_enc),
-            ("b_dec", b_dec),
-            ("threshold", threshold),
-        ):
-            if t is not None and not torch.isfinite(t).all():
-                raise ValueError(
-                    f"{folder}: {name} has values too large for dtype={dtype} (NaN or inf after "
-                    "conversion); load it in a wider dtype (dtype=None keeps the on-disk one)."
-                )
+        enc = _read_encoders(folder, n_layers, dtype)
+        W_enc, b_enc, b_dec, threshold = (enc.get(k) for k in ("W_enc", "b_enc", "b_dec", "threshold"))
+        dtype = W_enc.dtype
         W_dec = _open_decoders(folder, n_layers, W_enc.shape[1], W_enc.shape[2], lazy_decoder)
         if not lazy_decoder:
             W_dec = [w.to(dtype) for w in W_dec]
@@ -283,14 +292,42 @@ def _read_encoder_layer(folder: Path, layer: int) -> dict[str, Tensor]:
     return out
 
 
-def _check_layer_shapes(enc: list[dict[str, Tensor]], folder: Path) -> None:
-    F, d = enc[0]["W_enc"].shape
-    for layer, e in enumerate(enc):
-        shapes = {k: tuple(v.shape) for k, v in e.items()}
-        want = {"W_enc": (F, d), "b_enc": (F,), "b_dec": (d,), "threshold": (F,)}
-        bad = {k: s for k, s in shapes.items() if s != want[k]}
-        if bad:
-            raise ValueError(f"{folder}: layer {layer} tensors have shapes {bad}, expected {want}.")
+def _check_layer_shapes(e: dict[str, Tensor], layer: int, F: int, d: int, folder: Path) -> None:
+    shapes = {k: tuple(v.shape) for k, v in e.items()}
+    want = {"W_enc": (F, d), "b_enc": (F,), "b_dec": (d,), "threshold": (F,)}
+    bad = {k: s for k, s in shapes.items() if s != want[k]}
+    if bad:
+        raise ValueError(f"{folder}: layer {layer} tensors have shapes {bad}, expected {want}.")
+
+
+def _all_finite(t: Tensor) -> bool:
+    """No NaN or inf in t (min/max propagate both; ~50x faster than `isfinite(t).all()` on bf16)."""
+    return t.numel() == 0 or all(bool(torch.isfinite(x)) for x in torch.aminmax(t))
+
+
+def _read_encoders(folder: Path, n_layers: int, dtype: torch.dtype | None) -> dict[str, Tensor]:
+    """Every layer's encoder tensors stacked in `dtype` (None: as on disk), checked layer by layer.
+
+    Each layer is copied into the preallocated stacks as it is read, so loading needs the CLT's
+    encoders plus one layer of memory (not the 3-4x of stacking, casting and checking them at once).
+    """
+    out: dict[str, Tensor] = {}
+    for layer in range(n_layers):
+        e = _read_encoder_layer(folder, layer)
+        if layer == 0:
+            dtype = dtype or e["W_enc"].dtype
+            out = {k: torch.empty(n_layers, *t.shape, dtype=dtype) for k, t in e.items()}
+        elif ("threshold" in e) != ("threshold" in out):
+            raise ValueError(f"{folder}: threshold_l is present for some layers only.")
+        _check_layer_shapes(e, layer, *out["W_enc"].shape[1:], folder)
+        for name, t in e.items():
+            out[name][layer] = t
+            if not _all_finite(out[name][layer]):  # finite on disk (checked on read): an overflow
+                raise ValueError(
+                    f"{folder}: {name} has values too large for dtype={dtype} (NaN or inf after "
+                    "conversion); load it in a wider dtype (dtype=None keeps the on-disk one)."
+                )
+    return out
 
 
 def _open_decoders(folder: Path, n_layers: int, F: int, d: int, lazy: bool) -> list:

@@ -1,0 +1,332 @@
+"""Benchmark tl_clt against circuit-tracer 0.5.0 on the same synthetic Qwen3 models and CLTs.
+
+    PYTHONPATH=. python benchmarks/bench.py                      # tiny and medium, every section
+    PYTHONPATH=. python benchmarks/bench.py --sizes real --repeats 1 --sections main,equality
+
+Every graph is built in a fresh subprocess (`ours_runner.py` with this Python, `ct_runner.py` with
+`--ct-python`), which reports its best-of-N wall time and its own peak RSS (`ru_maxrss`). Sections:
+`main` (one row per size and engine), `equality` (ours vs circuit-tracer, same settings), `length`
+(prompt lengths), `nodes` (max_feature_nodes), `dtype` (tiny size: bf16 / float32 edges vs float64).
+The data are made once under --root (git-ignored .bench/); the real size needs ~20 GB of disk.
+Prints markdown tables with the machine load, and writes all records to --json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import sizes  # noqa: E402
+from runner_common import RESULT_TAG  # noqa: E402
+
+DEFAULT_NODES = {"tiny": None, "medium": None, "real": 1024}
+NODE_SWEEP = {"tiny": [32, 128, None], "medium": [128, 512, None], "real": [256, 1024, 2048]}
+ENGINES = {"ours": "tl_clt", "ct": "circuit-tracer"}
+
+
+# ------------------------------------------------------------------------ running one graph
+def run_engine(engine: str, mdir: Path, cdir: Path, tokens: list[int], args, **opts) -> dict:
+    """Build graphs in a fresh subprocess; returns its result record (or one with an `error`)."""
+    script = HERE / ("ours_runner.py" if engine == "ours" else "ct_runner.py")
+    python = sys.executable if engine == "ours" else args.ct_python
+    env = dict(os.environ)
+    if engine == "ours":
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    else:
+        env.pop("PYTHONPATH", None)
+    cmd = [python, str(script), "--model", str(mdir), "--clt", str(cdir)]
+    cmd += ["--tokens", ",".join(map(str, tokens)), "--batch-size", str(args.batch_size)]
+    cmd += ["--max-n-logits", str(args.max_n_logits), "--desired-logit-prob", str(args.desired_logit_prob)]
+    cmd += ["--dtype", opts.get("dtype", args.dtype), "--repeats", str(opts.get("repeats", args.repeats))]
+    if opts.get("nodes") is not None:
+        cmd += ["--max-feature-nodes", str(opts["nodes"])]
+    if opts.get("save"):
+        cmd += ["--save-graph", str(opts["save"])]
+    load_before = os.getloadavg()[0]
+    record = _watch(cmd, env, args.rss_limit_gib)
+    record.update(engine=engine, load_before=load_before, load_after=os.getloadavg()[0])
+    return record
+
+
+def _watch(cmd: list[str], env: dict, rss_limit_gib: float) -> dict:
+    """Run cmd, killing it if its RSS passes the limit (the machine is shared); parse its record."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = 0.0
+    while proc.poll() is None:
+        seen = max(seen, _rss_gib(proc.pid))
+        if seen > rss_limit_gib:
+            proc.kill()
+            proc.wait()
+            return {"error": f"killed: RSS above {rss_limit_gib} GiB"}
+        time.sleep(0.2)
+    out, err = proc.communicate()
+    for line in out.splitlines():
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG) :])
+    return {"error": (err.strip().splitlines() or ["no output"])[-1][:300]}
+
+
+def _rss_gib(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return 0.0
+
+
+# ------------------------------------------------------------------------ comparing graphs
+def node_keys(g: dict, n_layers: int) -> list[tuple]:
+    """Node keys in adjacency order: features (layer, pos, feature), errors, tokens, logits."""
+    n_pos = int(g["adjacency"].shape[0] - len(g["selected_features"]) - len(g["logit_tokens"])) // (
+        n_layers + 1
+    )
+    keys = [("F", *k) for k in g["active_features"][g["selected_features"]].tolist()]
+    keys += [("E", layer, p) for layer in range(n_layers) for p in range(n_pos)]
+    keys += [("T", p) for p in range(n_pos)]
+    return keys + [("L", t) for t in g["logit_tokens"].tolist()]
+
+
+def compare_graphs(a: dict, b: dict, n_layers: int) -> dict:
+    """Same logits / active features? Max |A_a - A_b| over the common nodes, relative to max |A_a|."""
+    ka, kb = node_keys(a, n_layers), node_keys(b, n_layers)
+    where_b = {k: i for i, k in enumerate(kb)}
+    common = [(i, where_b[k]) for i, k in enumerate(ka) if k in where_b]
+    ia, ib = (torch.tensor(x) for x in zip(*common))
+    A, B = a["adjacency"].double()[ia][:, ia], b["adjacency"].double()[ib][:, ib]
+    diff = (A - B).abs()
+    scale = A.abs().max().item()
+    same_active = a["active_features"].shape == b["active_features"].shape and bool(
+        (a["active_features"] == b["active_features"]).all()
+    )
+    act_diff = (
+        (a["activation_values"].double() - b["activation_values"].double()).abs().max().item()
+        if same_active
+        else float("nan")
+    )
+    return dict(
+        same_logits=a["logit_tokens"].tolist() == b["logit_tokens"].tolist(),
+        same_active=same_active,
+        same_selected=sorted(x for x in ka if x[0] == "F") == sorted(x for x in kb if x[0] == "F"),
+        n_features=(len(a["selected_features"]), len(b["selected_features"])),
+        activation_max_diff=act_diff,
+        max_edge=scale,
+        max_abs_diff=diff.max().item(),
+        rel_max_diff=diff.max().item() / scale,
+        worst=_worst_block(diff, ka, ia),
+    )
+
+
+def _worst_block(diff: torch.Tensor, keys: list[tuple], idx: torch.Tensor) -> str:
+    """Which (target kind <- source kind) block holds the largest difference."""
+    t, s = divmod(int(diff.argmax()), diff.shape[1])
+    return f"{keys[int(idx[t])]} <- {keys[int(idx[s])]}"
+
+
+# ------------------------------------------------------------------------ sections
+def tokens_for(mdir: Path, n: int) -> list[int]:
+    from transformers import AutoTokenizer
+
+    return sizes.prompt_of_length(AutoTokenizer.from_pretrained(str(mdir)), n)
+
+
+def section_main(size, data, args, engines, results) -> None:
+    mdir, cdir = data
+    toks = tokens_for(mdir, args.length)
+    for eng in engines:
+        save = Path(args.root) / f"graph-{size}-{eng}.pt"
+        rec = run_engine(eng, mdir, cdir, toks, args, nodes=DEFAULT_NODES[size], save=save)
+        results.append(dict(section="main", size=size, nodes=DEFAULT_NODES[size], length=args.length, **rec))
+
+
+def section_equality(size, data, args, engines, results) -> None:
+    """Needs the graphs saved by `main` for both engines."""
+    files = [Path(args.root) / f"graph-{size}-{e}.pt" for e in ("ours", "ct")]
+    if not all(f.exists() for f in files) or len(engines) < 2:
+        return
+    a, b = (torch.load(f) for f in files)
+    n_layers = sizes.SIZES[size]["model"]["num_hidden_layers"]
+    results.append(dict(section="equality", size=size, **compare_graphs(a, b, n_layers)))
+
+
+def section_length(size, data, args, engines, results) -> None:
+    mdir, cdir = data
+    nodes = DEFAULT_NODES[size]
+    for n in args.lengths:
+        toks = tokens_for(mdir, n)
+        for eng in engines:
+            rec = run_engine(eng, mdir, cdir, toks, args, nodes=nodes, repeats=args.sweep_repeats)
+            results.append(dict(section="length", size=size, length=n, nodes=nodes, **rec))
+
+
+def section_nodes(size, data, args, engines, results) -> None:
+    mdir, cdir = data
+    toks = tokens_for(mdir, args.length)
+    for nodes in NODE_SWEEP[size]:
+        for eng in engines:
+            rec = run_engine(eng, mdir, cdir, toks, args, nodes=nodes, repeats=args.sweep_repeats)
+            results.append(dict(section="nodes", size=size, length=args.length, nodes=nodes, **rec))
+
+
+def section_dtype(size, data, args, engines, results) -> None:
+    """Edges in float32 and bf16 (model and CLT) against float64, tiny size only."""
+    if size != "tiny":
+        return
+    mdir, cdir = data
+    toks = tokens_for(mdir, args.length)
+    n_layers = sizes.SIZES[size]["model"]["num_hidden_layers"]
+    for eng in engines:
+        graphs = {}
+        for dt in ("float64", "float32", "bfloat16"):
+            save = Path(args.root) / f"graph-dtype-{eng}-{dt}.pt"
+            rec = run_engine(eng, mdir, cdir, toks, args, nodes=None, dtype=dt, save=save)
+            if "error" not in rec:
+                graphs[dt] = torch.load(save)
+                cmp = compare_graphs(graphs[dt], graphs["float64"], n_layers) if "float64" in graphs else {}
+                rec.update({f"vs64_{k}": v for k, v in cmp.items()})
+            results.append(dict(section="dtype", size=size, dtype=dt, length=args.length, **rec))
+
+
+SECTIONS = {
+    "main": section_main,
+    "equality": section_equality,
+    "length": section_length,
+    "nodes": section_nodes,
+    "dtype": section_dtype,
+}
+
+
+# ------------------------------------------------------------------------ tables
+def _best(r: dict) -> str:
+    return f"{min(r['times']):.3f}" if "times" in r else r.get("error", "?")
+
+
+def _row(r: dict) -> dict:
+    ok = "times" in r
+    return {
+        "engine": ENGINES[r["engine"]],
+        "time/graph s (best)": _best(r),
+        "peak RSS MiB": f"{r['peak_rss_mib']:.0f}" if ok else "",
+        "load s": f"{r['load_s']:.2f}" if ok else "",
+        "active": r.get("n_active", ""),
+        "feature nodes": r.get("n_selected", ""),
+        "backward": r.get("n_backward", ""),
+        "load avg": f"{r['load_before']:.1f}/{r['load_after']:.1f}",
+    }
+
+
+def markdown(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    head = list(rows[0])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(r[h]) for h in head) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def tables(results: list[dict]) -> str:
+    out = []
+    main = [dict(size=r["size"], **_row(r)) for r in results if r["section"] == "main"]
+    out += ["## Time per graph, peak RSS (fresh process), active features, backward passes", markdown(main)]
+    eq = [
+        dict(
+            size=r["size"],
+            same_logits=r["same_logits"],
+            same_active=r["same_active"],
+            same_selected=r["same_selected"],
+            activation_max_diff=f"{r['activation_max_diff']:.2e}",
+            max_edge=f"{r['max_edge']:.3g}",
+            max_abs_diff=f"{r['max_abs_diff']:.2e}",
+            rel_max_diff=f"{r['rel_max_diff']:.2e}",
+            worst=r["worst"],
+        )
+        for r in results
+        if r["section"] == "equality"
+    ]
+    out += ["## Graph equality (tl_clt vs circuit-tracer, same settings)", markdown(eq)]
+    for sec, key in (("length", "length"), ("nodes", "nodes")):
+        rows = [dict(size=r["size"], **{key: str(r[key])}, **_row(r)) for r in results if r["section"] == sec]
+        out += [f"## Scaling with {'prompt length (tokens, sink included)' if key == 'length' else key}"]
+        out += [markdown(rows)]
+    dt = [
+        dict(
+            engine=ENGINES[r["engine"]],
+            dtype=r["dtype"],
+            time=_best(r),
+            same_active_as_f64=r.get("vs64_same_active", ""),
+            max_edge_diff_vs_f64=f"{r['vs64_max_abs_diff']:.2e}" if "vs64_max_abs_diff" in r else "",
+            relative=f"{r['vs64_rel_max_diff']:.2e}" if "vs64_rel_max_diff" in r else "",
+        )
+        for r in results
+        if r["section"] == "dtype"
+    ]
+    out += ["## dtypes (tiny): max |edge - float64 edge| over common nodes, relative to max |edge|"]
+    out += [markdown(dt)]
+    return "\n\n".join(x for x in out if x)
+
+
+def machine() -> str:
+    up = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    cpu = platform.machine()
+    with open("/proc/cpuinfo") as f:
+        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    return f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}; {up}"
+
+
+# ------------------------------------------------------------------------ main
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="tiny,medium", help="comma list of tiny, medium, real")
+    ap.add_argument("--sections", default="main,equality,length,nodes,dtype")
+    ap.add_argument("--engines", default="ours,ct", help="ours, ct or both")
+    ap.add_argument("--repeats", type=int, default=3, help="best of N for the main table")
+    ap.add_argument("--sweep-repeats", type=int, default=None, help="best of N in the sweeps")
+    ap.add_argument("--length", type=int, default=16, help="prompt tokens (sink included)")
+    ap.add_argument("--lengths", default="8,16,32,64")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float64"])
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--max-n-logits", type=int, default=10)
+    ap.add_argument("--desired-logit-prob", type=float, default=0.95)
+    ap.add_argument("--ct-python", default="/work/ctvenv/bin/python")
+    ap.add_argument("--root", default=str(ROOT / ".bench"), help="data and graphs (git-ignored)")
+    ap.add_argument("--rss-limit-gib", type=float, default=18.0, help="kill a run above this RSS")
+    ap.add_argument("--json", default=None, help="write all records here (default: ROOT/results.json)")
+    ap.add_argument("--tables-from", default=None, help="only print the tables of a --json file")
+    args = ap.parse_args()
+    if args.tables_from:
+        saved = json.loads(Path(args.tables_from).read_text())
+        print(f"machine: {saved['machine']}\n\n{tables(saved['results'])}")
+        return
+    args.lengths = [int(x) for x in args.lengths.split(",")]
+    args.sweep_repeats = args.sweep_repeats or args.repeats
+    engines = args.engines.split(",")
+    Path(args.root).mkdir(parents=True, exist_ok=True)
+    print(f"machine: {machine()}", flush=True)
+    results: list[dict] = []
+    for size in args.sizes.split(","):
+        data = sizes.build(size, Path(args.root))
+        for name in tqdm(args.sections.split(","), desc=size):
+            SECTIONS[name](size, data, args, engines, results)
+    after = machine()
+    path = Path(args.json or Path(args.root) / "results.json")
+    path.write_text(json.dumps(dict(machine=after, args=vars(args), results=results), indent=1))
+    print(f"\nmachine after: {after}\n\n{tables(results)}\n\nrecords: {path}")
+
+
+if __name__ == "__main__":
+    main()

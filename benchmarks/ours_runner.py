@@ -1,0 +1,81 @@
+"""Build attribution graphs with tl_clt on a local Qwen3 folder and CLT folder (see runner_common.py).
+
+`PYTHONPATH=. python benchmarks/ours_runner.py ...`; prints one `BENCH_RESULT {json}` line.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from runner_common import (
+    DTYPES,
+    current_rss_mib,
+    emit,
+    parse_args,
+    repeat_graphs,
+    save_graph,
+    timed,
+    token_list,
+)
+
+warnings.filterwarnings("ignore")
+
+import tl_clt  # noqa: E402
+
+
+def main() -> None:
+    args = parse_args(__doc__)
+    dtype = DTYPES[args.dtype]
+    model, model_s = timed(tl_clt.load_qwen3, args.model, device="cpu", dtype=dtype)
+    clt_dtype = {"same": dtype, "disk": None}.get(args.clt_dtype) or DTYPES.get(args.clt_dtype)
+    clt, clt_s = timed(tl_clt.CrossLayerTranscoder.from_pretrained, args.clt, dtype=clt_dtype)
+    rss_loaded = current_rss_mib()
+    model_mib = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    tokens = torch.tensor(token_list(args))
+
+    def build():
+        return tl_clt.attribute(
+            model,
+            clt,
+            tokens,
+            max_n_logits=args.max_n_logits,
+            desired_logit_prob=args.desired_logit_prob,
+            max_feature_nodes=args.max_feature_nodes,
+            batch_size=args.batch_size,
+            verbose=False,
+        )
+
+    graph, times = repeat_graphs(args, build)
+    if args.save_graph:
+        save_graph(
+            args.save_graph,
+            adjacency=graph.adjacency,
+            active_features=graph.active_features,
+            activation_values=graph.activation_values,
+            selected_features=graph.selected_features,
+            logit_tokens=graph.logit_tokens,
+            logit_probabilities=graph.logit_probabilities,
+        )
+    emit(
+        dict(
+            engine="tl_clt",
+            load_s=model_s + clt_s,
+            clt_load_s=clt_s,
+            model_mib=model_mib,
+            clt_dtype=str(clt.dtype).removeprefix("torch."),
+            times=times,
+            n_pos=len(tokens),
+            n_active=int(graph.meta["n_active_features"]),
+            n_selected=graph.n_features,
+            n_logits=graph.n_logits,
+            n_backward=int(graph.meta["n_backward_passes"]),
+            seconds_setup=graph.meta.get("seconds_setup"),
+            seconds_rows=graph.meta.get("seconds_rows"),
+            rss_after_load_mib=rss_loaded,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""What both benchmark runners share: the command line, timing, peak RSS and the result record.
+
+Imported by `ours_runner.py` (tl_clt, TransformerLens 3) and `ct_runner.py` (circuit-tracer,
+TransformerLens 2.x, another venv), so it may import only the standard library and torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
+RESULT_TAG = "BENCH_RESULT "
+
+
+def parse_args(description: str) -> argparse.Namespace:
+    """The runners' shared command line (all of it is set by bench.py)."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--model", type=Path, required=True, help="Qwen3 HF folder")
+    ap.add_argument("--clt", type=Path, required=True, help="CLT folder (split safetensors format)")
+    ap.add_argument("--tokens", required=True, help="comma-separated token ids, sink token first")
+    ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="model dtype")
+    ap.add_argument(
+        "--clt-dtype", default="same", choices=["same", "disk", *sorted(DTYPES)], help="CLT dtype"
+    )
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--max-n-logits", type=int, default=10)
+    ap.add_argument("--desired-logit-prob", type=float, default=0.95)
+    ap.add_argument("--max-feature-nodes", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=3, help="graphs built; the best time is reported")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--save-graph", type=Path, default=None, help="write the graph's tensors here")
+    ap.add_argument("--profile", type=Path, default=None, help="cProfile the last graph into this file")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
+
+
+def token_list(args: argparse.Namespace) -> list[int]:
+    return [int(t) for t in args.tokens.split(",")]
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def timed(fn: Callable, *a, **kw):
+    """(result, seconds) of one call."""
+    t0 = time.perf_counter()
+    out = fn(*a, **kw)
+    return out, time.perf_counter() - t0
+
+
+def repeat_graphs(args: argparse.Namespace, build: Callable[[], object]) -> tuple[object, list[float]]:
+    """Build the graph `args.repeats` times (the last one under cProfile if asked); returns it and times."""
+    times, graph = [], None
+    for i in range(args.repeats):
+        if args.profile is not None and i == args.repeats - 1:
+            import cProfile
+
+            prof = cProfile.Profile()
+            graph, sec = timed(prof.runcall, build)
+            prof.dump_stats(str(args.profile))
+        else:
+            graph, sec = timed(build)
+        times.append(sec)
+    return graph, times
+
+
+def emit(record: dict) -> None:
+    """Print the result record as one tagged JSON line (bench.py picks it out of stdout)."""
+    record["peak_rss_mib"] = peak_rss_mib()
+    record["threads"] = torch.get_num_threads()
+    sys.stdout.write(RESULT_TAG + json.dumps(record) + "\n")
+    sys.stdout.flush()
+
+
+def save_graph(path: Path, **tensors) -> None:
+    """The graph as plain tensors (both venvs run the same torch, so bench.py can read it)."""
+    torch.save({k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in tensors.items()}, path)
