@@ -24,10 +24,20 @@ warnings.filterwarnings("ignore")
 import tl_clt  # noqa: E402
 
 
+def copy_weights_out_of_file(model) -> None:
+    """What-if for README: parameters that `load_qwen3` leaves as views of the safetensors file mapping
+    (those it does not transpose or cast, e.g. W_E) keep the whole mapped file resident; copy them."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.data = p.data.clone()
+
+
 def main() -> None:
-    args = parse_args(__doc__)
+    args = parse_args(__doc__, extra=[("--copy-weights", "what-if: see copy_weights_out_of_file")])
     dtype = DTYPES[args.dtype]
     model, model_s = timed(tl_clt.load_qwen3, args.model, device="cpu", dtype=dtype)
+    if args.copy_weights:
+        copy_weights_out_of_file(model)
     clt_dtype = {"same": dtype, "disk": None}.get(args.clt_dtype) or DTYPES.get(args.clt_dtype)
     clt, clt_s = timed(tl_clt.CrossLayerTranscoder.from_pretrained, args.clt, dtype=clt_dtype)
     rss_loaded = current_rss_mib()

@@ -20,9 +20,11 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch
 RESULT_TAG = "BENCH_RESULT "
 
 
-def parse_args(description: str) -> argparse.Namespace:
-    """The runners' shared command line (all of it is set by bench.py)."""
+def parse_args(description: str, extra: list[tuple[str, str]] = ()) -> argparse.Namespace:
+    """The runners' shared command line (all of it is set by bench.py), plus `extra` flags."""
     ap = argparse.ArgumentParser(description=description)
+    for flag, help_text in extra:
+        ap.add_argument(flag, action="store_true", help=help_text)
     ap.add_argument("--model", type=Path, required=True, help="Qwen3 HF folder")
     ap.add_argument("--clt", type=Path, required=True, help="CLT folder (split safetensors format)")
     ap.add_argument("--tokens", required=True, help="comma-separated token ids, sink token first")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from tl_clt import synthetic
@@ -95,6 +95,26 @@ def build(size: str, root: Path, seed: int = 0) -> tuple[Path, Path]:
             model_name=str(mdir),
         )
     return mdir, cdir
+
+
+def bf16_weights_copy(mdir: Path) -> Path:
+    """A copy of a model folder with every weight rounded to bf16 (and stored so).
+
+    Loaded as float64, float32 or bf16 it then has exactly the same weights, so comparing graphs across
+    dtypes measures the arithmetic only, not the rounding of the weights.
+    """
+    out = mdir.with_name(mdir.name + "-bf16w")
+    if not (out / "config.json").exists():
+        out.mkdir(exist_ok=True)
+        for f in mdir.iterdir():
+            if f.suffix == ".safetensors":
+                weights = load_file(str(f))
+                save_file({k: v.to(torch.bfloat16) for k, v in weights.items()}, str(out / f.name))
+        for f in mdir.iterdir():  # config.json last: it marks the copy complete
+            if f.suffix != ".safetensors" and f.name != "config.json":
+                (out / f.name).write_bytes(f.read_bytes())
+        (out / "config.json").write_bytes((mdir / "config.json").read_bytes())
+    return out
 
 
 def _write_streamed_tensor(path: Path, name: str, shape: tuple[int, ...], chunks) -> None:
