@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 
 import pytest
 import torch
-from frozen_reference import FrozenReference
+from frozen_reference import FrozenReference, target_rows
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from transformer_lens import HookedTransformer
@@ -143,29 +143,13 @@ def test_edges_equal_measured_effects(make_world, shape, picks):
     graph = _attribute(w)
     event(f"feature nodes: {'none' if not graph.n_features else '1-20' if graph.n_features <= 20 else '>20'}")
     ref = FrozenReference(w.model, w.clt_dir, w.tokens, graph.active_features, graph.activation_values)
-    pre0, logits0 = ref.run()
-    rows = list(range(graph.n_features)) + [graph.logit_index(i) for i in range(graph.n_logits)]
+    rows = target_rows(graph)
     scale = max(float(graph.adjacency.abs().max()), 1e-3)
     errors = [(k, p) for k in range(graph.n_layers) for p in range(1, graph.n_pos)]
     sources = [("token", picks[0] % graph.n_pos), ("error", errors[picks[1] % len(errors)])]
     sources += [("feature", i % graph.n_features) for i in picks[2:5] if graph.n_features]
     for kind, s in sources:
-        if kind == "feature":
-            values = ref.values.clone()
-            values[graph.selected_features[s]] *= 2
-            pre, logits = ref.run(values=values)
-            col = s
-        elif kind == "error":
-            err = ref.errors.clone()
-            err[s] *= 2
-            pre, logits = ref.run(errors=err)
-            col = graph.error_index(*s)
-        else:
-            embed = ref.embed.clone()
-            embed[s] *= 2
-            pre, logits = ref.run(embed=embed)
-            col = graph.token_index(s)
-        measured = torch.cat([(pre - pre0)[graph.selected_features], (logits - logits0)[graph.logit_tokens]])
+        col, measured = ref.double_source(graph, kind, s)
         tol = EDGE_TOL[shape.dtype]
         torch.testing.assert_close(
             graph.adjacency[rows, col], measured.float(), atol=tol["atol"] * scale, rtol=tol["rtol"]
