@@ -151,7 +151,14 @@ def qwen3_state_dict(
         sd[b + "mlp.W_out"] = w[p + "mlp.down_proj.weight"].T
         sd[b + "mlp.b_in"] = torch.zeros(cfg.d_mlp)
         sd[b + "mlp.b_out"] = torch.zeros(cfg.d_model)
-    return {k: v.to(cfg.dtype).contiguous() for k, v in sd.items()}
+    # safetensors returns views of the memory-mapped file: copy what would still point into it, so the
+    # mapping (the whole checkpoint) is released once loading is done instead of staying resident.
+    mapped = {w.untyped_storage().data_ptr() for w in hf_weights.values()}
+    out = {}
+    for k, v in sd.items():
+        t = v.to(cfg.dtype).contiguous()
+        out[k] = t.clone() if t.untyped_storage().data_ptr() in mapped else t
+    return out
 
 
 def load_qwen3(
