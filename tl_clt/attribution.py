@@ -24,7 +24,7 @@ from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookPoint
 
 from tl_clt.clt import CrossLayerTranscoder
-from tl_clt.graph import AttributionGraph, partial_influence
+from tl_clt.graph import AttributionGraph
 from tl_clt.hooks import (
     capture_hooks,
     check_compatible,
@@ -33,6 +33,15 @@ from tl_clt.hooks import (
     preserve,
 )
 from tl_clt.prompts import Prompt, to_tokens
+from tl_clt.transpose import (
+    DecoderRows,
+    EdgeRows,
+    TransposedModel,
+    default_compute_dtype,
+    default_decoder_cache_bytes,
+    layouts,
+    reconstruction,
+)
 
 FROZEN_SUFFIXES = ("ln1.hook_scale", "ln2.hook_scale", "attn.hook_pattern")
 
@@ -306,6 +315,8 @@ def attribute(
     batch_size: int = 64,
     update_interval: int = 4,
     verbose: bool = True,
+    compute_dtype: torch.dtype | None = None,
+    decoder_cache_bytes: int | None = None,
 ) -> AttributionGraph:
     """Attribution graph of `prompt` over the CLT's features (see module docstring).
 
@@ -313,6 +324,10 @@ def attribute(
     `desired_logit_prob` (at most `max_n_logits`), each read along its de-meaned unembedding column.
     With `max_feature_nodes`, features are visited in order of estimated influence on the logits,
     refreshed every `update_interval` batches; otherwise every active feature gets a row.
+    `compute_dtype`: dtype of the rows' backward arithmetic (default: float32 on a CPU, float64 for a
+    float64 model, the model's dtype on a GPU); the model is not changed. `decoder_cache_bytes`: memory
+    for the active features' decoder rows, read once per graph (default min(8 GiB, half the available
+    memory)); layers beyond it are read again from the CLT files when used.
     """
     _check_args(max_n_logits, desired_logit_prob, max_feature_nodes, batch_size, update_interval)
     check_compatible(model, clt)
@@ -325,27 +340,151 @@ def attribute(
     clock = [time.perf_counter()]
     with preserve(model):
         state = clean_pass(model, clt, tokens)
-        active = find_active_features(clt, state)
-        lin = LinearReplacement(model, clt, state, active, batch_size)
-        lin.run_forward()
+        rows = FrozenRows(model, clt, state, batch_size, compute_dtype, decoder_cache_bytes)
         clock.append(time.perf_counter())
         graph = _build_graph(
-            model, clt, lin, max_n_logits, desired_logit_prob, max_feature_nodes, update_interval, verbose
+            model, clt, rows, max_n_logits, desired_logit_prob, max_feature_nodes, update_interval, verbose
         )
     clock.append(time.perf_counter())
+    stats = rows.edges.stats
     graph.meta.update(
-        n_active_features=len(active.values),
-        n_backward_passes=lin.n_backward,
+        n_active_features=len(rows.active.values),
+        n_backward_passes=stats.n_backward,
         seconds_setup=clock[1] - clock[0],
         seconds_rows=clock[2] - clock[1],
+        compute_dtype=str(rows.dtype).removeprefix("torch."),
+        row_flops=stats.flops_ideal,
+        seconds_gradients=stats.seconds["gradients"],
+        seconds_contract=stats.seconds["contract"],
+        seconds_influence=rows.seconds_influence,
+        decoder_bytes_cached=rows.decoder.cached_bytes,
+        decoder_bytes_read=rows.decoder.bytes_read,
     )
     return graph
+
+
+class FrozenRows:
+    """One prompt's frozen local replacement model as edge rows (`tl_clt.transpose`, no autograd).
+
+    Reads the active features' decoder rows once (for the reconstruction and every row after it), builds
+    the transposed model from W_V, W_O, ln1.w and the clean pass's patterns and scales, and turns
+    feature / logit targets into read-out vectors on the residual stream.
+    """
+
+    def __init__(self, model, clt, state: PromptState, batch_size, compute_dtype, decoder_cache_bytes):
+        device = state.mlp_in.device
+        self.model, self.clt, self.state = model, clt, state
+        self.dtype = compute_dtype or default_compute_dtype(state.mlp_in.dtype, device)
+        self.n_layers, self.n_pos = clt.n_layers, len(state.tokens)
+        self.batch_size = batch_size
+        self.seconds_influence = 0.0
+        L, frozen = self.n_layers, state.frozen
+        acts = torch.stack([clt.encode(state.mlp_in[k], k) for k in range(L)])
+        acts[:, 0] = 0  # the attention sink is not explained by features
+        index = acts.nonzero()
+        values = acts[index[:, 0], index[:, 1], index[:, 2]]
+        budget = default_decoder_cache_bytes(device) if decoder_cache_bytes is None else decoder_cache_bytes
+        self.decoder = DecoderRows(clt, layouts(index, L), int(budget), device)
+        recon = reconstruction(clt, list(acts), self.decoder, self.n_pos, acts.dtype)
+        del acts
+        self.active = ActiveFeatures(index, values, recon)
+        errors = state.mlp_out - recon
+        errors[:, 0] = 0
+        blocks = model.blocks
+        transposed = TransposedModel.from_weights(
+            [b.attn._W_V if model.cfg.n_key_value_heads else b.attn.W_V for b in blocks],
+            [b.attn.W_O for b in blocks],
+            [b.ln1.w for b in blocks],
+            [frozen[f"blocks.{j}.ln1.hook_scale"][0] for j in range(L)],
+            [frozen[f"blocks.{j}.attn.hook_pattern"][0] for j in range(L)],
+            self.dtype,
+        )
+        embed = model.W_E.detach()[state.tokens]
+        self.edges = EdgeRows(transposed, self.decoder, values, errors, embed, batch_size)
+        if clt.feature_input_hook == "hook_resid_mid":
+            self.site_factor = None
+        else:  # the site is ln2's normalized output: resid_mid / scale2
+            scale2 = torch.stack([frozen[f"blocks.{j}.ln2.hook_scale"][0, :, 0] for j in range(L)])
+            self.site_factor = 1 / scale2.to(self.dtype)
+
+    @property
+    def n_sources(self) -> int:
+        return self.edges.n_sources
+
+    def feature_readout(self, layer: Tensor, pos: Tensor, feature: Tensor) -> Float[Tensor, "n d_model"]:
+        """Resid-mid vectors whose dot product with the residual stream is the features' pre-activations
+        (frozen ln2)."""
+        W = self.clt.W_enc[layer, feature].to(self.dtype)
+        if self.clt.feature_input_hook == "mlp.hook_in":
+            W = W * torch.stack([self.model.blocks[int(k)].ln2.w for k in layer]).to(self.dtype)
+        if self.site_factor is not None:
+            W = W * self.site_factor[layer, pos, None]
+        return W.detach()
+
+    def logit_readout(self, directions: Float[Tensor, "n d_model"]) -> Float[Tensor, "n d_model"]:
+        """Logit directions pulled back through the frozen final norm at the last position."""
+        w = self.model.ln_final.w / self.state.final_scale[-1]
+        return (directions * w).to(self.dtype).detach()
+
+    def feature_rows(self, chunk: Tensor, out: Tensor) -> None:
+        idx = self.active.index[chunk]
+        readout = self.feature_readout(idx[:, 0], idx[:, 1], idx[:, 2])
+        self.edges.rows(idx[:, 0], idx[:, 1], readout, out=out)
+
+    def logit_rows(self, readouts: Tensor, out: Tensor) -> None:
+        n = len(readouts)
+        sites = torch.full((n,), self.n_layers, device=readouts.device)
+        self.edges.rows(sites, torch.full((n,), self.n_pos - 1, device=readouts.device), readouts, out=out)
+
+    def influence(self, rows: Tensor, abs_sums: Tensor, logit_probs: Tensor, row_nodes: Tensor) -> Tensor:
+        t0 = time.perf_counter()
+        infl = partial_influence_fast(rows, abs_sums, logit_probs, row_nodes, self.n_sources)
+        self.seconds_influence += time.perf_counter() - t0
+        return infl
+
+
+def partial_influence_fast(
+    rows: Float[Tensor, "r n_sources"],
+    abs_sums: Float[Tensor, " r"],
+    logit_probs: Float[Tensor, " t"],
+    row_nodes: Int[Tensor, " r"],
+    n_sources: int,
+    chunk: int = 1 << 14,
+) -> Float[Tensor, " n_sources"]:
+    """`graph.partial_influence` without materialising the normalised rows: the weights are propagated
+    through the rows' columns at row nodes only ([r, r]), and the total weight meets |rows| once.
+
+    With A = |rows| / abs_sums, influence = sum_t w_t A, w_0 = logit probabilities, w_{t+1} at the
+    feature rows = (w_t A)[their nodes]; the sum is (sum_t w_t) A.
+    """
+    r = len(rows)
+    is_feature = row_nodes < n_sources
+    feat = is_feature.nonzero().squeeze(-1)
+    inv = 1 / abs_sums.clamp(min=1e-10)
+    B = rows[:, row_nodes[feat]].abs() * inv[:, None]  # [r, r_features]
+    weight = torch.zeros(r, dtype=rows.dtype, device=rows.device)
+    weight[: len(logit_probs)] = logit_probs.to(rows.dtype)
+    acc = torch.zeros_like(weight)
+    for _ in range(r + 1):
+        acc += weight
+        step = weight @ B
+        if not step.any():
+            break
+        weight = torch.zeros_like(weight)
+        weight[feat] = step
+    else:
+        raise RuntimeError("Influence did not converge: the partial graph has a cycle.")
+    w = acc * inv
+    total = torch.empty(n_sources, dtype=rows.dtype, device=rows.device)
+    for c in range(0, n_sources, chunk):
+        total[c : c + chunk] = w @ rows[:, c : c + chunk].abs()
+    return total
 
 
 def _build_graph(
     model,
     clt,
-    lin: LinearReplacement,
+    lin: FrozenRows,
     max_n_logits,
     desired_logit_prob,
     max_feature_nodes,
@@ -357,54 +496,47 @@ def _build_graph(
     logit_ids, logit_probs = logit_targets(state.logits[-1], max_n_logits, desired_logit_prob)
     W_U = model.W_U.detach()
     directions = (W_U[:, logit_ids] - W_U.mean(1, keepdim=True)).T
-    readouts = lin.logit_readout(directions)
     n_logits = len(logit_ids)
-    logit_rows = (
-        torch.cat(
-            [
-                lin.rows(torch.full((len(chunk),), L), torch.full((len(chunk),), lin.n_pos - 1), chunk)
-                for chunk in readouts.split(B)
-            ]
-        )
-        .cpu()
-        .float()
-    )
-
     n_wanted = n_active if max_feature_nodes is None else min(max_feature_nodes, n_active)
-    feature_rows = torch.zeros(n_wanted, lin.n_sources)
+    device = state.mlp_in.device
+    # logit rows first, then feature rows in visiting order; one buffer, filled in place
+    rows = torch.zeros(n_logits + n_wanted, lin.n_sources, device=device)
+    abs_sums = torch.zeros(n_logits + n_wanted, device=device)
+    lin.logit_rows(lin.logit_readout(directions), out=rows[:n_logits])
+    abs_sums[:n_logits] = rows[:n_logits].abs().sum(1)
     order = torch.empty(0, dtype=torch.long)
     visited = torch.zeros(n_active, dtype=torch.bool)
+    probs = logit_probs.to(device)
     bar = tqdm(total=n_wanted, desc="feature rows", disable=not verbose, leave=False)
     while len(order) < n_wanted:
         if n_wanted == n_active:
-            # all features: visit top layers first so each batch's backward is as short as possible
-            queue = torch.argsort(active.index[:, 0], descending=True, stable=True)
+            queue = torch.arange(n_active)
         else:
-            rows_so_far = torch.cat([logit_rows, feature_rows[: len(order)]])
-            row_nodes = torch.cat([torch.arange(n_logits) + lin.n_sources, order])
-            infl = partial_influence(rows_so_far, logit_probs.cpu(), row_nodes, lin.n_sources)
+            done = n_logits + len(order)
+            row_nodes = torch.cat([torch.arange(n_logits) + lin.n_sources, order]).to(device)
+            infl = lin.influence(rows[:done], abs_sums[:done], probs, row_nodes).cpu()
             ranked = torch.argsort(infl[:n_active], descending=True)
             queue = ranked[~visited[ranked]][: update_interval * B]
         queue = queue[: n_wanted - len(order)]
-        for chunk in queue.split(B):
-            idx = active.index[chunk]
-            readout = lin.feature_readout(idx[:, 0], idx[:, 2])
-            feature_rows[len(order) : len(order) + len(chunk)] = (
-                lin.rows(idx[:, 0], idx[:, 1], readout).cpu().float()
-            )
-            order = torch.cat([order, chunk])
-            visited[chunk] = True
-            bar.update(len(chunk))
+        start = n_logits + len(order)
+        block = rows[start : start + len(queue)]
+        lin.feature_rows(queue, out=block)
+        abs_sums[start : start + len(queue)] = block.abs().sum(1)
+        order = torch.cat([order, queue])
+        visited[queue] = True
+        bar.update(len(queue))
     bar.close()
 
-    selected = torch.sort(order).values
-    feature_rows = feature_rows[torch.argsort(order)]
-    keep_cols = torch.cat([selected, torch.arange(n_active, lin.n_sources)])
+    selected, perm = torch.sort(order)
+    keep_cols = torch.cat([selected, torch.arange(n_active, lin.n_sources)]).to(device)
     n_sel = len(selected)
     n_nodes = n_sel + (L + 1) * lin.n_pos + n_logits
     adjacency = torch.zeros(n_nodes, n_nodes)
-    adjacency[:n_sel, : keep_cols.numel()] = feature_rows[:, keep_cols]
-    adjacency[n_nodes - n_logits :, : keep_cols.numel()] = logit_rows[:, keep_cols]
+    for c in range(0, n_sel, 1024):  # in chunks: no second copy of the feature rows
+        src = (perm[c : c + 1024] + n_logits).to(device)
+        adjacency[c : c + len(src), : keep_cols.numel()] = rows[src][:, keep_cols].cpu()
+    adjacency[n_nodes - n_logits :, : keep_cols.numel()] = rows[:n_logits][:, keep_cols].cpu()
+    del rows
     return AttributionGraph(
         tokens=state.tokens.cpu(),
         token_strs=[model.tokenizer.decode([t]) for t in state.tokens.tolist()],
