@@ -32,8 +32,13 @@ sys.path.insert(0, str(HERE))
 import sizes  # noqa: E402
 from runner_common import RESULT_TAG  # noqa: E402
 
-DEFAULT_NODES = {"tiny": None, "medium": None, "real": 1024}
-NODE_SWEEP = {"tiny": [32, 128, None], "medium": [128, 512, None], "real": [256, 1024, 2048]}
+DEFAULT_NODES = {"tiny": None, "medium": None, "real": 1024, "1.7b": 1024}
+NODE_SWEEP = {
+    "tiny": [32, 128, None],
+    "medium": [128, 512, None],
+    "real": [256, 1024, 2048, 8192],
+    "1.7b": [1024, 8192],
+}
 ENGINES = {"ours": "tl_clt", "ct": "circuit-tracer"}
 
 
@@ -74,6 +79,10 @@ def run_engine(engine: str, mdir: Path, cdir: Path, tokens: list[int], args, **o
     cmd += ["--dtype", opts.get("dtype", args.dtype), "--repeats", str(opts.get("repeats", args.repeats))]
     if engine == "ours":
         cmd += ["--clt-dtype", args.clt_dtype]
+        if opts.get("compute_dtype") or args.compute_dtype:
+            cmd += ["--compute-dtype", opts.get("compute_dtype") or args.compute_dtype]
+        if args.decoder_cache_gib is not None:
+            cmd += ["--decoder-cache-gib", str(args.decoder_cache_gib)]
     if opts.get("nodes") is not None:
         cmd += ["--max-feature-nodes", str(opts["nodes"])]
     if opts.get("save"):
@@ -270,8 +279,32 @@ def _row(r: dict) -> dict:
         "active": r.get("n_active", ""),
         "feature nodes": r.get("n_selected", ""),
         "backward": r.get("n_backward", ""),
+        **_roofline(r),
         "load avg": f"{r['load_before']:.1f}/{r['load_after']:.1f}",
     }
+
+
+def _roofline(r: dict) -> dict:
+    """Rows' FLOPs (tl_clt's count of the graph's backward work), the matmul rate measured in the same
+    process and compute dtype, and time / (FLOPs / rate). circuit-tracer's ratio uses the FLOPs and rate
+    of the tl_clt run of the same case (`_attach_flops`)."""
+    if "row_flops" not in r or "times" not in r:
+        return {"GFLOP": "", "rate GFLOP/s": "", "ratio": ""}
+    return {
+        "GFLOP": f"{r['row_flops'] / 1e9:.1f}",
+        "rate GFLOP/s": f"{r['matmul_rate'] / 1e9:.0f} {r.get('compute_dtype', '')}".strip(),
+        "ratio": f"{min(r['times']) / (r['row_flops'] / r['matmul_rate']):.2f}",
+    }
+
+
+def _attach_flops(results: list[dict]) -> None:
+    """Give circuit-tracer records the FLOPs and rate of tl_clt's record of the same case."""
+    key = lambda r: (r["section"], r["size"], r.get("length"), r.get("nodes"), r.get("dtype"))  # noqa: E731
+    ours = {key(r): r for r in results if r.get("engine") == "ours" and "row_flops" in r}
+    for r in results:
+        if r.get("engine") == "ct" and key(r) in ours:
+            r.setdefault("row_flops", ours[key(r)]["row_flops"])
+            r.setdefault("matmul_rate", ours[key(r)]["matmul_rate"])
 
 
 def markdown(rows: list[dict]) -> str:
@@ -284,6 +317,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def tables(results: list[dict]) -> str:
+    _attach_flops(results)
     out = []
     main = [dict(size=r["size"], **_row(r)) for r in results if r["section"] == "main"]
     out += ["## Time per graph, peak RSS (fresh process), active features, backward passes", markdown(main)]
@@ -337,7 +371,7 @@ def machine() -> str:
 # ------------------------------------------------------------------------ main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="tiny,medium", help="comma list of tiny, medium, real")
+    ap.add_argument("--sizes", default="tiny,medium", help="comma list of tiny, medium, real, 1.7b")
     ap.add_argument("--sections", default="main,equality,length,nodes,dtype")
     ap.add_argument("--engines", default="ours,ct", help="ours, ct or both")
     ap.add_argument("--repeats", type=int, default=3, help="graphs per process (best of N)")
@@ -352,6 +386,8 @@ def main() -> None:
         choices=["same", "disk"],
         help="tl_clt's CLT dtype: the model's (circuit-tracer always does this) or as on disk (bf16)",
     )
+    ap.add_argument("--compute-dtype", default=None, help="tl_clt compute_dtype (default: automatic)")
+    ap.add_argument("--decoder-cache-gib", type=float, default=None, help="tl_clt decoder_cache_bytes in GiB")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--max-n-logits", type=int, default=10)
     ap.add_argument("--desired-logit-prob", type=float, default=0.95)

@@ -12,6 +12,7 @@ from runner_common import (
     DTYPES,
     current_rss_mib,
     emit,
+    matmul_rate,
     parse_args,
     repeat_graphs,
     save_graph,
@@ -33,7 +34,14 @@ def copy_weights_out_of_file(model) -> None:
 
 
 def main() -> None:
-    args = parse_args(__doc__, extra=[("--copy-weights", "what-if: see copy_weights_out_of_file")])
+    args = parse_args(
+        __doc__,
+        extra=[("--copy-weights", "what-if: see copy_weights_out_of_file")],
+        options=[
+            ("--compute-dtype", None, "attribute(compute_dtype=...): float32, bfloat16, float64"),
+            ("--decoder-cache-gib", None, "attribute(decoder_cache_bytes=...) in GiB (default: auto)"),
+        ],
+    )
     dtype = DTYPES[args.dtype]
     model, model_s = timed(tl_clt.load_qwen3, args.model, device="cpu", dtype=dtype)
     if args.copy_weights:
@@ -43,6 +51,7 @@ def main() -> None:
     rss_loaded = current_rss_mib()
     model_mib = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     tokens = torch.tensor(token_list(args))
+    cache_bytes = None if args.decoder_cache_gib is None else int(float(args.decoder_cache_gib) * 2**30)
 
     def build():
         return tl_clt.attribute(
@@ -54,9 +63,13 @@ def main() -> None:
             max_feature_nodes=args.max_feature_nodes,
             batch_size=args.batch_size,
             verbose=False,
+            compute_dtype=DTYPES[args.compute_dtype] if args.compute_dtype else None,
+            decoder_cache_bytes=cache_bytes,
         )
 
     graph, times = repeat_graphs(args, build)
+    compute_dtype = DTYPES[graph.meta["compute_dtype"]]
+    rate = matmul_rate(compute_dtype)  # after the graphs: same process, same load
     if args.save_graph:
         save_graph(
             args.save_graph,
@@ -83,6 +96,15 @@ def main() -> None:
             seconds_setup=graph.meta.get("seconds_setup"),
             seconds_rows=graph.meta.get("seconds_rows"),
             rss_after_load_mib=rss_loaded,
+            compute_dtype=graph.meta["compute_dtype"],
+            row_flops=graph.meta["row_flops"],
+            matmul_rate=rate,
+            roofline_s=graph.meta["row_flops"] / rate,
+            seconds_gradients=graph.meta["seconds_gradients"],
+            seconds_contract=graph.meta["seconds_contract"],
+            seconds_influence=graph.meta["seconds_influence"],
+            decoder_bytes_cached=graph.meta["decoder_bytes_cached"],
+            decoder_bytes_read=graph.meta["decoder_bytes_read"],
         )
     )
 

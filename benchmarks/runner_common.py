@@ -20,11 +20,16 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch
 RESULT_TAG = "BENCH_RESULT "
 
 
-def parse_args(description: str, extra: list[tuple[str, str]] = ()) -> argparse.Namespace:
-    """The runners' shared command line (all of it is set by bench.py), plus `extra` flags."""
+def parse_args(
+    description: str, extra: list[tuple[str, str]] = (), options: list[tuple[str, str | None, str]] = ()
+) -> argparse.Namespace:
+    """The runners' shared command line (all of it is set by bench.py), plus `extra` flags and `options`
+    (flag, default, help) taking a value."""
     ap = argparse.ArgumentParser(description=description)
     for flag, help_text in extra:
         ap.add_argument(flag, action="store_true", help=help_text)
+    for flag, default, help_text in options:
+        ap.add_argument(flag, default=default, help=help_text)
     ap.add_argument("--model", type=Path, required=True, help="Qwen3 HF folder")
     ap.add_argument("--clt", type=Path, required=True, help="CLT folder (split safetensors format)")
     ap.add_argument("--tokens", required=True, help="comma-separated token ids, sink token first")
@@ -44,6 +49,22 @@ def parse_args(description: str, extra: list[tuple[str, str]] = ()) -> argparse.
     if args.threads:
         torch.set_num_threads(args.threads)
     return args
+
+
+def matmul_rate(dtype: torch.dtype, n: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
+    """FLOP/s of an n x n x n matmul in `dtype` on this machine now (best of `repeats`): the roofline."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first is a warm-up
+        if device != "cpu":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        a @ b
+        if device != "cpu":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
 
 
 def token_list(args: argparse.Namespace) -> list[int]:

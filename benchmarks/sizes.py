@@ -139,7 +139,12 @@ def bf16_weights_copy(mdir: Path) -> Path:
 
 
 def stream_qwen3_folder(
-    path: Path, seed: int = 0, tokenizer=None, initializer_range: float = 0.05, norm_noise: float = 0.3, **config
+    path: Path,
+    seed: int = 0,
+    tokenizer=None,
+    initializer_range: float = 0.05,
+    norm_noise: float = 0.3,
+    **config,
 ) -> Path:
     """A random Qwen3ForCausalLM folder written tensor by tensor in bf16 (peak memory: one tensor).
 

@@ -366,31 +366,53 @@ class EdgeRows:
         out[sub, start : start + p] = tok.to(out.dtype)
 
     def _contract_features(self, batches: list, out: Tensor) -> None:
-        """Feature columns: act_f * G[row, p_f, k_f:top] . W_dec_{k_f}[f, :top - k_f], for rows whose site
-        is above k_f and whose position is at or after p_f; each decoder block is cast once per sweep."""
-        top_all = max(int(s.max()) for _, s, _, _ in batches)
+        """Feature columns: act_f * G[row, p_f, k_f:top] . W_dec_{k_f}[f, :top - k_f].
+
+        Per source layer, the decoder rows are cast once per sweep into a [positions, n_max, (top-k) d]
+        block (features of one position per slice, zero-padded), and every sub-batch is contracted with
+        it in one batched matmul over positions. Rows at or below the layer (a prefix: sub-batches are
+        sorted by site) are skipped; their positions after the sub-batch's last one too.
+        """
+        top_all = min(max(int(s[0]) for _, s, _, _ in batches), self.n_layers)
+        p_all = max(int(q.max()) for _, _, q, _ in batches) + 1
+        d = self.d_model
         for lay in self.decoder.layouts:
             k = lay.layer
             if k >= top_all:
                 break
-            rows = None
-            for p, start, count in lay.spans:
-                users = [
-                    (sub, mask, G) for sub, s, q, G in batches if bool((mask := (s > k) & (q >= p)).any())
-                ]
-                if not users:
+            spans = [sp for sp in lay.spans if sp[0] < p_all]
+            if not spans:
+                continue
+            rows = self.decoder.read(lay)
+            pos = torch.tensor([sp[0] for sp in spans])
+            counts = torch.tensor([sp[2] for sp in spans])
+            n_max, n_entries = int(counts.max()), int(counts.sum())
+            # slot (position slice, i) of each entry; entries are ordered by position
+            slot_p = torch.repeat_interleave(torch.arange(len(spans)), counts)
+            slot_i = torch.arange(n_entries) - torch.repeat_interleave(
+                torch.cumsum(counts, 0) - counts, counts
+            )
+            block = rows.new_zeros(len(spans), n_max, top_all - k, d, dtype=self.dtype)
+            block[slot_p, slot_i] = rows[lay.inverse[:n_entries], : top_all - k].to(self.dtype)
+            block = block.view(len(spans), n_max, -1)
+            flat = (slot_p * n_max + slot_i).to(out.device)  # where each entry lands in a [P, n_max] result
+            acts = self.acts[lay.first : lay.first + n_entries]
+            cols = torch.arange(lay.first, lay.first + n_entries, device=out.device)
+            span_of_pos = torch.full((p_all,), -1, dtype=torch.long)
+            span_of_pos[pos] = torch.arange(len(spans))
+            for sub, s, q, G in batches:
+                m = int((s > k).sum())  # rows above layer k: a prefix
+                if m == 0:
                     continue
-                top = max(int(s.max()) for _, s, _, _ in batches)
-                top = min(top, self.n_layers)
-                if rows is None:
-                    rows = self.decoder.read(lay)
-                block = rows[lay.inverse[start : start + count], : top - k].to(self.dtype)
-                block = block.reshape(count, -1)  # [n, (top - k) * d]
-                acts = self.acts[lay.first + start : lay.first + start + count]
-                c = lay.first + start
-                for sub, mask, G in users:
-                    idx = mask.nonzero().squeeze(-1)
-                    t = min(G.shape[2], top)
-                    A = G[idx, p, k:t].reshape(len(idx), -1)
-                    res = A @ block[:, : (t - k) * self.d_model].T
-                    out[sub[idx], c : c + count] = (res * acts).to(out.dtype)
+                t = min(int(s[0]), self.n_layers)
+                p_sub = int(q[:m].max()) + 1
+                n_sp = int((pos < p_sub).sum())  # spans at positions the sub-batch reaches
+                if n_sp == 0:
+                    continue
+                P_idx = pos[:n_sp].to(G.device)
+                A = G[:m, :, k:t].index_select(1, P_idx).transpose(0, 1).reshape(n_sp, m, -1)
+                W = block[:n_sp, :, : (t - k) * d]
+                res = torch.bmm(A, W.transpose(1, 2))  # [n_sp, m, n_max]
+                n_used = int(counts[:n_sp].sum())
+                vals = res.transpose(0, 1).reshape(m, -1)[:, flat[:n_used]] * acts[:n_used]
+                out[sub[:m, None], cols[None, :n_used]] = vals.to(out.dtype)

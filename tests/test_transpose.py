@@ -1,0 +1,109 @@
+"""The explicit transposed pass (tl_clt.transpose) against autograd through the hooked model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import PROMPT
+
+import tl_clt
+from tl_clt.attribution import (
+    FrozenRows,
+    LinearReplacement,
+    clean_pass,
+    find_active_features,
+    partial_influence_fast,
+)
+from tl_clt.graph import partial_influence
+from tl_clt.prompts import to_tokens
+
+
+@pytest.fixture(scope="module")
+def world(model_dir, clt):
+    model = tl_clt.load_qwen3(model_dir)
+    tokens = to_tokens(model, PROMPT)
+    state = clean_pass(model, clt, tokens)
+    active = find_active_features(clt, state)
+    lin = LinearReplacement(model, clt, state, active, batch_size=8)
+    lin.run_forward()
+    return model, clt, state, active, lin
+
+
+def _autograd_rows(lin, sites, positions, readouts):
+    return torch.cat(
+        [
+            lin.rows(sites[i : i + 8], positions[i : i + 8], readouts[i : i + 8])
+            for i in range(0, len(sites), 8)
+        ]
+    )
+
+
+@pytest.mark.parametrize("budget", [0, 1 << 30])
+def test_rows_equal_autograd_rows(world, budget):
+    """Every feature row and the logit rows match autograd (GQA model; any decoder budget; many sweeps)."""
+    model, clt, state, active, lin = world
+    fr = FrozenRows(model, clt, state, batch_size=5, compute_dtype=None, decoder_cache_bytes=budget)
+    fr.edges.gradient_bytes = 1  # one sub-batch per sweep
+    assert model.cfg.n_key_value_heads < model.cfg.n_heads
+    assert fr.active.index.equal(active.index)
+    torch.testing.assert_close(fr.active.reconstruction, active.reconstruction, atol=1e-6, rtol=1e-5)
+    idx = active.index
+    perm = torch.randperm(len(idx), generator=torch.Generator().manual_seed(0))
+    idx = idx[perm]
+    ours = torch.zeros(len(idx), fr.n_sources)
+    fr.feature_rows(perm, out=ours)
+    ref = _autograd_rows(lin, idx[:, 0], idx[:, 1], lin.feature_readout(idx[:, 0], idx[:, 2]))
+    scale = ref.abs().max()
+    assert scale > 0 and (ours != 0).any()
+    torch.testing.assert_close(ours, ref, atol=2e-6 * float(scale), rtol=0)
+    W_U = model.W_U.detach()
+    directions = (W_U[:, :4] - W_U.mean(1, keepdim=True)).T
+    ours = torch.zeros(4, fr.n_sources)
+    fr.logit_rows(fr.logit_readout(directions), out=ours)
+    n = torch.full((4,), clt.n_layers)
+    ref = lin.rows(n, torch.full((4,), len(state.tokens) - 1), lin.logit_readout(directions))
+    torch.testing.assert_close(ours, ref, atol=2e-6 * float(ref.abs().max()), rtol=0)
+    assert (fr.decoder.cached_bytes == 0) == (budget == 0)
+
+
+def test_compute_dtype_leaves_the_model_alone_and_float64_agrees(model_dir, clt):
+    """compute_dtype changes the arithmetic only: float64 rows agree with float32 ones to float32 precision,
+    and the model keeps its dtype and parameters."""
+    model = tl_clt.load_qwen3(model_dir)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    g32 = tl_clt.attribute(model, clt, PROMPT, max_n_logits=3, verbose=False)
+    g64 = tl_clt.attribute(model, clt, PROMPT, max_n_logits=3, verbose=False, compute_dtype=torch.float64)
+    assert g32.meta["compute_dtype"] == "float32" and g64.meta["compute_dtype"] == "float64"
+    scale = g64.adjacency.abs().max()
+    torch.testing.assert_close(g32.adjacency, g64.adjacency, atol=1e-5 * float(scale), rtol=0)
+    assert all(v.dtype == torch.float32 and v.equal(before[k]) for k, v in model.named_parameters())
+
+
+def test_bf16_model_computes_in_float32_on_cpu(model_dir, clt):
+    """A bf16 model on a CPU is attributed in float32 by default, closer to float64 than bf16 arithmetic."""
+    model = tl_clt.load_qwen3(model_dir, dtype=torch.bfloat16)
+    kw = dict(max_n_logits=3, verbose=False)
+    auto = tl_clt.attribute(model, clt, PROMPT, **kw)
+    bf16 = tl_clt.attribute(model, clt, PROMPT, compute_dtype=torch.bfloat16, **kw)
+    f64 = tl_clt.attribute(model, clt, PROMPT, compute_dtype=torch.float64, **kw)
+    assert auto.meta["compute_dtype"] == "float32"
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    err_auto = (auto.adjacency - f64.adjacency).abs().max()
+    err_bf16 = (bf16.adjacency - f64.adjacency).abs().max()
+    assert err_auto < 1e-5 * f64.adjacency.abs().max() < err_bf16
+
+
+def test_fast_partial_influence_equals_the_reference():
+    gen = torch.Generator().manual_seed(1)
+    n_sources, n_logits = 40, 3
+    feature_nodes = torch.randperm(30, generator=gen)[:12]
+    rows = torch.randn(n_logits + 12, n_sources, generator=gen)
+    rows[n_logits:, feature_nodes] *= torch.rand(12, 12, generator=gen) < 0.3  # sparse feature-feature part
+    # acyclic: a feature row only reads features visited before it
+    order = torch.arange(12)
+    rows[n_logits:, feature_nodes] *= (order[None, :] < order[:, None]).float()
+    row_nodes = torch.cat([torch.arange(n_logits) + n_sources, feature_nodes])
+    probs = torch.tensor([0.5, 0.3, 0.2])
+    ref = partial_influence(rows, probs, row_nodes, n_sources)
+    ours = partial_influence_fast(rows, rows.abs().sum(1), probs, row_nodes, n_sources, chunk=7)
+    torch.testing.assert_close(ours, ref)
