@@ -40,6 +40,7 @@ NODE_SWEEP = {
     "1.7b": [1024, 8192],
 }
 ENGINES = {"ours": "tl_clt", "ct": "circuit-tracer"}
+GPU = [False]  # set by --device cuda: tables get a peak GPU memory column
 
 
 # ------------------------------------------------------------------------ running one graph
@@ -75,6 +76,7 @@ def run_engine(engine: str, mdir: Path, cdir: Path, tokens: list[int], args, **o
         env.pop("PYTHONPATH", None)
     cmd = [python, str(script), "--model", str(mdir), "--clt", str(cdir)]
     cmd += ["--tokens", ",".join(map(str, tokens)), "--batch-size", str(args.batch_size)]
+    cmd += ["--device", args.device]
     cmd += ["--max-n-logits", str(args.max_n_logits), "--desired-logit-prob", str(args.desired_logit_prob)]
     cmd += ["--dtype", opts.get("dtype", args.dtype), "--repeats", str(opts.get("repeats", args.repeats))]
     if engine == "ours":
@@ -274,6 +276,7 @@ def _row(r: dict) -> dict:
         "time/graph s (best)": _best(r),
         "1st graph s": f"{r['times'][0]:.2f}" if ok else "",
         "peak RSS MiB": f"{r['peak_rss_mib']:.0f}" if ok else "",
+        **({"peak GPU MiB": f"{r['peak_gpu_mib']:.0f}" if "peak_gpu_mib" in r else ""} if GPU[0] else {}),
         "RSS after load MiB": f"{r['rss_after_load_mib']:.0f}" if ok else "",
         "load s": f"{r['load_s']:.2f}" if ok else "",
         "active": r.get("n_active", ""),
@@ -365,7 +368,8 @@ def machine() -> str:
     cpu = platform.machine()
     with open("/proc/cpuinfo") as f:
         cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    return f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}; {up}"
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {os.cpu_count()} CPUs{gpu}, torch {torch.__version__}; {up}"
 
 
 # ------------------------------------------------------------------------ main
@@ -389,9 +393,15 @@ def main() -> None:
     ap.add_argument("--compute-dtype", default=None, help="tl_clt compute_dtype (default: automatic)")
     ap.add_argument("--decoder-cache-gib", type=float, default=None, help="tl_clt decoder_cache_bytes in GiB")
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (both engines)")
+    ap.add_argument(
+        "--max-feature-nodes",
+        default=None,
+        help="max_feature_nodes of the main and length sections (default: tiny/medium all, else 1024)",
+    )
     ap.add_argument("--max-n-logits", type=int, default=10)
     ap.add_argument("--desired-logit-prob", type=float, default=0.95)
-    ap.add_argument("--ct-python", default="/work/ctvenv/bin/python")
+    ap.add_argument("--ct-python", default="/work/main/.ctvenv/bin/python")
     ap.add_argument("--root", default=str(ROOT / ".bench"), help="data and graphs (git-ignored)")
     ap.add_argument("--rss-limit-gib", type=float, default=18.0, help="kill a run above this RSS")
     ap.add_argument("--json", default=None, help="write all records here (default: ROOT/results.json)")
@@ -399,9 +409,14 @@ def main() -> None:
     args = ap.parse_args()
     if args.tables_from:
         saved = json.loads(Path(args.tables_from).read_text())
+        GPU[0] = saved["args"].get("device", "cpu") != "cpu"
         print(f"machine: {saved['machine']}\n\n{tables(saved['results'])}")
         return
     args.lengths = [int(x) for x in args.lengths.split(",")]
+    GPU[0] = args.device != "cpu"
+    if args.max_feature_nodes is not None:
+        nodes = None if args.max_feature_nodes.lower() == "none" else int(args.max_feature_nodes)
+        DEFAULT_NODES.update({k: nodes for k in DEFAULT_NODES})
     args.sweep_repeats = args.sweep_repeats or args.repeats
     engines = args.engines.split(",")
     Path(args.root).mkdir(parents=True, exist_ok=True)

@@ -40,7 +40,7 @@ from circuit_tracer.transcoder.cross_layer_transcoder import load_clt  # noqa: E
 from transformer_lens import HookedTransformerConfig  # noqa: E402
 
 
-def tl2_config(hf: dict, name: str, dtype: torch.dtype) -> HookedTransformerConfig:
+def tl2_config(hf: dict, name: str, dtype: torch.dtype, device: str = "cpu") -> HookedTransformerConfig:
     """TransformerLens 2.x config for a Qwen3 config.json, norms unfolded, no weight init."""
     n_heads = hf["num_attention_heads"]
     head_dim = hf.get("head_dim") or hf["hidden_size"] // n_heads
@@ -72,7 +72,7 @@ def tl2_config(hf: dict, name: str, dtype: torch.dtype) -> HookedTransformerConf
         tokenizer_prepends_bos=False,
         init_weights=False,
         dtype=dtype,
-        device="cpu",
+        device=device,
     )
 
 
@@ -166,7 +166,9 @@ def load_tokenizer(folder: Path):
     )
 
 
-def load(model_dir: Path, clt_dir: Path, dtype: torch.dtype) -> TransformerLensReplacementModel:
+def load(
+    model_dir: Path, clt_dir: Path, dtype: torch.dtype, device: str = "cpu"
+) -> TransformerLensReplacementModel:
     hf = json.loads((model_dir / "config.json").read_text())
     hooks = yaml.safe_load((clt_dir / "config.yaml").read_text())
     clt = load_clt(
@@ -174,16 +176,16 @@ def load(model_dir: Path, clt_dir: Path, dtype: torch.dtype) -> TransformerLensR
         feature_input_hook=hooks["feature_input_hook"],
         feature_output_hook=hooks["feature_output_hook"],
         scan="tl_clt-benchmark",
-        device=torch.device("cpu"),
+        device=torch.device(device),
         dtype=dtype,
         lazy_decoder=True,
     )
     tokenizer = load_tokenizer(model_dir)
     model = TransformerLensReplacementModel.from_config(
-        tl2_config(hf, str(model_dir), dtype), clt, tokenizer=tokenizer, move_to_device=False
+        tl2_config(hf, str(model_dir), dtype, device), clt, tokenizer=tokenizer, move_to_device=False
     )
     load_weights(model, model_dir)
-    return model.eval()
+    return model.to(device).eval()
 
 
 def count_backward_passes() -> list[int]:
@@ -204,7 +206,7 @@ def main() -> None:
     dtype = DTYPES[args.dtype]
     if args.clt_dtype not in ("same", args.dtype):
         raise SystemExit("circuit-tracer casts the CLT to the model's dtype: --clt-dtype must be 'same'")
-    model, load_s = timed(load, args.model, args.clt, dtype)
+    model, load_s = timed(load, args.model, args.clt, dtype, args.device)
     rss_loaded = current_rss_mib()
     tokens = torch.tensor(token_list(args))
     counter = count_backward_passes()

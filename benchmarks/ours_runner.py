@@ -43,11 +43,13 @@ def main() -> None:
         ],
     )
     dtype = DTYPES[args.dtype]
-    model, model_s = timed(tl_clt.load_qwen3, args.model, device="cpu", dtype=dtype)
+    model, model_s = timed(tl_clt.load_qwen3, args.model, device=args.device, dtype=dtype)
     if args.copy_weights:
         copy_weights_out_of_file(model)
     clt_dtype = {"same": dtype, "disk": None}.get(args.clt_dtype) or DTYPES.get(args.clt_dtype)
-    clt, clt_s = timed(tl_clt.CrossLayerTranscoder.from_pretrained, args.clt, dtype=clt_dtype)
+    clt, clt_s = timed(
+        tl_clt.CrossLayerTranscoder.from_pretrained, args.clt, dtype=clt_dtype, device=args.device
+    )
     rss_loaded = current_rss_mib()
     model_mib = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     tokens = torch.tensor(token_list(args))
@@ -69,7 +71,7 @@ def main() -> None:
 
     graph, times = repeat_graphs(args, build)
     compute_dtype = DTYPES[graph.meta["compute_dtype"]]
-    rate = matmul_rate(compute_dtype)  # after the graphs: same process, same load
+    rate = matmul_rate(compute_dtype, device=args.device)  # after the graphs: same process, same load
     if args.save_graph:
         save_graph(
             args.save_graph,

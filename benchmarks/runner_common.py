@@ -38,6 +38,7 @@ def parse_args(
         "--clt-dtype", default="same", choices=["same", "disk", *sorted(DTYPES)], help="CLT dtype"
     )
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--max-n-logits", type=int, default=10)
     ap.add_argument("--desired-logit-prob", type=float, default=0.95)
     ap.add_argument("--max-feature-nodes", type=int, default=None)
@@ -100,6 +101,8 @@ def repeat_graphs(args: argparse.Namespace, build: Callable[[], object]) -> tupl
             prof.dump_stats(str(args.profile))
         else:
             graph, sec = timed(build)
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
         times.append(sec)
     return graph, times
 
@@ -107,6 +110,9 @@ def repeat_graphs(args: argparse.Namespace, build: Callable[[], object]) -> tupl
 def emit(record: dict) -> None:
     """Print the result record as one tagged JSON line (bench.py picks it out of stdout)."""
     record["peak_rss_mib"] = peak_rss_mib()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        record["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        record["gpu"] = torch.cuda.get_device_name()
     record["threads"] = torch.get_num_threads()
     sys.stdout.write(RESULT_TAG + json.dumps(record) + "\n")
     sys.stdout.flush()

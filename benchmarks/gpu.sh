@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# tl_clt vs circuit-tracer 0.5.0 on a CUDA device: the real (Qwen3-0.6B) shape, 16 and 64 tokens,
+# max_feature_nodes 8192, a GPU-sized batch, float32 (with the graph-equality check) and bfloat16.
+# Writes .bench/gpu-<dtype>-<tokens>.json and the markdown tables to benchmarks/gpu-results.md
+# (time per graph, peak GPU memory, roofline ratio against the device's matmul rate measured in the run).
+#
+#   benchmarks/gpu.sh                         # on a CUDA machine with internet: makes .venv-gpu and .venv-ct
+#   OURS_PYTHON=python CT_PYTHON=/x/bin/python benchmarks/gpu.sh      # existing environments, no installs
+#   DRY_RUN=1 benchmarks/gpu.sh               # print the commands only
+#   DEVICE=cpu SIZE=tiny NODES=64 LENGTHS=8 BATCH=16 DTYPES=float32 OURS_PYTHON=python \
+#     CT_PYTHON=/work/main/.ctvenv/bin/python benchmarks/gpu.sh       # the same pipeline on a CPU (smoke test)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DEVICE=${DEVICE:-cuda}
+SIZE=${SIZE:-real}
+NODES=${NODES:-8192}
+LENGTHS=${LENGTHS:-16,64}
+BATCH=${BATCH:-256}
+DTYPES=${DTYPES:-float32,bfloat16}
+REPEATS=${REPEATS:-2}
+OUT=${OUT:-benchmarks/gpu-results.md}
+PY=${PYTHON:-python3}
+
+run() { echo "+ $*" >&2; if [ -z "${DRY_RUN:-}" ]; then "$@"; fi; }
+
+if [ -z "${OURS_PYTHON:-}" ]; then  # tl_clt (TransformerLens 3.9) over the machine's torch
+  run "$PY" -m venv --system-site-packages .venv-gpu
+  run .venv-gpu/bin/pip install -q -e .
+  OURS_PYTHON=.venv-gpu/bin/python
+fi
+if [ -z "${CT_PYTHON:-}" ]; then  # circuit-tracer pins TransformerLens 2.x and transformers<=4.57.3
+  run "$PY" -m venv --system-site-packages .venv-ct
+  run .venv-ct/bin/pip install -q circuit-tracer==0.5.0
+  CT_PYTHON=.venv-ct/bin/python
+fi
+if [ "$DEVICE" = cuda ] && [ -z "${DRY_RUN:-}" ]; then
+  "$OURS_PYTHON" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name())"
+fi
+
+mkdir -p .bench
+jsons=()
+for dtype in ${DTYPES//,/ }; do
+  for length in ${LENGTHS//,/ }; do
+    json=.bench/gpu-$dtype-$length.json
+    run env PYTHONPATH=. "$OURS_PYTHON" benchmarks/bench.py --sizes "$SIZE" --device "$DEVICE" \
+      --sections main,equality --length "$length" --max-feature-nodes "$NODES" --batch-size "$BATCH" \
+      --dtype "$dtype" --repeats "$REPEATS" --rounds 1 --rss-limit-gib 1000 --ct-python "$CT_PYTHON" --json "$json"
+    jsons+=("$json")
+  done
+done
+if [ -z "${DRY_RUN:-}" ]; then
+  {
+    echo "# GPU benchmark ($SIZE shape, max_feature_nodes $NODES, batch $BATCH; benchmarks/gpu.sh, $(date -u +%F))"
+    for json in "${jsons[@]}"; do
+      echo
+      echo "## $(basename "$json" .json)"
+      echo
+      PYTHONPATH=. "$OURS_PYTHON" benchmarks/bench.py --tables-from "$json"
+    done
+  } > "$OUT"
+  echo "tables: $OUT"
+fi
