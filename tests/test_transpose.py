@@ -7,14 +7,9 @@ import torch
 from conftest import PROMPT
 
 import tl_clt
-from tl_clt.attribution import (
-    FrozenRows,
-    LinearReplacement,
-    clean_pass,
-    find_active_features,
-    partial_influence_fast,
-)
-from tl_clt.graph import partial_influence
+from tl_clt.attribution import FrozenRows, LinearReplacement, find_active_features
+from tl_clt.frozen import clean_pass
+from tl_clt.influence import normalize_rows, partial_influence
 from tl_clt.prompts import to_tokens
 
 
@@ -93,7 +88,24 @@ def test_bf16_model_computes_in_float32_on_cpu(model_dir, clt):
     assert err_auto < 1e-5 * f64.adjacency.abs().max() < err_bf16
 
 
-def test_fast_partial_influence_equals_the_reference():
+def _influence_step_by_step(rows, logit_probs, row_nodes, n_sources):
+    """The definition: propagate the weights through the whole normalised rows, step by step."""
+    A = normalize_rows(rows)
+    weight = torch.zeros(len(rows))
+    weight[: len(logit_probs)] = logit_probs
+    is_feature = row_nodes < n_sources
+    total = torch.zeros(n_sources)
+    for _ in range(len(rows) + 1):
+        step = weight @ A
+        if not step.any():
+            return total
+        total += step
+        weight = torch.zeros(len(rows))
+        weight[is_feature] = step[row_nodes[is_feature]]
+    raise AssertionError("no convergence")
+
+
+def test_partial_influence_equals_the_step_by_step_definition():
     gen = torch.Generator().manual_seed(1)
     n_sources, n_logits = 40, 3
     feature_nodes = torch.randperm(30, generator=gen)[:12]
@@ -104,6 +116,8 @@ def test_fast_partial_influence_equals_the_reference():
     rows[n_logits:, feature_nodes] *= (order[None, :] < order[:, None]).float()
     row_nodes = torch.cat([torch.arange(n_logits) + n_sources, feature_nodes])
     probs = torch.tensor([0.5, 0.3, 0.2])
-    ref = partial_influence(rows, probs, row_nodes, n_sources)
-    ours = partial_influence_fast(rows, rows.abs().sum(1), probs, row_nodes, n_sources, chunk=7)
+    ref = _influence_step_by_step(rows, probs, row_nodes, n_sources)
+    assert (ref[feature_nodes] > 0).sum() > 3
+    torch.testing.assert_close(partial_influence(rows, probs, row_nodes, n_sources, chunk=7), ref)
+    ours = partial_influence(rows, probs, row_nodes, n_sources, rows.abs().sum(1))
     torch.testing.assert_close(ours, ref)

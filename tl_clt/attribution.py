@@ -20,19 +20,13 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
-from transformer_lens.hook_points import HookPoint
 
 from tl_clt.clt import CrossLayerTranscoder
+from tl_clt.frozen import PromptState, all_activations, clean_pass, freeze_hooks
 from tl_clt.graph import AttributionGraph
-from tl_clt.hooks import (
-    capture_hooks,
-    check_compatible,
-    input_hook_name,
-    output_hook_name,
-    preserve,
-)
-from tl_clt.prompts import Prompt, to_tokens
+from tl_clt.hooks import check_compatible, preserve
+from tl_clt.influence import partial_influence
+from tl_clt.prompts import SINK_POS, Prompt, tokens_after_sink
 from tl_clt.transpose import (
     DecoderRows,
     EdgeRows,
@@ -43,51 +37,10 @@ from tl_clt.transpose import (
     reconstruction,
 )
 
-FROZEN_SUFFIXES = ("ln1.hook_scale", "ln2.hook_scale", "attn.hook_pattern")
-
-
-@dataclass
-class PromptState:
-    """What one clean forward pass tells us about a prompt."""
-
-    tokens: Int[Tensor, " pos"]
-    logits: Float[Tensor, "pos d_vocab"]
-    mlp_in: Float[Tensor, "n_layers pos d_model"]
-    mlp_out: Float[Tensor, "n_layers pos d_model"]
-    frozen: dict[str, Tensor]  # hook name -> norm scale or attention pattern of the clean pass
-    final_scale: Float[Tensor, "pos 1"]
-
-
-def clean_pass(model: HookedTransformer, clt: CrossLayerTranscoder, tokens: Tensor) -> PromptState:
-    """One no-grad forward pass caching CLT inputs, MLP outputs, norm scales and patterns."""
-    store: dict[str, list] = {}
-    frozen: dict[str, Tensor] = {}
-
-    def save(tensor: Tensor, *, hook: HookPoint) -> Tensor:
-        frozen[hook.name] = tensor.detach()
-        return tensor
-
-    names = [n for n in model.hook_dict if n.endswith(FROZEN_SUFFIXES)] + ["ln_final.hook_scale"]
-    hooks = capture_hooks(model, clt, store) + [(n, save) for n in names]
-    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-        logits = model(tokens[None])
-    return PromptState(
-        tokens=tokens,
-        logits=logits[0],
-        mlp_in=torch.cat(store["mlp_in"]),
-        mlp_out=torch.cat(store["mlp_out"]),
-        frozen={n: t for n, t in frozen.items() if n != "ln_final.hook_scale"},
-        final_scale=frozen["ln_final.hook_scale"][0],
-    )
-
-
-def freeze_hooks(frozen: dict[str, Tensor]) -> list:
-    """Forward hooks that replace norm scales and attention patterns by their clean-pass values."""
-
-    def hook_fn(tensor: Tensor, *, hook: HookPoint) -> Tensor:
-        return frozen[hook.name].to(tensor.dtype).expand_as(tensor)
-
-    return [(name, hook_fn) for name in frozen]
+DEFAULT_MAX_N_LOGITS = 10
+DEFAULT_DESIRED_LOGIT_PROB = 0.95
+DEFAULT_BATCH_SIZE = 64
+DEFAULT_UPDATE_INTERVAL = 4
 
 
 @dataclass
@@ -100,8 +53,8 @@ class ActiveFeatures:
 
 
 def find_active_features(clt: CrossLayerTranscoder, state: PromptState) -> ActiveFeatures:
-    acts = torch.stack([clt.encode(state.mlp_in[k], k) for k in range(clt.n_layers)])
-    acts[:, 0] = 0  # the attention sink is not explained by features
+    acts = all_activations(clt, state.mlp_in)
+    acts[:, SINK_POS] = 0  # the attention sink is not explained by features
     index = acts.nonzero()
     values = acts[index[:, 0], index[:, 1], index[:, 2]]
     return ActiveFeatures(index, values, clt.decode(acts))
@@ -112,18 +65,19 @@ class LinearReplacement:
 
     def __init__(
         self,
-        model: HookedTransformer,
+        model,
         clt: CrossLayerTranscoder,
         state: PromptState,
         active: ActiveFeatures,
         batch_size: int,
     ):
         self.model, self.clt, self.state, self.active = model, clt, state, active
+        self.model_sites = state.sites  # where things are on the model (tl_clt.sites)
         self.n_layers, self.n_pos = clt.n_layers, len(state.tokens)
         self.batch_size = batch_size
         self.n_backward = 0
         self.errors = state.mlp_out - active.reconstruction
-        self.errors[:, 0] = 0
+        self.errors[:, SINK_POS] = 0
         self.embed: Tensor | None = None
         self.mlp_out: list[Tensor | None] = [None] * self.n_layers
         self.sites: list[Tensor | None] = [None] * (self.n_layers + 1)
@@ -132,47 +86,51 @@ class LinearReplacement:
 
     # ---------------------------------------------------------------- forward
     def _hooks(self) -> list:
-        def embed_hook(tensor: Tensor, *, hook: HookPoint) -> Tensor:
+        def embed_hook(tensor: Tensor, *, hook) -> Tensor:
             self.embed = tensor.detach().requires_grad_(True)
             return self.embed
 
         def leaf_hook(layer: int):
-            def fn(tensor: Tensor, *, hook: HookPoint) -> Tensor:
+            def fn(tensor: Tensor, *, hook) -> Tensor:
                 self.mlp_out[layer] = tensor.detach().requires_grad_(True)
                 return self.mlp_out[layer]
 
             return fn
 
         def site_hook(layer: int):
-            def fn(tensor: Tensor, *, hook: HookPoint) -> Tensor:
+            def fn(tensor: Tensor, *, hook) -> Tensor:
                 self.sites[layer] = tensor
                 return tensor
 
             return fn
 
-        hooks = [("hook_embed", embed_hook)] + freeze_hooks(self.state.frozen)
+        sites, input_hook = self.model_sites, self.clt.feature_input_hook
+        hooks = [(sites.embed, embed_hook)] + freeze_hooks(self.state.frozen)
         for layer in range(self.n_layers):
-            hooks.append((output_hook_name(layer), leaf_hook(layer)))
-            hooks.append((input_hook_name(self.clt, layer), site_hook(layer)))
+            hooks.append((sites.mlp_out_hook(layer), leaf_hook(layer)))
+            hooks.append((sites.clt_input_hook(input_hook, layer), site_hook(layer)))
         return hooks
 
     def run_forward(self) -> None:
         """Build the autograd graph of the frozen model (batch 1; rows are vmapped over it)."""
         with torch.enable_grad(), self.model.hooks(fwd_hooks=self._hooks()):
-            resid = self.model(self.state.tokens[None], stop_at_layer=self.n_layers)
+            resid = self.model_sites.forward_to(self.model, self.state.tokens[None], self.n_layers)
         self.sites[self.n_layers] = resid
 
     # ---------------------------------------------------------------- read-out vectors
     def feature_readout(self, layer: Tensor, feature: Tensor) -> Float[Tensor, "n d_model"]:
         """Vectors that, injected at the features' sites, give their pre-activations' gradients."""
         W = self.clt.W_enc[layer, feature].to(self.embed.dtype)
-        if self.clt.feature_input_hook == "mlp.hook_in":
-            W = W * torch.stack([self.model.blocks[int(k)].ln2.w for k in layer]).to(W.dtype)
+        sites = self.model_sites
+        if sites.clt_input(self.clt.feature_input_hook).times_ln2_weight:
+            ln2 = [sites.weight(self.model, sites.ln2_weight, int(k)) for k in layer]
+            W = W * torch.stack(ln2).to(W.dtype)
         return W.detach()
 
     def logit_readout(self, directions: Float[Tensor, "n d_model"]) -> Float[Tensor, "n d_model"]:
         """Logit directions pulled back through the frozen final norm at the last position."""
-        w = self.model.ln_final.w / self.state.final_scale[-1]
+        norm_weight = self.model_sites.weight(self.model, self.model_sites.final_norm_weight)
+        w = norm_weight / self.state.final_scale[-1]
         return (directions * w).to(self.embed.dtype).detach()
 
     # ---------------------------------------------------------------- backward
@@ -306,14 +264,15 @@ def _check_args(max_n_logits, desired_logit_prob, max_feature_nodes, batch_size,
 
 
 def attribute(
-    model: HookedTransformer,
+    model,
     clt: CrossLayerTranscoder,
     prompt: Prompt,
-    max_n_logits: int = 10,
-    desired_logit_prob: float = 0.95,
+    *,
+    max_n_logits: int = DEFAULT_MAX_N_LOGITS,
+    desired_logit_prob: float = DEFAULT_DESIRED_LOGIT_PROB,
     max_feature_nodes: int | None = None,
-    batch_size: int = 64,
-    update_interval: int = 4,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    update_interval: int = DEFAULT_UPDATE_INTERVAL,
     verbose: bool = True,
     compute_dtype: torch.dtype | None = None,
     decoder_cache_bytes: int | None = None,
@@ -330,16 +289,16 @@ def attribute(
     memory)); layers beyond it are read again from the CLT files when used.
     """
     _check_args(max_n_logits, desired_logit_prob, max_feature_nodes, batch_size, update_interval)
-    check_compatible(model, clt)
-    tokens = to_tokens(model, prompt)
-    if len(tokens) < 2:
-        raise ValueError(
-            "The prompt is only the attention-sink token; attribution needs at least one real token "
-            "after it (features and errors at position 0 are left out of graphs)."
-        )
+    sites = check_compatible(model, clt)
+    tokens = tokens_after_sink(
+        model,
+        prompt,
+        needed_for="attribution needs at least one real token after it (features and errors at "
+        "position 0 are left out of graphs).",
+    )
     clock = [time.perf_counter()]
     with preserve(model):
-        state = clean_pass(model, clt, tokens)
+        state = clean_pass(model, clt, tokens, sites)
         rows = FrozenRows(model, clt, state, batch_size, compute_dtype, decoder_cache_bytes)
         clock.append(time.perf_counter())
         graph = _build_graph(
@@ -367,8 +326,9 @@ class FrozenRows:
     """One prompt's frozen local replacement model as edge rows (`tl_clt.transpose`, no autograd).
 
     Reads the active features' decoder rows once (for the reconstruction and every row after it), builds
-    the transposed model from W_V, W_O, ln1.w and the clean pass's patterns and scales, and turns
-    feature / logit targets into read-out vectors on the residual stream.
+    the transposed model from W_V, W_O, ln1's weight and the clean pass's patterns and scales (all found
+    through the model's `Sites`), and turns feature / logit targets into read-out vectors on the residual
+    stream.
     """
 
     def __init__(self, model, clt, state: PromptState, batch_size, compute_dtype, decoder_cache_bytes):
@@ -378,9 +338,10 @@ class FrozenRows:
         self.n_layers, self.n_pos = clt.n_layers, len(state.tokens)
         self.batch_size = batch_size
         self.seconds_influence = 0.0
-        L, frozen = self.n_layers, state.frozen
-        acts = torch.stack([clt.encode(state.mlp_in[k], k) for k in range(L)])
-        acts[:, 0] = 0  # the attention sink is not explained by features
+        L, frozen, sites = self.n_layers, state.frozen, state.sites
+        self.sites = sites
+        acts = all_activations(clt, state.mlp_in)
+        acts[:, SINK_POS] = 0  # the attention sink is not explained by features
         index = acts.nonzero()
         values = acts[index[:, 0], index[:, 1], index[:, 2]]
         budget = default_decoder_cache_bytes(device) if decoder_cache_bytes is None else decoder_cache_bytes
@@ -389,23 +350,27 @@ class FrozenRows:
         del acts
         self.active = ActiveFeatures(index, values, recon)
         errors = state.mlp_out - recon
-        errors[:, 0] = 0
-        blocks = model.blocks
+        errors[:, SINK_POS] = 0
+
+        def per_layer(path: str) -> list[Tensor]:
+            return [sites.weight(model, path, j) for j in range(L)]
+
         transposed = TransposedModel.from_weights(
-            [b.attn._W_V if model.cfg.n_key_value_heads else b.attn.W_V for b in blocks],
-            [b.attn.W_O for b in blocks],
-            [b.ln1.w for b in blocks],
-            [frozen[f"blocks.{j}.ln1.hook_scale"][0] for j in range(L)],
-            [frozen[f"blocks.{j}.attn.hook_pattern"][0] for j in range(L)],
+            per_layer(sites.W_V),
+            per_layer(sites.W_O),
+            per_layer(sites.ln1_weight),
+            [frozen[sites.ln1_scale.format(layer=j)][0] for j in range(L)],
+            [frozen[sites.pattern.format(layer=j)][0] for j in range(L)],
             self.dtype,
         )
-        embed = model.W_E.detach()[state.tokens]
+        embed = sites.weight(model, sites.W_E).detach()[state.tokens]
         self.edges = EdgeRows(transposed, self.decoder, values, errors, embed, batch_size)
-        if clt.feature_input_hook == "hook_resid_mid":
-            self.site_factor = None
-        else:  # the site is ln2's normalized output: resid_mid / scale2
-            scale2 = torch.stack([frozen[f"blocks.{j}.ln2.hook_scale"][0, :, 0] for j in range(L)])
+        self.input = sites.clt_input(clt.feature_input_hook)
+        if self.input.normalized:  # the CLT reads ln2's normalized value: resid_mid / scale2
+            scale2 = torch.stack([frozen[sites.ln2_scale.format(layer=j)][0, :, 0] for j in range(L)])
             self.site_factor = 1 / scale2.to(self.dtype)
+        else:  # the residual stream itself
+            self.site_factor = None
 
     @property
     def n_sources(self) -> int:
@@ -415,15 +380,17 @@ class FrozenRows:
         """Resid-mid vectors whose dot product with the residual stream is the features' pre-activations
         (frozen ln2)."""
         W = self.clt.W_enc[layer, feature].to(self.dtype)
-        if self.clt.feature_input_hook == "mlp.hook_in":
-            W = W * torch.stack([self.model.blocks[int(k)].ln2.w for k in layer]).to(self.dtype)
+        if self.input.times_ln2_weight:
+            ln2 = [self.sites.weight(self.model, self.sites.ln2_weight, int(k)) for k in layer]
+            W = W * torch.stack(ln2).to(self.dtype)
         if self.site_factor is not None:
             W = W * self.site_factor[layer, pos, None]
         return W.detach()
 
     def logit_readout(self, directions: Float[Tensor, "n d_model"]) -> Float[Tensor, "n d_model"]:
         """Logit directions pulled back through the frozen final norm at the last position."""
-        w = self.model.ln_final.w / self.state.final_scale[-1]
+        norm_weight = self.sites.weight(self.model, self.sites.final_norm_weight)
+        w = norm_weight / self.state.final_scale[-1]
         return (directions * w).to(self.dtype).detach()
 
     def feature_rows(self, chunk: Tensor, out: Tensor) -> None:
@@ -438,47 +405,9 @@ class FrozenRows:
 
     def influence(self, rows: Tensor, abs_sums: Tensor, logit_probs: Tensor, row_nodes: Tensor) -> Tensor:
         t0 = time.perf_counter()
-        infl = partial_influence_fast(rows, abs_sums, logit_probs, row_nodes, self.n_sources)
+        infl = partial_influence(rows, logit_probs, row_nodes, self.n_sources, abs_sums)
         self.seconds_influence += time.perf_counter() - t0
         return infl
-
-
-def partial_influence_fast(
-    rows: Float[Tensor, "r n_sources"],
-    abs_sums: Float[Tensor, " r"],
-    logit_probs: Float[Tensor, " t"],
-    row_nodes: Int[Tensor, " r"],
-    n_sources: int,
-    chunk: int = 1 << 14,
-) -> Float[Tensor, " n_sources"]:
-    """`graph.partial_influence` without materialising the normalised rows: the weights are propagated
-    through the rows' columns at row nodes only ([r, r]), and the total weight meets |rows| once.
-
-    With A = |rows| / abs_sums, influence = sum_t w_t A, w_0 = logit probabilities, w_{t+1} at the
-    feature rows = (w_t A)[their nodes]; the sum is (sum_t w_t) A.
-    """
-    r = len(rows)
-    is_feature = row_nodes < n_sources
-    feat = is_feature.nonzero().squeeze(-1)
-    inv = 1 / abs_sums.clamp(min=1e-10)
-    B = rows[:, row_nodes[feat]].abs() * inv[:, None]  # [r, r_features]
-    weight = torch.zeros(r, dtype=rows.dtype, device=rows.device)
-    weight[: len(logit_probs)] = logit_probs.to(rows.dtype)
-    acc = torch.zeros_like(weight)
-    for _ in range(r + 1):
-        acc += weight
-        step = weight @ B
-        if not step.any():
-            break
-        weight = torch.zeros_like(weight)
-        weight[feat] = step
-    else:
-        raise RuntimeError("Influence did not converge: the partial graph has a cycle.")
-    w = acc * inv
-    total = torch.empty(n_sources, dtype=rows.dtype, device=rows.device)
-    for c in range(0, n_sources, chunk):
-        total[c : c + chunk] = w @ rows[:, c : c + chunk].abs()
-    return total
 
 
 def _build_graph(
@@ -494,7 +423,7 @@ def _build_graph(
     state, active = lin.state, lin.active
     n_active, B, L = len(active.values), lin.batch_size, clt.n_layers
     logit_ids, logit_probs = logit_targets(state.logits[-1], max_n_logits, desired_logit_prob)
-    W_U = model.W_U.detach()
+    W_U = lin.sites.weight(model, lin.sites.W_U).detach()
     directions = (W_U[:, logit_ids] - W_U.mean(1, keepdim=True)).T
     n_logits = len(logit_ids)
     n_wanted = n_active if max_feature_nodes is None else min(max_feature_nodes, n_active)

@@ -2,7 +2,7 @@
 
 One file per graph: `{"metadata", "qParams", "nodes", "links"}`, the format circuit-tracer's
 `create_graph_files` writes (schema: `tl_clt/schemas/graph.schema.json`). A folder the frontend can
-serve holds `<slug>.json` files and a `graph-metadata.json` listing them (`write_graph_folder`).
+serve holds `<slug>.json` files and a `graph-metadata.json` listing them (`tl_clt.frontend`).
 
 Node ids, as the frontend and Neuronpedia expect them (layers count from 0, `pos` is the token
 position, `L` = number of layers):
@@ -33,6 +33,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from tl_clt.influence import EDGE_THRESHOLD, NODE_THRESHOLD
+from tl_clt.nodes import Node, NodeLike, node_id
+from tl_clt.version import __version__
+
 if TYPE_CHECKING:
     from tl_clt.graph import AttributionGraph
 
@@ -54,14 +58,7 @@ def cantor_pair(x: int, y: int) -> int:
 
 def frontend_node_id(info: dict, n_layers: int) -> str:
     """The frontend's node_id for a node described by `AttributionGraph.node_info`."""
-    kind, pos = info["kind"], info["pos"]
-    if kind == "feature":
-        return f"{info['layer']}_{info['feature']}_{pos}"
-    if kind == "error":
-        return f"{info['layer']}_-1_{pos}"
-    if kind == "token":
-        return f"E_{info['token_id']}_{pos}"
-    return f"{n_layers + 1}_{info['token_id']}_{pos}"
+    return Node.from_info(info).json_id(n_layers=n_layers)
 
 
 def cumulative_influence(influence: Float[Tensor, " n"]) -> Float[Tensor, " n"]:
@@ -142,7 +139,7 @@ def graph_nodes_and_links(graph: AttributionGraph) -> tuple[list[dict], list[dic
     """
     influence = graph.influence if graph.influence is not None else graph.node_influence()
     cum = cumulative_influence(influence).tolist()
-    present = graph._present()
+    present = graph.present_mask()
     targets, sources = graph.adjacency.nonzero(as_tuple=True)
     keep_edge = present[targets] & present[sources]
     targets, sources = targets[keep_edge], sources[keep_edge]
@@ -165,32 +162,40 @@ def graph_nodes_and_links(graph: AttributionGraph) -> tuple[list[dict], list[dic
     return list(records.values()), links, ids
 
 
+def exported_id(node: NodeLike, ids: Mapping[str, str], n_layers: int, where: str) -> str:
+    """The JSON id of a node given in any spelling (`tl_clt.nodes`), if the export `ids` hold it."""
+    try:
+        ours = node_id(node, n_layers=n_layers)
+    except (TypeError, ValueError):
+        ours = None
+    if ours not in ids:
+        raise KeyError(
+            f"{where}: node {node!r} is not in the exported graph (after pruning). Use our node "
+            "ids (e.g. 'F:12:5:847', 'E:3:5', 'T:2', 'L:1234') of nodes the pruned graph keeps."
+        )
+    return ids[ours]
+
+
 def _q_params(
     ids: dict[str, str],
-    supernodes: Mapping[str, Iterable[str]] | None,
-    pinned_ids: Iterable[str] | None,
-    clicked_id: str | None,
+    n_layers: int,
+    supernodes: Mapping[str, Iterable[NodeLike]] | None,
+    pinned_ids: Iterable[NodeLike] | None,
+    clicked_id: NodeLike | None,
 ) -> dict:
     """qParams; supernodes as `[label, member, ...]`, members pinned (the subgraph shows pins)."""
 
-    def convert(node_id: str, where: str) -> str:
-        if node_id in ids:
-            return ids[node_id]
-        if node_id in ids.values():
-            return node_id
-        raise KeyError(
-            f"{where}: node {node_id!r} is not in the exported graph (after pruning). Use our node "
-            "ids (e.g. 'F:12:5:847', 'E:3:5', 'T:2', 'L:1234') of nodes the pruned graph keeps."
-        )
+    def convert(node: NodeLike, where: str) -> str:
+        return exported_id(node, ids, n_layers, where)
 
     groups = [
         [name] + [convert(m, f"supernode {name!r}") for m in members]
         for name, members in (supernodes or {}).items()
     ]
     pinned: list[str] = []
-    for node_id in [convert(p, "pinned_ids") for p in pinned_ids or []] + [m for g in groups for m in g[1:]]:
-        if node_id not in pinned:
-            pinned.append(node_id)
+    for json_id in [convert(p, "pinned_ids") for p in pinned_ids or []] + [m for g in groups for m in g[1:]]:
+        if json_id not in pinned:
+            pinned.append(json_id)
     clicked = convert(clicked_id, "clicked_id") if clicked_id else ""
     return {"pinnedIds": pinned, "supernodes": groups, "linkType": "both", "clickedId": clicked, "sg_pos": ""}
 
@@ -200,20 +205,21 @@ def graph_to_dict(
     graph: AttributionGraph,
     slug: str,
     *,
-    node_threshold: float = 0.8,
-    edge_threshold: float = 0.98,
+    node_threshold: float = NODE_THRESHOLD,
+    edge_threshold: float = EDGE_THRESHOLD,
     scan: str | None = None,
     prompt: str | None = None,
-    supernodes: Mapping[str, Iterable[str]] | None = None,
-    pinned_ids: Iterable[str] | None = None,
-    clicked_id: str | None = None,
-    clerps: Mapping[str, str] | None = None,
+    supernodes: Mapping[str, Iterable[NodeLike]] | None = None,
+    pinned_ids: Iterable[NodeLike] | None = None,
+    clicked_id: NodeLike | None = None,
+    clerps: Mapping[NodeLike, str] | None = None,
     extra_metadata: Mapping[str, Any] | None = None,
 ) -> dict:
     """The frontend's graph dict of `graph`, pruned by `graph.prune` unless it already is.
 
-    `supernodes` maps a group name to our node ids (`"F:12:5:847"`, ...); `clerps` maps our node ids
-    to labels; `scan` names the model (Neuronpedia reads it as the model id; default the graph's
+    `supernodes` maps a group name to nodes (`"F:12:5:847"`, a JSON id, a (layer, pos, feature)
+    tuple: any spelling of `tl_clt.nodes`); `clerps` maps nodes to labels;
+    `scan` names the model (Neuronpedia reads it as the model id; default the graph's
     model name); `extra_metadata` is merged into `metadata`.
     """
     check_slug(slug)
@@ -222,10 +228,8 @@ def graph_to_dict(
     pruned = _pruned(graph, node_threshold, edge_threshold)
     nodes, links, ids = graph_nodes_and_links(pruned)
     by_id = {n["node_id"]: n for n in nodes}
-    for our_id, label in (clerps or {}).items():
-        if our_id not in ids:
-            raise KeyError(f"clerps: node {our_id!r} is not in the exported graph (after pruning).")
-        by_id[ids[our_id]]["clerp"] = str(label)
+    for node, label in (clerps or {}).items():
+        by_id[exported_id(node, ids, graph.n_layers, "clerps")]["clerp"] = str(label)
     metadata = {
         "slug": slug,
         "scan": scan or _default_scan(graph),
@@ -241,7 +245,7 @@ def graph_to_dict(
         },
     }
     metadata.update(extra_metadata or {})
-    qparams = _q_params(ids, supernodes, pinned_ids, clicked_id)
+    qparams = _q_params(ids, graph.n_layers, supernodes, pinned_ids, clicked_id)
     return {"metadata": metadata, "qParams": qparams, "nodes": nodes, "links": links}
 
 
@@ -258,8 +262,6 @@ def _default_scan(graph: AttributionGraph) -> str:
 
 
 def _info(graph: AttributionGraph) -> dict:
-    from tl_clt import __version__
-
     return {
         "generator": {"name": "tl_clt", "version": __version__},
         "model": graph.model_name,
@@ -295,49 +297,6 @@ def add_to_metadata(entry: dict, out_dir: str | os.PathLike) -> Path:
     listing["graphs"] = [g for g in listing.get("graphs", []) if g.get("slug") != entry["slug"]]
     listing["graphs"].append(entry)
     return write_json(listing, path)
-
-
-def _load_source(item, slug: str | None, kwargs: dict) -> dict:
-    """A graph dict from an AttributionGraph, a saved graph (.pt) or an exported graph (.json)."""
-    from tl_clt.graph import AttributionGraph
-
-    if isinstance(item, AttributionGraph):
-        return graph_to_dict(item, slug or slugify("".join(item.token_strs)), **kwargs)
-    path = Path(item)
-    if not path.is_file():
-        raise FileNotFoundError(f"No graph file at {path}.")
-    if path.suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if slug:
-            data["metadata"]["slug"] = check_slug(slug)
-        return data
-    return graph_to_dict(AttributionGraph.load(path), slug or slugify(path.stem), **kwargs)
-
-
-def write_graph_folder(
-    graphs: Mapping[str, Any] | Iterable[Any], out_dir: str | os.PathLike, **kwargs
-) -> Path:
-    """A folder the circuit-tracer frontend serves: `<slug>.json` files + `graph-metadata.json`.
-
-    `graphs`: AttributionGraphs, `.pt` graph files or exported `.json` files, as a list (slugs from
-    the prompt / file name) or a dict slug -> graph. `kwargs` go to `graph_to_dict`. An existing
-    `graph-metadata.json` is updated. Serve it with circuit-tracer's
-    `circuit_tracer.frontend.local_server.serve(data_dir=out_dir)`.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    items = graphs.items() if isinstance(graphs, Mapping) else [(None, g) for g in graphs]
-    seen: set[str] = set()
-    for slug, item in items:
-        data = _load_source(item, slug, kwargs)
-        base, n = data["metadata"]["slug"], 2
-        while data["metadata"]["slug"] in seen:
-            data["metadata"]["slug"] = f"{base}-{n}"
-            n += 1
-        seen.add(data["metadata"]["slug"])
-        write_json(data, out_dir / f"{data['metadata']['slug']}.json")
-        add_to_metadata(metadata_entry(data), out_dir)
-    return out_dir
 
 
 # ------------------------------------------------------------------------ validation
