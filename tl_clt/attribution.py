@@ -356,7 +356,7 @@ class FrozenRows:
             return [sites.weight(model, path, j) for j in range(L)]
 
         transposed = TransposedModel.from_weights(
-            per_layer(sites.W_V),
+            [sites.first_weight(model, sites.W_V, j) for j in range(L)],
             per_layer(sites.W_O),
             per_layer(sites.ln1_weight),
             [frozen[sites.ln1_scale.format(layer=j)][0] for j in range(L)],

@@ -206,15 +206,20 @@ class CrossLayerTranscoder(torch.nn.Module):
         return self.activation_fn(self.pre_activations(x, layer), layer)
 
     def decoder_rows(
-        self, layer: int, features: Int[Tensor, " n"]
+        self, layer: int, features: Int[Tensor, " n"], *, compact: bool = False
     ) -> Float[Tensor, "n n_out_layers d_model"]:
-        """Decoder rows `W_dec_layer[features]`: what each feature writes to layers layer..n_layers-1."""
+        """Decoder rows `W_dec_layer[features]`: what each feature writes to layers layer..n_layers-1.
+
+        `compact=True`: the same values in the narrower of the on-disk dtype and the CLT's dtype (a bf16
+        file under a float32 CLT stays bf16: half the memory, exact once cast up)."""
         self.check_layer(layer)
         features = torch.as_tensor(features, dtype=torch.long)
         if features.numel() and (features.min() < 0 or features.max() >= self.n_features):
             raise IndexError(f"feature index out of range [0, {self.n_features}) at layer {layer}.")
         if self.lazy_decoder:
-            return self._W_dec[layer][features].to(self.device, self.dtype)
+            rows = self._W_dec[layer][features]
+            keep = compact and rows.element_size() < torch.finfo(self.dtype).bits // 8
+            return rows.to(self.device, rows.dtype if keep else self.dtype)
         return self._W_dec[layer][features.to(self.device)]
 
     def decode(self, acts: Float[Tensor, "n_layers ... n_features"]) -> Float[Tensor, "n_layers ... d_model"]:

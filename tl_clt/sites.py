@@ -63,7 +63,8 @@ class Sites:
     ln2_scale: str  # hook of block {layer}'s pre-MLP norm scale (one of frozen_scales)
     pattern: str  # hook of block {layer}'s attention pattern [batch, head, query, key]
     ln1_weight: str  # weight path of block {layer}'s pre-attention norm
-    W_V: str  # weight path of block {layer}'s value weights [n_kv_heads, d_model, d_head]
+    W_V: tuple[str, ...]  # weight paths of block {layer}'s value weights [n_kv_heads, d_model, d_head],
+    # the first the model has (`first_weight`)
     W_O: str  # weight path of block {layer}'s output weights [n_heads, d_head, d_model]
     W_E: str  # weight path of the token embedding [d_vocab, d_model] (the embedding hook's value is W_E[t])
     requires: Mapping[str, Any] = field(default_factory=dict)  # cfg attribute -> required value
@@ -91,6 +92,15 @@ class Sites:
     def weight(self, model, path: str, layer: int | None = None) -> Tensor:
         """The tensor at dotted attribute `path` (a field of this class, `{layer}` filled in)."""
         return operator.attrgetter(path.format(layer=layer))(model)
+
+    def first_weight(self, model, paths: tuple[str, ...], layer: int | None = None) -> Tensor:
+        """The tensor at the first of `paths` that the model has."""
+        for path in paths[:-1]:
+            try:
+                return self.weight(model, path, layer)
+            except AttributeError:
+                continue
+        return self.weight(model, paths[-1], layer)
 
     def to_clt_input(
         self, model, feature_input_hook: str, layer: int, value: Float[Tensor, "... d_model"]
@@ -131,7 +141,8 @@ HOOKED_TRANSFORMER_QWEN3 = Sites(
     ln2_scale="blocks.{layer}.ln2.hook_scale",
     pattern="blocks.{layer}.attn.hook_pattern",
     ln1_weight="blocks.{layer}.ln1.w",
-    W_V="blocks.{layer}.attn._W_V",  # grouped-query attention keeps one per KV head
+    # grouped-query attention keeps one per KV head in _W_V; plain attention (n_kv = n_heads) has W_V
+    W_V=("blocks.{layer}.attn._W_V", "blocks.{layer}.attn.W_V"),
     W_O="blocks.{layer}.attn.W_O",
     W_E="embed.W_E",
     requires={

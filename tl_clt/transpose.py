@@ -201,14 +201,11 @@ class DecoderRows:
     cached: dict[int, Tensor] = field(default_factory=dict)
     bytes_read: int = 0
 
-    def storage_dtype(self) -> torch.dtype:
-        return self.clt.dtype
-
     def read(self, lay: Layout) -> Float[Tensor, "u n_out d_model"]:
         """The unique features' rows of one layer, [u, n_layers - layer, d_model]."""
         if lay.layer in self.cached:
             return self.cached[lay.layer]
-        rows = self.clt.decoder_rows(lay.layer, lay.unique).to(self.device)
+        rows = self.clt.decoder_rows(lay.layer, lay.unique, compact=True).to(self.device)
         self.bytes_read += rows.numel() * rows.element_size()
         return rows
 
