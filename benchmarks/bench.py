@@ -77,6 +77,8 @@ def run_engine(engine: str, mdir: Path, cdir: Path, tokens: list[int], args, **o
     cmd = [python, str(script), "--model", str(mdir), "--clt", str(cdir)]
     cmd += ["--tokens", ",".join(map(str, tokens)), "--batch-size", str(args.batch_size)]
     cmd += ["--device", args.device]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
     cmd += ["--max-n-logits", str(args.max_n_logits), "--desired-logit-prob", str(args.desired_logit_prob)]
     cmd += ["--dtype", opts.get("dtype", args.dtype), "--repeats", str(opts.get("repeats", args.repeats))]
     if engine == "ours":
@@ -292,11 +294,14 @@ def _roofline(r: dict) -> dict:
     process and compute dtype, and time / (FLOPs / rate). circuit-tracer's ratio uses the FLOPs and rate
     of the tl_clt run of the same case (`_attach_flops`)."""
     if "row_flops" not in r or "times" not in r:
-        return {"GFLOP": "", "rate GFLOP/s": "", "ratio": ""}
+        return {"GFLOP": "", "rate GFLOP/s": "", "ratio": "", "CPU s": "", "CPU ratio": ""}
+    cpu = "cpu_times" in r and "matmul_rate_cpu" in r
     return {
         "GFLOP": f"{r['row_flops'] / 1e9:.1f}",
         "rate GFLOP/s": f"{r['matmul_rate'] / 1e9:.0f} {r.get('compute_dtype', '')}".strip(),
         "ratio": f"{min(r['times']) / (r['row_flops'] / r['matmul_rate']):.2f}",
+        "CPU s": f"{min(r['cpu_times']):.2f}" if "cpu_times" in r else "",
+        "CPU ratio": f"{min(r['cpu_times']) / (r['row_flops'] / r['matmul_rate_cpu']):.2f}" if cpu else "",
     }
 
 
@@ -308,6 +313,8 @@ def _attach_flops(results: list[dict]) -> None:
         if r.get("engine") == "ct" and key(r) in ours:
             r.setdefault("row_flops", ours[key(r)]["row_flops"])
             r.setdefault("matmul_rate", ours[key(r)]["matmul_rate"])
+            if "matmul_rate_cpu" in ours[key(r)]:
+                r.setdefault("matmul_rate_cpu", ours[key(r)]["matmul_rate_cpu"])
 
 
 def markdown(rows: list[dict]) -> str:
@@ -394,6 +401,7 @@ def main() -> None:
     ap.add_argument("--decoder-cache-gib", type=float, default=None, help="tl_clt decoder_cache_bytes in GiB")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (both engines)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads of both engines (0: default)")
     ap.add_argument(
         "--max-feature-nodes",
         default=None,

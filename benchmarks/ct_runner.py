@@ -246,6 +246,7 @@ def main() -> None:
             n_logits=len(logits),
             n_backward=counter[0],
             rss_after_load_mib=rss_loaded,
+            cpu_times=args.cpu_times,
         )
     )
 

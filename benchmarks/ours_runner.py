@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import time
 import warnings
 
 import torch
@@ -72,6 +73,7 @@ def main() -> None:
     graph, times = repeat_graphs(args, build)
     compute_dtype = DTYPES[graph.meta["compute_dtype"]]
     rate = matmul_rate(compute_dtype, device=args.device)  # after the graphs: same process, same load
+    cpu_rate = matmul_rate(compute_dtype, device=args.device, clock=time.process_time)
     if args.save_graph:
         save_graph(
             args.save_graph,
@@ -101,6 +103,8 @@ def main() -> None:
             compute_dtype=graph.meta["compute_dtype"],
             row_flops=graph.meta["row_flops"],
             matmul_rate=rate,
+            cpu_times=args.cpu_times,
+            matmul_rate_cpu=cpu_rate,
             roofline_s=graph.meta["row_flops"] / rate,
             seconds_gradients=graph.meta["seconds_gradients"],
             seconds_contract=graph.meta["seconds_contract"],

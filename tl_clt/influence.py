@@ -52,7 +52,7 @@ def partial_influence(
     row_nodes: Int[Tensor, " r"],
     n_sources: int,
     abs_sums: Float[Tensor, " r"] | None = None,
-    chunk: int = 1 << 14,
+    chunk: int = 4096,
 ) -> Float[Tensor, " n_sources"]:
     """Influence on the logits of every source, from the rows computed so far.
 

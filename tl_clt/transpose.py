@@ -268,6 +268,7 @@ class EdgeRows:
         batch_size: int,
         gradient_bytes: int = 1 << 30,
         out_dtype: torch.dtype = torch.float32,
+        block_bytes: int = 256 << 20,
     ):
         self.model, self.decoder = model, decoder
         self.dtype = model.dtype
@@ -279,6 +280,7 @@ class EdgeRows:
         self.n_active = len(activations)
         self.batch_size = batch_size
         self.gradient_bytes = gradient_bytes
+        self.block_bytes = block_bytes
         self.out_dtype = out_dtype
         self.stats = RowStats()
         self._dec_flops_per_pos = self._decoder_flops_table()
@@ -365,14 +367,13 @@ class EdgeRows:
     def _contract_features(self, batches: list, out: Tensor) -> None:
         """Feature columns: act_f * G[row, p_f, k_f:top] . W_dec_{k_f}[f, :top - k_f].
 
-        Per source layer, the decoder rows are cast once per sweep into a [positions, n_max, (top-k) d]
-        block (features of one position per slice, zero-padded), and every sub-batch is contracted with
-        it in one batched matmul over positions. Rows at or below the layer (a prefix: sub-batches are
-        sorted by site) are skipped; their positions after the sub-batch's last one too.
+        Per source layer, the decoder rows are cast once per sweep into [positions, n_max, (top-k) d]
+        blocks (features of one position per slice, zero-padded; at most `block_bytes` each), and every
+        sub-batch is contracted with a block in one batched matmul over positions. Rows at or below the
+        layer (a prefix: sub-batches are sorted by site) are skipped; positions after a sub-batch's last.
         """
         top_all = min(max(int(s[0]) for _, s, _, _ in batches), self.n_layers)
         p_all = max(int(q.max()) for _, _, q, _ in batches) + 1
-        d = self.d_model
         for lay in self.decoder.layouts:
             k = lay.layer
             if k >= top_all:
@@ -381,35 +382,36 @@ class EdgeRows:
             if not spans:
                 continue
             rows = self.decoder.read(lay)
-            pos = torch.tensor([sp[0] for sp in spans])
-            counts = torch.tensor([sp[2] for sp in spans])
-            n_max, n_entries = int(counts.max()), int(counts.sum())
-            # slot (position slice, i) of each entry; entries are ordered by position
-            slot_p = torch.repeat_interleave(torch.arange(len(spans)), counts)
-            slot_i = torch.arange(n_entries) - torch.repeat_interleave(
-                torch.cumsum(counts, 0) - counts, counts
-            )
-            block = rows.new_zeros(len(spans), n_max, top_all - k, d, dtype=self.dtype)
-            block[slot_p, slot_i] = rows[lay.inverse[:n_entries], : top_all - k].to(self.dtype)
-            block = block.view(len(spans), n_max, -1)
-            flat = (slot_p * n_max + slot_i).to(out.device)  # where each entry lands in a [P, n_max] result
-            acts = self.acts[lay.first : lay.first + n_entries]
-            cols = torch.arange(lay.first, lay.first + n_entries, device=out.device)
-            span_of_pos = torch.full((p_all,), -1, dtype=torch.long)
-            span_of_pos[pos] = torch.arange(len(spans))
-            for sub, s, q, G in batches:
-                m = int((s > k).sum())  # rows above layer k: a prefix
-                if m == 0:
-                    continue
-                t = min(int(s[0]), self.n_layers)
-                p_sub = int(q[:m].max()) + 1
-                n_sp = int((pos < p_sub).sum())  # spans at positions the sub-batch reaches
-                if n_sp == 0:
-                    continue
-                P_idx = pos[:n_sp].to(G.device)
-                A = G[:m, :, k:t].index_select(1, P_idx).transpose(0, 1).reshape(n_sp, m, -1)
-                W = block[:n_sp, :, : (t - k) * d]
-                res = torch.bmm(A, W.transpose(1, 2))  # [n_sp, m, n_max]
-                n_used = int(counts[:n_sp].sum())
-                vals = res.transpose(0, 1).reshape(m, -1)[:, flat[:n_used]] * acts[:n_used]
-                out[sub[:m, None], cols[None, :n_used]] = vals.to(out.dtype)
+            n_max = max(sp[2] for sp in spans)
+            per_span = n_max * (top_all - k) * self.d_model * torch.finfo(self.dtype).bits // 8
+            group = max(1, self.block_bytes // per_span)
+            for g0 in range(0, len(spans), group):
+                self._contract_block(lay, rows, spans[g0 : g0 + group], top_all, batches, out)
+
+    def _contract_block(self, lay: Layout, rows: Tensor, spans: list, top_all: int, batches, out) -> None:
+        k, d = lay.layer, self.d_model
+        pos = torch.tensor([sp[0] for sp in spans])
+        counts = torch.tensor([sp[2] for sp in spans])
+        e0 = spans[0][1]  # entries of these spans are consecutive, ordered by position
+        n_max, n_entries = int(counts.max()), int(counts.sum())
+        slot_p = torch.repeat_interleave(torch.arange(len(spans)), counts)
+        slot_i = torch.arange(n_entries) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        block = rows.new_zeros(len(spans), n_max, top_all - k, d, dtype=self.dtype)
+        block[slot_p, slot_i] = rows[lay.inverse[e0 : e0 + n_entries], : top_all - k].to(self.dtype)
+        block = block.view(len(spans), n_max, -1)
+        flat = (slot_p * n_max + slot_i).to(out.device)  # where each entry lands in a [P, n_max] result
+        acts = self.acts[lay.first + e0 : lay.first + e0 + n_entries]
+        cols = torch.arange(lay.first + e0, lay.first + e0 + n_entries, device=out.device)
+        for sub, s, q, G in batches:
+            m = int((s > k).sum())  # rows above layer k: a prefix
+            if m == 0:
+                continue
+            t = min(int(s[0]), self.n_layers)
+            n_sp = int((pos <= int(q[:m].max())).sum())  # spans at positions the sub-batch reaches
+            if n_sp == 0:
+                continue
+            A = G[:m, :, k:t].index_select(1, pos[:n_sp].to(G.device)).transpose(0, 1).reshape(n_sp, m, -1)
+            res = torch.bmm(A, block[:n_sp, :, : (t - k) * d].transpose(1, 2))  # [n_sp, m, n_max]
+            n_used = int(counts[:n_sp].sum())
+            vals = res.transpose(0, 1).reshape(m, -1)[:, flat[:n_used]] * acts[:n_used]
+            out[sub[:m, None], cols[None, :n_used]] = vals.to(out.dtype)
