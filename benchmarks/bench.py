@@ -257,12 +257,32 @@ def section_dtype(size, data, args, engines, results) -> None:
         _equality(size, f"{size} (bf16-exact weights), {dt}", f"-dtype-{dt}", args, results)
 
 
+def section_compute(size, data, args, engines, results) -> None:
+    """tl_clt's compute_dtype on a bf16 model (tiny, weights exact in bf16): edges vs the float64 graph."""
+    if size != "tiny" or "ours" not in engines:
+        return
+    mdir, cdir = sizes.bf16_weights_copy(data[0]), data[1]
+    toks = tokens_for(mdir, args.length)
+    n_layers = sizes.SIZES[size]["model"]["num_hidden_layers"]
+    ref_file = Path(args.root) / f"graph-{size}-compute-ref.pt"
+    run_engine("ours", mdir, cdir, toks, args, nodes=None, dtype="float64", save=ref_file, repeats=1)
+    ref = torch.load(ref_file)
+    for cdt in ("float64", "float32", "bfloat16"):
+        save = Path(args.root) / f"graph-{size}-compute-{cdt}.pt"
+        opts = dict(nodes=None, dtype="bfloat16", compute_dtype=cdt, save=save, repeats=args.repeats)
+        rec = run_engine("ours", mdir, cdir, toks, args, **opts)
+        if "error" not in rec:
+            rec.update({f"vs64_{k}": v for k, v in compare_graphs(torch.load(save), ref, n_layers).items()})
+        results.append(dict(section="compute", size=size, dtype="bfloat16", compute=cdt, **rec))
+
+
 SECTIONS = {
     "main": section_main,
     "equality": section_equality,
     "length": section_length,
     "nodes": section_nodes,
     "dtype": section_dtype,
+    "compute": section_compute,
 }
 
 
@@ -367,6 +387,21 @@ def tables(results: list[dict]) -> str:
     ]
     out += ["## dtypes (tiny): max |edge - float64 edge| over common nodes, relative to max |edge|"]
     out += [markdown(dt)]
+    comp = [
+        dict(
+            model="bfloat16",
+            compute_dtype=r["compute"],
+            time=_best(r),
+            same_active_as_f64=r.get("vs64_same_active", ""),
+            max_edge_diff_vs_f64=f"{r['vs64_max_abs_diff']:.2e}" if "vs64_max_abs_diff" in r else "",
+            relative=f"{r['vs64_rel_max_diff']:.2e}" if "vs64_rel_max_diff" in r else "",
+            **{f"rel from {k}": f"{v:.1e}" for k, v in r.get("vs64_rel_by_source", {}).items()},
+        )
+        for r in results
+        if r["section"] == "compute"
+    ]
+    out += ["## compute_dtype (tiny, bf16 model): max |edge - float64-model edge|, relative to max |edge|"]
+    out += [markdown(comp)]
     return "\n\n".join(x for x in out if x)
 
 
@@ -383,7 +418,7 @@ def machine() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="tiny,medium", help="comma list of tiny, medium, real, 1.7b")
-    ap.add_argument("--sections", default="main,equality,length,nodes,dtype")
+    ap.add_argument("--sections", default="main,equality,length,nodes,dtype,compute")
     ap.add_argument("--engines", default="ours,ct", help="ours, ct or both")
     ap.add_argument("--repeats", type=int, default=3, help="graphs per process (best of N)")
     ap.add_argument("--rounds", type=int, default=2, help="fresh processes per engine, interleaved")
