@@ -121,3 +121,23 @@ def test_write_graph_folder_writes_nothing_when_one_input_is_bad(graph, tmp_path
     with pytest.raises(ValueError, match="is not a graph JSON file"):
         tl_clt.write_graph_folder([graph, tmp_path / "bad.json"], tmp_path / "site")
     assert not (tmp_path / "site").exists()
+
+
+def test_every_writer_in_the_package_goes_through_files():
+    """No module but tl_clt/files.py writes a file itself (`save_pretrained` of transformers aside)."""
+    import re
+    from pathlib import Path
+
+    direct = re.compile(
+        r"(?<!files)\.write_(text|bytes)\(|\bopen\([^)]*[\"'][wax]b?\+?[\"']|savefig\((?!f,)"
+        r"|(?<!safetensors\.)torch\.save\(|\bsave_file\(|\.mkstemp\("
+    )
+    package = Path(tl_clt.__file__).parent
+    found = [
+        f"{p.relative_to(package)}:{i}: {line.strip()}"
+        for p in sorted(package.rglob("*.py"))
+        if p.name != "files.py"
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if direct.search(line) and "os.devnull" not in line
+    ]
+    assert not found, found
