@@ -151,6 +151,7 @@ CLT_ERRORS = (ValueError, KeyError, FileNotFoundError, CLTFileChangedError)
 
 # ------------------------------------------------------------------------ the fuzz tests
 # (run with --hypothesis-show-statistics to see how often each reader read, or raised which error)
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch on flipped legacy files
 @pytest.mark.parametrize("name", ["g.pt", "legacy.pt"])
 @settings(**SETTINGS)
 @given(draw=st.data())

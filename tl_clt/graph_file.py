@@ -140,8 +140,8 @@ def _read_legacy(path: Path) -> dict:
     except pickle.UnpicklingError as err:  # an object other than tensors and plain containers
         raise ValueError(
             f"{path} is not a readable tl_clt graph file: it holds objects other than tensors and plain "
-            "containers, and tl_clt never unpickles those (they can run code). Do not load it with "
-            "torch.load(weights_only=False) unless you trust who made it."
+            "containers, and tl_clt never unpickles those (they can run code). Do not open it with "
+            "torch.load unless you trust whoever made it."
         ) from err
     except Exception as err:  # a truncated or corrupt zip, a bad pickle stream, ...
         raise ValueError(f"{path} {_UNREADABLE} ({type(err).__name__}: {err}).") from err
