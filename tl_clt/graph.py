@@ -11,8 +11,6 @@ Node ids in networkx: `"F:{layer}:{pos}:{feature}"`, `"E:{layer}:{pos}"`, `"T:{p
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
@@ -21,12 +19,11 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from tl_clt import graph_file
 from tl_clt import influence as influence_fns
 from tl_clt.influence import EDGE_THRESHOLD, NODE_THRESHOLD, GraphScores
 from tl_clt.nodes import Node
 from tl_clt.prompts import SINK_POS
-
-GRAPH_FORMAT = "tl_clt.AttributionGraph/1"
 
 
 @dataclass
@@ -191,13 +188,14 @@ class AttributionGraph:
         self,
         path: str | Path,
         slug: str | None = None,
-        node_threshold: float = NODE_THRESHOLD,
-        edge_threshold: float = EDGE_THRESHOLD,
+        node_threshold: float | None = None,
+        edge_threshold: float | None = None,
         **kwargs,
     ) -> Path:
         """Graph JSON for the circuit-tracer frontend / Neuronpedia (see `tl_clt.export`).
 
-        Prunes with `prune(node_threshold, edge_threshold)` unless this graph is already pruned.
+        Prunes with `prune(node_threshold, edge_threshold)` (default 0.8, 0.98) unless this graph is
+        already pruned; thresholds for an already pruned graph are refused (they would not be applied).
         """
         from tl_clt.export import to_json
 
@@ -212,42 +210,12 @@ class AttributionGraph:
         return plot_graph(self, path=path, **kwargs)
 
     def save(self, path: str | Path) -> None:
-        """Write the graph to `path` (a temp file renamed into place: a failed save leaves no file)."""
-        path = Path(path)
-        if not path.parent.is_dir():
-            raise FileNotFoundError(f"Cannot save to {path}: the folder {path.parent} does not exist.")
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save({"format": GRAPH_FORMAT, "graph": data}, f)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        """Write the graph to `path`: a safetensors file + JSON metadata, whatever the name (see
+        `tl_clt.graph_file`); atomic: a failed save leaves the old file, if any, and no partial file."""
+        graph_file.write(path, {f.name: getattr(self, f.name) for f in fields(self)})
 
     @classmethod
     def load(cls, path: str | Path) -> AttributionGraph:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"No graph file at {path}.")
-        try:
-            blob = torch.load(str(path), map_location="cpu", weights_only=False)
-        except Exception as err:
-            raise ValueError(f"{path} is not a readable tl_clt graph file ({err}).") from err
-        if not isinstance(blob, dict) or blob.get("format") != GRAPH_FORMAT:
-            found = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
-            raise ValueError(
-                f"{path} holds {found!r}, not a {GRAPH_FORMAT} graph; re-create it with this "
-                "version of tl_clt (tl_clt.attribute(...).save(path))."
-            )
-        data = blob.get("graph")
-        names = {f.name for f in fields(cls)}
+        """A graph written by `save`; never unpickles, and checks every field before building the graph."""
         required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
-        if not isinstance(data, dict) or set(data) - names or required - set(data):
-            got = sorted(data) if isinstance(data, dict) else type(data).__name__
-            raise ValueError(
-                f"{path} says {GRAPH_FORMAT} but its fields {got} are not this version's {sorted(names)}; "
-                "the file is corrupt or from another tl_clt version: re-create it with tl_clt.attribute."
-            )
-        return cls(**data)
+        return cls(**graph_file.read(path, {f.name for f in fields(cls)}, required))

@@ -15,6 +15,7 @@ import torch
 from safetensors import safe_open
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from tl_clt.checks import all_finite, float_dtype
 from tl_clt.paths import resolve_folder
 
 QWEN3_ARCH = "Qwen3ForCausalLM"
@@ -63,7 +64,7 @@ def qwen3_tl_config(
         n_key_value_heads=n_kv if n_kv != n_heads else None,
         d_mlp=hf["intermediate_size"],
         n_layers=hf["num_hidden_layers"],
-        n_ctx=n_ctx or min(max_pos, 2048),
+        n_ctx=n_ctx if n_ctx is not None else min(max_pos, 2048),
         eps=hf.get("rms_norm_eps", 1e-6),
         d_vocab=hf["vocab_size"],
         act_fn=hf.get("hidden_act", "silu"),
@@ -141,26 +142,83 @@ def qwen3_state_dict(
     return out
 
 
+def _check_n_ctx(n_ctx) -> None:
+    if n_ctx is None:
+        return
+    if isinstance(n_ctx, bool) or not isinstance(n_ctx, int):
+        raise TypeError(f"n_ctx must be an int (the context length in tokens) or None, got {n_ctx!r}.")
+    if n_ctx < 1:
+        raise ValueError(
+            f"n_ctx must be at least 1 (the context length in tokens), got {n_ctx}; "
+            "None gives min(max_position_embeddings, 2048)."
+        )
+
+
+def _check_tokenizer_files(folder: Path) -> None:
+    """FileNotFoundError naming the tokenizer files a Qwen3 folder lacks (else transformers quietly
+    builds a tokenizer with one token)."""
+    if (folder / "tokenizer.json").is_file():
+        return
+    missing = [n for n in ("vocab.json", "merges.txt") if not (folder / n).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{folder} has no tokenizer: load_qwen3 reads tokenizer.json (or vocab.json + merges.txt) from "
+            f"the checkpoint folder; missing: tokenizer.json, {', '.join(missing)}. Copy them from the "
+            "original checkpoint (e.g. Qwen/Qwen3-1.7B-Base)."
+        )
+
+
+def _check_weights(
+    weights: dict[str, torch.Tensor], folder: Path, *, dtype: torch.dtype | None = None
+) -> None:
+    """ValueError naming the first weight that is not floating point or holds NaN/inf (with `dtype`:
+    after conversion to it, i.e. too large for it)."""
+    for name, t in weights.items():
+        if not t.is_floating_point():
+            raise ValueError(
+                f"{folder}: the checkpoint weight {name} has dtype {t.dtype}, not a float dtype."
+            )
+        if not all_finite(t):
+            if dtype is not None:
+                raise ValueError(
+                    f"{folder}: {name} has values too large for dtype={dtype}; load the model in a wider "
+                    "dtype (torch.float32 or torch.bfloat16)."
+                )
+            raise ValueError(
+                f"{folder}: the checkpoint weight {name} contains NaN or inf; the checkpoint is corrupt "
+                "(re-download it)."
+            )
+
+
 def load_qwen3(
     name_or_path: str | os.PathLike,
     *,
     device: str | torch.device | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     n_ctx: int | None = None,
 ) -> HookedTransformer:
     """Any Qwen3ForCausalLM checkpoint (local folder or hub id) -> HookedTransformer, norms unfolded.
 
-    The tokenizer comes from the same folder/id. `n_ctx` defaults to min(max_position_embeddings,
-    2048) (TransformerLens keeps rotary tables of that length in every layer).
+    The tokenizer comes from the same folder/id. `dtype` is a torch float dtype or its name
+    ("float32", "bfloat16", ...). `n_ctx` defaults to min(max_position_embeddings, 2048)
+    (TransformerLens keeps rotary tables of that length in every layer). Every weight is checked
+    finite at load (a NaN is named here, not blamed on a graph later).
     """
+    dtype = float_dtype(dtype)
+    _check_n_ctx(n_ctx)
     folder = resolve_folder(name_or_path, _HUB_PATTERNS)
     hf = read_hf_config(folder)
+    _check_tokenizer_files(folder)
     device = str(device) if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
     cfg = qwen3_tl_config(hf, dtype=dtype, device=device, n_ctx=n_ctx, model_name=str(name_or_path))
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    state_dict = qwen3_state_dict(_read_hf_weights(folder), cfg)
+    hf_weights = _read_hf_weights(folder)
+    _check_weights(hf_weights, folder)
+    state_dict = qwen3_state_dict(hf_weights, cfg)
+    if dtype == torch.float16:  # the one float dtype with a narrower range than the checkpoint's
+        _check_weights(state_dict, folder, dtype=dtype)
     model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
     missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
     if unexpected or any(not k.endswith(_NON_WEIGHT_KEYS) for k in missing):

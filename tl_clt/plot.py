@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
+from tl_clt import files
 from tl_clt.influence import EDGE_THRESHOLD, NODE_THRESHOLD
 from tl_clt.nodes import parse_node
 
@@ -386,8 +387,9 @@ def plot_graph(
 
     `max_edges` keeps the strongest edges (None: all); `label_features` writes feature indices
     under their markers; `path` saves the picture (PNG, SVG, PDF, ... by extension); `ax` draws
-    into existing axes.
+    into existing axes. The path is checked before anything is drawn; the picture is written atomically.
     """
+    picture_format = check_picture_path(path) if path is not None else None
     G = as_networkx(graph, node_threshold, edge_threshold)
     if G.number_of_nodes() == 0:
         raise ValueError("The graph has no nodes to draw.")
@@ -415,8 +417,23 @@ def plot_graph(
     prompt = _token_label("".join(tokens), 80)
     ax.set_title(title if title is not None else f"{prompt}\n{shown}", fontsize=9)
     if path is not None:
-        fig.savefig(path, dpi=dpi, bbox_inches="tight")
+        with files.atomic_write(path, what="picture") as f:
+            fig.savefig(f, format=picture_format, dpi=dpi, bbox_inches="tight")
     return fig
+
+
+def check_picture_path(path: str | os.PathLike) -> str:
+    """The matplotlib format of a picture path (from its extension), after checking that it can be
+    written; ValueError for an unknown extension, OSError naming the path for a bad folder."""
+    path = files.check_output_path(path, what="picture")
+    formats = _pyplot_free_figure((1, 1)).canvas.get_supported_filetypes()
+    suffix = path.suffix.lstrip(".").lower()
+    if suffix not in formats:
+        raise ValueError(
+            f"Cannot draw {path}: unknown picture type {path.suffix!r}; use one of "
+            f"{', '.join('.' + f for f in sorted(formats))}."
+        )
+    return suffix
 
 
 def node_marker_count(fig: Figure) -> int:

@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = func(args)
     except CLIError as err:
         args.parser.error(str(err))  # exits with status 2
-    except (FileNotFoundError, ValueError, IndexError, KeyError, NotImplementedError) as err:
+    except (OSError, ValueError, IndexError, KeyError, NotImplementedError) as err:
         print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
         return 1
     for line in results or []:

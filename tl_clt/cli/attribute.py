@@ -109,19 +109,41 @@ def add_attribute_parser(commands):
 
 
 # ------------------------------------------------------------------------ attribute
-def _check_picture_path(path: Path) -> None:
-    """Fail before the long computation when the picture cannot be written."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise CLIError('--png needs matplotlib: pip install "tl-clt[viz]"') from None
-    formats = Figure().canvas.get_supported_filetypes()
-    suffix = path.suffix.lstrip(".").lower()
-    if suffix not in formats:
-        raise CLIError(
-            f"--png {path}: unknown picture type {path.suffix!r}; use one of "
-            f"{', '.join('.' + f for f in sorted(formats))}"
-        )
+def _check_outputs(args) -> None:
+    """Every output path can be written (folders made as needed), before anything is computed."""
+    from tl_clt import files
+    from tl_clt.export import read_listing
+
+    outputs = {"-o": args.output, "--png": args.png, "--pt": args.pt}
+    outputs = {flag: path for flag, path in outputs.items() if path is not None}
+    if args.output.is_dir():
+        raise CLIError(f"-o {args.output}: that is a folder; name the graph file ({args.output}/graph.json?)")
+    if args.output.suffix.lower() != ".json":
+        raise CLIError(f"-o {args.output}: the graph file must end in .json")
+    resolved = [p.resolve() for p in outputs.values()]
+    if len(set(resolved)) < len(resolved):
+        raise CLIError(f"{' / '.join(outputs)}: two outputs name the same file; give each its own path")
+    for flag, path in outputs.items():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            files.check_output_path(path)
+        except OSError as err:
+            raise CLIError(f"{flag} {path}: {err}") from None
+    if args.png is not None:
+        try:
+            from tl_clt.plot import check_picture_path
+
+            check_picture_path(args.png)
+        except ImportError:
+            raise CLIError('--png needs matplotlib: pip install "tl-clt[viz]"') from None
+        except ValueError as err:
+            raise CLIError(f"--png {args.png}: {err}") from None
+    if args.folder is not None:
+        try:
+            files.check_output_folder(args.folder, what="frontend folder")
+            read_listing(args.folder)
+        except (OSError, ValueError) as err:
+            raise CLIError(f"--folder {args.folder}: {err}") from None
 
 
 def _prepare(args) -> None:
@@ -130,19 +152,13 @@ def _prepare(args) -> None:
         raise CLIError("--prompt is empty")
     check_local_path(args.model, "--model")
     check_local_path(args.clt, "--clt")
-    if args.output.suffix.lower() != ".json":
-        raise CLIError(f"-o {args.output}: the graph file must end in .json")
-    if args.png is not None:
-        _check_picture_path(args.png)
     from tl_clt.export import check_slug, slugify
 
     try:
         args.slug = check_slug(args.slug) if args.slug else slugify(args.output.stem)
     except ValueError as err:
         raise CLIError(f"--slug: {err}") from None
-    for path in (args.output, args.png, args.pt):
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+    _check_outputs(args)
 
 
 def run_attribute(args) -> list[Path]:
@@ -177,12 +193,11 @@ def _attribute(args) -> list[Path]:
         "max_feature_nodes": args.max_feature_nodes,
         "batch_size": args.batch_size,
     }
+    pruning = {"node_threshold": args.node_threshold, "edge_threshold": args.edge_threshold}
     options = dict(
-        node_threshold=args.node_threshold,
-        edge_threshold=args.edge_threshold,
         scan=args.scan,
         prompt=args.prompt,
-        extra_metadata={"generation_settings": settings},
+        extra_metadata={"generation_settings": settings, "pruning_settings": pruning},
     )
     written.append(pruned.to_json(args.output, slug=args.slug, **options))
     if args.folder is not None:

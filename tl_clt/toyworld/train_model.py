@@ -17,6 +17,7 @@ from jaxtyping import Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from tl_clt import files
 from tl_clt.prompts import to_tokens
 from tl_clt.synthetic import qwen3_config
 from tl_clt.toyworld.corpus import Fact
@@ -116,10 +117,10 @@ def make_portable(path: Path) -> None:
     """Patch config.json and tokenizer_config.json in `path` as `save_model` describes."""
     config = json.loads((path / "config.json").read_text())
     config.setdefault("rope_theta", config.get("rope_parameters", {}).get("rope_theta"))
-    (path / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    files.write_text(path / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
     tok_config = json.loads((path / "tokenizer_config.json").read_text())
     tok_config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    (path / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2) + "\n")
+    files.write_text(path / "tokenizer_config.json", json.dumps(tok_config, indent=2) + "\n")
 
 
 @torch.no_grad()
