@@ -449,6 +449,13 @@ def test_ray_two_workers_match_attribute(ray_cluster, model_dir, small_clt_dir, 
     assert not _wait_gone(pids)  # the engine stopped its workers
 
 
+def test_ray_more_workers_than_cpus_is_refused(ray_cluster, model_dir, small_clt_dir, tmp_path):
+    with pytest.raises(ValueError, match="3 CPU needed, 2 in the cluster"):
+        tl_clt.attribute_many(
+            str(model_dir), str(small_clt_dir), ["a"], tmp_path / "o", engine="ray", workers=3
+        )
+
+
 def test_ray_killed_worker_is_retried_elsewhere(ray_engine, model_dir, small_clt_dir, reference, tmp_path):
     out = tmp_path / "run"
     killed = []

@@ -192,7 +192,7 @@ class RayEngine:
         if not ray.is_initialized():
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
             self._started = True
-            self._check_resources()
+        self._check_resources()
 
     def _check_resources(self) -> None:
         have = self.ray.cluster_resources()

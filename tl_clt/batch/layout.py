@@ -110,14 +110,15 @@ class RunDir:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     # ---------------------------------------------------------------- settings
-    def check_settings(self, settings: dict, sources: dict) -> list[str]:
-        """Record `settings` (first run) or check them against the recorded ones (a rerun).
+    def check_settings(self, settings: dict, sources: dict, *, fresh: bool = False) -> list[str]:
+        """Record `settings` (first run, or `fresh`: nothing finished yet) or check them against the
+        recorded ones (a rerun).
 
         `settings` must match exactly (ValueError naming the differences); `sources` (model and CLT
         names) are compared loosely: returns a warning per difference (a path and a hub id may be the
         same checkpoint).
         """
-        if not self.settings.is_file():
+        if fresh or not self.settings.is_file():
             blob = {"format": RUN_FORMAT, "settings": settings, "sources": sources}
             text = json.dumps(blob, indent=2, allow_nan=False) + "\n"
             write_atomic(self.settings, lambda f: f.write(text.encode()))

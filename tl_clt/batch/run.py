@@ -94,15 +94,8 @@ def attribute_many(
             "scan": scan,
             "dtype": _dtype_name(model, dtype),
         }
-        for warning in run.check_settings(settings, {"model": source_name(model), "clt": source_name(clt)}):
-            warnings.warn(warning, stacklevel=2)
-        run.remove_temp_files()
-        manifest = Manifest(run.manifest)
-        manifest.repair()
-        finished = manifest.latest()
-        _check_same_prompts(items, finished, run)
-        skip = {DONE, FAILED} if not retry_failed else {DONE}
-        todo = [item for item in items if finished.get(item.id, {}).get("status") not in skip]
+        sources = {"model": source_name(model), "clt": source_name(clt)}
+        manifest, todo = _open_run(run, items, settings, sources, retry_failed)
         setup = Loader(model, clt, dtype=dtype, device=device, threads=runner.threads_per_worker)
         fn = AttributePrompt(str(run.root), options, save_graph=save_graphs, scan=scan)
         bar = tqdm(total=len(items), initial=len(items) - len(todo), desc="prompts", disable=not verbose)
@@ -110,14 +103,7 @@ def attribute_many(
         try:
             if todo:
                 with contextlib.closing(runner.map(setup, fn, todo)) as results:
-                    for result in results:
-                        record = _record(result)
-                        manifest.append(record)
-                        counts[record["status"]] += 1
-                        bar.update()
-                        bar.set_postfix(done=counts[DONE], failed=counts[FAILED], refresh=False)
-                        if on_record is not None:
-                            on_record(record)
+                    _write_records(results, manifest, bar, counts, on_record)
         finally:
             bar.close()
             run.remove_temp_files()
@@ -129,6 +115,33 @@ def attribute_many(
                     file=sys.stderr,
                 )
     return load_batch(run.root)
+
+
+def _write_records(results, manifest: Manifest, bar, counts: dict, on_record) -> None:
+    """Append each result's record to the manifest as it arrives (the moment its prompt counts as done)."""
+    for result in results:
+        record = _record(result)
+        manifest.append(record)
+        counts[record["status"]] += 1
+        bar.update()
+        bar.set_postfix(done=counts[DONE], failed=counts[FAILED], refresh=False)
+        if on_record is not None:
+            on_record(record)
+
+
+def _open_run(
+    run: RunDir, items: list[PromptItem], settings: dict, sources: dict, retry_failed: bool
+) -> tuple[Manifest, list[PromptItem]]:
+    """Check a rerun against the folder (options, prompts), clean up after a crash; the prompts to do."""
+    manifest = Manifest(run.manifest)
+    manifest.repair()
+    finished = manifest.latest()
+    for warning in run.check_settings(settings, sources, fresh=not finished):
+        warnings.warn(warning, stacklevel=3)
+    _check_same_prompts(items, finished, run)
+    run.remove_temp_files()
+    skip = {DONE} if retry_failed else {DONE, FAILED}
+    return manifest, [item for item in items if finished.get(item.id, {}).get("status") not in skip]
 
 
 def _check_sources(model, clt, engine, dtype, device) -> None:
