@@ -16,6 +16,7 @@ import os
 import pickle
 import re
 import shutil
+import sys
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -944,6 +945,95 @@ def case_model_nan_weight(c):
     folder = _model_copy(c)
     edit_file(folder, "model.safetensors", _poison("model.layers.1.mlp.up_proj.weight", (2, 3), math.nan))
     tl_clt.load_qwen3(folder)
+
+
+# ------------------------------------------------------------------------ batch runs
+def _many(c, prompts, out="run", **kwargs):
+    return tl_clt.attribute_many(
+        c.model, c.clt, prompts, c.tmp / out, max_n_logits=2, verbose=False, **kwargs
+    )
+
+
+def case_batch_ray_missing(c):
+    saved = sys.modules.get("ray")
+    sys.modules["ray"] = None  # `import ray` raises ImportError
+    try:
+        tl_clt.attribute_many(str(c.model_dir), str(c.clt_src), ["a"], c.tmp / "run", engine="ray")
+    finally:
+        sys.modules.pop("ray")
+        if saved is not None:
+            sys.modules["ray"] = saved
+
+
+def case_batch_loaded_model_on_ray(c):
+    tl_clt.attribute_many(c.model, str(c.clt_src), ["a"], c.tmp / "run", engine="ray")
+
+
+def case_batch_local_workers(c):
+    _many(c, ["a"], workers=2)
+
+
+def case_batch_unknown_engine(c):
+    _many(c, ["a"], engine="dask")
+
+
+def case_batch_prompts_missing(c):
+    _many(c, c.tmp / "no-such-prompts.txt")
+
+
+def _jsonl(c, text: str):
+    path = c.tmp / "prompts.jsonl"
+    path.write_text(text)
+    return path
+
+
+def case_batch_jsonl_not_json(c):
+    _many(c, _jsonl(c, '{"prompt": "a"}\n{prompt: b}\n'))
+
+
+def case_batch_jsonl_no_prompt(c):
+    _many(c, _jsonl(c, '{"id": "a", "text": "a"}\n'))
+
+
+def case_batch_reserved_field(c):
+    _many(c, _jsonl(c, '{"id": "a", "prompt": "a", "status": "new"}\n'))
+
+
+def case_batch_duplicate_ids(c):
+    _many(c, _jsonl(c, '{"id": "a", "prompt": "a"}\n{"id": "a", "prompt": "b"}\n'))
+
+
+def case_batch_dataset_no_column(c):
+    import datasets
+
+    _many(c, datasets.Dataset.from_dict({"text": ["a"]}))
+
+
+def case_batch_other_options(c):
+    _many(c, [PROMPT])
+    tl_clt.attribute_many(c.model, c.clt, [PROMPT], c.tmp / "run", max_n_logits=3, verbose=False)
+
+
+def case_batch_prompt_changed(c):
+    _many(c, [PROMPT, "The capital of France is"])
+    _many(c, ["The capital of France is"])
+
+
+def case_batch_folder_in_use(c):
+    from tl_clt.batch.layout import RunDir
+
+    run = RunDir(c.tmp / "run")
+    run.create()
+    with run.lock():
+        _many(c, [PROMPT])
+
+
+def case_batch_bad_prompt(c):
+    tables = _many(c, [PROMPT, "", "The capital of France is"])
+    status = dict(zip(tables.manifest["id"], tables.manifest["status"]))
+    assert status == {"000000": "done", "000001": "failed", "000002": "done"}
+    error = tables.manifest.set_index("id").loc["000001", "error"]
+    assert error == "ValueError: The prompt is empty: pass some text or token ids."
 
 
 # ------------------------------------------------------------------------ the tests

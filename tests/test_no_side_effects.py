@@ -9,6 +9,7 @@ forward pass with another batch size or sequence length, or a pass after an inte
 from __future__ import annotations
 
 import inspect
+import tempfile
 
 import pytest
 import torch
@@ -86,8 +87,18 @@ def _preserve_body(model):
         return model(_tokens(model)[None])
 
 
+def _attribute_many(model, clt):
+    """A batch run on the user's objects; a prompt's recorded failure is raised, as `attribute` would."""
+    with tempfile.TemporaryDirectory() as out:
+        tables = tl_clt.attribute_many(model, clt, [PROMPT], out, max_n_logits=3, batch_size=4, verbose=False)
+    failed = tables.manifest[tables.manifest["status"] == "failed"]
+    if len(failed):
+        raise RuntimeError(failed["error"].iloc[0])
+
+
 # name -> (public function it exercises, whether it runs the model forward, call(model, clt))
 CALLS = {
+    "attribute_many": ("attribute_many", True, _attribute_many),
     "attribute": (
         "attribute",
         True,

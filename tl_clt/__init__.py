@@ -1,6 +1,7 @@
 """tl_clt: circuit tracing on Qwen3 with cross-layer transcoders, as a TransformerLens plugin."""
 
 from tl_clt.attribution import attribute
+from tl_clt.batch import BatchTables, attribute_many, load_batch, recurring_features
 from tl_clt.clt import CrossLayerTranscoder
 from tl_clt.export import graph_to_dict, validate_graph_json
 from tl_clt.frontend import write_graph_folder
@@ -36,6 +37,7 @@ from tl_clt.version import __version__
 __all__ = [
     "__version__",
     "AttributionGraph",
+    "BatchTables",
     "Candidate",
     "CrossLayerTranscoder",
     "GraphScores",
@@ -45,6 +47,7 @@ __all__ = [
     "TokenScore",
     "ablate",
     "attribute",
+    "attribute_many",
     "check_compatible",
     "contrast_features",
     "feature_activations",
@@ -54,11 +57,13 @@ __all__ = [
     "graph_to_dict",
     "group_graph",
     "group_interventions",
+    "load_batch",
     "load_qwen3",
     "plot_graph",
     "prediction_table",
     "preserve",
     "reconstruction_report",
+    "recurring_features",
     "replacement_hooks",
     "scale",
     "steer",

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from tl_clt.cli.attribute import add_attribute_parser
+from tl_clt.cli.batch import add_batch_parser
 from tl_clt.cli.common import PROG, CLIError
 from tl_clt.cli.steer import add_steer_parser
 
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_attribute_parser(commands)
+    add_batch_parser(commands)
     add_steer_parser(commands)
     return parser
 

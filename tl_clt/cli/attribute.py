@@ -57,6 +57,15 @@ def add_attribute_parser(commands):
     io.add_argument("--slug", help="graph name in the frontend (default: from the output name)")
     io.add_argument("--scan", help="model id recorded in the graph (default: the model's name)")
 
+    add_attribution_arguments(p)
+    add_pruning_arguments(p)
+    add_running_arguments(p)
+    p.set_defaults(func=run_attribute, parser=p)
+    return p
+
+
+def add_attribution_arguments(p) -> None:
+    """--max-feature-nodes, --batch-size, --max-n-logits, --desired-logit-prob (`tl_clt.attribute`)."""
     attr = p.add_argument_group("attribution")
     attr.add_argument(
         "--max-feature-nodes",
@@ -87,6 +96,9 @@ def add_attribute_parser(commands):
         help="take top tokens until their probabilities sum to P, in (0, 1] (default: %(default)s)",
     )
 
+
+def add_pruning_arguments(p) -> None:
+    """--node-threshold, --edge-threshold."""
     prune = p.add_argument_group("pruning (fractions of influence on the logits, in [0, 1])")
     prune.add_argument(
         "--node-threshold",
@@ -103,9 +115,15 @@ def add_attribute_parser(commands):
         help="keep the edges that carry this share of the influence (default: %(default)s)",
     )
 
-    add_running_arguments(p)
-    p.set_defaults(func=run_attribute, parser=p)
-    return p
+
+def attribution_settings(args) -> dict:
+    """The `tl_clt.attribute` keyword arguments given on the command line."""
+    return {
+        "max_n_logits": args.max_n_logits,
+        "desired_logit_prob": args.desired_logit_prob,
+        "max_feature_nodes": args.max_feature_nodes,
+        "batch_size": args.batch_size,
+    }
 
 
 # ------------------------------------------------------------------------ attribute
@@ -172,27 +190,13 @@ def _attribute(args) -> list[Path]:
 
     model, clt = load(args)
     say(args, "attributing")
-    graph = tl_clt.attribute(
-        model,
-        clt,
-        args.prompt,
-        max_n_logits=args.max_n_logits,
-        desired_logit_prob=args.desired_logit_prob,
-        max_feature_nodes=args.max_feature_nodes,
-        batch_size=args.batch_size,
-        verbose=not args.quiet,
-    )
+    settings = attribution_settings(args)
+    graph = tl_clt.attribute(model, clt, args.prompt, **settings, verbose=not args.quiet)
     written = []
     if args.pt is not None:
         graph.save(args.pt)
         written.append(args.pt)
     pruned = graph.prune(node_threshold=args.node_threshold, edge_threshold=args.edge_threshold)
-    settings = {
-        "max_n_logits": args.max_n_logits,
-        "desired_logit_prob": args.desired_logit_prob,
-        "max_feature_nodes": args.max_feature_nodes,
-        "batch_size": args.batch_size,
-    }
     pruning = {"node_threshold": args.node_threshold, "edge_threshold": args.edge_threshold}
     options = dict(
         scan=args.scan,
