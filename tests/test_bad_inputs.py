@@ -195,6 +195,24 @@ def case_gpt2_model(c):
     tl_clt.attribute(gpt2_model(c.model), c.clt, PROMPT, verbose=False)
 
 
+def case_gemma2_model(c):
+    cfg = HookedTransformerConfig(
+        n_layers=3,
+        d_model=64,
+        d_head=16,
+        n_heads=4,
+        d_mlp=128,
+        d_vocab=c.model.cfg.d_vocab,
+        n_ctx=64,
+        act_fn="gelu_pytorch_tanh",
+        normalization_type="RMS",
+        gated_mlp=True,
+        positional_embedding_type="rotary",
+        original_architecture="Gemma2ForCausalLM",
+    )
+    tl_clt.attribute(HookedTransformer(cfg, tokenizer=c.model.tokenizer), c.clt, PROMPT, verbose=False)
+
+
 def case_not_a_model(c):
     tl_clt.steer(torch.nn.Linear(64, 64), c.clt, PROMPT, [])
 

@@ -212,17 +212,17 @@ def test_non_finite_values_are_refused(tmp_path):
 def test_write_graph_folder(graph, tmp_path):
     graph.save(tmp_path / "saved.pt")
     graph.to_json(tmp_path / "exported.json", slug="from-json")
-    out = export.write_graph_folder(
+    out = tl_clt.write_graph_folder(
         [graph, tmp_path / "saved.pt", tmp_path / "exported.json", graph], tmp_path / "site"
     )
     slugs = export.validate_graph_folder(out)
     first = export.slugify("".join(graph.token_strs))
     assert slugs == [first, "saved", "from-json", f"{first}-2"]
-    export.write_graph_folder({"saved": tmp_path / "saved.pt"}, out)  # replaces, no duplicate
+    tl_clt.write_graph_folder({"saved": tmp_path / "saved.pt"}, out)  # replaces, no duplicate
     listing = json.loads((out / "graph-metadata.json").read_text())
     assert [g["slug"] for g in listing["graphs"]] == [first, "from-json", f"{first}-2", "saved"]
     with pytest.raises(FileNotFoundError):
-        export.write_graph_folder([tmp_path / "missing.pt"], out)
+        tl_clt.write_graph_folder([tmp_path / "missing.pt"], out)
     with pytest.raises(ValueError, match="slug"):
         graph.to_json(tmp_path / "x.json", slug="../escape")
 

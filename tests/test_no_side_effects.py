@@ -164,6 +164,7 @@ CALLS = {
     ),
     "check_compatible": ("check_compatible", False, lambda m, c: tl_clt.check_compatible(m, c)),
     "to_tokens": ("to_tokens", False, lambda m, c: tl_clt.to_tokens(m, PROMPT)),
+    "sites_for": ("sites_for", False, lambda m, c: tl_clt.sites_for(m)),
     "preserve": ("preserve", True, lambda m, c: _preserve_body(m)),
 }
 FORWARD_CALLS = [name for name, (_, forward, _) in CALLS.items() if forward]

@@ -25,7 +25,8 @@ from transformer_lens import HookedTransformer
 
 import tl_clt
 from tl_clt import AttributionGraph, Intervention, synthetic
-from tl_clt.attribution import LinearReplacement, clean_pass, find_active_features
+from tl_clt.attribution import LinearReplacement, find_active_features
+from tl_clt.frozen import clean_pass
 from tl_clt.loading import qwen3_tl_config
 
 # TL_CLT_PROPERTY_EXAMPLES=500 hunts harder (minutes); the default keeps the suite fast

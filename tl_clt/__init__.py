@@ -2,14 +2,22 @@
 
 from tl_clt.attribution import attribute
 from tl_clt.clt import CrossLayerTranscoder
-from tl_clt.export import graph_to_dict, validate_graph_json, write_graph_folder
+from tl_clt.export import graph_to_dict, validate_graph_json
+from tl_clt.frontend import write_graph_folder
 from tl_clt.generation import generate
 from tl_clt.graph import AttributionGraph, GraphScores
-from tl_clt.hooks import check_compatible, preserve, replacement_hooks
+from tl_clt.hooks import check_compatible, preserve
 from tl_clt.loading import load_qwen3
+from tl_clt.nodes import Node, from_json_id, node_id, parse_node, to_json_id
 from tl_clt.plot import plot_graph
 from tl_clt.prompts import to_tokens
-from tl_clt.replacement import ReconstructionReport, feature_activations, reconstruction_report
+from tl_clt.replacement import (
+    ReconstructionReport,
+    feature_activations,
+    reconstruction_report,
+    replacement_hooks,
+)
+from tl_clt.sites import Sites, UnsupportedModelError, sites_for
 from tl_clt.steering import Intervention, ablate, scale, steer, steering_hooks
 from tl_clt.supernodes import (
     Candidate,
@@ -23,8 +31,10 @@ from tl_clt.supernodes import (
     top_outputs,
 )
 from tl_clt.tables import PredictionTable, prediction_table
+from tl_clt.version import __version__
 
 __all__ = [
+    "__version__",
     "AttributionGraph",
     "Candidate",
     "CrossLayerTranscoder",
@@ -58,5 +68,12 @@ __all__ = [
     "top_outputs",
     "validate_graph_json",
     "write_graph_folder",
+    "Node",
+    "Sites",
+    "UnsupportedModelError",
+    "from_json_id",
+    "node_id",
+    "parse_node",
+    "sites_for",
+    "to_json_id",
 ]
-__version__ = "0.1.0"

@@ -20,65 +20,18 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
-from transformer_lens.hook_points import HookPoint
 
 from tl_clt.clt import CrossLayerTranscoder
-from tl_clt.graph import AttributionGraph, partial_influence
-from tl_clt.hooks import (
-    capture_hooks,
-    check_compatible,
-    input_hook_name,
-    output_hook_name,
-    preserve,
-)
-from tl_clt.prompts import Prompt, to_tokens
+from tl_clt.frozen import PromptState, all_activations, clean_pass, freeze_hooks
+from tl_clt.graph import AttributionGraph
+from tl_clt.hooks import check_compatible, preserve
+from tl_clt.influence import partial_influence
+from tl_clt.prompts import SINK_POS, Prompt, tokens_after_sink
 
-FROZEN_SUFFIXES = ("ln1.hook_scale", "ln2.hook_scale", "attn.hook_pattern")
-
-
-@dataclass
-class PromptState:
-    """What one clean forward pass tells us about a prompt."""
-
-    tokens: Int[Tensor, " pos"]
-    logits: Float[Tensor, "pos d_vocab"]
-    mlp_in: Float[Tensor, "n_layers pos d_model"]
-    mlp_out: Float[Tensor, "n_layers pos d_model"]
-    frozen: dict[str, Tensor]  # hook name -> norm scale or attention pattern of the clean pass
-    final_scale: Float[Tensor, "pos 1"]
-
-
-def clean_pass(model: HookedTransformer, clt: CrossLayerTranscoder, tokens: Tensor) -> PromptState:
-    """One no-grad forward pass caching CLT inputs, MLP outputs, norm scales and patterns."""
-    store: dict[str, list] = {}
-    frozen: dict[str, Tensor] = {}
-
-    def save(tensor: Tensor, *, hook: HookPoint) -> Tensor:
-        frozen[hook.name] = tensor.detach()
-        return tensor
-
-    names = [n for n in model.hook_dict if n.endswith(FROZEN_SUFFIXES)] + ["ln_final.hook_scale"]
-    hooks = capture_hooks(model, clt, store) + [(n, save) for n in names]
-    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-        logits = model(tokens[None])
-    return PromptState(
-        tokens=tokens,
-        logits=logits[0],
-        mlp_in=torch.cat(store["mlp_in"]),
-        mlp_out=torch.cat(store["mlp_out"]),
-        frozen={n: t for n, t in frozen.items() if n != "ln_final.hook_scale"},
-        final_scale=frozen["ln_final.hook_scale"][0],
-    )
-
-
-def freeze_hooks(frozen: dict[str, Tensor]) -> list:
-    """Forward hooks that replace norm scales and attention patterns by their clean-pass values."""
-
-    def hook_fn(tensor: Tensor, *, hook: HookPoint) -> Tensor:
-        return frozen[hook.name].to(tensor.dtype).expand_as(tensor)
-
-    return [(name, hook_fn) for name in frozen]
+DEFAULT_MAX_N_LOGITS = 10
+DEFAULT_DESIRED_LOGIT_PROB = 0.95
+DEFAULT_BATCH_SIZE = 64
+DEFAULT_UPDATE_INTERVAL = 4
 
 
 @dataclass
@@ -91,8 +44,8 @@ class ActiveFeatures:
 
 
 def find_active_features(clt: CrossLayerTranscoder, state: PromptState) -> ActiveFeatures:
-    acts = torch.stack([clt.encode(state.mlp_in[k], k) for k in range(clt.n_layers)])
-    acts[:, 0] = 0  # the attention sink is not explained by features
+    acts = all_activations(clt, state.mlp_in)
+    acts[:, SINK_POS] = 0  # the attention sink is not explained by features
     index = acts.nonzero()
     values = acts[index[:, 0], index[:, 1], index[:, 2]]
     return ActiveFeatures(index, values, clt.decode(acts))
@@ -103,18 +56,19 @@ class LinearReplacement:
 
     def __init__(
         self,
-        model: HookedTransformer,
+        model,
         clt: CrossLayerTranscoder,
         state: PromptState,
         active: ActiveFeatures,
         batch_size: int,
     ):
         self.model, self.clt, self.state, self.active = model, clt, state, active
+        self.model_sites = state.sites  # where things are on the model (tl_clt.sites)
         self.n_layers, self.n_pos = clt.n_layers, len(state.tokens)
         self.batch_size = batch_size
         self.n_backward = 0
         self.errors = state.mlp_out - active.reconstruction
-        self.errors[:, 0] = 0
+        self.errors[:, SINK_POS] = 0
         self.embed: Tensor | None = None
         self.mlp_out: list[Tensor | None] = [None] * self.n_layers
         self.sites: list[Tensor | None] = [None] * (self.n_layers + 1)
@@ -123,47 +77,51 @@ class LinearReplacement:
 
     # ---------------------------------------------------------------- forward
     def _hooks(self) -> list:
-        def embed_hook(tensor: Tensor, *, hook: HookPoint) -> Tensor:
+        def embed_hook(tensor: Tensor, *, hook) -> Tensor:
             self.embed = tensor.detach().requires_grad_(True)
             return self.embed
 
         def leaf_hook(layer: int):
-            def fn(tensor: Tensor, *, hook: HookPoint) -> Tensor:
+            def fn(tensor: Tensor, *, hook) -> Tensor:
                 self.mlp_out[layer] = tensor.detach().requires_grad_(True)
                 return self.mlp_out[layer]
 
             return fn
 
         def site_hook(layer: int):
-            def fn(tensor: Tensor, *, hook: HookPoint) -> Tensor:
+            def fn(tensor: Tensor, *, hook) -> Tensor:
                 self.sites[layer] = tensor
                 return tensor
 
             return fn
 
-        hooks = [("hook_embed", embed_hook)] + freeze_hooks(self.state.frozen)
+        sites, input_hook = self.model_sites, self.clt.feature_input_hook
+        hooks = [(sites.embed, embed_hook)] + freeze_hooks(self.state.frozen)
         for layer in range(self.n_layers):
-            hooks.append((output_hook_name(layer), leaf_hook(layer)))
-            hooks.append((input_hook_name(self.clt, layer), site_hook(layer)))
+            hooks.append((sites.mlp_out_hook(layer), leaf_hook(layer)))
+            hooks.append((sites.clt_input_hook(input_hook, layer), site_hook(layer)))
         return hooks
 
     def run_forward(self) -> None:
         """Build the autograd graph of the frozen model (batch 1; rows are vmapped over it)."""
         with torch.enable_grad(), self.model.hooks(fwd_hooks=self._hooks()):
-            resid = self.model(self.state.tokens[None], stop_at_layer=self.n_layers)
+            resid = self.model_sites.forward_to(self.model, self.state.tokens[None], self.n_layers)
         self.sites[self.n_layers] = resid
 
     # ---------------------------------------------------------------- read-out vectors
     def feature_readout(self, layer: Tensor, feature: Tensor) -> Float[Tensor, "n d_model"]:
         """Vectors that, injected at the features' sites, give their pre-activations' gradients."""
         W = self.clt.W_enc[layer, feature].to(self.embed.dtype)
-        if self.clt.feature_input_hook == "mlp.hook_in":
-            W = W * torch.stack([self.model.blocks[int(k)].ln2.w for k in layer]).to(W.dtype)
+        sites = self.model_sites
+        if sites.clt_input(self.clt.feature_input_hook).times_ln2_weight:
+            ln2 = [sites.weight(self.model, sites.ln2_weight, int(k)) for k in layer]
+            W = W * torch.stack(ln2).to(W.dtype)
         return W.detach()
 
     def logit_readout(self, directions: Float[Tensor, "n d_model"]) -> Float[Tensor, "n d_model"]:
         """Logit directions pulled back through the frozen final norm at the last position."""
-        w = self.model.ln_final.w / self.state.final_scale[-1]
+        norm_weight = self.model_sites.weight(self.model, self.model_sites.final_norm_weight)
+        w = norm_weight / self.state.final_scale[-1]
         return (directions * w).to(self.embed.dtype).detach()
 
     # ---------------------------------------------------------------- backward
@@ -297,14 +255,15 @@ def _check_args(max_n_logits, desired_logit_prob, max_feature_nodes, batch_size,
 
 
 def attribute(
-    model: HookedTransformer,
+    model,
     clt: CrossLayerTranscoder,
     prompt: Prompt,
-    max_n_logits: int = 10,
-    desired_logit_prob: float = 0.95,
+    *,
+    max_n_logits: int = DEFAULT_MAX_N_LOGITS,
+    desired_logit_prob: float = DEFAULT_DESIRED_LOGIT_PROB,
     max_feature_nodes: int | None = None,
-    batch_size: int = 64,
-    update_interval: int = 4,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    update_interval: int = DEFAULT_UPDATE_INTERVAL,
     verbose: bool = True,
 ) -> AttributionGraph:
     """Attribution graph of `prompt` over the CLT's features (see module docstring).
@@ -315,16 +274,16 @@ def attribute(
     refreshed every `update_interval` batches; otherwise every active feature gets a row.
     """
     _check_args(max_n_logits, desired_logit_prob, max_feature_nodes, batch_size, update_interval)
-    check_compatible(model, clt)
-    tokens = to_tokens(model, prompt)
-    if len(tokens) < 2:
-        raise ValueError(
-            "The prompt is only the attention-sink token; attribution needs at least one real token "
-            "after it (features and errors at position 0 are left out of graphs)."
-        )
+    sites = check_compatible(model, clt)
+    tokens = tokens_after_sink(
+        model,
+        prompt,
+        needed_for="attribution needs at least one real token after it (features and errors at "
+        "position 0 are left out of graphs).",
+    )
     clock = [time.perf_counter()]
     with preserve(model):
-        state = clean_pass(model, clt, tokens)
+        state = clean_pass(model, clt, tokens, sites)
         active = find_active_features(clt, state)
         lin = LinearReplacement(model, clt, state, active, batch_size)
         lin.run_forward()
@@ -355,7 +314,7 @@ def _build_graph(
     state, active = lin.state, lin.active
     n_active, B, L = len(active.values), lin.batch_size, clt.n_layers
     logit_ids, logit_probs = logit_targets(state.logits[-1], max_n_logits, desired_logit_prob)
-    W_U = model.W_U.detach()
+    W_U = lin.model_sites.weight(model, lin.model_sites.W_U).detach()
     directions = (W_U[:, logit_ids] - W_U.mean(1, keepdim=True)).T
     readouts = lin.logit_readout(directions)
     n_logits = len(logit_ids)

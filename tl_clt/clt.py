@@ -22,7 +22,7 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from tl_clt.checks import all_finite, float_dtype
-from tl_clt.loading import resolve_folder
+from tl_clt.paths import resolve_folder
 
 INPUT_HOOKS = ("mlp.hook_in", "hook_resid_mid", "ln2.hook_normalized")
 OUTPUT_HOOKS = ("mlp.hook_out", "hook_mlp_out")
@@ -146,6 +146,7 @@ class CrossLayerTranscoder(torch.nn.Module):
         b_enc: Float[Tensor, "n_layers n_features"],
         b_dec: Float[Tensor, "n_layers d_model"],
         W_dec: list[Tensor] | list[SafetensorsRows],
+        *,
         threshold: Float[Tensor, "n_layers n_features"] | None = None,
         feature_input_hook: str = "mlp.hook_in",
         feature_output_hook: str = "mlp.hook_out",
@@ -174,6 +175,7 @@ class CrossLayerTranscoder(torch.nn.Module):
     def from_pretrained(
         cls,
         name_or_path: str | os.PathLike,
+        *,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         lazy_decoder: bool = True,
@@ -199,11 +201,11 @@ class CrossLayerTranscoder(torch.nn.Module):
             b_enc,
             b_dec,
             W_dec,
-            threshold,
-            config["feature_input_hook"],
-            config["feature_output_hook"],
-            config.get("model_name"),
-            folder,
+            threshold=threshold,
+            feature_input_hook=config["feature_input_hook"],
+            feature_output_hook=config["feature_output_hook"],
+            model_name=config.get("model_name"),
+            path=folder,
         )
         return clt.to(device) if device is not None else clt
 

@@ -2,7 +2,7 @@
 
 One file per graph: `{"metadata", "qParams", "nodes", "links"}`, the format circuit-tracer's
 `create_graph_files` writes (schema: `tl_clt/schemas/graph.schema.json`). A folder the frontend can
-serve holds `<slug>.json` files and a `graph-metadata.json` listing them (`write_graph_folder`).
+serve holds `<slug>.json` files and a `graph-metadata.json` listing them (`tl_clt.frontend`).
 
 Node ids, as the frontend and Neuronpedia expect them (layers count from 0, `pos` is the token
 position, `L` = number of layers):
@@ -35,6 +35,9 @@ from torch import Tensor
 
 from tl_clt import files
 from tl_clt.checks import fraction
+from tl_clt.influence import EDGE_THRESHOLD, NODE_THRESHOLD
+from tl_clt.nodes import Node, NodeLike, node_id
+from tl_clt.version import __version__
 
 if TYPE_CHECKING:
     from tl_clt.graph import AttributionGraph
@@ -57,14 +60,7 @@ def cantor_pair(x: int, y: int) -> int:
 
 def frontend_node_id(info: dict, n_layers: int) -> str:
     """The frontend's node_id for a node described by `AttributionGraph.node_info`."""
-    kind, pos = info["kind"], info["pos"]
-    if kind == "feature":
-        return f"{info['layer']}_{info['feature']}_{pos}"
-    if kind == "error":
-        return f"{info['layer']}_-1_{pos}"
-    if kind == "token":
-        return f"E_{info['token_id']}_{pos}"
-    return f"{n_layers + 1}_{info['token_id']}_{pos}"
+    return Node.from_info(info).json_id(n_layers=n_layers)
 
 
 def cumulative_influence(influence: Float[Tensor, " n"]) -> Float[Tensor, " n"]:
@@ -143,7 +139,7 @@ def _pruned(
     given = {"node_threshold": node_threshold, "edge_threshold": edge_threshold}
     given = {k: fraction(k, v) for k, v in given.items() if v is not None}
     if graph.node_mask is None or graph.influence is None:
-        settings = {"node_threshold": 0.8, "edge_threshold": 0.98, **given}
+        settings = {"node_threshold": NODE_THRESHOLD, "edge_threshold": EDGE_THRESHOLD, **given}
         return graph.prune(**settings), settings
     recorded = graph.meta.get("pruning_settings")
     recorded = dict(recorded) if isinstance(recorded, Mapping) else {}
@@ -164,7 +160,7 @@ def graph_nodes_and_links(graph: AttributionGraph) -> tuple[list[dict], list[dic
     """
     influence = graph.influence if graph.influence is not None else graph.node_influence()
     cum = cumulative_influence(influence).tolist()
-    present = graph._present()
+    present = graph.present_mask()
     targets, sources = graph.adjacency.nonzero(as_tuple=True)
     keep_edge = present[targets] & present[sources]
     targets, sources = targets[keep_edge], sources[keep_edge]
@@ -187,32 +183,40 @@ def graph_nodes_and_links(graph: AttributionGraph) -> tuple[list[dict], list[dic
     return list(records.values()), links, ids
 
 
+def exported_id(node: NodeLike, ids: Mapping[str, str], n_layers: int, where: str) -> str:
+    """The JSON id of a node given in any spelling (`tl_clt.nodes`), if the export `ids` hold it."""
+    try:
+        ours = node_id(node, n_layers=n_layers)
+    except (TypeError, ValueError):
+        ours = None
+    if ours not in ids:
+        raise KeyError(
+            f"{where}: node {node!r} is not in the exported graph (after pruning). Use our node "
+            "ids (e.g. 'F:12:5:847', 'E:3:5', 'T:2', 'L:1234') of nodes the pruned graph keeps."
+        )
+    return ids[ours]
+
+
 def _q_params(
     ids: dict[str, str],
-    supernodes: Mapping[str, Iterable[str]] | None,
-    pinned_ids: Iterable[str] | None,
-    clicked_id: str | None,
+    n_layers: int,
+    supernodes: Mapping[str, Iterable[NodeLike]] | None,
+    pinned_ids: Iterable[NodeLike] | None,
+    clicked_id: NodeLike | None,
 ) -> dict:
     """qParams; supernodes as `[label, member, ...]`, members pinned (the subgraph shows pins)."""
 
-    def convert(node_id: str, where: str) -> str:
-        if node_id in ids:
-            return ids[node_id]
-        if node_id in ids.values():
-            return node_id
-        raise KeyError(
-            f"{where}: node {node_id!r} is not in the exported graph (after pruning). Use our node "
-            "ids (e.g. 'F:12:5:847', 'E:3:5', 'T:2', 'L:1234') of nodes the pruned graph keeps."
-        )
+    def convert(node: NodeLike, where: str) -> str:
+        return exported_id(node, ids, n_layers, where)
 
     groups = [
         [name] + [convert(m, f"supernode {name!r}") for m in members]
         for name, members in (supernodes or {}).items()
     ]
     pinned: list[str] = []
-    for node_id in [convert(p, "pinned_ids") for p in pinned_ids or []] + [m for g in groups for m in g[1:]]:
-        if node_id not in pinned:
-            pinned.append(node_id)
+    for json_id in [convert(p, "pinned_ids") for p in pinned_ids or []] + [m for g in groups for m in g[1:]]:
+        if json_id not in pinned:
+            pinned.append(json_id)
     clicked = convert(clicked_id, "clicked_id") if clicked_id else ""
     return {"pinnedIds": pinned, "supernodes": groups, "linkType": "both", "clickedId": clicked, "sg_pos": ""}
 
@@ -226,20 +230,21 @@ def graph_to_dict(
     edge_threshold: float | None = None,
     scan: str | None = None,
     prompt: str | None = None,
-    supernodes: Mapping[str, Iterable[str]] | None = None,
-    pinned_ids: Iterable[str] | None = None,
-    clicked_id: str | None = None,
-    clerps: Mapping[str, str] | None = None,
+    supernodes: Mapping[str, Iterable[NodeLike]] | None = None,
+    pinned_ids: Iterable[NodeLike] | None = None,
+    clicked_id: NodeLike | None = None,
+    clerps: Mapping[NodeLike, str] | None = None,
     extra_metadata: Mapping[str, Any] | None = None,
 ) -> dict:
     """The frontend's graph dict of `graph`, pruned by `graph.prune` unless it already is.
 
-    Thresholds (default 0.8 and 0.98) prune an unpruned graph and are recorded in
+    Thresholds (default NODE_THRESHOLD and EDGE_THRESHOLD) prune an unpruned graph and are recorded in
     `metadata.pruning_settings`; a graph that is already pruned is exported as it is, and passing
-    thresholds for it is an error (they would not be applied). `supernodes` maps a group name to our
-    node ids (`"F:12:5:847"`, ...); `clerps` maps our node ids to labels; `scan` names the model
-    (Neuronpedia reads it as the model id; default the graph's model name); `extra_metadata` is merged
-    into `metadata` (a slug it sets must be a safe file name too).
+    thresholds for it is an error (they would not be applied). `supernodes` maps a group name to
+    nodes (`"F:12:5:847"`, a JSON id, a (layer, pos, feature) tuple: any spelling of `tl_clt.nodes`);
+    `clerps` maps nodes to labels; `scan` names the model (Neuronpedia reads it as the model id;
+    default the graph's model name); `extra_metadata` is merged into `metadata` (a slug it sets must
+    be a safe file name too).
     """
     check_slug(slug)
     if not torch.isfinite(graph.adjacency).all():
@@ -247,10 +252,8 @@ def graph_to_dict(
     pruned, settings = _pruned(graph, node_threshold, edge_threshold)
     nodes, links, ids = graph_nodes_and_links(pruned)
     by_id = {n["node_id"]: n for n in nodes}
-    for our_id, label in (clerps or {}).items():
-        if our_id not in ids:
-            raise KeyError(f"clerps: node {our_id!r} is not in the exported graph (after pruning).")
-        by_id[ids[our_id]]["clerp"] = str(label)
+    for node, label in (clerps or {}).items():
+        by_id[exported_id(node, ids, graph.n_layers, "clerps")]["clerp"] = str(label)
     metadata = {
         "slug": slug,
         "scan": scan or _default_scan(graph),
@@ -265,7 +268,7 @@ def graph_to_dict(
     metadata.update(extra_metadata or {})
     if metadata["slug"] != slug:
         check_slug(metadata["slug"])  # extra_metadata replaced it: the slug names a file
-    qparams = _q_params(ids, supernodes, pinned_ids, clicked_id)
+    qparams = _q_params(ids, graph.n_layers, supernodes, pinned_ids, clicked_id)
     return {"metadata": metadata, "qParams": qparams, "nodes": nodes, "links": links}
 
 
@@ -282,8 +285,6 @@ def _default_scan(graph: AttributionGraph) -> str:
 
 
 def _info(graph: AttributionGraph) -> dict:
-    from tl_clt import __version__
-
     return {
         "generator": {"name": "tl_clt", "version": __version__},
         "model": graph.model_name,
@@ -291,14 +292,14 @@ def _info(graph: AttributionGraph) -> dict:
     }
 
 
-def _json_text(data: dict) -> str:
+def json_text(data: dict) -> str:
     """`data` as compact JSON; NaN/inf raise ValueError instead of writing invalid JSON."""
     return json.dumps(data, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
 
 
 def write_json(data: dict, path: str | os.PathLike) -> Path:
     """Write a graph (or metadata) dict as JSON, atomically; NaN/inf raise before anything is written."""
-    return files.write_text(path, _json_text(data), what="graph JSON")
+    return files.write_text(path, json_text(data), what="graph JSON")
 
 
 def to_json(graph: AttributionGraph, path: str | os.PathLike, slug: str | None = None, **kwargs) -> Path:
@@ -361,72 +362,6 @@ def check_graph_dict(data, where: str) -> dict:
             "prompt_tokens, plus nodes, links and qParams): pass graphs exported by tl_clt or circuit-tracer."
         )
     return data
-
-
-def _load_source(item, slug: str | None, kwargs: dict) -> dict:
-    """A graph dict from an AttributionGraph, a saved graph file or an exported graph (.json)."""
-    from tl_clt.graph import AttributionGraph
-
-    if isinstance(item, AttributionGraph):
-        return graph_to_dict(item, slug or slugify("".join(item.token_strs)), **kwargs)
-    path = Path(item)
-    if not path.is_file():
-        raise FileNotFoundError(f"No graph file at {path}.")
-    if path.suffix.lower() != ".json":
-        return graph_to_dict(AttributionGraph.load(path), slug or slugify(path.stem), **kwargs)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
-        raise ValueError(f"{path} is not a graph JSON file ({type(err).__name__}: {err}).") from err
-    check_graph_dict(data, str(path))
-    if slug:
-        data["metadata"]["slug"] = check_slug(slug)
-    else:
-        try:
-            check_slug(data["metadata"]["slug"])
-        except ValueError as err:
-            raise ValueError(
-                f"{path}: its metadata.slug cannot name a file ({err}) Give it a name: "
-                f"write_graph_folder({{'name': {str(path)!r}}}, ...)."
-            ) from None
-    return data
-
-
-def write_graph_folder(
-    graphs: Mapping[str, Any] | Iterable[Any], out_dir: str | os.PathLike, **kwargs
-) -> Path:
-    """A folder the circuit-tracer frontend serves: `<slug>.json` files + `graph-metadata.json`.
-
-    `graphs`: AttributionGraphs, saved graph files or exported `.json` files, as a list (slugs from
-    the prompt / file name) or a dict slug -> graph. `kwargs` go to `graph_to_dict`. An existing
-    `graph-metadata.json` is updated. Every input is read and checked before anything is written;
-    each file is written atomically, and every file stays inside `out_dir`. Serve it with
-    circuit-tracer's `circuit_tracer.frontend.local_server.serve(data_dir=out_dir)`.
-    """
-    out_dir = files.check_output_folder(out_dir, what="graph folder")
-    listing = read_listing(out_dir)
-    items = graphs.items() if isinstance(graphs, Mapping) else [(None, g) for g in graphs]
-    texts: dict[str, str] = {}
-    entries = []
-    for slug, item in items:
-        data = _load_source(item, slug, kwargs)
-        base, n = data["metadata"]["slug"], 2
-        while data["metadata"]["slug"] in texts:
-            data["metadata"]["slug"] = f"{base}-{n}"
-            n += 1
-        texts[data["metadata"]["slug"]] = _json_text(data)
-        entries.append(metadata_entry(data))
-    paths = {slug: files.path_inside(out_dir, f"{slug}.json") for slug in texts}
-    if METADATA_FILE in {p.name for p in paths.values()}:
-        raise ValueError(f"A graph cannot be named {METADATA_FILE[:-5]!r}: that name is the listing's.")
-    new = set(texts)
-    listing["graphs"] = [g for g in listing["graphs"] if g["slug"] not in new] + entries
-    listing_text = _json_text(listing)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for slug, text in texts.items():
-        files.write_text(paths[slug], text, what="graph JSON")
-    files.write_text(out_dir / METADATA_FILE, listing_text, what="graph listing")
-    return out_dir
 
 
 # ------------------------------------------------------------------------ validation

@@ -1,4 +1,6 @@
-"""AttributionGraph: node table + dense adjacency, influence, pruning, scores, networkx, save/load.
+"""AttributionGraph: node table + dense adjacency, networkx view, save/load.
+
+Influence, pruning and scores are in `tl_clt.influence`; node ids in `tl_clt.nodes`.
 
 Node order in the adjacency (rows = targets, columns = sources), as in circuit-tracer:
 `[selected features | errors (layer-major, n_layers * n_pos) | tokens (n_pos) | logits]`.
@@ -9,9 +11,8 @@ Node ids in networkx: `"F:{layer}:{pos}:{feature}"`, `"E:{layer}:{pos}"`, `"T:{p
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import NamedTuple
 
 import networkx as nx
 import torch
@@ -19,68 +20,10 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from tl_clt import graph_file
-
-
-class GraphScores(NamedTuple):
-    replacement: float  # share of end-to-end influence on the logits coming from tokens, not errors
-    completeness: float  # influence-weighted share of incoming (normalised) edge mass not from errors
-
-
-def normalize_rows(matrix: Float[Tensor, "n m"]) -> Float[Tensor, "n m"]:
-    """|A| with each row scaled to sum to 1 (rows of zeros stay zero)."""
-    a = matrix.abs()
-    return a / a.sum(dim=1, keepdim=True).clamp(min=1e-10)
-
-
-def total_influence(A: Float[Tensor, "n n"], weights: Float[Tensor, " n"]) -> Float[Tensor, " n"]:
-    """`weights @ (A + A^2 + ...)`: each node's influence through all paths (A nilpotent: a DAG)."""
-    if not torch.isfinite(A).all():
-        raise ValueError("The adjacency matrix has NaN or inf edge weights; the graph is corrupt.")
-    step = weights @ A
-    total = step.clone()
-    for _ in range(A.shape[0] + 1):
-        if not step.any():
-            return total
-        step = step @ A
-        total += step
-    raise RuntimeError("Influence did not converge: the adjacency matrix has a cycle.")
-
-
-def partial_influence(
-    rows: Float[Tensor, "r n_sources"],
-    logit_probs: Float[Tensor, " t"],
-    row_nodes: Int[Tensor, " r"],
-    n_sources: int,
-) -> Float[Tensor, " n_sources"]:
-    """Influence on the logits of every source, from the rows computed so far.
-
-    `row_nodes[i]` is the source index of row i (a feature), or >= n_sources for the logit rows,
-    which come first and carry `logit_probs`.
-    """
-    A = normalize_rows(rows)
-    weight = torch.zeros(len(rows))
-    weight[: len(logit_probs)] = logit_probs
-    is_feature = row_nodes < n_sources
-    total = torch.zeros(n_sources)
-    for _ in range(len(rows) + 1):
-        step = weight @ A
-        if not step.any():
-            return total
-        total += step
-        weight = torch.zeros(len(rows))
-        weight[is_feature] = step[row_nodes[is_feature]]
-    raise RuntimeError("Influence did not converge: the partial graph has a cycle.")
-
-
-def cumulative_cutoff(scores: Float[Tensor, " n"], threshold: float) -> float:
-    """Smallest score kept when keeping the top scores that make up `threshold` of the total."""
-    ranked = torch.sort(scores.flatten(), descending=True).values
-    total = ranked.sum()
-    if total <= 0:
-        return float("inf")
-    cum = torch.cumsum(ranked, 0) / total
-    i = min(int(torch.searchsorted(cum, torch.tensor(threshold, dtype=cum.dtype))), len(ranked) - 1)
-    return float(ranked[i])
+from tl_clt import influence as influence_fns
+from tl_clt.influence import EDGE_THRESHOLD, NODE_THRESHOLD, GraphScores
+from tl_clt.nodes import Node
+from tl_clt.prompts import SINK_POS
 
 
 @dataclass
@@ -182,78 +125,44 @@ class AttributionGraph:
         )
 
     def node_id(self, i: int) -> str:
-        info = self.node_info(i)
-        kind = info["kind"]
-        if kind == "feature":
-            return f"F:{info['layer']}:{info['pos']}:{info['feature']}"
-        if kind == "error":
-            return f"E:{info['layer']}:{info['pos']}"
-        if kind == "token":
-            return f"T:{info['pos']}"
-        return f"L:{info['token_id']}"
+        return Node.from_info(self.node_info(i)).id
 
     def node_ids(self) -> list[str]:
         return [self.node_id(i) for i in range(self.n_nodes)]
 
-    def _present(self) -> Bool[Tensor, " n_nodes"]:
+    def present_mask(self) -> Bool[Tensor, " n_nodes"]:
+        """Nodes that are in the graph: not pruned away, and not an error at the sink position."""
         mask = (
             torch.ones(self.n_nodes, dtype=torch.bool) if self.node_mask is None else self.node_mask.clone()
         )
-        mask[self.error_index(0, 0) : self.token_index(0)].view(self.n_layers, self.n_pos)[:, 0] = False
+        errors = mask[self.error_index(0, 0) : self.token_index(0)].view(self.n_layers, self.n_pos)
+        errors[:, SINK_POS] = False
         return mask
 
-    # ---------------------------------------------------------------- analysis
+    _present = present_mask  # the old private name, for code written against it
+
+    # ---------------------------------------------------------------- analysis (tl_clt.influence)
     def node_influence(self) -> Float[Tensor, " n_nodes"]:
         """Each node's total (path-summed, row-normalised |A|) influence on the logits."""
-        return total_influence(normalize_rows(self.adjacency), self.logit_weights())
+        return influence_fns.node_influence(self)
 
     def scores(self) -> GraphScores:
         """Replacement and completeness scores (Anthropic's *Circuit Tracing* definitions)."""
-        A = normalize_rows(self.adjacency)
-        w = self.logit_weights()
-        infl = total_influence(A, w)
-        errors = slice(self.error_index(0, 0), self.token_index(0))
-        tokens = slice(self.token_index(0), self.token_index(0) + self.n_pos)
-        tok, err = infl[tokens].sum(), infl[errors].sum()
-        replacement = float(tok / (tok + err)) if tok + err > 0 else float("nan")
-        non_error = 1 - A[:, errors].sum(1)
-        out = infl + w
-        completeness = float((non_error * out).sum() / out.sum())
-        return GraphScores(replacement, completeness)
+        return influence_fns.scores(self)
 
-    def prune(self, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> AttributionGraph:
-        """Keep the nodes, then edges, that carry `threshold` of the influence on the logits.
-
-        Tokens and logits are always kept; features/errors left without outgoing edges, and features
-        without incoming edges, are removed until none remain. Returns a new AttributionGraph.
-        """
-        for name, t in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
-            if not 0.0 <= t <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {t}.")
-        w = self.logit_weights()
-        influence = self.node_influence()
-        n_inner = self.token_index(0)  # features + errors
-        keep = self._present()
-        keep[:n_inner] &= influence[:n_inner] >= cumulative_cutoff(influence, node_threshold)
-        A = self.adjacency * keep[:, None] * keep[None, :]
-        A_norm = normalize_rows(A)
-        edge_scores = A_norm * (total_influence(A_norm, w) + w)[:, None]
-        edges = (edge_scores >= cumulative_cutoff(edge_scores[edge_scores > 0], edge_threshold)) & (A != 0)
-        while True:
-            before = keep.clone()
-            edges &= keep[:, None] & keep[None, :]
-            keep[:n_inner] &= edges[:, :n_inner].any(0)  # has an outgoing edge
-            keep[: self.n_features] &= edges[: self.n_features].any(1)  # has an incoming edge
-            if torch.equal(keep, before):
-                break
-        return replace(self, adjacency=self.adjacency * edges, node_mask=keep, influence=influence)
+    def prune(
+        self, node_threshold: float = NODE_THRESHOLD, edge_threshold: float = EDGE_THRESHOLD
+    ) -> AttributionGraph:
+        """Keep the nodes, then edges, that carry `threshold` of the influence on the logits
+        (see `tl_clt.influence.prune`). Returns a new AttributionGraph."""
+        return influence_fns.prune(self, node_threshold=node_threshold, edge_threshold=edge_threshold)
 
     # ---------------------------------------------------------------- export
     def to_networkx(self) -> nx.DiGraph:
         """nx.DiGraph: nodes with kind/layer/pos/feature/token_id/activation/influence, edges s -> t
         with `weight` = direct effect of s on t."""
         G = nx.DiGraph(prompt_tokens=list(self.token_strs), model_name=self.model_name)
-        present = self._present().tolist()
+        present = self.present_mask().tolist()
         ids = self.node_ids()
         for i in range(self.n_nodes):
             if present[i]:
@@ -285,8 +194,8 @@ class AttributionGraph:
     ) -> Path:
         """Graph JSON for the circuit-tracer frontend / Neuronpedia (see `tl_clt.export`).
 
-        Prunes with `prune(node_threshold, edge_threshold)` (default 0.8, 0.98) unless this graph is
-        already pruned; thresholds for an already pruned graph are refused (they would not be applied).
+        Prunes with `prune(node_threshold, edge_threshold)` (default NODE_THRESHOLD, EDGE_THRESHOLD) unless
+        this graph is already pruned; thresholds for an already pruned graph are refused (not applied).
         """
         from tl_clt.export import to_json
 

@@ -1,10 +1,7 @@
-"""Hook-name mapping, model checks, the "leave nothing behind" guard, and the CLT replacement hooks.
+"""Model checks, the "leave nothing behind" guard, and small helpers for TransformerLens hook functions.
 
-The CLT configs name circuit-tracer's hook points. On a plain HookedTransformer they map to:
-- `mlp.hook_in` (the MLP's true input: ln2 output *including* its weight): `blocks.{l}.ln2.hook_normalized`
-  times `ln2.w` (`ln2.hook_normalized` itself is before the weight);
-- `ln2.hook_normalized`, `hook_resid_mid`: the TransformerLens hook points of those names;
-- `mlp.hook_out` / `hook_mlp_out`: `blocks.{l}.hook_mlp_out`.
+Where hooks go on a model (hook names, weights) is the model's `tl_clt.sites.Sites`; `check_compatible`
+checks model and CLT once at a public entry and returns those sites for the rest of the call.
 """
 
 from __future__ import annotations
@@ -14,65 +11,42 @@ import copy
 import warnings
 from collections.abc import Callable, Iterator
 
-import torch
-from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedTransformer
-from transformer_lens.hook_points import HookPoint
 
 from tl_clt.clt import CrossLayerTranscoder
+from tl_clt.sites import Sites, sites_for
 
 HookList = list[tuple[str, Callable]]
 
 
-def input_hook_name(clt: CrossLayerTranscoder, layer: int) -> str:
-    """The TL hook point whose value (after `clt_input`) is the CLT's input at `layer`."""
-    if clt.feature_input_hook == "hook_resid_mid":
-        return f"blocks.{layer}.hook_resid_mid"
-    return f"blocks.{layer}.ln2.hook_normalized"
+def layer_hook(fn: Callable, layer: int) -> Callable:
+    """A TL hook function `fn(tensor, *, hook)` that calls `fn(tensor, hook=hook, layer=layer)`."""
+
+    def hook_fn(tensor: Tensor, *, hook) -> Tensor:
+        return fn(tensor, hook=hook, layer=layer)
+
+    return hook_fn
 
 
-def clt_input(model: HookedTransformer, clt: CrossLayerTranscoder, layer: int, value: Tensor) -> Tensor:
-    """Turn the value seen at `input_hook_name` into the CLT's input (applies ln2.w for mlp.hook_in)."""
-    if clt.feature_input_hook == "mlp.hook_in":
-        return value * model.blocks[layer].ln2.w
-    return value
-
-
-def output_hook_name(layer: int) -> str:
-    return f"blocks.{layer}.hook_mlp_out"
-
-
-def check_model(model: HookedTransformer) -> None:
-    """A HookedTransformer with unfolded RMSNorms, as `load_qwen3` makes."""
-    if not isinstance(model, HookedTransformer):
-        raise TypeError(f"Expected a transformer_lens.HookedTransformer, got {type(model).__name__}.")
-    norm = model.cfg.normalization_type
-    if norm in ("RMSPre", "LNPre"):
-        raise ValueError(
-            "This model's norm weights were folded into the next layers (normalization_type="
-            f"{norm!r}, TransformerLens' default fold_ln=True), so the true MLP input the CLT reads "
-            "no longer exists. Load it with tl_clt.load_qwen3(...) or "
-            "HookedTransformer.from_pretrained_no_processing(...)."
-        )
-    if norm != "RMS" or not model.cfg.gated_mlp:
-        raise ValueError(
-            f"tl_clt supports Qwen3-style models (RMSNorm, gated MLP); this one has "
-            f"normalization_type={norm!r}, gated_mlp={model.cfg.gated_mlp}. Load it with tl_clt.load_qwen3."
-        )
+def add_from_layer(pending: dict[int, Tensor], first: int, contributions: Tensor) -> None:
+    """`pending[first + i] += contributions[i]`: what a layer's features write to it and later layers."""
+    for i, contrib in enumerate(contributions):
+        prev = pending.get(first + i)
+        pending[first + i] = contrib if prev is None else prev + contrib
 
 
 class ModelNameWarning(UserWarning):
     """The CLT's config names another model than the one it is used with (the shapes do match)."""
 
 
-def check_compatible(model: HookedTransformer, clt: CrossLayerTranscoder) -> None:
-    """Model and CLT fit together: same d_model, n_layers and device, unfolded norms.
+def check_compatible(model, clt: CrossLayerTranscoder) -> Sites:
+    """Model and CLT fit together: a supported model (see `tl_clt.sites`), same d_model, n_layers and
+    device. Returns the model's sites, checked to hold the CLT's input hook.
 
     Names that differ beyond a path, the hub owner or case give a `ModelNameWarning`, not an error: the
     same checkpoint may live under another name (a local copy).
     """
-    check_model(model)
+    sites = sites_for(model)
     if not isinstance(clt, CrossLayerTranscoder):
         raise TypeError(
             f"Expected a tl_clt.CrossLayerTranscoder, got {type(clt).__name__}; load one with "
@@ -103,6 +77,8 @@ def check_compatible(model: HookedTransformer, clt: CrossLayerTranscoder) -> Non
             ModelNameWarning,
             stacklevel=3,
         )
+    sites.clt_input(clt.feature_input_hook)
+    return sites
 
 
 def same_model(a: str, b: str) -> bool:
@@ -119,7 +95,7 @@ def _model_id(name: str) -> str:
 
 
 # ------------------------------------------------------------------------ leave nothing behind
-def _hook_handles(model: HookedTransformer) -> dict[str, tuple[int, ...]]:
+def _hook_handles(model) -> dict[str, tuple[int, ...]]:
     out = {}
     for name, hp in model.hook_dict.items():
         out[name] = tuple(id(h) for h in hp.fwd_hooks) + tuple(id(h) for h in hp.bwd_hooks)
@@ -127,7 +103,7 @@ def _hook_handles(model: HookedTransformer) -> dict[str, tuple[int, ...]]:
 
 
 @contextlib.contextmanager
-def preserve(model: HookedTransformer) -> Iterator[None]:
+def preserve(model) -> Iterator[None]:
     """Restore the model's hooks, cfg, requires_grad, train/eval mode and grads on exit, also on error.
 
     Our own code adds hooks only through `model.hooks(...)`; this guard is the safety net under it.
@@ -155,83 +131,3 @@ def preserve(model: HookedTransformer) -> Iterator[None]:
             p.grad = grads[n]
         for n, m in model.named_modules():
             m.training = training[n]
-
-
-# ------------------------------------------------------------------------ replacement
-class _ReplacementState:
-    """Per-forward-pass scratch space shared by the replacement hooks."""
-
-    def __init__(self, model: HookedTransformer, clt: CrossLayerTranscoder, use_error_term: bool):
-        self.model, self.clt, self.use_error_term = model, clt, use_error_term
-        self.pending: list[Tensor | None] = [None] * clt.n_layers
-        self.acts: list[Tensor | None] = [None] * clt.n_layers
-
-    def read_input(self, value: Tensor, *, hook: HookPoint, layer: int) -> Tensor:
-        if layer == 0:
-            self.pending = [None] * self.clt.n_layers
-        x = clt_input(self.model, self.clt, layer, value)
-        acts = self.clt.encode(x, layer)
-        self.acts[layer] = acts
-        self._write_decoder_contributions(layer, acts)
-        return value
-
-    def _write_decoder_contributions(self, layer: int, acts: Tensor) -> None:
-        active = acts.reshape(-1, acts.shape[-1]).abs().sum(0).nonzero().squeeze(-1)
-        rows = self.clt.decoder_rows(layer, active).to(acts.dtype)  # [n, L-layer, d]
-        contrib = torch.einsum("...n,nld->l...d", acts[..., active], rows)
-        for i, target in enumerate(range(layer, self.clt.n_layers)):
-            prev = self.pending[target]
-            self.pending[target] = contrib[i] if prev is None else prev + contrib[i]
-
-    def write_output(self, mlp_out: Tensor, *, hook: HookPoint, layer: int) -> Tensor:
-        recon = self.clt.b_dec[layer].to(mlp_out.dtype)
-        if self.pending[layer] is not None:
-            recon = self.pending[layer] + recon
-        recon = recon.expand_as(mlp_out)
-        if self.use_error_term:
-            return recon + (mlp_out - recon).detach()
-        return recon
-
-
-def replacement_hooks(
-    model: HookedTransformer, clt: CrossLayerTranscoder, use_error_term: bool = False
-) -> HookList:
-    """TL forward hooks that replace every MLP output with the CLT's reconstruction.
-
-    With `use_error_term=True` the output equals the original MLP output (reconstruction + the
-    detached error), so gradients flow through the CLT features. Use with `model.hooks(fwd_hooks=...)`.
-    """
-    check_compatible(model, clt)
-    state = _ReplacementState(model, clt, use_error_term)
-    hooks: HookList = []
-    for layer in range(clt.n_layers):
-        hooks.append((input_hook_name(clt, layer), _bind(state.read_input, layer)))
-        hooks.append((output_hook_name(layer), _bind(state.write_output, layer)))
-    return hooks
-
-
-def _bind(fn: Callable, layer: int) -> Callable:
-    def hook_fn(tensor: Tensor, *, hook: HookPoint) -> Tensor:
-        return fn(tensor, hook=hook, layer=layer)
-
-    return hook_fn
-
-
-def capture_hooks(model: HookedTransformer, clt: CrossLayerTranscoder, store: dict[str, list]) -> HookList:
-    """Forward hooks that record each layer's CLT input and true MLP output into `store`."""
-    store["mlp_in"] = [None] * clt.n_layers
-    store["mlp_out"] = [None] * clt.n_layers
-
-    def make(kind: str, layer: int) -> Callable:
-        def hook_fn(tensor: Float[Tensor, "batch pos d"], *, hook: HookPoint) -> Tensor:
-            value = clt_input(model, clt, layer, tensor) if kind == "mlp_in" else tensor
-            store[kind][layer] = value.detach()
-            return tensor
-
-        return hook_fn
-
-    hooks: HookList = []
-    for layer in range(clt.n_layers):
-        hooks.append((input_hook_name(clt, layer), make("mlp_in", layer)))
-        hooks.append((output_hook_name(layer), make("mlp_out", layer)))
-    return hooks

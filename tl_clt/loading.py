@@ -16,32 +16,11 @@ from safetensors import safe_open
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from tl_clt.checks import all_finite, float_dtype
+from tl_clt.paths import resolve_folder
 
 QWEN3_ARCH = "Qwen3ForCausalLM"
 _NON_WEIGHT_KEYS = ("IGNORE", "mask", "rotary_sin", "rotary_cos")
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]
-
-
-def resolve_folder(name_or_path: str | os.PathLike, allow_patterns: list[str]) -> Path:
-    """A local folder as is; otherwise a hub id fetched (or found in the cache) by huggingface_hub."""
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        return path
-    name = str(name_or_path)
-    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
-        raise FileNotFoundError(
-            f"{name!r} is neither a local folder nor a hub id of the form 'owner/name'. "
-            "Pass the folder that holds config.json (or config.yaml for a CLT), or a hub id."
-        )
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(name, allow_patterns=allow_patterns))
-    except Exception as err:  # network, auth, offline cache miss
-        raise FileNotFoundError(
-            f"Could not fetch {name!r} from the Hugging Face hub ({type(err).__name__}: {err}). "
-            "Download it once with network access, or pass a local folder."
-        ) from err
 
 
 def read_hf_config(folder: Path) -> dict:
@@ -213,6 +192,7 @@ def _check_weights(
 
 def load_qwen3(
     name_or_path: str | os.PathLike,
+    *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str = torch.float32,
     n_ctx: int | None = None,

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import networkx as nx
 
 from tl_clt import files
+from tl_clt.influence import EDGE_THRESHOLD, NODE_THRESHOLD
+from tl_clt.nodes import parse_node
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -51,14 +53,14 @@ def _pyplot_free_figure(figsize: tuple[float, float]) -> Figure:
 
 # ------------------------------------------------------------------------ where nodes go
 def as_networkx(
-    graph: AttributionGraph | nx.DiGraph, node_threshold: float = 0.8, edge_threshold: float = 0.98
+    graph: AttributionGraph | nx.DiGraph,
+    node_threshold: float = NODE_THRESHOLD,
+    edge_threshold: float = EDGE_THRESHOLD,
 ) -> nx.DiGraph:
     """A networkx graph to draw: an nx.DiGraph as is; an AttributionGraph pruned (unless it is)."""
     if isinstance(graph, nx.DiGraph):
         return graph
-    from tl_clt.graph import AttributionGraph
-
-    if not isinstance(graph, AttributionGraph):
+    if not all(hasattr(graph, a) for a in ("prune", "to_networkx", "node_mask", "n_layers")):
         raise TypeError(f"Expected an AttributionGraph or an nx.DiGraph, got {type(graph).__name__}.")
     if graph.node_mask is None:
         graph = graph.prune(node_threshold=node_threshold, edge_threshold=edge_threshold)
@@ -78,15 +80,17 @@ def _member_cell(node_id: str, G: nx.DiGraph, n_layers: int, n_pos: int) -> tupl
     """(row, pos) of a member node, from the graph when it is there, else from its id."""
     if node_id in G and G.nodes[node_id].get("kind") != "supernode":
         return _cell(G.nodes[node_id], n_layers, n_pos)
-    parts = str(node_id).split(":")
-    kind = {"F": "feature", "E": "error", "T": "token", "L": "logit"}.get(parts[0])
-    if kind in ("feature", "error") and len(parts) >= 3:
-        return int(parts[1]) + 1, int(parts[2])
-    if kind == "token" and len(parts) == 2:
-        return 0, int(parts[1])
-    if kind == "logit":
-        return n_layers + 1, n_pos - 1
-    raise ValueError(f"Cannot place supernode member {node_id!r}: not in the graph, not a node id.")
+    try:
+        node = parse_node(node_id, n_layers=n_layers)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"Cannot place supernode member {node_id!r}: not in the graph, not a node id."
+        ) from None
+    if node.kind in ("feature", "error"):
+        return node.layer + 1, node.pos
+    if node.kind == "token":
+        return 0, node.pos
+    return n_layers + 1, n_pos - 1
 
 
 def _cell(data: dict, n_layers: int, n_pos: int) -> tuple[float, float]:
@@ -369,8 +373,8 @@ def plot_graph(
     graph: AttributionGraph | nx.DiGraph,
     path: str | os.PathLike | None = None,
     *,
-    node_threshold: float = 0.8,
-    edge_threshold: float = 0.98,
+    node_threshold: float = NODE_THRESHOLD,
+    edge_threshold: float = EDGE_THRESHOLD,
     max_edges: int | None = 800,
     label_features: bool = False,
     title: str | None = None,

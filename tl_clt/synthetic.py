@@ -27,20 +27,26 @@ _CORPUS = [
 
 def make_tokenizer(vocab_size: int = 512, corpus: list[str] | None = None):
     """A byte-level BPE `PreTrainedTokenizerFast` with `<|endoftext|>` as eos/pad, like Qwen's."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
+    tok.train_from_iterator(corpus or _CORPUS * 4, trainer=bpe_trainer(vocab_size))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=SPECIAL, pad_token=SPECIAL)
+
+
+def bpe_trainer(vocab_size: int):
+    """The byte-level BPE trainer of our tokenizers: `<|endoftext|>` special, every byte in the alphabet."""
+    from tokenizers import pre_tokenizers, trainers
+
+    return trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=[SPECIAL],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(corpus or _CORPUS * 4, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=SPECIAL, pad_token=SPECIAL)
 
 
 def qwen3_config(**overrides):

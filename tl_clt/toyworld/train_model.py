@@ -19,31 +19,25 @@ from transformer_lens import HookedTransformer
 
 from tl_clt import files
 from tl_clt.prompts import to_tokens
+from tl_clt.synthetic import qwen3_config
 from tl_clt.toyworld.corpus import Fact
 
 
 def model_config(vocab_size: int, **overrides):
     """4 layers, d_model 128, 4 query / 2 key-value heads of 32, tied embeddings."""
-    from transformers import Qwen3Config
-
     base = dict(
         vocab_size=vocab_size,
         hidden_size=128,
         intermediate_size=384,
         num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         head_dim=32,
         max_position_embeddings=64,
-        rms_norm_eps=1e-6,
-        rope_theta=10000.0,
         tie_word_embeddings=True,
         bos_token_id=None,
         eos_token_id=0,
         pad_token_id=0,
     )
-    base.update(overrides)
-    return Qwen3Config(**base)
+    return qwen3_config(**{**base, **overrides})
 
 
 def encode(tokenizer, corpus: list[str]) -> tuple[Int[Tensor, "n_seq pos"], Int[Tensor, " n_seq"]]:

@@ -1,0 +1,180 @@
+"""Sites: every place tl_clt touches a model, per backend and architecture, in one table.
+
+The algorithms (clean pass, frozen model, attribution, replacement, steering) never spell a hook name or
+a weight path themselves: they ask the model's `Sites`. `sites_for(model)` finds them in `REGISTRY`,
+keyed by (backend, architecture), and refuses a model that is not there with `UnsupportedModelError`.
+
+Adding an architecture or a backend is one more registry entry: a `Sites` whose hook-name templates
+(`{layer}` is filled in) and weight paths (dotted attribute paths from the model, `{layer}` filled in)
+say where that model keeps each thing, plus `requires`, the cfg values the algorithms' exactness relies on.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from jaxtyping import Float
+from torch import Tensor
+
+HOOKED_TRANSFORMER = "HookedTransformer"
+QWEN3 = "Qwen3ForCausalLM"
+
+
+class UnsupportedModelError(TypeError, ValueError):
+    """The model's backend or architecture is not in the sites registry (or its cfg contradicts it)."""
+
+
+@dataclass(frozen=True)
+class CLTInput:
+    """Where a CLT reads its input: a hook point, and whether the ln2 weight is still to be applied."""
+
+    hook: str  # template with {layer}
+    times_ln2_weight: bool
+
+
+@dataclass(frozen=True)
+class Sites:
+    """Hook names and weights of one backend + architecture (templates take `layer=`).
+
+    The residual stream is linear in the embedding, the MLP outputs and the error terms once every norm
+    scale and attention pattern in `frozen_scales` / `patterns` (and `final_scale`) is held fixed.
+    """
+
+    backend: str
+    architecture: str
+    embed: str  # token embedding: the residual stream's first term
+    mlp_out: str  # MLP output of block {layer} (what the CLT reconstructs)
+    clt_inputs: Mapping[str, CLTInput]  # the CLT config's feature_input_hook -> where to read it
+    frozen_scales: tuple[str, ...]  # per-block norm scales held at clean values in the frozen model
+    patterns: tuple[str, ...]  # per-block attention patterns held at clean values
+    final_scale: str  # the final norm's scale
+    final_norm_weight: str  # weight path of the final norm
+    ln2_weight: str  # weight path of block {layer}'s pre-MLP norm
+    W_U: str  # weight path of the unembedding [d_model, d_vocab]
+    b_U: str  # weight path of the unembedding bias [d_vocab]
+    sink_token: str  # prepended when a prompt does not start with a special token
+    forward_to: Callable[[Any, Tensor, int], Tensor]  # (model, tokens [1, pos], n) -> resid before block n
+    requires: Mapping[str, Any] = field(default_factory=dict)  # cfg attribute -> required value
+
+    # ---------------------------------------------------------------- hook names
+    def block_hooks(self, templates: tuple[str, ...], n_layers: int) -> list[str]:
+        return [t.format(layer=layer) for layer in range(n_layers) for t in templates]
+
+    def mlp_out_hook(self, layer: int) -> str:
+        return self.mlp_out.format(layer=layer)
+
+    def clt_input(self, feature_input_hook: str) -> CLTInput:
+        """Where a CLT with this `feature_input_hook` (its config's name) reads, on this model."""
+        if feature_input_hook not in self.clt_inputs:
+            raise UnsupportedModelError(
+                f"A CLT reading {feature_input_hook!r} cannot be placed on a {self.backend} "
+                f"{self.architecture}; known inputs: {sorted(self.clt_inputs)}."
+            )
+        return self.clt_inputs[feature_input_hook]
+
+    def clt_input_hook(self, feature_input_hook: str, layer: int) -> str:
+        return self.clt_input(feature_input_hook).hook.format(layer=layer)
+
+    # ---------------------------------------------------------------- weights
+    def weight(self, model, path: str, layer: int | None = None) -> Tensor:
+        """The tensor at dotted attribute `path` (a field of this class, `{layer}` filled in)."""
+        return operator.attrgetter(path.format(layer=layer))(model)
+
+    def to_clt_input(
+        self, model, feature_input_hook: str, layer: int, value: Float[Tensor, "... d_model"]
+    ) -> Float[Tensor, "... d_model"]:
+        """The value seen at the CLT's input hook, turned into the CLT's input (ln2 weight if needed)."""
+        if self.clt_input(feature_input_hook).times_ln2_weight:
+            return value * self.weight(model, self.ln2_weight, layer)
+        return value
+
+
+def _hooked_transformer_forward_to(model, tokens: Tensor, n: int) -> Tensor:
+    return model(tokens, stop_at_layer=n)
+
+
+_HT_CLT_INPUTS = {
+    # circuit-tracer's mlp.hook_in is ln2's output *with* its weight; TL's hook_normalized is before it
+    "mlp.hook_in": CLTInput("blocks.{layer}.ln2.hook_normalized", times_ln2_weight=True),
+    "ln2.hook_normalized": CLTInput("blocks.{layer}.ln2.hook_normalized", times_ln2_weight=False),
+    "hook_resid_mid": CLTInput("blocks.{layer}.hook_resid_mid", times_ln2_weight=False),
+}
+
+HOOKED_TRANSFORMER_QWEN3 = Sites(
+    backend=HOOKED_TRANSFORMER,
+    architecture=QWEN3,
+    embed="hook_embed",
+    mlp_out="blocks.{layer}.hook_mlp_out",
+    clt_inputs=_HT_CLT_INPUTS,
+    frozen_scales=("blocks.{layer}.ln1.hook_scale", "blocks.{layer}.ln2.hook_scale"),
+    patterns=("blocks.{layer}.attn.hook_pattern",),
+    final_scale="ln_final.hook_scale",
+    final_norm_weight="ln_final.w",
+    ln2_weight="blocks.{layer}.ln2.w",
+    W_U="unembed.W_U",
+    b_U="unembed.b_U",
+    sink_token="<|endoftext|>",
+    forward_to=_hooked_transformer_forward_to,
+    requires={
+        "normalization_type": "RMS",
+        "final_rms": True,
+        "gated_mlp": True,
+        "use_qk_norm": True,
+        "positional_embedding_type": "rotary",
+    },
+)
+
+REGISTRY: dict[tuple[str, str], Sites] = {(HOOKED_TRANSFORMER, QWEN3): HOOKED_TRANSFORMER_QWEN3}
+
+
+def _is_hooked_transformer(model) -> bool:
+    from transformer_lens import HookedTransformer
+
+    return isinstance(model, HookedTransformer)
+
+
+BACKENDS: dict[str, Callable[[Any], bool]] = {HOOKED_TRANSFORMER: _is_hooked_transformer}
+
+
+def backend_of(model) -> str | None:
+    """The backend name of `model` (a key of BACKENDS), or None for an object of no known backend."""
+    return next((name for name, is_backend in BACKENDS.items() if is_backend(model)), None)
+
+
+def _supported() -> str:
+    return ", ".join(f"{b} + {a}" for b, a in REGISTRY)
+
+
+def sites_for(model) -> Sites:
+    """The Sites of `model`; UnsupportedModelError naming what is supported when it is not known."""
+    backend = backend_of(model)
+    if backend is None:
+        raise UnsupportedModelError(
+            f"Expected a transformer_lens.HookedTransformer, got {type(model).__name__}. tl_clt supports "
+            f"{_supported()}; load one with tl_clt.load_qwen3(...)."
+        )
+    cfg = model.cfg
+    norm = cfg.normalization_type
+    if norm in ("RMSPre", "LNPre"):
+        raise UnsupportedModelError(
+            "This model's norm weights were folded into the next layers (normalization_type="
+            f"{norm!r}, TransformerLens' default fold_ln=True), so the true MLP input the CLT reads "
+            "no longer exists. Load it with tl_clt.load_qwen3(...) or "
+            "HookedTransformer.from_pretrained_no_processing(...)."
+        )
+    arch = getattr(cfg, "original_architecture", None)
+    sites = REGISTRY.get((backend, arch))
+    wrong = {} if sites is None else {k: getattr(cfg, k, None) for k, v in sites.requires.items()}
+    wrong = {k: got for k, got in wrong.items() if got != sites.requires[k]}
+    if sites is None or wrong:
+        found = f"original_architecture={arch!r}, normalization_type={norm!r}, gated_mlp={cfg.gated_mlp}"
+        if wrong:
+            found += ", " + ", ".join(f"{k}={v!r} (needs {sites.requires[k]!r})" for k, v in wrong.items())
+        raise UnsupportedModelError(
+            f"tl_clt supports Qwen3-style models ({_supported()}); this {backend} has {found}. "
+            "Its edges would not be exact. Load a Qwen3 checkpoint with tl_clt.load_qwen3."
+        )
+    return sites
