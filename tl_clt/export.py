@@ -238,13 +238,13 @@ def graph_to_dict(
 ) -> dict:
     """The frontend's graph dict of `graph`, pruned by `graph.prune` unless it already is.
 
-    Thresholds (default NODE_THRESHOLD and EDGE_THRESHOLD) prune an unpruned graph and are recorded in
+    Thresholds (default NODE_THRESHOLD 0.8, EDGE_THRESHOLD 0.98) prune an unpruned graph and are recorded in
     `metadata.pruning_settings`; a graph that is already pruned is exported as it is, and passing
-    thresholds for it is an error (they would not be applied). `supernodes` maps a group name to
-    nodes (`"F:12:5:847"`, a JSON id, a (layer, pos, feature) tuple: any spelling of `tl_clt.nodes`);
-    `clerps` maps nodes to labels; `scan` names the model (Neuronpedia reads it as the model id;
-    default the graph's model name); `extra_metadata` is merged into `metadata` (a slug it sets must
-    be a safe file name too).
+    thresholds for it is an error (they would not be applied). `supernodes` maps a group name to our
+    node ids (`"F:12:5:847"`, ...); `clerps` maps our node ids to labels; `scan` names the model
+    (Neuronpedia reads it as the model id; default the graph's model name); `extra_metadata` is merged
+    into `metadata` (a slug it sets must be a safe file name too). Nodes may be given in any spelling
+    of `tl_clt.nodes` (Python id, JSON id, (layer, pos, feature) tuple).
     """
     check_slug(slug)
     if not torch.isfinite(graph.adjacency).all():

@@ -1,7 +1,6 @@
 """A folder the circuit-tracer frontend serves: `<slug>.json` graph files and `graph-metadata.json`.
 
-It reads saved graph files, so it sits above `tl_clt.graph`; the JSON itself is `tl_clt.export`'s.
-Every input is read and checked before the first file is written, and every file stays in the folder.
+It reads saved graphs (`.pt`), so it sits above `tl_clt.graph`; the JSON itself is `tl_clt.export`'s.
 """
 
 from __future__ import annotations

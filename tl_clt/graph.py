@@ -194,8 +194,8 @@ class AttributionGraph:
     ) -> Path:
         """Graph JSON for the circuit-tracer frontend / Neuronpedia (see `tl_clt.export`).
 
-        Prunes with `prune(node_threshold, edge_threshold)` (default NODE_THRESHOLD, EDGE_THRESHOLD) unless
-        this graph is already pruned; thresholds for an already pruned graph are refused (not applied).
+        Prunes with `prune(node_threshold, edge_threshold)` (default 0.8, 0.98) unless this graph is
+        already pruned; thresholds for an already pruned graph are refused (they would not be applied).
         """
         from tl_clt.export import to_json
 
