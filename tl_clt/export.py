@@ -35,6 +35,7 @@ from torch import Tensor
 
 from tl_clt import files
 from tl_clt.checks import fraction
+from tl_clt.influence import EDGE_THRESHOLD, NODE_THRESHOLD
 from tl_clt.nodes import Node, NodeLike, node_id
 from tl_clt.version import __version__
 
@@ -138,7 +139,7 @@ def _pruned(
     given = {"node_threshold": node_threshold, "edge_threshold": edge_threshold}
     given = {k: fraction(k, v) for k, v in given.items() if v is not None}
     if graph.node_mask is None or graph.influence is None:
-        settings = {"node_threshold": 0.8, "edge_threshold": 0.98, **given}
+        settings = {"node_threshold": NODE_THRESHOLD, "edge_threshold": EDGE_THRESHOLD, **given}
         return graph.prune(**settings), settings
     recorded = graph.meta.get("pruning_settings")
     recorded = dict(recorded) if isinstance(recorded, Mapping) else {}
@@ -237,7 +238,7 @@ def graph_to_dict(
 ) -> dict:
     """The frontend's graph dict of `graph`, pruned by `graph.prune` unless it already is.
 
-    Thresholds (default 0.8 and 0.98) prune an unpruned graph and are recorded in
+    Thresholds (default NODE_THRESHOLD 0.8, EDGE_THRESHOLD 0.98) prune an unpruned graph and are recorded in
     `metadata.pruning_settings`; a graph that is already pruned is exported as it is, and passing
     thresholds for it is an error (they would not be applied). `supernodes` maps a group name to our
     node ids (`"F:12:5:847"`, ...); `clerps` maps our node ids to labels; `scan` names the model
