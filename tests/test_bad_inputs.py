@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
+import cases_models
 import pytest
 import torch
 import yaml
@@ -595,7 +596,8 @@ def case_top_inputs_unknown_node(c):
 
 # ------------------------------------------------------------------------ the tests
 CASES = {name.removeprefix("case_"): fn for name, fn in globals().items() if name.startswith("case_")}
-EXCEPTIONS = {"ModelNameWarning": ModelNameWarning}
+CASES |= cases_models.CASES  # docs/errors.md, section "Models, threads and hooks"
+EXCEPTIONS = {"ModelNameWarning": ModelNameWarning} | cases_models.EXCEPTIONS
 
 
 def test_every_table_row_has_a_case_and_back():

@@ -49,7 +49,7 @@ def test_two_threads_give_the_graphs_of_sequential_calls(model, clt):
         results, errors = {}, []
         barrier = threading.Barrier(4)
 
-        def run(key, fn):
+        def run(key, fn, barrier=barrier, results=results, errors=errors):
             barrier.wait()
             try:
                 results[key] = fn()
@@ -239,7 +239,9 @@ def test_generate_past_the_context_fails_before_any_work(model, clt, monkeypatch
     assert ran == []
 
 
-def test_cli_scale_of_an_inactive_feature_fails_like_tl_clt_scale(model, clt, model_dir, small_clt_dir, capsys):
+def test_cli_scale_of_an_inactive_feature_fails_like_tl_clt_scale(
+    model, clt, model_dir, small_clt_dir, capsys
+):
     from tl_clt.cli import main
 
     acts = tl_clt.feature_activations(model, clt, PROMPT).to_dense()
