@@ -77,7 +77,7 @@ def case_to_json_supernode_string(c):
     import json
 
     groups = json.loads(path.read_text())["qParams"]["supernodes"]
-    assert groups == [["g", "{}_{}_{}".format(_key(c)[0], _key(c)[2], _key(c)[1])]], groups
+    assert groups == [["g", f"{_key(c)[0]}_{_key(c)[2]}_{_key(c)[1]}"]], groups
 
 
 def case_steer_none(c):
@@ -94,7 +94,9 @@ def case_iv_empty_slice(c):
 
 def case_generate_tiny_temperature(c):
     greedy = tl_clt.generate(c.model, c.clt, PROMPT, [], max_new_tokens=2, return_type="tokens")
-    tiny = tl_clt.generate(c.model, c.clt, PROMPT, [], max_new_tokens=2, temperature=1e-45, return_type="tokens")
+    tiny = tl_clt.generate(
+        c.model, c.clt, PROMPT, [], max_new_tokens=2, temperature=1e-45, return_type="tokens"
+    )
     assert torch.equal(greedy, tiny)
 
 
