@@ -21,6 +21,7 @@ import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
+import cases_models
 import pytest
 import torch
 import yaml
@@ -1038,7 +1039,11 @@ def case_batch_bad_prompt(c):
 
 # ------------------------------------------------------------------------ the tests
 CASES = {name.removeprefix("case_"): fn for name, fn in globals().items() if name.startswith("case_")}
-EXCEPTIONS = {"ModelNameWarning": ModelNameWarning, "CLTFileChangedError": CLTFileChangedError}
+CASES |= cases_models.CASES  # docs/errors.md, section "Models, threads and hooks"
+EXCEPTIONS = {
+    "ModelNameWarning": ModelNameWarning,
+    "CLTFileChangedError": CLTFileChangedError,
+} | cases_models.EXCEPTIONS
 
 
 def test_every_table_row_has_a_case_and_back():

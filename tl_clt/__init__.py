@@ -4,10 +4,11 @@ from tl_clt.attribution import attribute
 from tl_clt.batch import BatchTables, attribute_many, load_batch, recurring_features
 from tl_clt.clt import CrossLayerTranscoder
 from tl_clt.export import graph_to_dict, validate_graph_json
+from tl_clt.fingerprints import GraphMismatchWarning
 from tl_clt.frontend import write_graph_folder
 from tl_clt.generation import generate
 from tl_clt.graph import AttributionGraph, GraphScores
-from tl_clt.hooks import check_compatible, preserve
+from tl_clt.hooks import UserHookWarning, check_compatible, preserve
 from tl_clt.loading import load_qwen3
 from tl_clt.nodes import Node, from_json_id, node_id, parse_node, to_json_id
 from tl_clt.plot import plot_graph
@@ -76,6 +77,8 @@ __all__ = [
     "Node",
     "Sites",
     "UnsupportedModelError",
+    "UserHookWarning",
+    "GraphMismatchWarning",
     "from_json_id",
     "node_id",
     "parse_node",

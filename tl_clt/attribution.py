@@ -21,7 +21,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from tl_clt.checks import as_int, as_number
 from tl_clt.clt import CrossLayerTranscoder
+from tl_clt.fingerprints import clt_fingerprint, model_fingerprint
 from tl_clt.frozen import PromptState, all_activations, clean_pass, freeze_hooks
 from tl_clt.graph import AttributionGraph
 from tl_clt.hooks import check_compatible, preserve
@@ -231,27 +233,35 @@ def logit_targets(
     return top_i[:n], top_p[:n]
 
 
-def _check_args(max_n_logits, desired_logit_prob, max_feature_nodes, batch_size, update_interval) -> None:
+def _check_args(max_n_logits, desired_logit_prob, max_feature_nodes, batch_size, update_interval) -> tuple:
+    """The arguments as plain Python numbers (0-d tensors and numpy scalars accepted), or a clear error."""
+    ints = {}
     for name, value in [
         ("max_n_logits", max_n_logits),
         ("max_feature_nodes", max_feature_nodes),
         ("batch_size", batch_size),
         ("update_interval", update_interval),
     ]:
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__}).")
-    if not isinstance(desired_logit_prob, (int, float)) or not 0 < desired_logit_prob <= 1:
+        ints[name] = None if value is None else as_int(value, name)
+    try:
+        desired_logit_prob = as_number(desired_logit_prob, "desired_logit_prob", finite=False)
+    except TypeError:
+        raise ValueError(f"desired_logit_prob must be in (0, 1], got {desired_logit_prob!r}.") from None
+    if not 0 < desired_logit_prob <= 1:
         raise ValueError(f"desired_logit_prob must be in (0, 1], got {desired_logit_prob}.")
-    if max_n_logits < 1:
+    max_n_logits, max_feature_nodes = ints["max_n_logits"], ints["max_feature_nodes"]
+    batch_size, update_interval = ints["batch_size"], ints["update_interval"]
+    if max_n_logits is None or max_n_logits < 1:
         raise ValueError(f"max_n_logits must be at least 1, got {max_n_logits}.")
     if max_feature_nodes is not None and max_feature_nodes < 1:
         raise ValueError(
             f"max_feature_nodes must be None (all features) or at least 1, got {max_feature_nodes}."
         )
-    if batch_size < 1:
+    if batch_size is None or batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-    if update_interval < 1:
+    if update_interval is None or update_interval < 1:
         raise ValueError(f"update_interval must be >= 1 (batches per re-ranking), got {update_interval}.")
+    return max_n_logits, desired_logit_prob, max_feature_nodes, batch_size, update_interval
 
 
 def attribute(
@@ -273,30 +283,42 @@ def attribute(
     With `max_feature_nodes`, features are visited in order of estimated influence on the logits,
     refreshed every `update_interval` batches; otherwise every active feature gets a row.
     """
-    _check_args(max_n_logits, desired_logit_prob, max_feature_nodes, batch_size, update_interval)
-    sites = check_compatible(model, clt)
-    tokens = tokens_after_sink(
-        model,
-        prompt,
-        needed_for="attribution needs at least one real token after it (features and errors at "
-        "position 0 are left out of graphs).",
+    max_n_logits, desired_logit_prob, max_feature_nodes, batch_size, update_interval = _check_args(
+        max_n_logits, desired_logit_prob, max_feature_nodes, batch_size, update_interval
     )
-    clock = [time.perf_counter()]
-    with preserve(model):
-        state = clean_pass(model, clt, tokens, sites)
-        active = find_active_features(clt, state)
-        lin = LinearReplacement(model, clt, state, active, batch_size)
-        lin.run_forward()
-        clock.append(time.perf_counter())
-        graph = _build_graph(
-            model, clt, lin, max_n_logits, desired_logit_prob, max_feature_nodes, update_interval, verbose
-        )
+    sites = check_compatible(model, clt)
+    # attribution needs autograd: it runs outside torch.inference_mode() (and copies the prompt's tokens,
+    # which may be inference tensors) so that it works, and gives the same graph, inside one too
+    with torch.inference_mode(False):
+        tokens = tokens_after_sink(
+            model,
+            prompt,
+            needed_for="attribution needs at least one real token after it (features and errors at "
+            "position 0 are left out of graphs).",
+        ).clone()
+        clock = [time.perf_counter()]
+        with preserve(model) as guard:
+            state = clean_pass(model, clt, tokens, sites)
+            active = find_active_features(clt, state)
+            lin = LinearReplacement(model, clt, state, active, batch_size)
+            lin.run_forward()
+            clock.append(time.perf_counter())
+            graph = _build_graph(
+                model, clt, lin, max_n_logits, desired_logit_prob, max_feature_nodes, update_interval, verbose
+            )
+            fingerprints = dict(
+                model_fingerprint=model_fingerprint(model), clt_fingerprint=clt_fingerprint(clt)
+            )
     clock.append(time.perf_counter())
     graph.meta.update(
         n_active_features=len(active.values),
         n_backward_passes=lin.n_backward,
         seconds_setup=clock[1] - clock[0],
         seconds_rows=clock[2] - clock[1],
+        user_hooks=guard.user_hooks,
+        user_backward_hooks=guard.user_backward_hooks,
+        saes_routed_around=guard.saes,
+        **fingerprints,
     )
     return graph
 

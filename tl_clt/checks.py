@@ -1,15 +1,16 @@
-"""Checks of user arguments shared across tl_clt: numbers and dtypes.
+"""Checks of user arguments shared by every public entry: numbers, ints, top-k counts and dtypes.
 
 One policy everywhere: a number may be a Python int or float, a numpy scalar or a 0-d tensor (all are
-unambiguous numbers); a string, a bool or a tensor with several values is a TypeError that says what to
-pass. Dtypes may be a floating torch.dtype or one of its common names ("float32", "bfloat16", ...).
+unambiguous numbers), accepted as the number it holds; a string, a bool (for counts), None or a tensor
+with several values is a TypeError naming the argument and what to pass. Dtypes may be a floating
+torch.dtype or one of its common names ("float32", "bfloat16", ...).
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 
-import numpy as np
 import torch
 
 FLOAT_DTYPE_NAMES = {
@@ -27,14 +28,15 @@ FLOAT_DTYPE_NAMES = {
 }
 
 
-def as_number(name: str, value) -> float:
-    """`value` as a float if it is one number (int, float, numpy scalar, 0-d tensor); else TypeError."""
-    if isinstance(value, np.generic) or (isinstance(value, torch.Tensor | np.ndarray) and value.ndim == 0):
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        hint = f"; pass {value.strip()} without quotes" if isinstance(value, str) and _is_float(value) else ""
-        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__}){hint}.")
-    return float(value)
+def _unwrap(x):
+    if isinstance(x, torch.Tensor):
+        if x.numel() != 1 or x.ndim != 0:
+            return x
+        return x.item()
+    item = getattr(x, "item", None)  # numpy scalars and 0-d arrays
+    if callable(item) and getattr(x, "ndim", None) == 0:
+        return item()
+    return x
 
 
 def _is_float(text: str) -> bool:
@@ -45,9 +47,37 @@ def _is_float(text: str) -> bool:
     return True
 
 
+def as_number(x, name: str, *, finite: bool = True) -> float:
+    """`x` (a real number, numpy scalar or 0-d tensor) as a float; TypeError / ValueError otherwise."""
+    value = _unwrap(x)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        hint = f"; pass {x.strip()} without quotes" if isinstance(x, str) and _is_float(x) else ""
+        raise TypeError(f"{name} must be a number, got {x!r} ({type(x).__name__}){hint}.")
+    value = float(value)
+    if finite and not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}.")
+    return value
+
+
+def as_int(x, name: str) -> int:
+    """`x` (an int, numpy integer or 0-d integer tensor) as an int; bools and floats are refused."""
+    value = _unwrap(x)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {x!r} ({type(x).__name__}).")
+    return int(value)
+
+
+def check_k(k, name: str = "k", *, what: str = "how many") -> int:
+    """A top-k count: an int >= 1."""
+    value = _unwrap(k)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1 ({what}), got {k!r}.")
+    return int(value)
+
+
 def fraction(name: str, value) -> float:
     """`value` as a float in [0, 1] (see `as_number`); ValueError for NaN or outside the interval."""
-    x = as_number(name, value)
+    x = as_number(value, name, finite=False)
     if not 0.0 <= x <= 1.0:  # NaN fails too
         raise ValueError(f"{name} must be in [0, 1], got {value!r}.")
     return x

@@ -36,7 +36,7 @@ from torch import Tensor
 from tl_clt import files
 from tl_clt.checks import fraction
 from tl_clt.influence import EDGE_THRESHOLD, NODE_THRESHOLD
-from tl_clt.nodes import Node, NodeLike, node_id
+from tl_clt.nodes import Node, NodeLike, group_members, node_id
 from tl_clt.version import __version__
 
 if TYPE_CHECKING:
@@ -210,7 +210,7 @@ def _q_params(
         return exported_id(node, ids, n_layers, where)
 
     groups = [
-        [name] + [convert(m, f"supernode {name!r}") for m in members]
+        [name] + [convert(m, f"supernode {name!r}") for m in group_members(name, members)]
         for name, members in (supernodes or {}).items()
     ]
     pinned: list[str] = []

@@ -58,6 +58,8 @@ class Sites:
     sink_token: str  # prepended when a prompt does not start with a special token
     forward_to: Callable[[Any, Tensor, int], Tensor]  # (model, tokens [1, pos], n) -> resid before block n
     requires: Mapping[str, Any] = field(default_factory=dict)  # cfg attribute -> required value
+    resid_pre: str = "blocks.{layer}.hook_resid_pre"  # block {layer}'s input: where a forward pass enters it
+    resid_post: str = "blocks.{layer}.hook_resid_post"  # block {layer}'s output
 
     # ---------------------------------------------------------------- hook names
     def block_hooks(self, templates: tuple[str, ...], n_layers: int) -> list[str]:
@@ -124,6 +126,7 @@ HOOKED_TRANSFORMER_QWEN3 = Sites(
         "gated_mlp": True,
         "use_qk_norm": True,
         "positional_embedding_type": "rotary",
+        "use_split_qkv_input": False,  # split q/k/v inputs would not fit grouped-query attention
     },
 )
 

@@ -11,6 +11,8 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from tl_clt.checks import check_k
+
 
 class TokenProb(NamedTuple):
     token: str
@@ -85,8 +87,7 @@ def prediction_table(
     Logits: [d_vocab], [pos, d_vocab] or [1, pos, d_vocab]. Each entry also shows the same token's
     probability in the other distribution.
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be an int >= 1 (tokens per column), got {k!r}.")
+    k = check_k(k, what="tokens per column")
     p_before, p_after = (
         torch.softmax(_next_token_logits(x, pos).float(), -1) for x in (before_logits, after_logits)
     )
