@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookPoint
 
@@ -32,7 +31,8 @@ from tl_clt.hooks import (
     output_hook_name,
     preserve,
 )
-from tl_clt.prompts import Prompt, to_tokens
+from tl_clt.progress import tqdm
+from tl_clt.prompts import Prompt, prompt_offset, to_tokens
 
 FROZEN_SUFFIXES = ("ln1.hook_scale", "ln2.hook_scale", "attn.hook_pattern")
 
@@ -338,6 +338,8 @@ def attribute(
         n_backward_passes=lin.n_backward,
         seconds_setup=clock[1] - clock[0],
         seconds_rows=clock[2] - clock[1],
+        prompt_offset=prompt_offset(model, prompt),  # 1: the sink was put in front
+        prompt_type="text" if isinstance(prompt, str) else "token ids",
     )
     return graph
 

@@ -228,6 +228,17 @@ class CrossLayerTranscoder(torch.nn.Module):
             out[k:] += torch.einsum("...n,nld->l...d", a[..., active], rows)
         return out
 
+    # ---------------------------------------------------------------- display
+    def __repr__(self) -> str:
+        from tl_clt.display import clt_repr
+
+        return clt_repr(self)
+
+    def _repr_html_(self) -> str:
+        from tl_clt.display import clt_html
+
+        return clt_html(self)
+
 
 def _read_config(folder: Path) -> dict:
     path = folder / "config.yaml"

@@ -10,6 +10,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from tl_clt.clt import CrossLayerTranscoder
+from tl_clt.display import as_feature_activations
 from tl_clt.hooks import capture_hooks, check_compatible, preserve, replacement_hooks
 from tl_clt.prompts import Prompt, to_tokens
 
@@ -24,7 +25,8 @@ def _capture(model: HookedTransformer, clt: CrossLayerTranscoder, tokens: Tensor
 def feature_activations(
     model: HookedTransformer, clt: CrossLayerTranscoder, prompt: Prompt
 ) -> Float[Tensor, "n_layers pos n_features"]:
-    """Active CLT features of `prompt` as a sparse COO tensor indexed (layer, pos, feature).
+    """Active CLT features of `prompt` as a sparse COO tensor indexed (layer, pos, feature); it prints
+    as a short summary (`tl_clt.display.FeatureActivations`, a torch.Tensor).
 
     Positions are those of `tl_clt.to_tokens(model, prompt)` (sink token at 0 included here).
     """
@@ -32,7 +34,7 @@ def feature_activations(
     mlp_in, _, _ = _capture(model, clt, to_tokens(model, prompt))
     with torch.no_grad():
         acts = torch.stack([clt.encode(mlp_in[k], k) for k in range(clt.n_layers)])
-    return acts.to_sparse().coalesce()
+    return as_feature_activations(acts.to_sparse().coalesce())
 
 
 @dataclass

@@ -88,7 +88,7 @@ def prediction_table(
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be an int >= 1 (tokens per column), got {k!r}.")
     p_before, p_after = (
-        torch.softmax(_next_token_logits(x, pos).float(), -1) for x in (before_logits, after_logits)
+        torch.softmax(_next_token_logits(x, pos).detach().float(), -1) for x in (before_logits, after_logits)
     )
     if p_before.shape != p_after.shape:
         raise ValueError(f"before/after logits differ in shape: {p_before.shape} vs {p_after.shape}.")
