@@ -1,6 +1,7 @@
 """tl_clt: circuit tracing on Qwen3 with cross-layer transcoders, as a TransformerLens plugin."""
 
 from tl_clt.attribution import attribute
+from tl_clt.circuit import plot_circuit
 from tl_clt.clt import CrossLayerTranscoder
 from tl_clt.export import graph_to_dict, validate_graph_json, write_graph_folder
 from tl_clt.generation import generate
@@ -45,6 +46,7 @@ __all__ = [
     "group_graph",
     "group_interventions",
     "load_qwen3",
+    "plot_circuit",
     "plot_graph",
     "prediction_table",
     "preserve",

@@ -258,9 +258,10 @@ class _Layout:
     def place(self, groups: dict[str, list[int]], extra: dict[str, list[int]], n_logits: int) -> list[_Box]:
         g = self.graph
         weights = g.influence if g.influence is not None else g.node_influence()
-        boxes = []
+        boxes, cells = [], []
         for k, (name, rows) in enumerate(list(groups.items()) + list(extra.items())):
             layer, pos = _cell(g, rows, weights)
+            cells.append((layer, pos))
             kind = "group" if name in groups else "aggregate"
             layers = sorted({g.node_info(i)["layer"] for i in rows})
             span = f"L{layers[0]}" if len(layers) == 1 else f"L{layers[0]}–{layers[-1]}"
@@ -270,8 +271,6 @@ class _Layout:
             boxes.append(
                 self._box(name, label, self.x_of(pos), self.y_of(layer), kind, color, rows, bold=True)
             )
-        top = self.y_of(g.n_layers - 0.5)
-        self.y_logits = top + GAP + self.row_h / 2
         for p, text in enumerate(self.token_text):
             box = self._box(
                 f"T:{p}", text, self.centers[p], self.y_tokens, "token", "white", [g.token_index(p)]
@@ -280,13 +279,22 @@ class _Layout:
             self.tokens.append(box)
         for i in range(n_logits):
             label = f"{visible_token(g.logit_token_strs[i], 16)}  {float(g.logit_probabilities[i]):.2f}"
-            self.logits.append(
-                self._box(f"L:{i}", label, 0.0, self.y_logits, "logit", "#fde9c9", [g.logit_index(i)])
-            )
-        self._place_logits()
-        self.height = self.y_logits + max((b.h for b in self.logits), default=0.3) / 2 + MARGIN + 0.25
-        y_range = (self.y_tokens + self.token_h / 2 + 3 * GAP, self.y_logits - self.logits[0].h / 2 - GAP)
-        _resolve_overlaps(boxes, (self.left, self.width - MARGIN), y_range)
+            self.logits.append(self._box(f"L:{i}", label, 0.0, 0.0, "logit", "#fde9c9", [g.logit_index(i)]))
+        for _ in range(12):  # no room for every box: a wider page and taller rows, until they fit
+            self.y_logits = self.y_of(g.n_layers - 0.5) + GAP + self.row_h / 2
+            for b in self.logits:
+                b.y = self.y_logits
+            self._place_logits()
+            for b, (layer, pos) in zip(boxes, cells, strict=True):
+                b.x, b.y = self.x_of(pos), self.y_of(layer)
+            y_low = self.y_tokens + self.token_h / 2 + 3 * GAP
+            y_high = self.y_logits - max(b.h for b in self.logits) / 2 - GAP
+            _resolve_overlaps(boxes, (self.left, self.width - MARGIN), (y_low, y_high))
+            if not any(a.overlaps(b, GAP / 2) for i, a in enumerate(boxes) for b in boxes[:i]):
+                break
+            self.width += 0.25 * (self.width - self.left)
+            self.row_h *= 1.2
+        self.height = self.y_logits + max(b.h for b in self.logits) / 2 + MARGIN + 0.25
         return boxes
 
     def _place_logits(self) -> None:
@@ -316,7 +324,7 @@ def _arrows(
     found = []
     for target in boxes + logits:
         into = "logits" if target.kind == "logit" else "features"
-        for source in tokens + boxes:
+        for source in boxes if into == "logits" else tokens + boxes:  # tokens -> groups, groups -> all
             if source is target:
                 continue
             w = float(A[target.rows][:, source.rows].sum())
@@ -375,12 +383,14 @@ def _draw(fig, layout: _Layout, boxes, arrows, title, graph, errors, others, min
     }
     ports = _ports(arrows)
     obstacles = boxes + layout.logits + layout.tokens
+    page = (MARGIN / 2, layout.width - MARGIN / 2)
     for a in sorted(arrows, key=lambda a: abs(a.weight)):
         share = abs(a.weight) / tops[a.into]
         width = 0.6 + 5.4 * share
         arrow = FancyArrowPatch(
             *ports[id(a)],
-            connectionstyle=f"arc3,rad={_bend(*ports[id(a)], obstacles, a):g}",
+            connectionstyle=f"arc3,rad={_bend(*ports[id(a)], obstacles, a, page):g}",
+            clip_on=False,
             shrinkA=0,
             shrinkB=1,
             arrowstyle="-|>",
@@ -452,9 +462,9 @@ def _ports(arrows: list[_Arrow]) -> dict[int, tuple[tuple[float, float], tuple[f
 BENDS = (0.0, 0.15, -0.15, 0.3, -0.3, 0.45, -0.45)
 
 
-def _bend(start, end, obstacles: list[_Box], arrow: _Arrow) -> float:
+def _bend(start, end, obstacles: list[_Box], arrow: _Arrow, page: tuple[float, float]) -> float:
     """The least curvature (matplotlib's arc3 `rad`) for which the arrow misses every box but its own
-    two; straight when none does."""
+    two and stays on the page (x within `page`); straight when none does."""
     (x1, y1), (x2, y2) = start, end
     others = [b for b in obstacles if b is not arrow.source and b is not arrow.target]
     t = torch.linspace(0.02, 0.98, 60, dtype=torch.double)
@@ -466,7 +476,7 @@ def _bend(start, end, obstacles: list[_Box], arrow: _Arrow) -> float:
             bool((((xs - b.x).abs() < b.w / 2 + 0.02) & ((ys - b.y).abs() < b.h / 2 + 0.02)).any())
             for b in others
         )
-        if not hit:
+        if not hit and float(xs.min()) >= page[0] and float(xs.max()) <= page[1]:
             return rad
     return 0.0
 

@@ -295,8 +295,13 @@ class AttributionGraph:
             self, path, slug=slug, node_threshold=node_threshold, edge_threshold=edge_threshold, **kwargs
         )
 
-    def plot(self, path: str | Path | None = None, **kwargs):
-        """matplotlib Figure of the pruned graph (see `tl_clt.plot.plot_graph`)."""
+    def plot(self, path: str | Path | None = None, *, supernodes: dict | None = None, **kwargs):
+        """matplotlib Figure: the pruned graph (`tl_clt.plot_graph`), or with `supernodes`
+        ({name: [node ids]}) the circuit diagram of those groups (`tl_clt.plot_circuit`)."""
+        if supernodes is not None:
+            from tl_clt.circuit import plot_circuit
+
+            return plot_circuit(self, supernodes, path, **kwargs)
         from tl_clt.plot import plot_graph
 
         return plot_graph(self, path=path, **kwargs)

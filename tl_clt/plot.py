@@ -45,14 +45,14 @@ def _figure_class() -> type:
     cell, with or without `%matplotlib inline`. It is not registered with pyplot, so the inline backend
     does not show it a second time at the end of the cell."""
     global _FIGURE_CLASS
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as err:
+        raise ImportError(
+            'tl_clt\'s pictures need matplotlib, an optional extra: pip install "tl-clt[viz]" '
+            "(or pip install matplotlib)."
+        ) from err
     if _FIGURE_CLASS is None:
-        try:
-            from matplotlib.figure import Figure
-        except ImportError as err:
-            raise ImportError(
-                'tl_clt\'s pictures need matplotlib, an optional extra: pip install "tl-clt[viz]" '
-                "(or pip install matplotlib)."
-            ) from err
 
         class NotebookFigure(Figure):
             """A matplotlib Figure with `_repr_png_`, for notebooks."""
