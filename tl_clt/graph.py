@@ -306,6 +306,14 @@ class AttributionGraph:
 
         return plot_graph(self, path=path, **kwargs)
 
+    def show(self, *, model=None, clt=None, **kwargs):
+        """Interactive view in the notebook (pan, zoom, hover cards, click to highlight, a threshold
+        slider), on the pruned graph; see `tl_clt.view.show`. Give `model` and `clt` for each feature's
+        top output tokens (and dashboards) in its card."""
+        from tl_clt.view import show
+
+        return show(self, model=model, clt=clt, **kwargs)
+
     def save(self, path: str | Path) -> None:
         """Write the graph to `path` (a temp file renamed into place: a failed save leaves no file)."""
         path = Path(path)
