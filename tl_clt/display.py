@@ -83,7 +83,7 @@ def _kinds_text(counts: dict, totals: dict | None = None) -> str:
     parts = []
     for kind in KINDS:
         n = counts[kind]
-        label = kind if n == 1 else kind + "s"
+        label = kind if (n if totals is None else totals[kind]) == 1 else kind + "s"
         parts.append(f"{n} {label}" if totals is None else f"{n}/{totals[kind]} {label}")
     return ", ".join(parts)
 
