@@ -15,8 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from tl_clt import view
-
 pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,7 +31,7 @@ def browser() -> dict:
 
 
 def _drive(browser: dict, url: str, tmp_path: Path, in_frame: bool) -> dict:
-    config = dict(browser, url=url, timeoutMs=60000, screenshot=str(tmp_path / "view.png"), inFrame=in_frame)
+    config = dict(browser, url=url, timeoutMs=60000, inFrame=in_frame)  # screenshot=PATH to look at it
     (tmp_path / "config.json").write_text(json.dumps(config))
     run = subprocess.run(
         ["node", str(ROOT / "tests/browser/view_graph.mjs"), str(tmp_path / "config.json")],
@@ -49,7 +47,7 @@ def _drive(browser: dict, url: str, tmp_path: Path, in_frame: bool) -> dict:
 def test_the_view_works_in_a_browser(browser, toy, tmp_path, as_shown):
     graph = toy.graph.prune(0.8, 0.98)
     v = graph.show(model=toy.model, clt=toy.clt)
-    data = view.view_data(graph, model=toy.model, clt=toy.clt)
+    data = v.data  # what the page draws
     if as_shown == "notebook output":  # Jupyter puts the output into a UTF-8 page
         head = '<!DOCTYPE html><html><head><meta charset="utf-8"></head>'
         page = f"{head}<body>{v._repr_html_()}</body></html>"

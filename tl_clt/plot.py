@@ -142,7 +142,7 @@ def _supernode_cell(data: dict, G: nx.DiGraph, n_layers: int, n_pos: int) -> tup
     return layer + 1, pos
 
 
-def _extent(G: nx.DiGraph) -> tuple[int, int]:
+def graph_extent(G: nx.DiGraph) -> tuple[int, int]:
     """(n_layers, n_pos) from graph attributes, else from the nodes."""
     layers, positions = [-1], [0]
     for _, d in G.nodes(data=True):
@@ -380,9 +380,12 @@ def declutter(fig: Figure, labels: list, fixed: list, obstacles=()) -> int:
     before it, no `fixed` text (tick labels, title) and no box in `obstacles` (callable: renderer ->
     display Bboxes, e.g. node markers); hide it when no spot is free. Returns how many were hidden.
     Measured with the figure's renderer after its layout is fixed."""
+    import numpy as np
+
     renderer = _renderer(fig)
-    placed = [t.get_window_extent(renderer) for t in fixed if t.get_visible() and t.get_text()]
-    placed += list(obstacles(renderer)) if callable(obstacles) else list(obstacles)
+    boxes = [t.get_window_extent(renderer) for t in fixed if t.get_visible() and t.get_text()]
+    boxes += list(obstacles(renderer)) if callable(obstacles) else list(obstacles)
+    placed = np.array([b.extents for b in boxes], dtype=float).reshape(-1, 4)  # x0, y0, x1, y1
     hidden = 0
     for t, movable in labels:
         spots = LABEL_SPOTS if movable else ((t.xyann, t.get_ha(), t.get_va()),)
@@ -390,9 +393,10 @@ def declutter(fig: Figure, labels: list, fixed: list, obstacles=()) -> int:
             t.xyann = offset
             t.set_ha(ha)
             t.set_va(va)
-            box = t.get_window_extent(renderer)
-            if not any(box.overlaps(other) for other in placed):
-                placed.append(box)
+            x0, y0, x1, y1 = t.get_window_extent(renderer).extents
+            hits = (placed[:, 0] < x1) & (x0 < placed[:, 2]) & (placed[:, 1] < y1) & (y0 < placed[:, 3])
+            if not hits.any():
+                placed = np.vstack([placed, [x0, y0, x1, y1]])
                 break
         else:
             t.set_visible(False)
@@ -426,7 +430,7 @@ def _renderer(fig: Figure):
     return fig.canvas.get_renderer()
 
 
-def _layer_ticks(n_layers: int) -> tuple[list[int], list[str]]:
+def layer_ticks(n_layers: int) -> tuple[list[int], list[str]]:
     step = 1 if n_layers <= 16 else 2 if n_layers <= 40 else 4
     rows = [0] + [layer + 1 for layer in range(0, n_layers, step)] + [n_layers + 1]
     labels = ["Emb"] + [f"L{layer}" for layer in range(0, n_layers, step)] + ["Logit"]
@@ -451,7 +455,7 @@ def _style_axes(
         ha="right" if rotate else "center",
         fontsize=8,
     )
-    rows, labels = _layer_ticks(n_layers)
+    rows, labels = layer_ticks(n_layers)
     ax.set_yticks(rows)
     ax.set_yticklabels(labels, fontsize=8)
     ax.set_xlabel("token position")
@@ -506,7 +510,7 @@ def plot_graph(
     G = as_networkx(graph, node_threshold, edge_threshold)
     if G.number_of_nodes() == 0:
         raise ValueError("The graph has no nodes to draw.")
-    n_layers, n_pos = _extent(G)
+    n_layers, n_pos = graph_extent(G)
     xy, centers, widths = node_positions(G, n_layers, n_pos, slot=0.42 if label_features else 0.24)
     if ax is None:
         width = centers[-1] + widths[-1] / 2

@@ -18,14 +18,22 @@ from __future__ import annotations
 import contextlib
 import html
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import networkx as nx
 
 from tl_clt.display import visible_token
-from tl_clt.plot import KIND_STYLE, NEGATIVE, POSITIVE, _extent, _layer_ticks, as_networkx, node_positions
+from tl_clt.plot import (
+    KIND_STYLE,
+    NEGATIVE,
+    POSITIVE,
+    as_networkx,
+    graph_extent,
+    layer_ticks,
+    node_positions,
+)
 
 if TYPE_CHECKING:
     from tl_clt.graph import AttributionGraph
@@ -51,6 +59,7 @@ class GraphView:
     n_nodes: int
     n_edges: int
     height: int
+    data: dict = field(default_factory=dict, repr=False)  # what the page draws (`view_data`)
 
     def _repr_html_(self) -> str:
         return (
@@ -164,7 +173,7 @@ def view_data(
     G = as_networkx(graph, node_threshold, edge_threshold)
     if G.number_of_nodes() == 0:
         raise ValueError("The graph has no nodes to show.")
-    n_layers, n_pos = _extent(G)
+    n_layers, n_pos = graph_extent(G)
     xy, centers, _ = node_positions(G, n_layers, n_pos)
     tokens = list(G.graph.get("prompt_tokens") or [])
     cum = _cumulative(G)
@@ -271,7 +280,7 @@ def _figure(data: dict, height: int):
                 ),
             )
         )
-    rows, labels = _layer_ticks(data["n_layers"])
+    rows, labels = layer_ticks(data["n_layers"])
     fig.update_layout(
         height=height,
         margin=dict(l=90, r=20, t=40, b=110),
@@ -439,4 +448,4 @@ def show(
         'max-height:200px;overflow:auto"></div></body></html>'
     )
     n_edges = sum(e["shown"] for e in data["edges"])
-    return GraphView(page=page, n_nodes=len(data["nodes"]), n_edges=n_edges, height=height)
+    return GraphView(page=page, n_nodes=len(data["nodes"]), n_edges=n_edges, height=height, data=data)
