@@ -53,3 +53,18 @@ def small_clt_dir(tmp_path_factory):
     return synthetic.make_random_clt_folder(
         tmp_path_factory.mktemp("small") / "clt", 3, 64, 16, density=0.2, model_name="tiny-qwen3"
     )
+
+
+@pytest.fixture(scope="session")
+def toy():
+    """The shipped toy world, the story prompt's graph and the four groups (tests/president_groups.py)."""
+    from types import SimpleNamespace
+
+    from president_groups import president_groups
+
+    from tl_clt import attribute
+    from tl_clt.toyworld import load_toyworld
+
+    model, clt = load_toyworld()
+    graph = attribute(model, clt, PROMPT, verbose=False)
+    return SimpleNamespace(model=model, clt=clt, graph=graph, groups=president_groups(model, clt, graph))

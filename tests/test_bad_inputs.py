@@ -20,6 +20,7 @@ import sys
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
+from unittest import mock
 
 import cases_models
 import pytest
@@ -222,6 +223,13 @@ def case_not_a_model(c):
 # ------------------------------------------------------------------------ loading a CLT
 def case_missing_folder(c):
     load(c.tmp / "nowhere" / "clt")
+
+
+def case_hub_unreachable(c):
+    import huggingface_hub.constants as hub
+
+    with mock.patch.object(hub, "HF_HUB_OFFLINE", True), mock.patch.object(hub, "HF_HUB_CACHE", str(c.tmp)):
+        CrossLayerTranscoder.from_pretrained("nobody-here/no-such-clt")
 
 
 def case_missing_config(c):

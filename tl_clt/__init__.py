@@ -2,6 +2,7 @@
 
 from tl_clt.attribution import attribute
 from tl_clt.batch import BatchTables, attribute_many, load_batch, recurring_features
+from tl_clt.circuit import plot_circuit
 from tl_clt.clt import CrossLayerTranscoder
 from tl_clt.export import graph_to_dict, validate_graph_json
 from tl_clt.fingerprints import GraphMismatchWarning
@@ -60,6 +61,7 @@ __all__ = [
     "group_interventions",
     "load_batch",
     "load_qwen3",
+    "plot_circuit",
     "plot_graph",
     "prediction_table",
     "preserve",

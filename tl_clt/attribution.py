@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from tl_clt.checks import as_int, as_number
 from tl_clt.clt import CrossLayerTranscoder
@@ -28,7 +27,8 @@ from tl_clt.frozen import PromptState, all_activations, clean_pass, freeze_hooks
 from tl_clt.graph import AttributionGraph
 from tl_clt.hooks import check_compatible, preserve
 from tl_clt.influence import partial_influence
-from tl_clt.prompts import SINK_POS, Prompt, tokens_after_sink
+from tl_clt.progress import tqdm
+from tl_clt.prompts import SINK_POS, Prompt, prompt_offset, tokens_after_sink
 
 DEFAULT_MAX_N_LOGITS = 10
 DEFAULT_DESIRED_LOGIT_PROB = 0.95
@@ -319,6 +319,8 @@ def attribute(
         user_backward_hooks=guard.user_backward_hooks,
         saes_routed_around=guard.saes,
         **fingerprints,
+        prompt_offset=prompt_offset(model, prompt),  # 1: the sink was put in front
+        prompt_type="text" if isinstance(prompt, str) else "token ids",
     )
     return graph
 

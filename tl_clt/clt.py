@@ -268,6 +268,17 @@ class CrossLayerTranscoder(torch.nn.Module):
             out[k:] += torch.einsum("...n,nld->l...d", a[..., active], rows)
         return out
 
+    # ---------------------------------------------------------------- display
+    def __repr__(self) -> str:
+        from tl_clt.display import clt_repr
+
+        return clt_repr(self)
+
+    def _repr_html_(self) -> str:
+        from tl_clt.display import clt_html
+
+        return clt_html(self)
+
 
 def _feature_indices(features, n_features: int, layer: int) -> Tensor:
     """Feature indices as a long tensor, checked in [0, n_features) (also Python ints past int64)."""

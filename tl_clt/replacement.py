@@ -10,6 +10,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tl_clt.clt import CrossLayerTranscoder
+from tl_clt.display import as_feature_activations
 from tl_clt.frozen import all_activations, clean_pass
 from tl_clt.hooks import (
     HookList,
@@ -78,7 +79,8 @@ def replacement_hooks(model, clt: CrossLayerTranscoder, *, use_error_term: bool 
 def feature_activations(
     model, clt: CrossLayerTranscoder, prompt: Prompt
 ) -> Float[Tensor, "n_layers pos n_features"]:
-    """Active CLT features of `prompt` as a sparse COO tensor indexed (layer, pos, feature).
+    """Active CLT features of `prompt` as a sparse COO tensor indexed (layer, pos, feature); it prints
+    as a short summary (`tl_clt.display.FeatureActivations`, a torch.Tensor).
 
     Positions are those of `tl_clt.to_tokens(model, prompt)` (sink token at 0 included here).
     """
@@ -87,7 +89,8 @@ def feature_activations(
     with preserve(model):
         state = clean_pass(model, clt, tokens, sites)
     with torch.no_grad():
-        return all_activations(clt, state.mlp_in).to_sparse().coalesce()
+        acts = all_activations(clt, state.mlp_in)
+    return as_feature_activations(acts.to_sparse().coalesce())
 
 
 @dataclass

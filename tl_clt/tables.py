@@ -89,7 +89,7 @@ def prediction_table(
     """
     k = check_k(k, what="tokens per column")
     p_before, p_after = (
-        torch.softmax(_next_token_logits(x, pos).float(), -1) for x in (before_logits, after_logits)
+        torch.softmax(_next_token_logits(x, pos).detach().float(), -1) for x in (before_logits, after_logits)
     )
     if p_before.shape != p_after.shape:
         raise ValueError(f"before/after logits differ in shape: {p_before.shape} vs {p_after.shape}.")

@@ -84,7 +84,8 @@ class Loader:
     def __call__(self):
         import torch
 
-        import tl_clt
+        from tl_clt.clt import CrossLayerTranscoder
+        from tl_clt.loading import load_qwen3
 
         if self.threads:
             torch.set_num_threads(self.threads)
@@ -92,9 +93,9 @@ class Loader:
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
         model, clt = self.model, self.clt
         if isinstance(model, (str, os.PathLike)):
-            model = tl_clt.load_qwen3(model, device=device, dtype=dtype)
+            model = load_qwen3(model, device=device, dtype=dtype)
         if isinstance(clt, (str, os.PathLike)):
-            clt = tl_clt.CrossLayerTranscoder.from_pretrained(clt, device=device, dtype=dtype)
+            clt = CrossLayerTranscoder.from_pretrained(clt, device=device, dtype=dtype)
         return model, clt
 
 
@@ -110,7 +111,8 @@ class AttributePrompt:
     def __call__(self, context, item: PromptItem) -> dict:
         import time
 
-        from tl_clt import attribute, graph_to_dict
+        from tl_clt.attribution import attribute
+        from tl_clt.export import graph_to_dict
 
         model, clt = context
         run = RunDir(self.out_dir)
