@@ -142,11 +142,11 @@ def test_other_input_hooks_are_exact(model_dir, tmp_path, input_hook):
         torch.testing.assert_close(graph.adjacency[rows, col], measured, atol=2e-5 * float(scale), rtol=1e-4)
 
 
-def test_bfloat16_model_matches_float32_closely(model_dir, clt_dir, setup):
+def test_bfloat16_model_matches_float32_closely(model_dir, clt_dir, setup, backend):
     """A bf16 model (with a bf16 or fp32 CLT) attributes; its logit edges track the fp32 graph's."""
     _, graph32, _ = setup
     for clt_dtype in (torch.bfloat16, torch.float32):
-        model = tl_clt.load_qwen3(model_dir, dtype=torch.bfloat16)
+        model = tl_clt.load_qwen3(model_dir, dtype=torch.bfloat16, backend=backend)
         clt = tl_clt.CrossLayerTranscoder.from_pretrained(clt_dir, dtype=clt_dtype)
         graph = tl_clt.attribute(model, clt, PROMPT, batch_size=7, max_n_logits=5, verbose=False)
         assert torch.isfinite(graph.adjacency).all() and graph.adjacency.dtype == torch.float32
