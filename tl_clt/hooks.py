@@ -112,15 +112,15 @@ def preserve(model) -> Iterator[None]:
     Inside it, the TransformerBridge's warning that a hook edited a norm's scale (what freezing does, on
     purpose) is silenced; the user's own forward passes still show it.
     """
-    quiet = warnings.catch_warnings()
-    quiet.__enter__()
-    warnings.filterwarnings("ignore", message=BRIDGE_EDIT_WARNING, category=UserWarning)
     cfg = copy.copy(model.cfg.__dict__)
     requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
     grads = {n: p.grad for n, p in model.named_parameters()}
     training = {n: m.training for n, m in model.named_modules()}
     context_level = model.context_level
     handles = _hook_handles(model)
+    quiet = warnings.catch_warnings()
+    quiet.__enter__()
+    warnings.filterwarnings("ignore", message=BRIDGE_EDIT_WARNING, category=UserWarning)
     try:
         yield
     finally:
