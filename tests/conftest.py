@@ -8,6 +8,9 @@ import pytest
 import torch
 
 from tl_clt import CrossLayerTranscoder, load_qwen3, synthetic
+from tl_clt.loading import _tl_version
+
+TL_MAJOR = int(_tl_version().split(".")[0])
 
 warnings.filterwarnings("ignore", message=".*HookedTransformer is deprecated.*")
 # The test models are tiny: extra intra-op threads only fight over the shared cores (4x slower under load).
@@ -40,6 +43,29 @@ def clt_dir(tmp_path_factory):
 @pytest.fixture()
 def model(model_dir):
     return load_qwen3(model_dir)
+
+
+# Suites that must hold on both TransformerLens backends take `backend` (marked `hooked` / `bridge`);
+# the transformer-lens 4.x CI step runs `-m bridge` (HookedTransformer is gone in 4.x).
+@pytest.fixture(
+    scope="session",
+    params=[
+        pytest.param("hooked", marks=pytest.mark.hooked),
+        pytest.param("bridge", marks=pytest.mark.bridge),
+    ],
+)
+def backend(request):
+    return request.param
+
+
+def pytest_collection_modifyitems(config, items):
+    if TL_MAJOR >= 4:
+        skip = pytest.mark.skip(
+            reason=f"needs a HookedTransformer: transformer-lens 3.x (have {_tl_version()})"
+        )
+        for item in items:
+            if "hooked" in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

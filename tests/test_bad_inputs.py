@@ -10,6 +10,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import copy
+import inspect
 import json
 import math
 import os
@@ -20,6 +21,7 @@ import sys
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 from unittest import mock
 
 import cases_models
@@ -30,13 +32,15 @@ from conftest import PROMPT
 from model_state import assert_unchanged, snapshot
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 import tl_clt
 from tl_clt import AttributionGraph, CrossLayerTranscoder, Intervention, synthetic
 from tl_clt.clt import CLTFileChangedError
 from tl_clt.hooks import ModelNameWarning
 from tl_clt.loading import _read_hf_weights, qwen3_state_dict, qwen3_tl_config, read_hf_config
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
 N_FEATURES = 16
@@ -57,19 +61,39 @@ TABLE = read_table()
 
 
 # ------------------------------------------------------------------------ fixtures
-@pytest.fixture(scope="module")
-def env(model_dir, small_clt_dir):
-    model = tl_clt.load_qwen3(model_dir)
+def _env(model_dir, small_clt_dir, backend):
+    model = tl_clt.load_qwen3(model_dir, backend=backend)
     clt = CrossLayerTranscoder.from_pretrained(small_clt_dir, dtype=torch.float32)
     graph = tl_clt.attribute(model, clt, PROMPT, max_n_logits=3, verbose=False)
-    return SimpleNamespace(model=model, clt=clt, graph=graph, model_dir=model_dir, clt_src=small_clt_dir)
+    return SimpleNamespace(
+        model=model, clt=clt, graph=graph, model_dir=model_dir, clt_src=small_clt_dir, backend=backend
+    )
+
+
+@pytest.fixture(scope="module")
+def env(model_dir, small_clt_dir):
+    return _env(model_dir, small_clt_dir, "hooked")
+
+
+@pytest.fixture(scope="module")
+def bridge_env(model_dir, small_clt_dir):
+    return _env(model_dir, small_clt_dir, "bridge")
+
+
+def _ctx(env, tmp_path):
+    """The shared model/CLT/graph plus a fresh copy of the CLT folder (`ctx.dir`) to break."""
+    shutil.copytree(env.clt_src, tmp_path / "clt")
+    return SimpleNamespace(**vars(env), dir=tmp_path / "clt", tmp=tmp_path)
 
 
 @pytest.fixture()
 def ctx(env, tmp_path):
-    """The shared model/CLT/graph plus a fresh copy of the CLT folder (`ctx.dir`) to break."""
-    shutil.copytree(env.clt_src, tmp_path / "clt")
-    return SimpleNamespace(**vars(env), dir=tmp_path / "clt", tmp=tmp_path)
+    return _ctx(env, tmp_path)
+
+
+@pytest.fixture()
+def bridge_ctx(bridge_env, tmp_path):
+    return _ctx(bridge_env, tmp_path)
 
 
 def folder_state(folder: Path) -> dict[str, bytes | str]:
@@ -102,6 +126,8 @@ def load(folder: Path, **kwargs) -> CrossLayerTranscoder:
 
 
 def gpt2_model(tokenizer_of: HookedTransformer) -> HookedTransformer:
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
     cfg = HookedTransformerConfig(
         n_layers=3,
         d_model=64,
@@ -154,7 +180,7 @@ def case_clt_other_device(c):
 
 
 def case_model_bf16_clt_f32(c):
-    model = tl_clt.load_qwen3(c.model_dir, dtype=torch.bfloat16)
+    model = tl_clt.load_qwen3(c.model_dir, dtype=torch.bfloat16, backend=c.backend)
     clt16 = load(c.dir)  # bf16 on disk: the same values as c.clt, in bf16
     g32 = tl_clt.attribute(model, c.clt, PROMPT, max_n_logits=3, verbose=False)
     g16 = tl_clt.attribute(model, clt16, PROMPT, max_n_logits=3, verbose=False)
@@ -186,6 +212,8 @@ def _check_dtype_pairing(model, clt, atol):
 
 
 def case_folded_model(c):
+    from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: F401
+
     cfg = qwen3_tl_config(
         read_hf_config(c.model_dir), dtype=torch.float32, device="cpu", n_ctx=None, model_name="tiny-qwen3"
     )
@@ -199,6 +227,8 @@ def case_gpt2_model(c):
 
 
 def case_gemma2_model(c):
+    from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: F401
+
     cfg = HookedTransformerConfig(
         n_layers=3,
         d_model=64,
@@ -214,6 +244,12 @@ def case_gemma2_model(c):
         original_architecture="Gemma2ForCausalLM",
     )
     tl_clt.attribute(HookedTransformer(cfg, tokenizer=c.model.tokenizer), c.clt, PROMPT, verbose=False)
+
+
+def case_processed_bridge(c):
+    bridge = tl_clt.load_qwen3(c.model_dir, backend="bridge")
+    bridge.enable_compatibility_mode()  # defaults: folds the norms, centres W_out / W_U
+    tl_clt.attribute(bridge, c.clt, PROMPT, verbose=False)
 
 
 def case_not_a_model(c):
@@ -423,6 +459,8 @@ def case_none_prompt(c):
 
 
 def case_no_tokenizer(c):
+    from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: F401
+
     bare = HookedTransformer(copy.deepcopy(c.model.cfg), move_to_device=False)
     tl_clt.to_tokens(bare, [5, 6, 7])
 
@@ -1063,8 +1101,33 @@ def _message(err: BaseException) -> str:
     return str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
 
 
+# rows whose call takes the user's model (and builds no HookedTransformer) run on the bridge too
+BRIDGE_CASES = [
+    case
+    for case in TABLE
+    if case in CASES
+    and re.search(r"c\.model\b|_attribute\(c\b|_bridge", inspect.getsource(CASES[case]))
+    and not re.search(r"HookedTransformer|gpt2_model", inspect.getsource(CASES[case]))
+]
+
+
+@pytest.mark.hooked
 @pytest.mark.parametrize("case", list(TABLE))
 def test_bad_input(ctx, case):
+    check_bad_input(ctx, case)
+
+
+@pytest.mark.bridge
+@pytest.mark.parametrize("case", BRIDGE_CASES)
+def test_bad_input_on_bridge(bridge_ctx, case):
+    check_bad_input(bridge_ctx, case)
+
+
+def test_bridge_runs_the_model_rows():
+    assert len(BRIDGE_CASES) > 20
+
+
+def check_bad_input(ctx, case):
     exc_name, excerpt = TABLE[case]
     model = ctx.model
     tokens = tl_clt.to_tokens(model, PROMPT)[None]

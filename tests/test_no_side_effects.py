@@ -40,17 +40,17 @@ class Tripwire:
 
 
 @pytest.fixture(scope="module")
-def user(model_dir, small_clt_dir):
+def user(model_dir, small_clt_dir, backend):
     """The user's model as they left it: a permanent hook, a temporary hook, a torch module hook, a frozen
     parameter, train mode. Shared by the tests of this module: each checks it is unchanged by its call."""
-    model = tl_clt.load_qwen3(model_dir)
+    model = tl_clt.load_qwen3(model_dir, backend=backend)
     clt = tl_clt.CrossLayerTranscoder.from_pretrained(small_clt_dir, dtype=torch.float32)
     trip = Tripwire()
     counted = []
     model.add_perma_hook("blocks.1.hook_attn_out", trip)
     model.add_hook("blocks.0.hook_resid_pre", lambda t, hook: counted.append(1) or t)
     model.blocks[2].mlp.register_forward_hook(lambda mod, args, out: None)
-    model.blocks[1].attn.W_Q.requires_grad_(False)
+    next(model.blocks[1].attn.parameters()).requires_grad_(False)  # W_Q's (HT) or q_proj's (bridge)
     model.train()
     model.blocks[0].eval()  # mixed modes must survive too
     return model, clt, trip, counted

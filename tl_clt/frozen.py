@@ -79,12 +79,15 @@ def clean_pass(
     store: dict[str, list] = {}
     frozen: dict[str, Tensor] = {}
 
-    def save(tensor: Tensor, *, hook) -> Tensor:
-        frozen[hook.name] = tensor.detach()
-        return tensor
+    def save(name: str):  # keyed by the requested name: a bridge's hook.name may be another alias
+        def fn(tensor: Tensor, *, hook) -> Tensor:
+            frozen[name] = tensor.detach()
+            return tensor
+
+        return fn
 
     names = sites.block_hooks(sites.frozen_scales + sites.patterns, clt.n_layers) + [sites.final_scale]
-    hooks = capture_hooks(model, clt, sites, store) + [(n, save) for n in names]
+    hooks = capture_hooks(model, clt, sites, store) + [(n, save(n)) for n in names]
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         logits = model(tokens[None])
     final_scale = frozen.pop(sites.final_scale)
@@ -102,10 +105,15 @@ def clean_pass(
 def freeze_hooks(frozen: dict[str, Tensor]) -> HookList:
     """Forward hooks that replace norm scales and attention patterns by their clean-pass values."""
 
-    def hook_fn(tensor: Tensor, *, hook) -> Tensor:
-        return frozen[hook.name].to(tensor.dtype).expand_as(tensor)
+    def replace(value: Tensor):  # bound per name (a bridge's hook.name may be another alias)
+        def fn(tensor: Tensor, *, hook) -> Tensor:
+            return value.to(tensor.dtype).expand_as(
+                tensor
+            )  # a new tensor: the bridge detects edits by identity
 
-    return [(name, hook_fn) for name in frozen]
+        return fn
+
+    return [(name, replace(value)) for name, value in frozen.items()]
 
 
 def all_activations(

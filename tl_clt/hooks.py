@@ -21,6 +21,8 @@ from tl_clt.clt import CrossLayerTranscoder
 from tl_clt.sites import Sites, sites_for
 
 HookList = list[tuple[str, Callable]]
+# start of the TransformerBridge's UserWarning when a hook returns a new norm scale (freezing does)
+BRIDGE_EDIT_WARNING = "A forward hook edited hook_scale/hook_normalized on the native-autograd path"
 
 
 def layer_hook(fn: Callable, layer: int) -> Callable:
@@ -266,6 +268,8 @@ def preserve(model) -> Iterator[Guard]:
       passes, several times per call) and switched back on after: `UserHookWarning`,
       names in `Guard.user_backward_hooks`.
     Our own code adds hooks only through `model.hooks(...)`; this guard is the safety net under it.
+    Inside it, the TransformerBridge's warning that a hook edited a norm's scale (what freezing does, on
+    purpose) is silenced; the user's own forward passes still show it.
     """
     lock = model_lock(model)
     lock.acquire()
@@ -319,9 +323,13 @@ def _restored(model) -> Iterator[None]:
     training = {n: m.training for n, m in model.named_modules()}
     context_level = model.context_level
     handles = _hook_handles(model)
+    quiet = warnings.catch_warnings()
+    quiet.__enter__()
+    warnings.filterwarnings("ignore", message=BRIDGE_EDIT_WARNING, category=UserWarning)
     try:
         yield
     finally:
+        quiet.__exit__(None, None, None)
         for name, hp in model.hook_dict.items():
             keep = set(handles.get(name, ()))
             for h in [h for h in hp.fwd_hooks + hp.bwd_hooks if id(h) not in keep]:
@@ -329,6 +337,9 @@ def _restored(model) -> Iterator[None]:
             hp.fwd_hooks = [h for h in hp.fwd_hooks if id(h) in keep]
             hp.bwd_hooks = [h for h in hp.bwd_hooks if id(h) in keep]
         model.context_level = context_level
+        for k, v in cfg.items():  # by setattr first: a bridge's cfg hands hook flags on to its components
+            if model.cfg.__dict__.get(k, v) is not v:
+                setattr(model.cfg, k, v)
         model.cfg.__dict__.clear()
         model.cfg.__dict__.update(cfg)
         for n, p in model.named_parameters():

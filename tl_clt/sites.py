@@ -11,7 +11,9 @@ say where that model keeps each thing, plus `requires`, the cfg values the algor
 
 from __future__ import annotations
 
+import dataclasses
 import operator
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +22,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 HOOKED_TRANSFORMER = "HookedTransformer"
+TRANSFORMER_BRIDGE = "TransformerBridge"
 QWEN3 = "Qwen3ForCausalLM"
 
 
@@ -60,6 +63,10 @@ class Sites:
     requires: Mapping[str, Any] = field(default_factory=dict)  # cfg attribute -> required value
     resid_pre: str = "blocks.{layer}.hook_resid_pre"  # block {layer}'s input: where a forward pass enters it
     resid_post: str = "blocks.{layer}.hook_resid_post"  # block {layer}'s output
+    W_V: str = "blocks.{layer}.attn.W_V"  # weight path [n_heads, d_model, d_head] (kv heads expanded)
+    W_O: str = "blocks.{layer}.attn.W_O"  # weight path [n_heads, d_head, d_model]
+    ln1_weight: str = "blocks.{layer}.ln1.w"  # weight path of block {layer}'s pre-attention norm
+    refuse: Callable[[Any], str | None] = lambda model: None  # why this model is unusable, or None
 
     # ---------------------------------------------------------------- hook names
     def block_hooks(self, templates: tuple[str, ...], n_layers: int) -> list[str]:
@@ -84,6 +91,21 @@ class Sites:
     def weight(self, model, path: str, layer: int | None = None) -> Tensor:
         """The tensor at dotted attribute `path` (a field of this class, `{layer}` filled in)."""
         return operator.attrgetter(path.format(layer=layer))(model)
+
+    def attn_weights(self, model, layer: int) -> tuple[Tensor, Tensor]:
+        """(W_V [n_heads, d_model, d_head], W_O [n_heads, d_head, d_model]) of block `layer`.
+
+        Grouped-query key/value heads are expanded to one per query head (query head h reads kv head
+        h // (n_heads / n_kv_heads)), as a HookedTransformer's `W_V` is; a bridge's `W_V` is not.
+        """
+        W_V, W_O = self.weight(model, self.W_V, layer), self.weight(model, self.W_O, layer)
+        if W_V.shape[0] != W_O.shape[0]:
+            W_V = W_V.repeat_interleave(W_O.shape[0] // W_V.shape[0], dim=0)
+        return W_V, W_O
+
+    def norm_weights(self, model, layer: int) -> tuple[Tensor, Tensor]:
+        """(ln1 weight, ln2 weight) [d_model] of block `layer` (unfolded RMSNorm weights)."""
+        return self.weight(model, self.ln1_weight, layer), self.weight(model, self.ln2_weight, layer)
 
     def to_clt_input(
         self, model, feature_input_hook: str, layer: int, value: Float[Tensor, "... d_model"]
@@ -130,16 +152,64 @@ HOOKED_TRANSFORMER_QWEN3 = Sites(
     },
 )
 
-REGISTRY: dict[tuple[str, str], Sites] = {(HOOKED_TRANSFORMER, QWEN3): HOOKED_TRANSFORMER_QWEN3}
+
+def _bridge_forward_to(model, tokens: Tensor, n: int) -> Tensor:
+    """The residual before block n; for n == n_layers the final residual, read by a hook (the bridge's
+    `stop_at_layer=n_layers` returns the logits)."""
+    if n < model.cfg.n_layers:
+        return model(tokens, stop_at_layer=n)
+    out: list[Tensor] = []
+
+    def grab(tensor: Tensor, *, hook) -> Tensor:
+        out.append(tensor)
+        return tensor
+
+    model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{n - 1}.hook_resid_post", grab)])
+    return out[0]
+
+
+def _bridge_refuse(model) -> str | None:
+    if getattr(model, "_weights_processed", False):
+        return (
+            "This TransformerBridge's weights were processed (enable_compatibility_mode() with its "
+            "defaults folds the norm weights and centres W_out / W_U), so the true MLP input the CLT reads "
+            "and its target no longer exist. Boot it again without enable_compatibility_mode(), or call "
+            "enable_compatibility_mode(no_processing=True); or use tl_clt.load_qwen3(..., backend='bridge')."
+        )
+    return None
+
+
+TRANSFORMER_BRIDGE_QWEN3 = dataclasses.replace(
+    HOOKED_TRANSFORMER_QWEN3,
+    backend=TRANSFORMER_BRIDGE,
+    forward_to=_bridge_forward_to,
+    # the bridge runs the q/k norms but reports use_qk_norm=False: not a requirement here
+    requires={k: v for k, v in HOOKED_TRANSFORMER_QWEN3.requires.items() if k != "use_qk_norm"},
+    refuse=_bridge_refuse,
+)
+
+REGISTRY: dict[tuple[str, str], Sites] = {
+    (HOOKED_TRANSFORMER, QWEN3): HOOKED_TRANSFORMER_QWEN3,
+    (TRANSFORMER_BRIDGE, QWEN3): TRANSFORMER_BRIDGE_QWEN3,
+}
 
 
 def _is_hooked_transformer(model) -> bool:
-    from transformer_lens import HookedTransformer
+    module = sys.modules.get("transformer_lens.HookedTransformer")  # never imported: not one
+    cls = getattr(module, "HookedTransformer", None)
+    return isinstance(cls, type) and isinstance(model, cls)
 
-    return isinstance(model, HookedTransformer)
+
+def _is_transformer_bridge(model) -> bool:
+    module = sys.modules.get("transformer_lens.model_bridge")  # importing it costs seconds: only if loaded
+    cls = getattr(module, "TransformerBridge", None)
+    return isinstance(cls, type) and isinstance(model, cls)
 
 
-BACKENDS: dict[str, Callable[[Any], bool]] = {HOOKED_TRANSFORMER: _is_hooked_transformer}
+BACKENDS: dict[str, Callable[[Any], bool]] = {
+    HOOKED_TRANSFORMER: _is_hooked_transformer,
+    TRANSFORMER_BRIDGE: _is_transformer_bridge,
+}
 
 
 def backend_of(model) -> str | None:
@@ -156,7 +226,8 @@ def sites_for(model) -> Sites:
     backend = backend_of(model)
     if backend is None:
         raise UnsupportedModelError(
-            f"Expected a transformer_lens.HookedTransformer, got {type(model).__name__}. tl_clt supports "
+            "Expected a transformer_lens HookedTransformer or TransformerBridge, got "
+            f"{type(model).__name__}. tl_clt supports "
             f"{_supported()}; load one with tl_clt.load_qwen3(...)."
         )
     cfg = model.cfg
@@ -168,7 +239,8 @@ def sites_for(model) -> Sites:
             "no longer exists. Load it with tl_clt.load_qwen3(...) or "
             "HookedTransformer.from_pretrained_no_processing(...)."
         )
-    arch = getattr(cfg, "original_architecture", None)
+    # HookedTransformer: cfg.original_architecture; TransformerBridge: cfg.architecture
+    arch = getattr(cfg, "original_architecture", None) or getattr(cfg, "architecture", None)
     sites = REGISTRY.get((backend, arch))
     wrong = {} if sites is None else {k: getattr(cfg, k, None) for k, v in sites.requires.items()}
     wrong = {k: got for k, got in wrong.items() if got != sites.requires[k]}
@@ -180,4 +252,7 @@ def sites_for(model) -> Sites:
             f"tl_clt supports Qwen3-style models ({_supported()}); this {backend} has {found}. "
             "Its edges would not be exact. Load a Qwen3 checkpoint with tl_clt.load_qwen3."
         )
+    reason = sites.refuse(model)
+    if reason:
+        raise UnsupportedModelError(reason)
     return sites

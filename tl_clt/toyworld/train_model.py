@@ -11,16 +11,19 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from tl_clt import files
 from tl_clt.prompts import to_tokens
 from tl_clt.synthetic import qwen3_config
 from tl_clt.toyworld.corpus import Fact
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 
 def model_config(vocab_size: int, **overrides):
