@@ -210,8 +210,9 @@ def load_qwen3(
     fetched into the cache first, so booting itself is offline), with raw HF weights: no folding, no
     centring (transformer-lens 3.x and 4.x). The tokenizer comes from the same folder/id. `dtype` is a
     torch float dtype or its name ("float32", "bfloat16", ...); every weight is checked finite at
-    load. `n_ctx` defaults to min(max_position_embeddings, 2048) for the HookedTransformer (TransformerLens keeps
-    rotary tables of that length in every layer) and to max_position_embeddings for the bridge.
+    load. `n_ctx` defaults to min(max_position_embeddings, 2048) for the HookedTransformer
+    (TransformerLens keeps rotary tables of that length in every layer) and to max_position_embeddings
+    for the bridge.
     """
     if backend not in ("hooked", "bridge"):
         raise ValueError(
