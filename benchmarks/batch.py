@@ -72,6 +72,7 @@ def run_once(model_dir, clt_dir, prompts, engine: str, workers: int, args) -> di
     assert (tables.manifest["status"] == "done").all(), tables.manifest["error"].dropna().tolist()
     times = [t for t, _ in stamps]
     own = [r["seconds_total"] for _, r in stamps]
+    cpu = statistics.mean(r["cpu_seconds"] for _, r in stamps)
     gaps = [b - a - s for a, b, s in zip(times, times[1:], own[1:])]
     steady = (times[-1] - times[0]) / (len(times) - 1)
     return {
@@ -82,6 +83,9 @@ def run_once(model_dir, clt_dir, prompts, engine: str, workers: int, args) -> di
         "start_s": times[0] - start - own[0],
         "steady_prompts_per_min": 60.0 / steady,
         "worker_s_per_prompt": statistics.mean(own),
+        "worker_cpu_s_per_prompt": cpu,
+        # what `workers` single-threaded workers would reach with a core each and no waiting
+        "cpu_bound_prompts_per_min": 60.0 * workers / cpu,
         "overhead_ms_median": 1000 * statistics.median(gaps),
         "n_workers_used": len({r["worker_pid"] for _, r in stamps}),
         "load": os.getloadavg()[0],
@@ -145,6 +149,8 @@ def main() -> None:
                 "steady_prompts_per_min",
                 "speedup_vs_1_ray_worker",
                 "worker_s_per_prompt",
+                "worker_cpu_s_per_prompt",
+                "cpu_bound_prompts_per_min",
                 "start_s",
                 "total_s",
                 "n_workers_used",

@@ -43,6 +43,7 @@ class TaskResult:
     worker: str = ""  # "host:pid"
     worker_pid: int | None = None
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # CPU time of the worker process over the task (all its threads)
 
     @property
     def ok(self) -> bool:
@@ -55,7 +56,7 @@ def worker_name() -> str:
 
 def run_task(context, fn: Callable, task) -> TaskResult:
     """`fn(context, task)`, timed, with an exception turned into the result's error."""
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     try:
         value, error, trace = fn(context, task), None, None
     except Exception as err:  # noqa: BLE001 - any failure of one task is recorded, the run goes on
@@ -69,6 +70,7 @@ def run_task(context, fn: Callable, task) -> TaskResult:
         worker=worker_name(),
         worker_pid=os.getpid(),
         seconds=time.perf_counter() - start,
+        cpu_seconds=time.process_time() - cpu,
     )
 
 

@@ -198,6 +198,7 @@ def _record(result: TaskResult) -> dict:
         worker=result.worker,
         worker_pid=result.worker_pid,
         seconds_total=result.seconds,
+        cpu_seconds=result.cpu_seconds,
         finished_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
     )
     record.update(item.extra)

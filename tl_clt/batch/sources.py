@@ -34,6 +34,7 @@ RESERVED = frozenset(
         "finished_at",
         "seconds_attribute",
         "seconds_total",
+        "cpu_seconds",
         "n_tokens",
         "n_active_features",
         "n_feature_rows",
