@@ -1,6 +1,7 @@
 """tl_clt: circuit tracing on Qwen3 with cross-layer transcoders, as a TransformerLens plugin."""
 
 from tl_clt.attribution import attribute
+from tl_clt.targets import Direction, LogitDiff, TargetError, logit_diff
 from tl_clt.batch import BatchTables, attribute_many, load_batch, recurring_features
 from tl_clt.clt import CrossLayerTranscoder
 from tl_clt.export import graph_to_dict, validate_graph_json
@@ -47,6 +48,10 @@ __all__ = [
     "TokenScore",
     "ablate",
     "attribute",
+    "Direction",
+    "LogitDiff",
+    "TargetError",
+    "logit_diff",
     "attribute_many",
     "check_compatible",
     "contrast_features",
