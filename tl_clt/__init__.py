@@ -1,7 +1,6 @@
 """tl_clt: circuit tracing on Qwen3 with cross-layer transcoders, as a TransformerLens plugin."""
 
 from tl_clt.attribution import attribute
-from tl_clt.targets import Direction, LogitDiff, TargetError, logit_diff
 from tl_clt.batch import BatchTables, attribute_many, load_batch, recurring_features
 from tl_clt.clt import CrossLayerTranscoder
 from tl_clt.export import graph_to_dict, validate_graph_json
@@ -33,6 +32,7 @@ from tl_clt.supernodes import (
     top_outputs,
 )
 from tl_clt.tables import PredictionTable, prediction_table
+from tl_clt.targets import Direction, LogitDiff, TargetError, logit_diff
 from tl_clt.version import __version__
 
 __all__ = [
