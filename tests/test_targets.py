@@ -163,3 +163,29 @@ def test_bad_targets_raise_typed_errors(setup, clt, targets, match):
     model = setup[0]
     with pytest.raises(tl_clt.TargetError, match=match):
         tl_clt.attribute(model, clt, PROMPT, targets=targets, verbose=False)
+
+
+def test_cli_target_option(setup, model_dir, clt_dir, tmp_path, capsys):
+    from tl_clt.cli import main
+    from tl_clt.targets import parse_target_spec
+
+    _, full, _, pairs = setup
+    (a_id, a), (b_id, b) = pairs[:2]
+    assert parse_target_spec(f"diff:{a}|{b}") == tl_clt.logit_diff(a, b)
+    assert parse_target_spec(f"id:{a_id}") == a_id
+    assert parse_target_spec("token:id:3") == "id:3"
+    layer, pos, feat = full.feature_keys[0].tolist()
+    out = tmp_path / "g.json"
+    base = ["attribute", "--model", str(model_dir), "--clt", str(clt_dir), "--prompt", PROMPT, "-q"]
+    targets = ["--target", f"diff:{a}|{b}", "--target", a, "--target", f"{layer}:{pos}:{feat}"]
+    assert main([*base, "-o", str(out), *targets, "--png", str(tmp_path / "g.png")]) == 0
+    data = json.loads(out.read_text())
+    tl_clt.validate_graph_json(data)
+    assert sum(n["feature_type"] == "logit" for n in data["nodes"]) == 3
+    assert (tmp_path / "g.png").stat().st_size > 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main([*base, "-o", str(tmp_path / "h.json"), "--target", "Fact: The president"])
+    assert exit_info.value.code == 2
+    assert "give one token" in capsys.readouterr().err
+    assert not (tmp_path / "h.json").exists()

@@ -151,3 +151,30 @@ def resolve_targets(
                 ResolvedTarget("logit", model.tokenizer.decode([tid]), tid, direction=W_U[:, tid] - mean)
             )
     return resolved
+
+
+TARGET_SYNTAX = (
+    "TEXT: a one-token string, exactly as written (quote it: ' Barack'); 'id:N': token id N; "
+    "'diff:A|B': logit_diff(A, B), the texts after 'diff:' split at '|' and kept exactly "
+    "('diff: Barack| George'); 'F:layer:pos:feature' or 'layer:pos:feature': what drives that feature; "
+    "'token:TEXT': TEXT as a token even if it looks like one of the forms above"
+)
+
+
+def parse_target_spec(text: str):
+    """A target from its command-line spelling (`TARGET_SYNTAX`); TargetError for a malformed one."""
+    if text.startswith("token:"):
+        return text.removeprefix("token:")
+    if text.startswith("id:"):
+        value = text.removeprefix("id:")
+        if not value.isascii() or not value.isdigit():
+            raise TargetError(f"--target {text!r}: 'id:' takes a token id (ASCII digits), e.g. 'id:1234'.")
+        return int(value)
+    if text.startswith("diff:"):
+        parts = text.removeprefix("diff:").split("|")
+        if len(parts) != 2 or not all(parts):
+            raise TargetError(
+                f"--target {text!r}: a difference is 'diff:A|B' with two tokens, e.g. 'diff: Barack| George'."
+            )
+        return LogitDiff(*parts)
+    return text  # a feature id or a token: resolve_targets tells them apart
