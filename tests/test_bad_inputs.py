@@ -1083,12 +1083,30 @@ def case_batch_bad_prompt(c):
     assert error == "ValueError: The prompt is empty: pass some text or token ids."
 
 
+# ------------------------------------------------------------------------ attribution targets
+def case_target_several_tokens(c):
+    tl_clt.attribute(c.model, c.clt, PROMPT, targets=["Fact: The president"], verbose=False)
+
+
+def case_target_inactive_feature(c):
+    tl_clt.attribute(c.model, c.clt, PROMPT, targets=["F:1:1:15"], verbose=False)
+
+
+def case_target_empty(c):
+    tl_clt.attribute(c.model, c.clt, PROMPT, targets=[], verbose=False)
+
+
+def case_target_direction_shape(c):
+    tl_clt.attribute(c.model, c.clt, PROMPT, targets=[tl_clt.Direction("d", torch.ones(3))], verbose=False)
+
+
 # ------------------------------------------------------------------------ the tests
 CASES = {name.removeprefix("case_"): fn for name, fn in globals().items() if name.startswith("case_")}
 CASES |= cases_models.CASES  # docs/errors.md, section "Models, threads and hooks"
 EXCEPTIONS = {
     "ModelNameWarning": ModelNameWarning,
     "CLTFileChangedError": CLTFileChangedError,
+    "TargetError": tl_clt.TargetError,
 } | cases_models.EXCEPTIONS
 
 

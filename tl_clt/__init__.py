@@ -34,6 +34,7 @@ from tl_clt.supernodes import (
     top_outputs,
 )
 from tl_clt.tables import PredictionTable, prediction_table
+from tl_clt.targets import Direction, LogitDiff, TargetError, logit_diff
 from tl_clt.version import __version__
 
 __all__ = [
@@ -49,6 +50,10 @@ __all__ = [
     "TokenScore",
     "ablate",
     "attribute",
+    "Direction",
+    "LogitDiff",
+    "TargetError",
+    "logit_diff",
     "attribute_many",
     "check_compatible",
     "contrast_features",

@@ -29,6 +29,7 @@ from tl_clt.hooks import check_compatible, preserve
 from tl_clt.influence import partial_influence
 from tl_clt.progress import tqdm
 from tl_clt.prompts import SINK_POS, Prompt, prompt_offset, tokens_after_sink
+from tl_clt.targets import resolve_targets
 
 DEFAULT_MAX_N_LOGITS = 10
 DEFAULT_DESIRED_LOGIT_PROB = 0.95
@@ -275,6 +276,7 @@ def attribute(
     batch_size: int = DEFAULT_BATCH_SIZE,
     update_interval: int = DEFAULT_UPDATE_INTERVAL,
     verbose: bool = True,
+    targets=None,
 ) -> AttributionGraph:
     """Attribution graph of `prompt` over the CLT's features (see module docstring).
 
@@ -282,6 +284,10 @@ def attribute(
     `desired_logit_prob` (at most `max_n_logits`), each read along its de-meaned unembedding column.
     With `max_feature_nodes`, features are visited in order of estimated influence on the logits,
     refreshed every `update_interval` batches; otherwise every active feature gets a row.
+
+    `targets`: what the graph explains instead of the top logits: a list of tokens (one-token strings or
+    ids), `tl_clt.logit_diff(a, b)`, `tl_clt.Direction(label, vector)` and feature node ids (any
+    spelling); they weigh equally in influence (see `tl_clt.targets`). None: the top logits.
     """
     max_n_logits, desired_logit_prob, max_feature_nodes, batch_size, update_interval = _check_args(
         max_n_logits, desired_logit_prob, max_feature_nodes, batch_size, update_interval
@@ -304,7 +310,15 @@ def attribute(
             lin.run_forward()
             clock.append(time.perf_counter())
             graph = _build_graph(
-                model, clt, lin, max_n_logits, desired_logit_prob, max_feature_nodes, update_interval, verbose
+                model,
+                clt,
+                lin,
+                max_n_logits,
+                desired_logit_prob,
+                max_feature_nodes,
+                update_interval,
+                verbose,
+                targets=targets,
             )
             fingerprints = dict(
                 model_fingerprint=model_fingerprint(model), clt_fingerprint=clt_fingerprint(clt)
@@ -334,19 +348,28 @@ def _build_graph(
     max_feature_nodes,
     update_interval,
     verbose,
+    *,
+    targets=None,
 ) -> AttributionGraph:
     state, active = lin.state, lin.active
     n_active, B, L = len(active.values), lin.batch_size, clt.n_layers
-    logit_ids, logit_probs = logit_targets(state.logits[-1], max_n_logits, desired_logit_prob)
     W_U = lin.model_sites.weight(model, lin.model_sites.W_U).detach()
-    directions = (W_U[:, logit_ids] - W_U.mean(1, keepdim=True)).T
-    readouts = lin.logit_readout(directions)
+    if targets is None:
+        logit_ids, logit_probs = logit_targets(state.logits[-1], max_n_logits, desired_logit_prob)
+        directions = (W_U[:, logit_ids] - W_U.mean(1, keepdim=True)).T
+        readouts = lin.logit_readout(directions)
+        site_layers = torch.full((len(logit_ids),), L)
+        positions = torch.full((len(logit_ids),), lin.n_pos - 1)
+        labels = [model.tokenizer.decode([t]) for t in logit_ids.tolist()]
+    else:
+        site_layers, positions, readouts, logit_ids, labels = _target_rows(model, lin, targets, W_U)
+        logit_probs = torch.full((len(logit_ids),), 1.0 / len(logit_ids))
     n_logits = len(logit_ids)
     logit_rows = (
         torch.cat(
             [
-                lin.rows(torch.full((len(chunk),), L), torch.full((len(chunk),), lin.n_pos - 1), chunk)
-                for chunk in readouts.split(B)
+                lin.rows(s, p, r)
+                for s, p, r in zip(site_layers.split(B), positions.split(B), readouts.split(B))
             ]
         )
         .cpu()
@@ -388,7 +411,7 @@ def _build_graph(
     adjacency = torch.zeros(n_nodes, n_nodes)
     adjacency[:n_sel, : keep_cols.numel()] = feature_rows[:, keep_cols]
     adjacency[n_nodes - n_logits :, : keep_cols.numel()] = logit_rows[:, keep_cols]
-    return AttributionGraph(
+    graph = AttributionGraph(
         tokens=state.tokens.cpu(),
         token_strs=[model.tokenizer.decode([t]) for t in state.tokens.tolist()],
         active_features=active.index.cpu(),
@@ -396,9 +419,35 @@ def _build_graph(
         selected_features=selected,
         logit_tokens=logit_ids.cpu(),
         logit_probabilities=logit_probs.cpu(),
-        logit_token_strs=[model.tokenizer.decode([t]) for t in logit_ids.tolist()],
+        logit_token_strs=labels,
         adjacency=adjacency,
         n_layers=L,
         model_name=model.cfg.model_name,
         clt_name=str(clt.path) if clt.path else None,
+    )
+    if targets is not None:
+        graph.meta["targets"] = list(labels)
+    return graph
+
+
+def _target_rows(model, lin: LinearReplacement, targets, W_U: Tensor):
+    """(site layers, positions, read-out vectors, node token ids, labels) of user-given targets."""
+    resolved = resolve_targets(model, targets, W_U=W_U, active_index=lin.active.index, n_layers=lin.n_layers)
+    site_layers, positions, readouts = [], [], []
+    for t in resolved:
+        if t.kind == "feature":
+            layer, pos, feature = t.key
+            readouts.append(lin.feature_readout(torch.tensor([layer]), torch.tensor([feature]))[0])
+            site_layers.append(layer)
+            positions.append(pos)
+        else:
+            readouts.append(lin.logit_readout(t.direction[None])[0])
+            site_layers.append(lin.n_layers)
+            positions.append(lin.n_pos - 1)
+    return (
+        torch.tensor(site_layers),
+        torch.tensor(positions),
+        torch.stack(readouts),
+        torch.tensor([t.token_id for t in resolved]),
+        [t.label for t in resolved],
     )

@@ -58,6 +58,15 @@ def add_attribute_parser(commands):
     io.add_argument("--scan", help="model id recorded in the graph (default: the model's name)")
 
     add_attribution_arguments(p)
+    from tl_clt.targets import TARGET_SYNTAX
+
+    p.add_argument_group("attribution targets (default: the top logits)").add_argument(
+        "--target",
+        action="append",
+        default=None,
+        metavar="T",
+        help=f"explain T instead of the top logits; repeat for several (equal weights). T is {TARGET_SYNTAX}",
+    )
     add_pruning_arguments(p)
     add_running_arguments(p)
     p.set_defaults(func=run_attribute, parser=p)
@@ -191,7 +200,18 @@ def _attribute(args) -> list[Path]:
     model, clt = load(args)
     say(args, "attributing")
     settings = attribution_settings(args)
-    graph = tl_clt.attribute(model, clt, args.prompt, **settings, verbose=not args.quiet)
+    if args.target is not None:
+        from tl_clt.targets import TargetError, parse_target_spec
+
+        try:
+            targets = [parse_target_spec(t) for t in args.target]
+            graph = tl_clt.attribute(
+                model, clt, args.prompt, **settings, targets=targets, verbose=not args.quiet
+            )
+        except TargetError as err:
+            raise CLIError(f"--target: {err}") from None
+    else:
+        graph = tl_clt.attribute(model, clt, args.prompt, **settings, verbose=not args.quiet)
     written = []
     if args.pt is not None:
         graph.save(args.pt)
