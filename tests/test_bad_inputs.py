@@ -1119,11 +1119,15 @@ def _message(err: BaseException) -> str:
     return str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
 
 
-# rows whose call takes the user's model (and builds no HookedTransformer) run on the bridge too
+# rows whose call takes the user's model (and builds no HookedTransformer) run on the bridge too, but
+# these, whose behaviour is HookedTransformer-only for now: recording the user's hooks (a bridge's hooks
+# are not found yet: a known gap, see the closing note of session 2) and SAELens (HookedSAETransformer)
+HOOKED_ONLY = {"user_forward_hook", "user_backward_hook", "sae_without_error_term"}
 BRIDGE_CASES = [
     case
     for case in TABLE
     if case in CASES
+    and case not in HOOKED_ONLY
     and re.search(r"c\.model\b|_attribute\(c\b|_bridge", inspect.getsource(CASES[case]))
     and not re.search(r"HookedTransformer|gpt2_model", inspect.getsource(CASES[case]))
 ]

@@ -20,10 +20,12 @@ import os
 import textwrap
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import torch
 
+from tl_clt import files
 from tl_clt.display import visible_token
 from tl_clt.nodes import NodeLike, as_node_list, node_kind, to_node_id
 from tl_clt.plot import NEGATIVE, POSITIVE, notebook_figure
@@ -203,7 +205,9 @@ def plot_circuit(
     arrows = _arrows(graph, boxes, layout.tokens, layout.logits, min_share)
     _draw(fig, layout, boxes, arrows, title, graph, errors, others, min_share)
     if path is not None:
-        fig.savefig(path, dpi=dpi, bbox_inches="tight")
+        fmt = Path(path).suffix.lstrip(".").lower() or "png"
+        with files.atomic_write(path, what="picture") as f:
+            fig.savefig(f, format=fmt, dpi=dpi, bbox_inches="tight")
     return fig
 
 

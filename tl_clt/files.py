@@ -116,6 +116,12 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def open_append(path: str | os.PathLike) -> BinaryIO:
+    """`path` opened for appending in binary mode (created if missing): for append-only logs and lock
+    files, the one kind of write that adds to a file instead of replacing it."""
+    return open(path, "ab+")  # noqa: SIM115 - the caller closes it
+
+
 def write_bytes(path: str | os.PathLike, data: bytes, *, what: str = "file") -> Path:
     """Write `data` to `path` atomically; returns the path."""
     with atomic_write(path, what=what) as f:

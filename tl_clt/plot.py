@@ -63,9 +63,9 @@ def _figure_class() -> type:
             def _repr_png_(self) -> bytes:
                 import io
 
-                buf = io.BytesIO()
-                self.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-                return buf.getvalue()
+                f = io.BytesIO()
+                self.savefig(f, format="png", dpi=110, bbox_inches="tight")
+                return f.getvalue()
 
         _FIGURE_CLASS = NotebookFigure
     return _FIGURE_CLASS

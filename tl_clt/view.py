@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import networkx as nx
 
+from tl_clt import files
 from tl_clt.display import visible_token
 from tl_clt.plot import (
     KIND_STYLE,
@@ -73,7 +74,7 @@ class GraphView:
         path = Path(path)
         if not path.parent.is_dir():
             raise FileNotFoundError(f"Cannot save to {path}: the folder {path.parent} does not exist.")
-        path.write_text(self.page, encoding="utf-8")
+        files.write_text(path, self.page, what="page")
         return path
 
     def __repr__(self) -> str:

@@ -17,35 +17,21 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
+from tl_clt import files
+
 RUN_FORMAT = "tl_clt.batch/1"
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)  # read once: files get the usual 0o666 & ~umask, not mkstemp's 0o600
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call `write(f)` on a hidden temp file next to `path`, then rename it to `path` (POSIX-atomic).
-
-    A failure (or Ctrl-C) leaves the old file, if any, and no temp file.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if hasattr(os, "fchmod"):
-                os.fchmod(f.fileno(), 0o666 & ~_UMASK)
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Call `write(f)` on a temp file next to `path`, then rename it to `path` (`tl_clt.files`):
+    a failure (or Ctrl-C) leaves the old file, if any, and no temp file."""
+    with files.atomic_write(path, what="batch file") as f:
+        write(f)
+    return Path(path)
 
 
 class RunDir:
@@ -96,7 +82,7 @@ class RunDir:
         except ImportError:  # Windows: no advisory locks; one run per folder is then up to the user
             yield
             return
-        with open(self.root / ".lock", "a+") as f:
+        with files.open_append(self.root / ".lock") as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -13,6 +13,8 @@ import math
 import os
 from pathlib import Path
 
+from tl_clt import files
+
 DONE, FAILED = "done", "failed"
 
 
@@ -67,7 +69,7 @@ class Manifest:
 
     def append(self, record: dict) -> None:
         line = json.dumps(_clean(record), ensure_ascii=False, allow_nan=False) + "\n"
-        with open(self.path, "ab") as f:
+        with files.open_append(self.path) as f:
             f.write(line.encode("utf-8"))
             f.flush()
             os.fsync(f.fileno())
