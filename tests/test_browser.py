@@ -42,7 +42,7 @@ def _frontend_assets() -> Path | None:
         os.environ.get("TL_CLT_FRONTEND"),
         _browser_dir() / "circuit-tracer/circuit_tracer/frontend/assets",
     ]
-    for venv in (ROOT / "ctvenv", Path("/work/ctvenv")):
+    for venv in (ROOT / ".ctvenv", ROOT / "ctvenv"):
         pattern = venv / "lib/python3*/site-packages/circuit_tracer/frontend/assets"
         candidates += glob.glob(str(pattern))
     for c in candidates:

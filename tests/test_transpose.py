@@ -48,17 +48,17 @@ def test_rows_equal_autograd_rows(world, budget):
     perm = torch.randperm(len(idx), generator=torch.Generator().manual_seed(0))
     idx = idx[perm]
     ours = torch.zeros(len(idx), fr.n_sources)
-    fr.feature_rows(perm, out=ours)
-    ref = _autograd_rows(lin, idx[:, 0], idx[:, 1], lin.feature_readout(idx[:, 0], idx[:, 2]))
+    fr.fill_rows(idx[:, 0], idx[:, 1], fr.feature_readout(idx[:, 0], idx[:, 1], idx[:, 2]), out=ours)
+    ref = _autograd_rows(lin, idx[:, 0], idx[:, 1], lin.feature_readout(idx[:, 0], idx[:, 1], idx[:, 2]))
     scale = ref.abs().max()
     assert scale > 0 and (ours != 0).any()
     torch.testing.assert_close(ours, ref, atol=2e-6 * float(scale), rtol=0)
     W_U = model.W_U.detach()
     directions = (W_U[:, :4] - W_U.mean(1, keepdim=True)).T
     ours = torch.zeros(4, fr.n_sources)
-    fr.logit_rows(fr.logit_readout(directions), out=ours)
-    n = torch.full((4,), clt.n_layers)
-    ref = lin.rows(n, torch.full((4,), len(state.tokens) - 1), lin.logit_readout(directions))
+    n, last = torch.full((4,), clt.n_layers), torch.full((4,), len(state.tokens) - 1)
+    fr.fill_rows(n, last, fr.logit_readout(directions), out=ours)
+    ref = lin.rows(n, last, lin.logit_readout(directions))
     torch.testing.assert_close(ours, ref, atol=2e-6 * float(ref.abs().max()), rtol=0)
     assert (fr.decoder.cached_bytes == 0) == (budget == 0)
 
@@ -123,3 +123,73 @@ def test_partial_influence_equals_the_step_by_step_definition():
     torch.testing.assert_close(partial_influence(rows, probs, row_nodes, n_sources, chunk=7), ref)
     ours = partial_influence(rows, probs, row_nodes, n_sources, rows.abs().sum(1))
     torch.testing.assert_close(ours, ref)
+
+
+@pytest.fixture(scope="module")
+def engines_model(model_dir, backend):
+    return tl_clt.load_qwen3(model_dir, backend=backend)
+
+
+def _targets(model, clt):
+    """One target of every kind: a token, a logit difference, a Direction, an active feature."""
+    g = tl_clt.attribute(model, clt, PROMPT, max_n_logits=2, verbose=False)
+    a, b = g.logit_tokens.tolist()[:2]
+    W_U = model.W_U.detach()
+    mass = g.adjacency[: g.n_features].abs().sum(1)
+    feature = tuple(g.feature_keys[int(mass.argmax())].tolist())
+    direction = tl_clt.Direction(
+        "random", torch.randn(W_U.shape[0], generator=torch.Generator().manual_seed(3))
+    )
+    return [a, tl_clt.logit_diff(a, b), direction, feature]
+
+
+@pytest.mark.parametrize("kind", ["top logits", "every target kind", "max_feature_nodes"])
+def test_transposed_graph_equals_autograd_graph(engines_model, clt, kind):
+    """Whole graphs of both engines agree (every row, the visiting order with max_feature_nodes), on both
+    backends and for every target kind."""
+    model = engines_model
+    kw = dict(max_n_logits=3, verbose=False, batch_size=7)
+    if kind == "every target kind":
+        kw["targets"] = _targets(model, clt)
+    if kind == "max_feature_nodes":
+        kw.update(max_feature_nodes=20, update_interval=1)
+    ours = tl_clt.attribute(model, clt, PROMPT, engine="transposed", **kw)
+    ref = tl_clt.attribute(model, clt, PROMPT, engine="autograd", **kw)
+    assert ours.meta["engine"] == "transposed" and ref.meta["engine"] == "autograd"
+    assert ours.selected_features.equal(ref.selected_features) and ours.n_features > 5
+    assert ours.logit_token_strs == ref.logit_token_strs
+    scale = float(ref.adjacency.abs().max())
+    assert scale > 0
+    torch.testing.assert_close(ours.adjacency, ref.adjacency, atol=2e-6 * scale, rtol=0)
+
+
+def test_user_hooks_run_on_the_autograd_engine(model_dir, clt):
+    """A model with forward hooks of the user's: 'auto' falls back to autograd (the hooks are part of the
+    graph, as on main), 'transposed' refuses and names the hooks; nothing is left behind."""
+    model = tl_clt.load_qwen3(model_dir)
+
+    def double(tensor, *, hook):
+        return 2 * tensor
+
+    model.add_hook("blocks.1.hook_attn_out", double)
+    try:
+        with pytest.warns(tl_clt.UserHookWarning):
+            g = tl_clt.attribute(model, clt, PROMPT, max_n_logits=2, verbose=False)
+        assert g.meta["engine"] == "autograd" and g.meta["user_hooks"] == ["blocks.1.hook_attn_out"]
+        with pytest.warns(tl_clt.UserHookWarning), pytest.raises(ValueError, match="blocks.1.hook_attn_out"):
+            tl_clt.attribute(model, clt, PROMPT, max_n_logits=2, verbose=False, engine="transposed")
+        assert len(model.hook_dict["blocks.1.hook_attn_out"].fwd_hooks) == 1
+    finally:
+        model.reset_hooks()
+    plain = tl_clt.attribute(model, clt, PROMPT, max_n_logits=2, verbose=False)
+    assert plain.meta["engine"] == "transposed"
+    # the hook doubles attention 1's output: the graph of the hooked model differs
+    assert plain.adjacency.shape != g.adjacency.shape or not torch.allclose(plain.adjacency, g.adjacency)
+
+
+def test_engine_option_is_checked(model_dir, clt):
+    model = tl_clt.load_qwen3(model_dir)
+    with pytest.raises(ValueError, match="engine must be one of"):
+        tl_clt.attribute(model, clt, PROMPT, engine="fast", verbose=False)
+    with pytest.raises(ValueError, match="decoder_cache_bytes"):
+        tl_clt.attribute(model, clt, PROMPT, decoder_cache_bytes=-1, verbose=False)

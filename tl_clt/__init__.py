@@ -1,12 +1,15 @@
 """tl_clt: circuit tracing on Qwen3 with cross-layer transcoders, as a TransformerLens plugin."""
 
 from tl_clt.attribution import attribute
+from tl_clt.batch import BatchTables, attribute_many, load_batch, recurring_features
+from tl_clt.circuit import plot_circuit
 from tl_clt.clt import CrossLayerTranscoder
 from tl_clt.export import graph_to_dict, validate_graph_json
+from tl_clt.fingerprints import GraphMismatchWarning
 from tl_clt.frontend import write_graph_folder
 from tl_clt.generation import generate
 from tl_clt.graph import AttributionGraph, GraphScores
-from tl_clt.hooks import check_compatible, preserve
+from tl_clt.hooks import UserHookWarning, check_compatible, preserve
 from tl_clt.loading import load_qwen3
 from tl_clt.nodes import Node, from_json_id, node_id, parse_node, to_json_id
 from tl_clt.plot import plot_graph
@@ -31,11 +34,13 @@ from tl_clt.supernodes import (
     top_outputs,
 )
 from tl_clt.tables import PredictionTable, prediction_table
+from tl_clt.targets import Direction, LogitDiff, TargetError, logit_diff
 from tl_clt.version import __version__
 
 __all__ = [
     "__version__",
     "AttributionGraph",
+    "BatchTables",
     "Candidate",
     "CrossLayerTranscoder",
     "GraphScores",
@@ -45,6 +50,11 @@ __all__ = [
     "TokenScore",
     "ablate",
     "attribute",
+    "Direction",
+    "LogitDiff",
+    "TargetError",
+    "logit_diff",
+    "attribute_many",
     "check_compatible",
     "contrast_features",
     "feature_activations",
@@ -54,11 +64,14 @@ __all__ = [
     "graph_to_dict",
     "group_graph",
     "group_interventions",
+    "load_batch",
     "load_qwen3",
+    "plot_circuit",
     "plot_graph",
     "prediction_table",
     "preserve",
     "reconstruction_report",
+    "recurring_features",
     "replacement_hooks",
     "scale",
     "steer",
@@ -71,6 +84,8 @@ __all__ = [
     "Node",
     "Sites",
     "UnsupportedModelError",
+    "UserHookWarning",
+    "GraphMismatchWarning",
     "from_json_id",
     "node_id",
     "parse_node",

@@ -8,6 +8,12 @@ writing `a * W_dec` to its own and later layers' MLP outputs) and error vectors.
 direct effect of s on t in that model. We get a whole row (all sources of one target) from one
 backward pass: inject the target's read-out vector at its site, read the gradient at every embedding
 and MLP-output leaf, and contract it with the source vectors. `batch_size` rows share one pass.
+
+Two engines compute the rows. `transposed` (the default): the frozen model's backward written out as
+batched linear maps (`tl_clt.transpose`) from the weights and the clean pass's frozen values, with the
+active features' decoder rows read once per graph. `autograd` (`LinearReplacement`): vmapped backward
+passes through the hooked model itself, used when the model carries forward hooks of the user's (they run
+inside the passes, which the transposed engine never makes). Both give the same rows (to float rounding).
 Everything goes through TransformerLens hook points on the user's model; nothing is left behind.
 """
 
@@ -19,14 +25,17 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from tl_clt.checks import as_int, as_number, float_dtype
 from tl_clt.clt import CrossLayerTranscoder
+from tl_clt.fingerprints import clt_fingerprint, model_fingerprint
 from tl_clt.frozen import PromptState, all_activations, clean_pass, freeze_hooks
 from tl_clt.graph import AttributionGraph
 from tl_clt.hooks import check_compatible, preserve
 from tl_clt.influence import partial_influence
-from tl_clt.prompts import SINK_POS, Prompt, tokens_after_sink
+from tl_clt.progress import tqdm
+from tl_clt.prompts import SINK_POS, Prompt, prompt_offset, tokens_after_sink
+from tl_clt.targets import resolve_targets
 from tl_clt.transpose import (
     DecoderRows,
     EdgeRows,
@@ -41,6 +50,7 @@ DEFAULT_MAX_N_LOGITS = 10
 DEFAULT_DESIRED_LOGIT_PROB = 0.95
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_UPDATE_INTERVAL = 4
+ENGINES = ("auto", "transposed", "autograd")
 
 
 @dataclass
@@ -118,8 +128,9 @@ class LinearReplacement:
         self.sites[self.n_layers] = resid
 
     # ---------------------------------------------------------------- read-out vectors
-    def feature_readout(self, layer: Tensor, feature: Tensor) -> Float[Tensor, "n d_model"]:
-        """Vectors that, injected at the features' sites, give their pre-activations' gradients."""
+    def feature_readout(self, layer: Tensor, pos: Tensor, feature: Tensor) -> Float[Tensor, "n d_model"]:
+        """Vectors that, injected at the features' sites (the CLT's input hook), give their pre-activations'
+        gradients (the same at every position `pos`)."""
         W = self.clt.W_enc[layer, feature].to(self.embed.dtype)
         sites = self.model_sites
         if sites.clt_input(self.clt.feature_input_hook).times_ln2_weight:
@@ -166,6 +177,26 @@ class LinearReplacement:
     @property
     def n_sources(self) -> int:
         return len(self.active.values) + (self.n_layers + 1) * self.n_pos
+
+    def fill_rows(self, site_layers: Tensor, positions: Tensor, readouts: Tensor, out: Tensor) -> None:
+        """`rows` for any number of targets, `batch_size` per backward pass, written into `out`."""
+        B = self.batch_size
+        for i in range(0, len(site_layers), B):
+            out[i : i + B] = self.rows(site_layers[i : i + B], positions[i : i + B], readouts[i : i + B])
+
+    def all_features_order(self) -> Tensor:
+        """Visiting order for every active feature: top layers first (each pass is as short as possible)."""
+        return torch.argsort(self.active.index[:, 0], descending=True, stable=True)
+
+    def influence(self, rows: Tensor, abs_sums: Tensor, logit_probs: Tensor, row_nodes: Tensor) -> Tensor:
+        return partial_influence(rows, logit_probs, row_nodes, self.n_sources, abs_sums)
+
+    def meta(self) -> dict:
+        return dict(
+            engine="autograd",
+            n_backward_passes=self.n_backward,
+            compute_dtype=str(self.embed.dtype).removeprefix("torch."),
+        )
 
     def rows(self, site_layers: Tensor, positions: Tensor, readouts: Tensor) -> Float[Tensor, "b n_sources"]:
         """Edge rows for targets read at (site layer, position) by `readouts` (n_layers = the logits).
@@ -240,27 +271,35 @@ def logit_targets(
     return top_i[:n], top_p[:n]
 
 
-def _check_args(max_n_logits, desired_logit_prob, max_feature_nodes, batch_size, update_interval) -> None:
+def _check_args(max_n_logits, desired_logit_prob, max_feature_nodes, batch_size, update_interval) -> tuple:
+    """The arguments as plain Python numbers (0-d tensors and numpy scalars accepted), or a clear error."""
+    ints = {}
     for name, value in [
         ("max_n_logits", max_n_logits),
         ("max_feature_nodes", max_feature_nodes),
         ("batch_size", batch_size),
         ("update_interval", update_interval),
     ]:
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__}).")
-    if not isinstance(desired_logit_prob, (int, float)) or not 0 < desired_logit_prob <= 1:
+        ints[name] = None if value is None else as_int(value, name)
+    try:
+        desired_logit_prob = as_number(desired_logit_prob, "desired_logit_prob", finite=False)
+    except TypeError:
+        raise ValueError(f"desired_logit_prob must be in (0, 1], got {desired_logit_prob!r}.") from None
+    if not 0 < desired_logit_prob <= 1:
         raise ValueError(f"desired_logit_prob must be in (0, 1], got {desired_logit_prob}.")
-    if max_n_logits < 1:
+    max_n_logits, max_feature_nodes = ints["max_n_logits"], ints["max_feature_nodes"]
+    batch_size, update_interval = ints["batch_size"], ints["update_interval"]
+    if max_n_logits is None or max_n_logits < 1:
         raise ValueError(f"max_n_logits must be at least 1, got {max_n_logits}.")
     if max_feature_nodes is not None and max_feature_nodes < 1:
         raise ValueError(
             f"max_feature_nodes must be None (all features) or at least 1, got {max_feature_nodes}."
         )
-    if batch_size < 1:
+    if batch_size is None or batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-    if update_interval < 1:
+    if update_interval is None or update_interval < 1:
         raise ValueError(f"update_interval must be >= 1 (batches per re-ranking), got {update_interval}.")
+    return max_n_logits, desired_logit_prob, max_feature_nodes, batch_size, update_interval
 
 
 def attribute(
@@ -274,8 +313,10 @@ def attribute(
     batch_size: int = DEFAULT_BATCH_SIZE,
     update_interval: int = DEFAULT_UPDATE_INTERVAL,
     verbose: bool = True,
-    compute_dtype: torch.dtype | None = None,
+    targets=None,
+    compute_dtype: torch.dtype | str | None = None,
     decoder_cache_bytes: int | None = None,
+    engine: str = "auto",
 ) -> AttributionGraph:
     """Attribution graph of `prompt` over the CLT's features (see module docstring).
 
@@ -283,43 +324,92 @@ def attribute(
     `desired_logit_prob` (at most `max_n_logits`), each read along its de-meaned unembedding column.
     With `max_feature_nodes`, features are visited in order of estimated influence on the logits,
     refreshed every `update_interval` batches; otherwise every active feature gets a row.
-    `compute_dtype`: dtype of the rows' backward arithmetic (default: float32 on a CPU, float64 for a
-    float64 model, the model's dtype on a GPU); the model is not changed. `decoder_cache_bytes`: memory
-    for the active features' decoder rows, read once per graph (default min(8 GiB, half the available
-    memory)); layers beyond it are read again from the CLT files when used.
+
+    `targets`: what the graph explains instead of the top logits: a list of tokens (one-token strings or
+    ids), `tl_clt.logit_diff(a, b)`, `tl_clt.Direction(label, vector)` and feature node ids (any
+    spelling); they weigh equally in influence (see `tl_clt.targets`). None: the top logits.
+
+    `engine`: "auto" (the transposed engine, or autograd when the model has forward hooks of yours),
+    "transposed" or "autograd" (see the module docstring); `graph.meta["engine"]` says which ran.
+    Transposed engine only: `compute_dtype`, the dtype of the rows' arithmetic (default: float32 on a
+    CPU, float64 for a float64 model, the model's dtype on a GPU; the model is not changed; autograd
+    computes in the model's dtype), and `decoder_cache_bytes`, memory for the active features' decoder
+    rows, read once per graph (default min(8 GiB, half the available memory)); layers beyond it are read
+    again from the CLT files when used.
     """
-    _check_args(max_n_logits, desired_logit_prob, max_feature_nodes, batch_size, update_interval)
-    sites = check_compatible(model, clt)
-    tokens = tokens_after_sink(
-        model,
-        prompt,
-        needed_for="attribution needs at least one real token after it (features and errors at "
-        "position 0 are left out of graphs).",
+    max_n_logits, desired_logit_prob, max_feature_nodes, batch_size, update_interval = _check_args(
+        max_n_logits, desired_logit_prob, max_feature_nodes, batch_size, update_interval
     )
-    clock = [time.perf_counter()]
-    with preserve(model):
-        state = clean_pass(model, clt, tokens, sites)
-        rows = FrozenRows(model, clt, state, batch_size, compute_dtype, decoder_cache_bytes)
-        clock.append(time.perf_counter())
-        graph = _build_graph(
-            model, clt, rows, max_n_logits, desired_logit_prob, max_feature_nodes, update_interval, verbose
-        )
+    compute_dtype = float_dtype(compute_dtype, name="compute_dtype", allow_none=True)
+    if decoder_cache_bytes is not None:
+        decoder_cache_bytes = as_int(decoder_cache_bytes, "decoder_cache_bytes")
+        if decoder_cache_bytes < 0:
+            raise ValueError(f"decoder_cache_bytes must be >= 0 (or None), got {decoder_cache_bytes}.")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}.")
+    sites = check_compatible(model, clt)
+    # attribution needs autograd: it runs outside torch.inference_mode() (and copies the prompt's tokens,
+    # which may be inference tensors) so that it works, and gives the same graph, inside one too
+    with torch.inference_mode(False):
+        tokens = tokens_after_sink(
+            model,
+            prompt,
+            needed_for="attribution needs at least one real token after it (features and errors at "
+            "position 0 are left out of graphs).",
+        ).clone()
+        clock = [time.perf_counter()]
+        with preserve(model) as guard:
+            chosen = _choose_engine(engine, guard.user_hooks)
+            state = clean_pass(model, clt, tokens, sites)
+            if chosen == "transposed":
+                lin = FrozenRows(model, clt, state, batch_size, compute_dtype, decoder_cache_bytes)
+            else:
+                lin = LinearReplacement(model, clt, state, find_active_features(clt, state), batch_size)
+                lin.run_forward()
+            clock.append(time.perf_counter())
+            graph = _build_graph(
+                model,
+                clt,
+                lin,
+                max_n_logits,
+                desired_logit_prob,
+                max_feature_nodes,
+                update_interval,
+                verbose,
+                targets=targets,
+            )
+            fingerprints = dict(
+                model_fingerprint=model_fingerprint(model), clt_fingerprint=clt_fingerprint(clt)
+            )
     clock.append(time.perf_counter())
-    stats = rows.edges.stats
     graph.meta.update(
-        n_active_features=len(rows.active.values),
-        n_backward_passes=stats.n_backward,
+        n_active_features=len(lin.active.values),
         seconds_setup=clock[1] - clock[0],
         seconds_rows=clock[2] - clock[1],
-        compute_dtype=str(rows.dtype).removeprefix("torch."),
-        row_flops=stats.flops_ideal,
-        seconds_gradients=stats.seconds["gradients"],
-        seconds_contract=stats.seconds["contract"],
-        seconds_influence=rows.seconds_influence,
-        decoder_bytes_cached=rows.decoder.cached_bytes,
-        decoder_bytes_read=rows.decoder.bytes_read,
+        **lin.meta(),
+        user_hooks=guard.user_hooks,
+        user_backward_hooks=guard.user_backward_hooks,
+        saes_routed_around=guard.saes,
+        **fingerprints,
+        prompt_offset=prompt_offset(model, prompt),  # 1: the sink was put in front
+        prompt_type="text" if isinstance(prompt, str) else "token ids",
     )
     return graph
+
+
+def _choose_engine(engine: str, user_hooks: list[str]) -> str:
+    """The engine that runs: the transposed one unless the model has forward hooks of the user's, which
+    only the autograd engine's passes through the model run."""
+    if not user_hooks:
+        return "autograd" if engine == "autograd" else "transposed"
+    if engine == "transposed":
+        raise ValueError(
+            f"engine='transposed' cannot include your hooks at {user_hooks}: it computes the frozen model's "
+            "backward from its weights and never runs the model's forward. Use engine='auto' or "
+            "'autograd' (backward passes through the hooked model), or remove the hooks "
+            "(model.reset_hooks())."
+        )
+    return "autograd"
 
 
 class FrozenRows:
@@ -328,7 +418,7 @@ class FrozenRows:
     Reads the active features' decoder rows once (for the reconstruction and every row after it), builds
     the transposed model from W_V, W_O, ln1's weight and the clean pass's patterns and scales (all found
     through the model's `Sites`), and turns feature / logit targets into read-out vectors on the residual
-    stream.
+    stream. Same interface as `LinearReplacement` for `_build_graph`.
     """
 
     def __init__(self, model, clt, state: PromptState, batch_size, compute_dtype, decoder_cache_bytes):
@@ -339,7 +429,7 @@ class FrozenRows:
         self.batch_size = batch_size
         self.seconds_influence = 0.0
         L, frozen, sites = self.n_layers, state.frozen, state.sites
-        self.sites = sites
+        self.model_sites = sites
         acts = all_activations(clt, state.mlp_in)
         acts[:, SINK_POS] = 0  # the attention sink is not explained by features
         index = acts.nonzero()
@@ -351,20 +441,16 @@ class FrozenRows:
         self.active = ActiveFeatures(index, values, recon)
         errors = state.mlp_out - recon
         errors[:, SINK_POS] = 0
-
-        def per_layer(path: str) -> list[Tensor]:
-            return [sites.weight(model, path, j) for j in range(L)]
-
+        weights = [sites.kv_weights(model, j) for j in range(L)]
         transposed = TransposedModel.from_weights(
-            [sites.first_weight(model, sites.W_V, j) for j in range(L)],
-            per_layer(sites.W_O),
-            per_layer(sites.ln1_weight),
+            [w[0] for w in weights],
+            [w[1] for w in weights],
+            [sites.weight(model, sites.ln1_weight, j) for j in range(L)],
             [frozen[sites.ln1_scale.format(layer=j)][0] for j in range(L)],
             [frozen[sites.pattern.format(layer=j)][0] for j in range(L)],
             self.dtype,
         )
-        embed = sites.weight(model, sites.W_E).detach()[state.tokens]
-        self.edges = EdgeRows(transposed, self.decoder, values, errors, embed, batch_size)
+        self.edges = EdgeRows(transposed, self.decoder, values, errors, state.embed, batch_size)
         self.input = sites.clt_input(clt.feature_input_hook)
         if self.input.normalized:  # the CLT reads ln2's normalized value: resid_mid / scale2
             scale2 = torch.stack([frozen[sites.ln2_scale.format(layer=j)][0, :, 0] for j in range(L)])
@@ -380,8 +466,9 @@ class FrozenRows:
         """Resid-mid vectors whose dot product with the residual stream is the features' pre-activations
         (frozen ln2)."""
         W = self.clt.W_enc[layer, feature].to(self.dtype)
+        sites = self.model_sites
         if self.input.times_ln2_weight:
-            ln2 = [self.sites.weight(self.model, self.sites.ln2_weight, int(k)) for k in layer]
+            ln2 = [sites.weight(self.model, sites.ln2_weight, int(k)) for k in layer]
             W = W * torch.stack(ln2).to(self.dtype)
         if self.site_factor is not None:
             W = W * self.site_factor[layer, pos, None]
@@ -389,19 +476,18 @@ class FrozenRows:
 
     def logit_readout(self, directions: Float[Tensor, "n d_model"]) -> Float[Tensor, "n d_model"]:
         """Logit directions pulled back through the frozen final norm at the last position."""
-        norm_weight = self.sites.weight(self.model, self.sites.final_norm_weight)
+        norm_weight = self.model_sites.weight(self.model, self.model_sites.final_norm_weight)
         w = norm_weight / self.state.final_scale[-1]
         return (directions * w).to(self.dtype).detach()
 
-    def feature_rows(self, chunk: Tensor, out: Tensor) -> None:
-        idx = self.active.index[chunk]
-        readout = self.feature_readout(idx[:, 0], idx[:, 1], idx[:, 2])
-        self.edges.rows(idx[:, 0], idx[:, 1], readout, out=out)
+    def fill_rows(self, site_layers: Tensor, positions: Tensor, readouts: Tensor, out: Tensor) -> None:
+        """Edge rows of targets read at (site layer, position) by `readouts` (n_layers: the final residual),
+        written into `out`."""
+        self.edges.rows(site_layers, positions, readouts, out=out)
 
-    def logit_rows(self, readouts: Tensor, out: Tensor) -> None:
-        n = len(readouts)
-        sites = torch.full((n,), self.n_layers, device=readouts.device)
-        self.edges.rows(sites, torch.full((n,), self.n_pos - 1, device=readouts.device), readouts, out=out)
+    def all_features_order(self) -> Tensor:
+        """Visiting order for every active feature (the engine sorts each sweep itself)."""
+        return torch.arange(len(self.active.values))
 
     def influence(self, rows: Tensor, abs_sums: Tensor, logit_probs: Tensor, row_nodes: Tensor) -> Tensor:
         t0 = time.perf_counter()
@@ -409,29 +495,54 @@ class FrozenRows:
         self.seconds_influence += time.perf_counter() - t0
         return infl
 
+    def meta(self) -> dict:
+        stats = self.edges.stats
+        return dict(
+            engine="transposed",
+            n_backward_passes=stats.n_backward,
+            compute_dtype=str(self.dtype).removeprefix("torch."),
+            row_flops=stats.flops_ideal,
+            seconds_gradients=stats.seconds["gradients"],
+            seconds_contract=stats.seconds["contract"],
+            seconds_influence=self.seconds_influence,
+            decoder_bytes_cached=self.decoder.cached_bytes,
+            decoder_bytes_read=self.decoder.bytes_read,
+        )
+
 
 def _build_graph(
     model,
     clt,
-    lin: FrozenRows,
+    lin: FrozenRows | LinearReplacement,
     max_n_logits,
     desired_logit_prob,
     max_feature_nodes,
     update_interval,
     verbose,
+    *,
+    targets=None,
 ) -> AttributionGraph:
     state, active = lin.state, lin.active
     n_active, B, L = len(active.values), lin.batch_size, clt.n_layers
-    logit_ids, logit_probs = logit_targets(state.logits[-1], max_n_logits, desired_logit_prob)
-    W_U = lin.sites.weight(model, lin.sites.W_U).detach()
-    directions = (W_U[:, logit_ids] - W_U.mean(1, keepdim=True)).T
+    W_U = lin.model_sites.weight(model, lin.model_sites.W_U).detach()
+    if targets is None:
+        logit_ids, logit_probs = logit_targets(state.logits[-1], max_n_logits, desired_logit_prob)
+        directions = (W_U[:, logit_ids] - W_U.mean(1, keepdim=True)).T
+        readouts = lin.logit_readout(directions)
+        site_layers = torch.full((len(logit_ids),), L)
+        positions = torch.full((len(logit_ids),), lin.n_pos - 1)
+        labels = [model.tokenizer.decode([t]) for t in logit_ids.tolist()]
+    else:
+        site_layers, positions, readouts, logit_ids, labels = _target_rows(model, lin, targets, W_U)
+        logit_probs = torch.full((len(logit_ids),), 1.0 / len(logit_ids))
     n_logits = len(logit_ids)
     n_wanted = n_active if max_feature_nodes is None else min(max_feature_nodes, n_active)
     device = state.mlp_in.device
-    # logit rows first, then feature rows in visiting order; one buffer, filled in place
+    # target rows first, then feature rows in visiting order; one buffer, filled in place
     rows = torch.zeros(n_logits + n_wanted, lin.n_sources, device=device)
     abs_sums = torch.zeros(n_logits + n_wanted, device=device)
-    lin.logit_rows(lin.logit_readout(directions), out=rows[:n_logits])
+    dev = readouts.device
+    lin.fill_rows(site_layers.to(dev), positions.to(dev), readouts, out=rows[:n_logits])
     abs_sums[:n_logits] = rows[:n_logits].abs().sum(1)
     order = torch.empty(0, dtype=torch.long)
     visited = torch.zeros(n_active, dtype=torch.bool)
@@ -439,7 +550,7 @@ def _build_graph(
     bar = tqdm(total=n_wanted, desc="feature rows", disable=not verbose, leave=False)
     while len(order) < n_wanted:
         if n_wanted == n_active:
-            queue = torch.arange(n_active)
+            queue = lin.all_features_order()
         else:
             done = n_logits + len(order)
             row_nodes = torch.cat([torch.arange(n_logits) + lin.n_sources, order]).to(device)
@@ -449,7 +560,9 @@ def _build_graph(
         queue = queue[: n_wanted - len(order)]
         start = n_logits + len(order)
         block = rows[start : start + len(queue)]
-        lin.feature_rows(queue, out=block)
+        idx = active.index[queue]
+        readout = lin.feature_readout(idx[:, 0], idx[:, 1], idx[:, 2])
+        lin.fill_rows(idx[:, 0], idx[:, 1], readout, out=block)
         abs_sums[start : start + len(queue)] = block.abs().sum(1)
         order = torch.cat([order, queue])
         visited[queue] = True
@@ -466,7 +579,7 @@ def _build_graph(
         adjacency[c : c + len(src), : keep_cols.numel()] = rows[src][:, keep_cols].cpu()
     adjacency[n_nodes - n_logits :, : keep_cols.numel()] = rows[:n_logits][:, keep_cols].cpu()
     del rows
-    return AttributionGraph(
+    graph = AttributionGraph(
         tokens=state.tokens.cpu(),
         token_strs=[model.tokenizer.decode([t]) for t in state.tokens.tolist()],
         active_features=active.index.cpu(),
@@ -474,9 +587,35 @@ def _build_graph(
         selected_features=selected,
         logit_tokens=logit_ids.cpu(),
         logit_probabilities=logit_probs.cpu(),
-        logit_token_strs=[model.tokenizer.decode([t]) for t in logit_ids.tolist()],
+        logit_token_strs=labels,
         adjacency=adjacency,
         n_layers=L,
         model_name=model.cfg.model_name,
         clt_name=str(clt.path) if clt.path else None,
+    )
+    if targets is not None:
+        graph.meta["targets"] = list(labels)
+    return graph
+
+
+def _target_rows(model, lin: FrozenRows | LinearReplacement, targets, W_U: Tensor):
+    """(site layers, positions, read-out vectors, node token ids, labels) of user-given targets."""
+    resolved = resolve_targets(model, targets, W_U=W_U, active_index=lin.active.index, n_layers=lin.n_layers)
+    site_layers, positions, readouts = [], [], []
+    for t in resolved:
+        if t.kind == "feature":
+            layer, pos, feature = (torch.tensor([v]) for v in t.key)
+            readouts.append(lin.feature_readout(layer, pos, feature)[0])
+            site_layers.append(int(layer))
+            positions.append(int(pos))
+        else:
+            readouts.append(lin.logit_readout(t.direction[None])[0])
+            site_layers.append(lin.n_layers)
+            positions.append(lin.n_pos - 1)
+    return (
+        torch.tensor(site_layers),
+        torch.tensor(positions),
+        torch.stack(readouts),
+        torch.tensor([t.token_id for t in resolved]),
+        [t.label for t in resolved],
     )

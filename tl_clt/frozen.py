@@ -1,7 +1,8 @@
 """The frozen model of one prompt: its clean pass, the values it freezes, and the hooks that freeze them.
 
 A clean forward pass records, at the model's `Sites`, each layer's CLT input and true MLP output, every
-per-block norm scale and attention pattern, the final norm's scale and the logits (`PromptState`).
+per-block norm scale and attention pattern, the final norm's scale, the embeddings and the logits
+(`PromptState`).
 Holding the scales and patterns at those values (`freeze_hooks`) makes the residual stream linear in
 the embeddings and the MLP outputs: attribution builds its linear model on it, steering's
 `freeze_attention` / `direct_effects` modes freeze part or all of it, and the replacement report reads
@@ -32,6 +33,7 @@ class PromptState:
     mlp_out: Float[Tensor, "n_layers pos d_model"]  # the true MLP outputs
     frozen: dict[str, Tensor]  # hook name -> per-block norm scale or attention pattern of the clean pass
     final_scale: Float[Tensor, "pos 1"]
+    embed: Float[Tensor, "pos d_model"]  # the token embeddings (the embedding hook's value)
 
     @property
     def n_layers(self) -> int:
@@ -79,15 +81,20 @@ def clean_pass(
     store: dict[str, list] = {}
     frozen: dict[str, Tensor] = {}
 
-    def save(tensor: Tensor, *, hook) -> Tensor:
-        frozen[hook.name] = tensor.detach()
-        return tensor
+    def save(name: str):  # keyed by the requested name: a bridge's hook.name may be another alias
+        def fn(tensor: Tensor, *, hook) -> Tensor:
+            frozen[name] = tensor.detach()
+            return tensor
+
+        return fn
 
     names = sites.block_hooks(sites.frozen_scales + sites.patterns, clt.n_layers) + [sites.final_scale]
-    hooks = capture_hooks(model, clt, sites, store) + [(n, save) for n in names]
+    names.append(sites.embed)
+    hooks = capture_hooks(model, clt, sites, store) + [(n, save(n)) for n in names]
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         logits = model(tokens[None])
     final_scale = frozen.pop(sites.final_scale)
+    embed = frozen.pop(sites.embed)
     return PromptState(
         sites=sites,
         tokens=tokens,
@@ -96,16 +103,22 @@ def clean_pass(
         mlp_out=torch.cat(store["mlp_out"]),
         frozen=frozen,
         final_scale=final_scale[0],
+        embed=embed[0],
     )
 
 
 def freeze_hooks(frozen: dict[str, Tensor]) -> HookList:
     """Forward hooks that replace norm scales and attention patterns by their clean-pass values."""
 
-    def hook_fn(tensor: Tensor, *, hook) -> Tensor:
-        return frozen[hook.name].to(tensor.dtype).expand_as(tensor)
+    def replace(value: Tensor):  # bound per name (a bridge's hook.name may be another alias)
+        def fn(tensor: Tensor, *, hook) -> Tensor:
+            return value.to(tensor.dtype).expand_as(
+                tensor
+            )  # a new tensor: the bridge detects edits by identity
 
-    return [(name, hook_fn) for name in frozen]
+        return fn
+
+    return [(name, replace(value)) for name, value in frozen.items()]
 
 
 def all_activations(

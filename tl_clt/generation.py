@@ -10,6 +10,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from tl_clt.checks import as_int, as_number, check_k
 from tl_clt.clt import CrossLayerTranscoder
 from tl_clt.hooks import check_compatible
 from tl_clt.prompts import Prompt, to_tokens
@@ -36,7 +37,9 @@ def _sample(
 ) -> int:
     if temperature == 0:
         return int(logits.argmax())
-    logits = logits.float() / temperature
+    # float64 and shifted so the top logit is 0: a tiny temperature gives -inf elsewhere (greedy), never NaN
+    logits = logits.double()
+    logits = (logits - logits.max()) / temperature
     if top_k is not None:
         cut = logits.topk(min(top_k, len(logits))).values[-1]
         logits = logits.masked_fill(logits < cut, -math.inf)
@@ -70,19 +73,21 @@ def generate(
     the full token tensor (sink included).
     """
     sites = check_compatible(model, clt)
-    for name, x in (("max_new_tokens", max_new_tokens), ("top_k", top_k)):
-        if x is not None and (isinstance(x, bool) or not isinstance(x, int)):
-            raise TypeError(f"{name} must be an int, got {x!r} ({type(x).__name__}).")
-    if max_new_tokens < 0 or not isinstance(temperature, (int, float)) or not 0 <= temperature < math.inf:
+    max_new_tokens = as_int(max_new_tokens, "max_new_tokens")
+    temperature = as_number(temperature, "temperature", finite=False)
+    if max_new_tokens < 0 or not 0 <= temperature < math.inf:
         raise ValueError(
             f"max_new_tokens and temperature must be finite and >= 0, got {max_new_tokens}, {temperature}."
         )
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be None or >= 1, got {top_k}.")
+    if top_k is not None:
+        top_k = check_k(top_k, "top_k", what="None, or how many tokens to sample from")
+    if seed is not None:
+        seed = as_int(seed, "seed")
     if return_type not in ("input", "str", "tokens"):
         raise ValueError(f"return_type must be 'input', 'str' or 'tokens', got {return_type!r}.")
     tokens = to_tokens(model, prompt)
     n_prompt = len(tokens)
+    check_room(model, n_prompt, max_new_tokens)
     ivs = [_absolute(iv, n_prompt) for iv in check_interventions(interventions, clt, n_prompt)]
     plans = plan_interventions(clt, ivs)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -97,6 +102,17 @@ def generate(
         return tokens
     start = n_prompt - _n_raw_tokens(model, prompt)
     return model.tokenizer.decode(tokens[start:].tolist())
+
+
+def check_room(model, n_prompt: int, max_new_tokens: int) -> None:
+    """ValueError, before any work, when the prompt plus `max_new_tokens` would not fit in `n_ctx`."""
+    n_ctx = model.cfg.n_ctx
+    if n_prompt + max_new_tokens > n_ctx:
+        raise ValueError(
+            f"The prompt has {n_prompt} tokens (sink included) and max_new_tokens={max_new_tokens}, but the "
+            f"model's context is {n_ctx} tokens: use max_new_tokens <= {max(n_ctx - n_prompt, 0)} or a "
+            "shorter prompt."
+        )
 
 
 def _n_raw_tokens(model, prompt: Prompt) -> int:

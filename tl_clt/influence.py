@@ -14,6 +14,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from tl_clt.checks import as_number
+
 if TYPE_CHECKING:
     from tl_clt.graph import AttributionGraph
 
@@ -127,6 +129,8 @@ def prune(
     Tokens and logits are always kept; features/errors left without outgoing edges, and features
     without incoming edges, are removed until none remain. Returns a new AttributionGraph.
     """
+    node_threshold = as_number(node_threshold, "node_threshold", finite=False)
+    edge_threshold = as_number(edge_threshold, "edge_threshold", finite=False)
     for name, t in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
         if not 0.0 <= t <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {t}.")

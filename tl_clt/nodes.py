@@ -186,3 +186,18 @@ def as_node_list(nodes: NodeLike | Iterable[NodeLike]) -> list[NodeLike]:
     if isinstance(nodes, torch.Tensor) and nodes.ndim == 2:
         return [tuple(int(x) for x in row) for row in nodes]
     return list(nodes)
+
+
+def group_members(name: str, members) -> list[NodeLike]:
+    """The members of group `name` as a list: one node (id, key or Node) or an iterable of nodes.
+
+    A single id string is one member (never its characters); a number, a mapping or None is refused.
+    """
+    if isinstance(members, (str, Node)) or is_key(members):
+        return [members]
+    if isinstance(members, Mapping) or not isinstance(members, Iterable):
+        raise TypeError(
+            f"Group {name!r}: members must be a list of nodes (ids like 'F:1:2:3', (layer, pos, feature) "
+            f"keys), got {members!r} ({type(members).__name__})."
+        )
+    return as_node_list(members)

@@ -33,7 +33,14 @@ def resolve_folder(name_or_path: str | os.PathLike, allow_patterns: list[str]) -
     try:
         return Path(snapshot_download(name, allow_patterns=allow_patterns))
     except Exception as err:  # network, auth, offline cache miss
-        raise FileNotFoundError(
-            f"Could not fetch {name!r} from the Hugging Face hub ({type(err).__name__}: {err}). "
-            "Download it once with network access, or pass a local folder."
-        ) from err
+        why = (str(err).strip().splitlines() or [""])[0][:160]
+        what = (
+            "config.yaml and the W_enc_*/W_dec_* files"
+            if "config.yaml" in allow_patterns
+            else "config.json and the *.safetensors weights"
+        )
+        raise FileNotFoundError(  # short: the hub's own traceback is left out (`from None`)
+            f"Could not fetch {name!r} from the Hugging Face hub ({type(err).__name__}: {why}). "
+            f"Pass a local folder instead (the one holding {what}), or try tl_clt without downloads: "
+            "tl_clt.toyworld.load_toyworld() in Python, `tl-clt demo` on the command line."
+        ) from None

@@ -2,6 +2,11 @@
 
 Qwen3 has no BOS token. Like circuit-tracer, when the first token is not a special token we put
 `<|endoftext|>` in front; that position is an attention sink and is left out of graphs.
+
+Positions vs TransformerLens: `load_qwen3` models do not prepend a BOS (`default_prepend_bos=False`), so
+`model.to_str_tokens(prompt)[i]` is graph position `i + prompt_offset(model, prompt)` (1 when the sink
+was added). `to_str_tokens(model, prompt)` gives the strings at graph positions. Token ids from
+`model.to_tokens(prompt)` (shape `[1, pos]`) are accepted as prompts and give the same graph as the text.
 """
 
 from __future__ import annotations
@@ -104,3 +109,19 @@ def _flat(items):
             yield from _flat(x)
         else:
             yield x
+
+
+def prompt_offset(model, prompt: Prompt) -> int:
+    """How many tokens `to_tokens` puts in front of `prompt`: 1 (the sink) or 0 (it began with a special
+    token). Graph position p is position `p - prompt_offset` of the prompt's own tokens."""
+    tokens = to_tokens(model, prompt)
+    if isinstance(prompt, str):
+        n_raw = len(model.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    else:
+        n_raw = _as_token_tensor(prompt).numel()
+    return len(tokens) - n_raw
+
+
+def to_str_tokens(model, prompt: Prompt) -> list[str]:
+    """The token strings at graph positions (position 0: the sink), like `model.to_str_tokens`."""
+    return [model.tokenizer.decode([t]) for t in to_tokens(model, prompt).tolist()]

@@ -10,8 +10,17 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tl_clt.clt import CrossLayerTranscoder
+from tl_clt.display import as_feature_activations
 from tl_clt.frozen import all_activations, clean_pass
-from tl_clt.hooks import HookList, add_from_layer, check_compatible, layer_hook, preserve
+from tl_clt.hooks import (
+    HookList,
+    PassStart,
+    add_from_layer,
+    check_compatible,
+    layer_hook,
+    preserve,
+    refuse_saes_at,
+)
 from tl_clt.prompts import SINK_POS, Prompt, to_tokens, tokens_after_sink
 from tl_clt.sites import Sites
 
@@ -23,9 +32,10 @@ class ReplacementState:
         self.model, self.clt, self.sites, self.use_error_term = model, clt, sites, use_error_term
         self.pending: dict[int, Tensor] = {}
 
+    def reset(self) -> None:
+        self.pending = {}
+
     def read_input(self, value: Tensor, *, hook, layer: int) -> Tensor:
-        if layer == 0:
-            self.pending = {}
         x = self.sites.to_clt_input(self.model, self.clt.feature_input_hook, layer, value)
         acts = self.clt.encode(x, layer)
         active = acts.reshape(-1, acts.shape[-1]).abs().sum(0).nonzero().squeeze(-1)
@@ -46,7 +56,7 @@ class ReplacementState:
 def build_replacement_hooks(model, clt: CrossLayerTranscoder, sites: Sites, use_error_term: bool) -> HookList:
     """`replacement_hooks` for a model and CLT already checked (`sites` from `check_compatible`)."""
     state = ReplacementState(model, clt, sites, use_error_term)
-    hooks: HookList = []
+    hooks: HookList = PassStart(state.reset).hooks(sites, clt.n_layers)  # nothing kept between passes
     for layer in range(clt.n_layers):
         hooks.append(
             (sites.clt_input_hook(clt.feature_input_hook, layer), layer_hook(state.read_input, layer))
@@ -61,13 +71,16 @@ def replacement_hooks(model, clt: CrossLayerTranscoder, *, use_error_term: bool 
     With `use_error_term=True` the output equals the original MLP output (reconstruction + the
     detached error), so gradients flow through the CLT features. Use with `model.hooks(fwd_hooks=...)`.
     """
-    return build_replacement_hooks(model, clt, check_compatible(model, clt), use_error_term)
+    hooks = build_replacement_hooks(model, clt, check_compatible(model, clt), use_error_term)
+    refuse_saes_at(model, [name for name, _ in hooks])
+    return hooks
 
 
 def feature_activations(
     model, clt: CrossLayerTranscoder, prompt: Prompt
 ) -> Float[Tensor, "n_layers pos n_features"]:
-    """Active CLT features of `prompt` as a sparse COO tensor indexed (layer, pos, feature).
+    """Active CLT features of `prompt` as a sparse COO tensor indexed (layer, pos, feature); it prints
+    as a short summary (`tl_clt.display.FeatureActivations`, a torch.Tensor).
 
     Positions are those of `tl_clt.to_tokens(model, prompt)` (sink token at 0 included here).
     """
@@ -76,22 +89,27 @@ def feature_activations(
     with preserve(model):
         state = clean_pass(model, clt, tokens, sites)
     with torch.no_grad():
-        return all_activations(clt, state.mlp_in).to_sparse().coalesce()
+        acts = all_activations(clt, state.mlp_in)
+    return as_feature_activations(acts.to_sparse().coalesce())
 
 
 @dataclass
 class ReconstructionReport:
     """Per-layer FVU and L0 of the CLT on a prompt, and how the replacement model's output compares."""
 
-    fvu: list[float]  # per layer: |mlp_out - recon|^2 / |mlp_out - mean|^2 (positions after the sink)
+    fvu: list[float]  # per layer: |mlp_out - recon|^2 / |mlp_out - mean|^2 (positions after the sink); NaN
+    # where undefined: one real token (or identical MLP outputs at every position) has no variance
     l0: list[float]  # per layer: mean number of active features per position (positions after the sink)
     top1_agreement: float  # share of positions where model and replacement agree on the top token
     kl: float  # mean KL(model || replacement) over positions, in nats
+    note: str = ""  # why some numbers are undefined (NaN), if any are
 
     def __str__(self) -> str:
         lines = ["layer    FVU      L0"]
         lines += [f"{i:>5} {f:8.4f} {n:7.1f}" for i, (f, n) in enumerate(zip(self.fvu, self.l0))]
         lines.append(f"top-1 agreement {self.top1_agreement:.3f}   KL {self.kl:.4f} nats")
+        if self.note:
+            lines.append(f"note: {self.note}")
         return "\n".join(lines)
 
 
@@ -116,8 +134,19 @@ def reconstruction_report(model, clt: CrossLayerTranscoder, prompt: Prompt) -> R
     logp, logq = logits.log_softmax(-1), rep_logits.log_softmax(-1)
     kl = (logp.exp() * (logp - logq)).sum(-1)[body].mean()
     agree = (logits.argmax(-1) == rep_logits.argmax(-1))[body].float().mean()
+    # the variance of the MLP outputs over positions: zero for one real token, where FVU is undefined
+    undefined = total <= 1e-12 * mlp_out[:, body].pow(2).sum((-1, -2)).clamp(min=1e-30)
+    fvu = torch.where(undefined, torch.nan, resid / total.clamp(min=1e-30))
+    note = ""
+    if undefined.any():
+        note = (
+            f"FVU is undefined (NaN) at layers {undefined.nonzero().squeeze(-1).tolist()}: the MLP "
+            f"outputs do not vary over the {mlp_out.shape[1] - 1} position(s) after the sink (FVU "
+            "divides by that variance). Use a prompt of two or more real tokens."
+        )
     return ReconstructionReport(
-        fvu=(resid / total.clamp(min=1e-12)).tolist(),
+        fvu=fvu.tolist(),
+        note=note,
         l0=(acts[:, body] != 0).sum(-1).float().mean(-1).tolist(),
         top1_agreement=float(agree),
         kl=float(kl),

@@ -11,7 +11,9 @@ say where that model keeps each thing, plus `requires`, the cfg values the algor
 
 from __future__ import annotations
 
+import dataclasses
 import operator
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +22,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 HOOKED_TRANSFORMER = "HookedTransformer"
+TRANSFORMER_BRIDGE = "TransformerBridge"
 QWEN3 = "Qwen3ForCausalLM"
 
 
@@ -58,16 +61,18 @@ class Sites:
     b_U: str  # weight path of the unembedding bias [d_vocab]
     sink_token: str  # prepended when a prompt does not start with a special token
     forward_to: Callable[[Any, Tensor, int], Tensor]  # (model, tokens [1, pos], n) -> resid before block n
-    # the frozen model's transposed pass (tl_clt.transpose) reads these
-    ln1_scale: str  # hook of block {layer}'s pre-attention norm scale (one of frozen_scales)
-    ln2_scale: str  # hook of block {layer}'s pre-MLP norm scale (one of frozen_scales)
-    pattern: str  # hook of block {layer}'s attention pattern [batch, head, query, key]
-    ln1_weight: str  # weight path of block {layer}'s pre-attention norm
-    W_V: tuple[str, ...]  # weight paths of block {layer}'s value weights [n_kv_heads, d_model, d_head],
-    # the first the model has (`first_weight`)
-    W_O: str  # weight path of block {layer}'s output weights [n_heads, d_head, d_model]
-    W_E: str  # weight path of the token embedding [d_vocab, d_model] (the embedding hook's value is W_E[t])
     requires: Mapping[str, Any] = field(default_factory=dict)  # cfg attribute -> required value
+    resid_pre: str = "blocks.{layer}.hook_resid_pre"  # block {layer}'s input: where a forward pass enters it
+    resid_post: str = "blocks.{layer}.hook_resid_post"  # block {layer}'s output
+    W_V: str = "blocks.{layer}.attn.W_V"  # weight path [n_heads, d_model, d_head] (kv heads expanded)
+    W_O: str = "blocks.{layer}.attn.W_O"  # weight path [n_heads, d_head, d_model]
+    ln1_weight: str = "blocks.{layer}.ln1.w"  # weight path of block {layer}'s pre-attention norm
+    # frozen values the transposed engine (tl_clt.transpose) reads per block (each one of frozen_scales /
+    # patterns): ln1's and ln2's scale [batch, pos, 1], the attention pattern [batch, head, query, key]
+    ln1_scale: str = "blocks.{layer}.ln1.hook_scale"
+    ln2_scale: str = "blocks.{layer}.ln2.hook_scale"
+    pattern: str = "blocks.{layer}.attn.hook_pattern"
+    refuse: Callable[[Any], str | None] = lambda model: None  # why this model is unusable, or None
 
     # ---------------------------------------------------------------- hook names
     def block_hooks(self, templates: tuple[str, ...], n_layers: int) -> list[str]:
@@ -93,14 +98,30 @@ class Sites:
         """The tensor at dotted attribute `path` (a field of this class, `{layer}` filled in)."""
         return operator.attrgetter(path.format(layer=layer))(model)
 
-    def first_weight(self, model, paths: tuple[str, ...], layer: int | None = None) -> Tensor:
-        """The tensor at the first of `paths` that the model has."""
-        for path in paths[:-1]:
-            try:
-                return self.weight(model, path, layer)
-            except AttributeError:
-                continue
-        return self.weight(model, paths[-1], layer)
+    def attn_weights(self, model, layer: int) -> tuple[Tensor, Tensor]:
+        """(W_V [n_heads, d_model, d_head], W_O [n_heads, d_head, d_model]) of block `layer`.
+
+        Grouped-query key/value heads are expanded to one per query head (query head h reads kv head
+        h // (n_heads / n_kv_heads)), as a HookedTransformer's `W_V` is; a bridge's `W_V` is not.
+        """
+        W_V, W_O = self.weight(model, self.W_V, layer), self.weight(model, self.W_O, layer)
+        if W_V.shape[0] != W_O.shape[0]:
+            W_V = W_V.repeat_interleave(W_O.shape[0] // W_V.shape[0], dim=0)
+        return W_V, W_O
+
+    def kv_weights(self, model, layer: int) -> tuple[Tensor, Tensor]:
+        """(W_V [n_kv_heads, d_model, d_head], W_O [n_heads, d_head, d_model]) of block `layer`: one value
+        head per key/value head (a HookedTransformer's expanded `W_V` repeats each one n_heads / n_kv_heads
+        times in a row; every such run's first is taken)."""
+        W_V, W_O = self.weight(model, self.W_V, layer), self.weight(model, self.W_O, layer)
+        n_kv = getattr(model.cfg, "n_key_value_heads", None) or W_O.shape[0]
+        if W_V.shape[0] != n_kv:
+            W_V = W_V[:: W_V.shape[0] // n_kv]
+        return W_V, W_O
+
+    def norm_weights(self, model, layer: int) -> tuple[Tensor, Tensor]:
+        """(ln1 weight, ln2 weight) [d_model] of block `layer` (unfolded RMSNorm weights)."""
+        return self.weight(model, self.ln1_weight, layer), self.weight(model, self.ln2_weight, layer)
 
     def to_clt_input(
         self, model, feature_input_hook: str, layer: int, value: Float[Tensor, "... d_model"]
@@ -137,33 +158,74 @@ HOOKED_TRANSFORMER_QWEN3 = Sites(
     b_U="unembed.b_U",
     sink_token="<|endoftext|>",
     forward_to=_hooked_transformer_forward_to,
-    ln1_scale="blocks.{layer}.ln1.hook_scale",
-    ln2_scale="blocks.{layer}.ln2.hook_scale",
-    pattern="blocks.{layer}.attn.hook_pattern",
-    ln1_weight="blocks.{layer}.ln1.w",
-    # grouped-query attention keeps one per KV head in _W_V; plain attention (n_kv = n_heads) has W_V
-    W_V=("blocks.{layer}.attn._W_V", "blocks.{layer}.attn.W_V"),
-    W_O="blocks.{layer}.attn.W_O",
-    W_E="embed.W_E",
     requires={
         "normalization_type": "RMS",
         "final_rms": True,
         "gated_mlp": True,
         "use_qk_norm": True,
         "positional_embedding_type": "rotary",
+        "use_split_qkv_input": False,  # split q/k/v inputs would not fit grouped-query attention
     },
 )
 
-REGISTRY: dict[tuple[str, str], Sites] = {(HOOKED_TRANSFORMER, QWEN3): HOOKED_TRANSFORMER_QWEN3}
+
+def _bridge_forward_to(model, tokens: Tensor, n: int) -> Tensor:
+    """The residual before block n; for n == n_layers the final residual, read by a hook (the bridge's
+    `stop_at_layer=n_layers` returns the logits)."""
+    if n < model.cfg.n_layers:
+        return model(tokens, stop_at_layer=n)
+    out: list[Tensor] = []
+
+    def grab(tensor: Tensor, *, hook) -> Tensor:
+        out.append(tensor)
+        return tensor
+
+    model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{n - 1}.hook_resid_post", grab)])
+    return out[0]
+
+
+def _bridge_refuse(model) -> str | None:
+    if getattr(model, "_weights_processed", False):
+        return (
+            "This TransformerBridge's weights were processed (enable_compatibility_mode() with its "
+            "defaults folds the norm weights and centres W_out / W_U), so the true MLP input the CLT reads "
+            "and its target no longer exist. Boot it again without enable_compatibility_mode(), or call "
+            "enable_compatibility_mode(no_processing=True); or use tl_clt.load_qwen3(..., backend='bridge')."
+        )
+    return None
+
+
+TRANSFORMER_BRIDGE_QWEN3 = dataclasses.replace(
+    HOOKED_TRANSFORMER_QWEN3,
+    backend=TRANSFORMER_BRIDGE,
+    forward_to=_bridge_forward_to,
+    # the bridge runs the q/k norms but reports use_qk_norm=False: not a requirement here
+    requires={k: v for k, v in HOOKED_TRANSFORMER_QWEN3.requires.items() if k != "use_qk_norm"},
+    refuse=_bridge_refuse,
+)
+
+REGISTRY: dict[tuple[str, str], Sites] = {
+    (HOOKED_TRANSFORMER, QWEN3): HOOKED_TRANSFORMER_QWEN3,
+    (TRANSFORMER_BRIDGE, QWEN3): TRANSFORMER_BRIDGE_QWEN3,
+}
 
 
 def _is_hooked_transformer(model) -> bool:
-    from transformer_lens import HookedTransformer
+    module = sys.modules.get("transformer_lens.HookedTransformer")  # never imported: not one
+    cls = getattr(module, "HookedTransformer", None)
+    return isinstance(cls, type) and isinstance(model, cls)
 
-    return isinstance(model, HookedTransformer)
+
+def _is_transformer_bridge(model) -> bool:
+    module = sys.modules.get("transformer_lens.model_bridge")  # importing it costs seconds: only if loaded
+    cls = getattr(module, "TransformerBridge", None)
+    return isinstance(cls, type) and isinstance(model, cls)
 
 
-BACKENDS: dict[str, Callable[[Any], bool]] = {HOOKED_TRANSFORMER: _is_hooked_transformer}
+BACKENDS: dict[str, Callable[[Any], bool]] = {
+    HOOKED_TRANSFORMER: _is_hooked_transformer,
+    TRANSFORMER_BRIDGE: _is_transformer_bridge,
+}
 
 
 def backend_of(model) -> str | None:
@@ -180,7 +242,8 @@ def sites_for(model) -> Sites:
     backend = backend_of(model)
     if backend is None:
         raise UnsupportedModelError(
-            f"Expected a transformer_lens.HookedTransformer, got {type(model).__name__}. tl_clt supports "
+            "Expected a transformer_lens HookedTransformer or TransformerBridge, got "
+            f"{type(model).__name__}. tl_clt supports "
             f"{_supported()}; load one with tl_clt.load_qwen3(...)."
         )
     cfg = model.cfg
@@ -192,7 +255,8 @@ def sites_for(model) -> Sites:
             "no longer exists. Load it with tl_clt.load_qwen3(...) or "
             "HookedTransformer.from_pretrained_no_processing(...)."
         )
-    arch = getattr(cfg, "original_architecture", None)
+    # HookedTransformer: cfg.original_architecture; TransformerBridge: cfg.architecture
+    arch = getattr(cfg, "original_architecture", None) or getattr(cfg, "architecture", None)
     sites = REGISTRY.get((backend, arch))
     wrong = {} if sites is None else {k: getattr(cfg, k, None) for k, v in sites.requires.items()}
     wrong = {k: got for k, got in wrong.items() if got != sites.requires[k]}
@@ -204,4 +268,7 @@ def sites_for(model) -> Sites:
             f"tl_clt supports Qwen3-style models ({_supported()}); this {backend} has {found}. "
             "Its edges would not be exact. Load a Qwen3 checkpoint with tl_clt.load_qwen3."
         )
+    reason = sites.refuse(model)
+    if reason:
+        raise UnsupportedModelError(reason)
     return sites

@@ -14,17 +14,27 @@ later layer l, at the chosen positions. The real MLPs still run, so later featur
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from tl_clt.checks import as_int, as_number
 from tl_clt.clt import CrossLayerTranscoder
+from tl_clt.fingerprints import check_clt
 from tl_clt.frozen import PromptState, clean_pass, freeze_hooks
-from tl_clt.hooks import HookList, add_from_layer, check_compatible, layer_hook, preserve
+from tl_clt.hooks import (
+    HookList,
+    PassStart,
+    add_from_layer,
+    check_compatible,
+    layer_hook,
+    preserve,
+    refuse_saes_at,
+)
 from tl_clt.nodes import NodeLike, as_node_list, feature_key
 from tl_clt.prompts import Prompt, to_tokens
 from tl_clt.sites import Sites
@@ -47,6 +57,8 @@ class Intervention:
     pos: Position
     feature: int
     value: float
+    # set by `scale` / `group_interventions` from a graph: the CLT that graph was made with (checked by steer)
+    clt_fingerprint: dict | None = field(default=None, compare=False, repr=False)
 
     def __iter__(self) -> Iterator:
         return iter((self.layer, self.pos, self.feature, self.value))
@@ -57,6 +69,15 @@ def as_interventions(interventions) -> list[Intervention]:
     """An Intervention, or an iterable of Interventions / (layer, pos, feature, value) tuples."""
     if isinstance(interventions, Intervention):
         return [interventions]
+    if (
+        interventions is None
+        or isinstance(interventions, (Mapping, str, bytes))
+        or not isinstance(interventions, Iterable)
+    ):
+        raise TypeError(
+            "interventions must be an Intervention or a list of them (or of (layer, pos, feature, value) "
+            f"tuples); got {type(interventions).__name__}. Pass [] to run without steering."
+        )
     out = []
     for iv in interventions:
         if isinstance(iv, Intervention):
@@ -69,11 +90,10 @@ def as_interventions(interventions) -> list[Intervention]:
 
 
 def _int(x, what: str, iv: Intervention) -> int:
-    if isinstance(x, Tensor) and x.ndim == 0 and not x.is_floating_point():
-        x = int(x)
-    if not isinstance(x, int) or isinstance(x, bool):
-        raise TypeError(f"{iv}: {what} must be an int, got {type(x).__name__}.")
-    return x
+    try:
+        return as_int(x, what)
+    except TypeError:
+        raise TypeError(f"{iv}: {what} must be an int, got {type(x).__name__}.") from None
 
 
 def check_intervention(iv: Intervention, clt: CrossLayerTranscoder, n_pos: int | None = None) -> Intervention:
@@ -86,9 +106,10 @@ def check_intervention(iv: Intervention, clt: CrossLayerTranscoder, n_pos: int |
         raise ValueError(
             f"{iv}: feature {feature} is out of range; layer {layer} has features 0..{clt.n_features - 1}."
         )
+    check_clt(iv.clt_fingerprint, clt, f"{iv} comes from a graph that")
     try:
-        value = float(iv.value)
-    except (TypeError, ValueError) as err:
+        value = as_number(iv.value, "value", finite=False)
+    except TypeError as err:
         raise TypeError(f"{iv}: value must be a number (the new activation), got {iv.value!r}.") from err
     if not math.isfinite(value):
         raise ValueError(
@@ -103,7 +124,7 @@ def check_intervention(iv: Intervention, clt: CrossLayerTranscoder, n_pos: int |
             f"{iv}: pos {pos} is out of range for a prompt of {n_pos} tokens (with the "
             f"'<|endoftext|>' sink at 0); use 0..{n_pos - 1} or -{n_pos}..-1."
         )
-    return Intervention(layer, pos, feature, value)
+    return Intervention(layer, pos, feature, value, iv.clt_fingerprint)
 
 
 def check_interventions(interventions, clt: CrossLayerTranscoder, n_pos: int | None) -> list[Intervention]:
@@ -118,6 +139,15 @@ def _check_slice(pos: slice, iv: Intervention, n_pos: int | None) -> None:
             raise TypeError(f"{iv}: pos.{name} must be an int or None, got {x!r}.")
     if pos.step is not None and pos.step < 1:
         raise ValueError(f"{iv}: pos slices must step forward (step >= 1), got step {pos.step}.")
+    start, stop = pos.start, pos.stop
+    if n_pos is not None and stop is not None:
+        start = 0 if start is None else start + n_pos if start < 0 else start
+        stop = stop + n_pos if stop < 0 else stop
+    if stop is not None and (start or 0) >= 0 and stop >= 0 and (start or 0) >= stop:
+        raise ValueError(
+            f"{iv}: pos slice {pos.start}:{pos.stop} selects no position (its start is not before its "
+            "stop); give start < stop, or slice(k, None) for position k onwards."
+        )
     if n_pos is not None and pos.start is not None and not -n_pos <= pos.start <= n_pos:
         raise ValueError(
             f"{iv}: pos slice starts at {pos.start}, outside a prompt of {n_pos} tokens; use a "
@@ -193,9 +223,10 @@ class SteeringState:
             x = self.sites.to_clt_input(self.model, self.clt.feature_input_hook, layer, value)
         return self.clt.encode(x, layer)[..., features]
 
+    def reset(self) -> None:
+        self.pending = {}
+
     def read_input(self, value: Tensor, *, hook, layer: int) -> Tensor:
-        if layer == self.first:
-            self.pending = {}
         plan = self.plans[layer]
         current = self.current(value, layer)
         mask, target = (t.to(value.device) for t in plan.targets(value.shape[-2]))
@@ -244,6 +275,7 @@ def build_steering_hooks(
         hooks += freeze_hooks(state.everything() if direct_effects else state.patterns())
         clean = state if direct_effects else None
     st = SteeringState(model, clt, sites, plans, clean)
+    hooks += PassStart(st.reset).hooks(sites, clt.n_layers)  # nothing kept between forward passes
     for plan in plans:
         hook = sites.clt_input_hook(clt.feature_input_hook, plan.layer)
         hooks.append((hook, layer_hook(st.read_input, plan.layer)))
@@ -287,9 +319,11 @@ def steering_hooks(
     plans = plan_interventions(
         clt, [check_intervention(iv, clt, n_pos) for iv in as_interventions(interventions)]
     )
-    return build_steering_hooks(
+    hooks = build_steering_hooks(
         model, clt, sites, plans, toks, freeze_attention=freeze_attention, direct_effects=direct_effects
     )
+    refuse_saes_at(model, [name for name, _ in hooks])
+    return hooks
 
 
 def run_steered(
@@ -359,7 +393,9 @@ def scale(
     `nodes`: feature node ids ("F:12:5:847") or (layer, pos, feature) keys. `source`: the graph
     (activations of its prompt) or `tl_clt.feature_activations(...)` of the unsteered prompt.
     """
+    factor = as_number(factor, "factor")
     lookup, n_pos = _activation_lookup(source)
+    fingerprint = getattr(source, "meta", {}).get("clt_fingerprint")
     out = []
     for node in as_node_list(nodes):
         layer, pos, feature = feature_key(node)
@@ -370,7 +406,7 @@ def scale(
                 "prompt (activation 0), so scaling it changes nothing. Check the key, or set an "
                 "absolute activation with Intervention(layer, pos, feature, value)."
             )
-        out.append(Intervention(layer, key[1], feature, float(factor) * lookup[key]))
+        out.append(Intervention(layer, key[1], feature, factor * lookup[key], fingerprint))
     return out
 
 

@@ -20,9 +20,11 @@ import networkx as nx
 import torch
 from torch import Tensor
 
+from tl_clt.checks import as_number, check_k
 from tl_clt.clt import CrossLayerTranscoder
+from tl_clt.fingerprints import check_clt, check_model
 from tl_clt.hooks import check_compatible
-from tl_clt.nodes import Node, NodeLike, as_node_list, node_id, node_kind
+from tl_clt.nodes import Node, NodeLike, as_node_list, group_members, node_id, node_kind
 from tl_clt.prompts import to_tokens
 from tl_clt.replacement import feature_activations
 from tl_clt.steering import Intervention, scale
@@ -54,7 +56,7 @@ def _membership(G: nx.DiGraph, groups: Mapping[str, Iterable[NodeLike]], n_layer
     for name, members in groups.items():
         if not isinstance(name, str) or not name:
             raise TypeError(f"Group names must be non-empty strings, got {name!r}.")
-        ids = [node_id(m, n_layers=n_layers) for m in as_node_list(members)]
+        ids = [node_id(m, n_layers=n_layers) for m in group_members(name, members)]
         if not ids:
             raise ValueError(f"Group {name!r} has no members.")
         for node in ids:
@@ -181,6 +183,7 @@ def features_at(
     else:
         acts = source.coalesce() if source.is_sparse else source.to_sparse().coalesce()
         keys, values, n_pos = acts.indices().T, acts.values(), source.shape[1]
+    k = check_k(k, what="how many features")
     pos = torch.tensor(_positions_of(where, token_strs, n_pos))
     hit = torch.isin(keys[:, 1], pos)
     keys, values = keys[hit], values[hit].float()
@@ -205,12 +208,15 @@ def contrast_features(
     the same number of tokens, so positions line up. A feature that needs the changed thing drops;
     score = the drop (activation - counterfactual activation), largest first.
     """
+    check_model(graph.meta.get("model_fingerprint"), model, "This graph")
+    check_clt(graph.meta.get("clt_fingerprint"), clt, "This graph")
     tokens = to_tokens(model, counterfactual)
     if len(tokens) != graph.n_pos:
         raise ValueError(
             f"The counterfactual has {len(tokens)} tokens and the graph's prompt {graph.n_pos}; "
             "change one thing while keeping the token count, so positions line up."
         )
+    min_drop = as_number(min_drop, "min_drop")
     if not 0 < min_drop <= 1:
         raise ValueError(f"min_drop is a share of the activation in (0, 1], got {min_drop}.")
     other = feature_activations(model, clt, tokens).to_dense()
@@ -252,6 +258,7 @@ def _adjacency_edges(graph: AttributionGraph, name: str, direction: str):
 
 
 def _top_edges(graph, node, k, kinds, direction) -> list[Candidate]:
+    k = check_k(k, what="how many nodes")
     found = [
         (o, w, d) for o, w, d in _edges(graph, node, direction) if kinds is None or d.get("kind") in kinds
     ]
@@ -300,8 +307,7 @@ def feature_output_tokens(
     order). `largest=False` gives the most suppressed tokens.
     """
     sites = check_compatible(model, clt)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be an int >= 1 (how many tokens), got {k!r}.")
+    k = check_k(k, what="how many tokens")
     rows = clt.decoder_rows(layer, torch.tensor([feature]))[0]  # [n_layers - layer, d_model]
     if read == "sum":
         direction = rows.sum(0)

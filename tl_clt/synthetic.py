@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import safetensors.torch
 import torch
 import yaml
-from safetensors.torch import save_file
+
+from tl_clt import files
 
 SPECIAL = "<|endoftext|>"
 _CORPUS = [
@@ -112,7 +114,7 @@ def write_clt_folder(
         "feature_input_hook": feature_input_hook,
         "feature_output_hook": feature_output_hook,
     }
-    (path / "config.yaml").write_text(yaml.safe_dump(config))
+    files.write_text(path / "config.yaml", yaml.safe_dump(config))
     for layer in range(len(W_enc)):
         enc = {
             f"W_enc_{layer}": W_enc[layer],
@@ -122,9 +124,9 @@ def write_clt_folder(
         if threshold is not None:
             enc[f"threshold_{layer}"] = threshold[layer]
         enc = {k: v.to(dtype).contiguous() for k, v in enc.items()}
-        save_file(enc, str(path / f"W_enc_{layer}.safetensors"))
+        files.write_bytes(path / f"W_enc_{layer}.safetensors", safetensors.torch.save(enc))
         dec = {f"W_dec_{layer}": W_dec[layer].to(dtype).contiguous()}
-        save_file(dec, str(path / f"W_dec_{layer}.safetensors"))
+        files.write_bytes(path / f"W_dec_{layer}.safetensors", safetensors.torch.save(dec))
     return path
 
 

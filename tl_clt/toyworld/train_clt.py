@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from tl_clt.sites import sites_for
 from tl_clt.synthetic import write_clt_folder
 from tl_clt.toyworld.train_model import encode
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 INPUT_HOOK = "mlp.hook_in"  # the CLT reads the MLP's true input (ln2's output, weight included)
 
