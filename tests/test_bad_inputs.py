@@ -481,6 +481,9 @@ ATTRIBUTE_ARGS = {
     "batch_size_float": dict(batch_size=2.5),
     "max_n_logits_0": dict(max_n_logits=0),
     "update_interval_0": dict(update_interval=0, max_feature_nodes=5),
+    "engine_unknown": dict(engine="fast"),
+    "decoder_cache_bytes_negative": dict(decoder_cache_bytes=-1),
+    "compute_dtype_int": dict(compute_dtype=torch.int32),
 }
 for _name, _kwargs in ATTRIBUTE_ARGS.items():
     globals()[f"case_{_name}"] = lambda c, kw=_kwargs: _attribute(c, **kw)
