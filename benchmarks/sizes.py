@@ -242,12 +242,16 @@ def stream_random_clt_folder(
 ) -> Path:
     """The same random JumpReLU CLT as `synthetic.make_random_clt_folder`, streamed to disk in bf16.
 
-    config.yaml is written last, so an interrupted run leaves a folder that `build` makes again.
+    config.yaml is written last, so an interrupted run leaves a folder that `build` completes: a layer
+    whose decoder file exists (written last, renamed into place when complete) is kept, the others are
+    written again (each layer has its own random stream, so the result is the same).
     """
     path.mkdir(parents=True, exist_ok=True)
     scale = d_model**-0.5
     cut = float(torch.distributions.Normal(0, 1).icdf(torch.tensor(1 - density)))
     for layer in tqdm(range(n_layers), desc=f"writing {path.name}"):
+        if (path / f"W_dec_{layer}.safetensors").exists():
+            continue
         gen = torch.Generator().manual_seed(seed * 10_000 + layer)
         enc = {
             f"W_enc_{layer}": torch.randn(n_features, d_model, generator=gen) * scale,
