@@ -33,12 +33,18 @@ def _autograd_rows(lin, sites, positions, readouts):
     )
 
 
-@pytest.mark.parametrize("budget", [0, 1 << 30])
-def test_rows_equal_autograd_rows(world, budget):
-    """Every feature row and the logit rows match autograd (GQA model; any decoder budget; many sweeps)."""
+@pytest.mark.parametrize(
+    "budget, one_sweep_per_batch, band_rows",
+    [(0, True, 64), (1 << 30, True, 64), (1 << 30, False, 1), (1 << 30, False, 10), (0, False, 1000)],
+)
+def test_rows_equal_autograd_rows(world, budget, one_sweep_per_batch, band_rows):
+    """Every feature row and the logit rows match autograd (GQA model; any decoder budget; one or many
+    sub-batches per sweep; bands of one site, of several, or one band)."""
     model, clt, state, active, lin = world
     fr = FrozenRows(model, clt, state, batch_size=5, compute_dtype=None, decoder_cache_bytes=budget)
-    fr.edges.gradient_bytes = 1  # one sub-batch per sweep
+    if one_sweep_per_batch:
+        fr.edges.gradient_bytes = 1
+    fr.edges.band_rows = band_rows
     if budget == 0:
         fr.edges.block_bytes = 1  # one position per decoder block
     assert model.cfg.n_key_value_heads < model.cfg.n_heads

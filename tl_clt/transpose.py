@@ -22,7 +22,9 @@ contracts every decoder block once with all of them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -56,14 +58,18 @@ def default_decoder_cache_bytes(device: torch.device | str) -> int:
 class TransposedModel:
     """Per-layer tensors of the frozen model's backward (in `dtype`), see the module docstring.
 
-    W_O_flat[j]: [n_heads * d_head, d_model]; W_V_flat[j]: [n_kv_heads * d_head, d_model];
-    patterns[j]: [n_heads, pos, pos] (query, key); ln1_factor[j]: [pos, d_model] = ln1.w / scale1.
+    Gradients are kept feature-major, [d_model, rows, positions], so every step is a plain matrix product
+    on contiguous memory: W_O_flat[j] [n_heads * d_head, d_model] times the gradient gives the heads'
+    gradients [head, d_head, rows, positions]; the frozen pattern acts on the last axis (one batched
+    matmul per head of a KV group, summed into the KV head's); W_V_T[j] [d_model, n_kv_heads * d_head]
+    brings them back; ln1_factor_T[j] [d_model, pos] = ln1.w / scale1 scales them.
+    patterns[j]: [n_heads, pos, pos] (query, key).
     """
 
     W_O_flat: list[Tensor]
-    W_V_flat: list[Tensor]
+    W_V_T: list[Tensor]
     patterns: list[Tensor]
-    ln1_factor: list[Tensor]
+    ln1_factor_T: list[Tensor]
     n_heads: int
     n_kv_heads: int
     d_head: int
@@ -84,70 +90,76 @@ class TransposedModel:
         n_kv = W_V[0].shape[0]
         with torch.no_grad():
             W_O_flat = [w.detach().reshape(n_heads * d_head, d_model).to(dtype).contiguous() for w in W_O]
-            W_V_flat = [w.detach().transpose(1, 2).reshape(n_kv * d_head, d_model).to(dtype) for w in W_V]
-            W_V_flat = [w.contiguous() for w in W_V_flat]
+            W_V_T = [
+                w.detach().permute(1, 0, 2).reshape(d_model, n_kv * d_head).to(dtype).contiguous()
+                for w in W_V
+            ]
             factors = []
             for w, scale in zip(ln1_w, ln1_scale, strict=True):
-                inv = 1 / scale.detach().to(dtype).reshape(-1, 1)
-                factors.append(inv * w.detach().to(dtype) if w is not None else inv.expand(-1, d_model))
-            pats = [p.detach().reshape(n_heads, *p.shape[-2:]).to(dtype) for p in patterns]
-        return cls(W_O_flat, W_V_flat, pats, factors, n_heads, n_kv, d_head, dtype)
+                inv = 1 / scale.detach().to(dtype).reshape(1, -1)
+                f = inv * w.detach().to(dtype)[:, None] if w is not None else inv.expand(d_model, -1)
+                factors.append(f.contiguous())
+            pats = [p.detach().reshape(n_heads, *p.shape[-2:]).to(dtype).contiguous() for p in patterns]
+        return cls(W_O_flat, W_V_T, pats, factors, n_heads, n_kv, d_head, dtype)
 
     @property
     def n_layers(self) -> int:
         return len(self.W_O_flat)
 
-    def attention_transpose(self, j: int, g: Float[Tensor, "m p d_model"]) -> Float[Tensor, "m p d_model"]:
-        """The gradient that g at resid_mid_j sends to resid_pre_j through attention j (not the skip)."""
-        m, p, d = g.shape
+    def attention_transpose(self, j: int, g: Float[Tensor, "d_model n p"], m: int) -> None:
+        """Add to g[:, :m] (the gradient at resid_mid_j of the first m rows) what it sends to resid_pre_j
+        through attention j (the skip connection is g itself). In place."""
+        d, n, p = g.shape
         H, Hkv, dh = self.n_heads, self.n_kv_heads, self.d_head
-        z = (g.reshape(m * p, d) @ self.W_O_flat[j].T).view(m, p, H, dh)
-        v = torch.einsum("hqk,mqhd->mkhd", self.patterns[j][:, :p, :p], z)
-        if Hkv != H:
-            v = v.reshape(m, p, Hkv, H // Hkv, dh).sum(3)
-        x = v.reshape(m * p, Hkv * dh) @ self.W_V_flat[j]
-        return x.view(m, p, d) * self.ln1_factor[j][:p]
+        group = H // Hkv
+        z = torch.mm(self.W_O_flat[j], g.view(d, n * p)[:, : m * p])  # [H * dh, m * p]
+        zv = z.view(Hkv, group, dh * m, p)
+        pat = self.patterns[j].view(Hkv, group, *self.patterns[j].shape[-2:])[:, :, :p, :p]
+        v = torch.bmm(zv[:, 0], pat[:, 0])  # [Hkv, dh * m, p]: pattern^T on the key axis
+        for i in range(1, group):
+            v.baddbmm_(zv[:, i], pat[:, i])
+        x = torch.mm(self.W_V_T[j], v.view(Hkv * dh, m * p))  # [d, m * p]
+        g[:, :m].addcmul_(x.view(d, m, p), self.ln1_factor_T[j][:, None, :p])
 
-    def gradients(
-        self, sites: Int[Tensor, " n"], positions: Int[Tensor, " n"], readouts: Float[Tensor, "n d_model"]
-    ) -> tuple[Float[Tensor, "n p top d_model"], Float[Tensor, "n p d_model"]]:
-        """(G, G_emb): gradients of each row's read-out at MLP outputs 0..top-1 and at the embedding.
+    def backward(
+        self,
+        sites: Int[Tensor, " n"],
+        positions: Int[Tensor, " n"],
+        readouts: Float[Tensor, "n d_model"],
+        at_mlp_out: Callable[[int, int, Tensor], None],
+    ) -> Float[Tensor, "d_model n p"]:
+        """Run rows down the frozen model; return the gradient at the embedding [d_model, n, p].
 
         Row i reads `readouts[i]` off the residual stream at position `positions[i]`, at resid_mid of layer
         `sites[i]`, or at the final resid_post for `sites[i] == n_layers`. Rows must be sorted by site,
-        descending. p = max position + 1 (later positions get no gradient: attention is causal); top = the
-        highest site. Rows whose site is at or below a layer get exact zeros there.
+        descending. p = max position + 1 (later positions get no gradient: attention is causal). For every
+        layer j below the highest site, `at_mlp_out(j, m, g)` sees the gradient g [d_model, n, p] at MLP
+        output j; its first m rows (those with site > j) are the ones that reach it.
         """
         n, L = len(sites), self.n_layers
         d = readouts.shape[-1]
-        p_all = int(positions.max()) + 1
+        p = int(positions.max()) + 1
         top = int(sites[0])
-        sites_l, pos_l = sites.tolist(), positions.tolist()
-        # rows with site >= j are the prefix [:n_ge[j]]; their last position bounds the work
-        n_ge = [sum(s >= j for s in sites_l) for j in range(L + 1)]
-        p_ge = [max(pos_l[: n_ge[j]], default=-1) + 1 for j in range(L + 1)]
-        g = readouts.new_zeros(n, p_all, d, dtype=self.dtype)
-        G = readouts.new_empty(n, p_all, top, d, dtype=self.dtype)
+        sites_l = sites.tolist()
+        n_ge = [sum(s >= j for s in sites_l) for j in range(L + 1)]  # rows with site >= j: a prefix
+        g = readouts.new_zeros(d, n, p, dtype=self.dtype)
         rows = torch.arange(n, device=readouts.device)
-        readouts = readouts.to(self.dtype)
+        readouts_T = readouts.to(self.dtype).T
 
         def inject(layer: int) -> None:
             lo = n_ge[layer + 1] if layer < L else 0
             hi = n_ge[layer]
             if hi > lo:
-                g[rows[lo:hi], positions[lo:hi]] += readouts[lo:hi]
+                g[:, rows[lo:hi], positions[lo:hi]] += readouts_T[:, lo:hi]
 
         if top == L:
             inject(L)
         for j in reversed(range(min(top, L - 1) + 1)):
             if j < top:  # g is the gradient at resid_post_j = MLP output j
-                m = n_ge[j + 1]
-                G[:m, :, j] = g[:m]
-                G[m:, :, j] = 0
+                at_mlp_out(j, n_ge[j + 1], g)
             inject(j)
-            m, p = n_ge[j], p_ge[j]
-            g[:m, :p] += self.attention_transpose(j, g[:m, :p])
-        return G, g
+            self.attention_transpose(j, g, n_ge[j])
+        return g
 
     def flops(self, site: int, position: int) -> int:
         """Multiply-adds x 2 of one row's transposed pass (layers 0..site, positions 0..position)."""
@@ -249,6 +261,7 @@ class RowStats:
     n_backward: int = 0
     n_sweeps: int = 0
     flops_ideal: int = 0
+    flops_decoder: int = 0  # the decoder contractions' part of flops_ideal
     seconds: dict[str, float] = field(default_factory=lambda: {"gradients": 0.0, "contract": 0.0})
 
 
@@ -269,21 +282,24 @@ class EdgeRows:
         gradient_bytes: int = 1 << 30,
         out_dtype: torch.dtype = torch.float32,
         block_bytes: int = 256 << 20,
+        band_rows: int = 64,
     ):
         self.model, self.decoder = model, decoder
         self.dtype = model.dtype
         self.n_layers, self.n_pos = errors.shape[:2]
         self.d_model = errors.shape[-1]
         self.acts = activations.to(self.dtype)
-        self.errors = errors.to(self.dtype)
-        self.embed = embed.to(self.dtype)
+        self.errors_T = [e.to(self.dtype).T.contiguous() for e in errors]  # [d_model, pos] per layer
+        self.embed_T = embed.to(self.dtype).T.contiguous()  # [d_model, pos]
         self.n_active = len(activations)
         self.batch_size = batch_size
         self.gradient_bytes = gradient_bytes
         self.block_bytes = block_bytes
         self.out_dtype = out_dtype
+        self.band_rows = band_rows
         self.stats = RowStats()
         self._dec_flops_per_pos = self._decoder_flops_table()
+        self._G: Tensor | None = None
 
     @property
     def n_sources(self) -> int:
@@ -307,12 +323,17 @@ class EdgeRows:
         """FLOPs of these rows done ideally: each row's transposed pass through the layers at and below its
         target, up to its position, plus its decoder contractions (layers below its target, positions up
         to its own); errors and tokens (d_model per source) are included."""
-        total = 0
+        return self._row_flops(sites, positions)[0]
+
+    def _row_flops(self, sites: Tensor, positions: Tensor) -> tuple[int, int]:
+        """(all FLOPs, decoder FLOPs) of `row_flops`."""
+        total = decoder = 0
         d = self.d_model
         for s, q in zip(sites.tolist(), positions.tolist(), strict=True):
-            total += self.model.flops(s, q) + int(self._dec_flops_per_pos[s, q])
-            total += 2 * d * (q + 1) * (min(s, self.n_layers) + 1)
-        return total
+            dec = int(self._dec_flops_per_pos[s, q])
+            total += self.model.flops(s, q) + dec + 2 * d * (q + 1) * (min(s, self.n_layers) + 1)
+            decoder += dec
+        return total, decoder
 
     def rows(
         self,
@@ -322,96 +343,217 @@ class EdgeRows:
         out: Float[Tensor, "n n_sources"] | None = None,
     ) -> Float[Tensor, "n n_sources"]:
         """Edge rows of targets read at (site, position) by `readouts` (resid-stream vectors, see
-        `TransposedModel.gradients`); written into `out` (zeroed first) if given."""
-        import time
+        `TransposedModel.backward`); written into `out` (zeroed first) if given.
 
+        Rows go in sweeps of at most `gradient_bytes` of gradients. A sweep runs its rows down the model in
+        sub-batches of `batch_size` rows of nearby positions (each only through the layers below its target
+        and the positions up to the sub-batch's last), writing errors' and tokens' edges on the way and the
+        gradients at the MLP outputs into one buffer `Sweep.G`; then every decoder block is contracted once
+        with all of them.
+        """
         n = len(sites)
         if out is None:
             out = torch.zeros(n, self.n_sources, dtype=self.out_dtype, device=readouts.device)
         else:
             out.zero_()
-        self.stats.flops_ideal += self.row_flops(sites, positions)
-        order = torch.argsort(positions, stable=True)
+        flops, flops_decoder = self._row_flops(sites, positions)
+        self.stats.flops_ideal += flops
+        self.stats.flops_decoder += flops_decoder
+        order = torch.argsort(positions.cpu(), stable=True)
         per_row = self.n_pos * self.n_layers * self.d_model * torch.finfo(self.dtype).bits // 8
-        sweep = max(self.batch_size, self.gradient_bytes // max(per_row, 1))
-        for chunk in order.split(sweep):
+        sweep_rows = max(self.batch_size, self.gradient_bytes // max(per_row, 1))
+        sites_c, positions_c = sites.cpu(), positions.cpu()
+        for chunk in order.split(sweep_rows):
             t0 = time.perf_counter()
-            batches = []
-            for sub in chunk.split(self.batch_size):
-                sub = sub[torch.argsort(sites[sub], descending=True, stable=True)]
-                G, G_emb = self.model.gradients(sites[sub], positions[sub], readouts[sub])
-                self._errors_and_tokens(G, G_emb, sub, out)
-                batches.append((sub, sites[sub], positions[sub], G))
+            sweep = Sweep(sites_c[chunk], positions_c[chunk], self.batch_size, self.n_layers, self.band_rows)
+            G = self._buffer(sweep, readouts.device)
+            for sub in sweep.sub_batches:
+                rows = chunk[sub.rows]
+                self._backward(sweep, sub, G, rows.to(out.device), readouts[rows.to(readouts.device)], out)
                 self.stats.n_backward += 1
             t1 = time.perf_counter()
-            self._contract_features(batches, out)
+            self._contract_features(sweep, G, chunk[sweep.rows_by_column].to(out.device), out)
             self.stats.seconds["gradients"] += t1 - t0
             self.stats.seconds["contract"] += time.perf_counter() - t1
             self.stats.n_sweeps += 1
         return out
 
-    def _errors_and_tokens(self, G: Tensor, G_emb: Tensor, sub: Tensor, out: Tensor) -> None:
-        n, p, top, _ = G.shape
-        if top:
-            err = torch.einsum("npjd,jpd->njp", G, self.errors[:top, :p])
-            cols = (
-                self.n_active
-                + torch.arange(top, device=G.device)[:, None] * self.n_pos
-                + torch.arange(p, device=G.device)
-            )
-            out[sub[:, None], cols.reshape(1, -1)] = err.reshape(n, -1).to(out.dtype)
-        tok = (G_emb * self.embed[:p]).sum(-1)
+    def _buffer(self, sweep: Sweep, device) -> Float[Tensor, "pos top d_model rows"]:
+        """The sweep's gradients at the MLP outputs, in one buffer kept between sweeps (not zeroed: what
+        the contraction reads is written by `_backward`)."""
+        shape = (sweep.n_pos, sweep.top, self.d_model, sweep.n_rows)
+        numel = math.prod(shape)
+        if self._G is None or self._G.numel() < numel or self._G.device != torch.device(device):
+            self._G = None
+            self._G = torch.empty(numel, dtype=self.dtype, device=device)
+        return self._G[:numel].view(shape)
+
+    def _backward(self, sweep: Sweep, sub: SubBatch, G: Tensor, rows_out: Tensor, readouts, out) -> None:
+        """One sub-batch: errors' and tokens' edges into `out` (its rows `rows_out`), its gradients at the
+        MLP outputs into G: per band, its rows there are the G columns sub.columns[band]."""
+        dev = out.device
+        err0 = self.n_active
+        positions = sub.positions.to(dev)
+        spans = sub.band_spans  # (band site_hi, first row, end row, first G column)
+
+        def at_mlp_out(j: int, m: int, g: Tensor) -> None:
+            p = g.shape[2]
+            for site_hi, r0, r1, c0 in spans:
+                if site_hi <= j:  # no band contraction reads layer j of these rows
+                    continue
+                w = min(r1, m) - r0  # rows with site > j: written, the others zeroed
+                if w > 0:
+                    G[:p, j, :, c0 : c0 + w].copy_(g[:, r0 : r0 + w].permute(2, 0, 1))
+                if r0 + max(w, 0) < r1:
+                    G[:p, j, :, c0 + max(w, 0) : c0 + r1 - r0].zero_()
+            if m == 0:
+                return
+            err = (g[:, :m] * self.errors_T[j][:, None, :p]).sum(0)  # [m, p]
+            cols = err0 + j * self.n_pos + torch.arange(p, device=dev)
+            out[rows_out[:m, None], cols[None, :]] = err.to(out.dtype)
+
+        g = self.model.backward(sub.sites.to(dev), positions, readouts, at_mlp_out)
+        p = g.shape[2]
+        top = int(sub.sites[0])
+        for j in range(min(top, self.n_layers), sweep.top):  # layers above every row of the sub-batch
+            for site_hi, r0, r1, c0 in spans:
+                if site_hi > j:
+                    G[:p, j, :, c0 : c0 + r1 - r0].zero_()
+        tok = (g * self.embed_T[:, None, :p]).sum(0)  # [n, p]
         start = self.n_active + self.n_layers * self.n_pos
-        out[sub, start : start + p] = tok.to(out.dtype)
+        out[rows_out, start : start + p] = tok.to(out.dtype)
 
-    def _contract_features(self, batches: list, out: Tensor) -> None:
-        """Feature columns: act_f * G[row, p_f, k_f:top] . W_dec_{k_f}[f, :top - k_f].
+    def _contract_features(self, sweep: Sweep, G: Tensor, out_rows: Tensor, out: Tensor) -> None:
+        """Feature columns: act_f * G[p_f, k_f:s, :, row] . W_dec_{k_f}[f, :s - k_f] for the rows with site
+        s > k_f and position >= p_f.
 
-        Per source layer, the decoder rows are cast once per sweep into [positions, n_max, (top-k) d]
-        blocks (features of one position per slice, zero-padded; at most `block_bytes` each), and every
-        sub-batch is contracted with a block in one batched matmul over positions. Rows at or below the
-        layer (a prefix: sub-batches are sorted by site) are skipped; positions after a sub-batch's last.
+        Per source layer, the decoder rows are cast once per sweep into blocks [entries, (top - k) d] (entries
+        ordered by position, at most `block_bytes` each). Per (span of one position, band of rows) one matrix
+        product [count, (s_hi - k) d] x [(s_hi - k) d, rows]: a band's rows are sorted by position descending,
+        so the rows at or after the span's position are a prefix of its columns in G.
         """
-        top_all = min(max(int(s[0]) for _, s, _, _ in batches), self.n_layers)
-        p_all = max(int(q.max()) for _, _, q, _ in batches) + 1
+        top, P, d = sweep.top, sweep.n_pos, self.d_model
+        N = G.shape[-1]
         for lay in self.decoder.layouts:
             k = lay.layer
-            if k >= top_all:
+            if k >= top:
                 break
-            spans = [sp for sp in lay.spans if sp[0] < p_all]
-            if not spans:
+            spans = [sp for sp in lay.spans if sp[0] < P]
+            bands = [b for b in sweep.bands if b.site_hi > k]
+            if not spans or not bands:
                 continue
             rows = self.decoder.read(lay)
-            n_max = max(sp[2] for sp in spans)
-            per_span = n_max * (top_all - k) * self.d_model * torch.finfo(self.dtype).bits // 8
-            group = max(1, self.block_bytes // per_span)
-            for g0 in range(0, len(spans), group):
-                self._contract_block(lay, rows, spans[g0 : g0 + group], top_all, batches, out)
+            per_entry = (top - k) * d * torch.finfo(self.dtype).bits // 8
+            piece = max(1, self.block_bytes // per_entry)
+            i = 0
+            while i < len(spans):  # groups of whole spans, at most `piece` entries (one span at least)
+                j, count = i, 0
+                while j < len(spans) and (j == i or count + spans[j][2] <= piece):
+                    count += spans[j][2]
+                    j += 1
+                e0 = spans[i][1]
+                block = rows[lay.inverse[e0 : e0 + count], : top - k].to(self.dtype).reshape(count, -1)
+                for pos, e, c in spans[i:j]:
+                    acts = self.acts[lay.first + e : lay.first + e + c, None]
+                    dst = out[:, lay.first + e : lay.first + e + c]
+                    for band in bands:
+                        n_cols = band.reaching(pos)
+                        if n_cols == 0:
+                            continue
+                        w = (band.site_hi - k) * d
+                        A = G[pos, k : band.site_hi].view(w, N)[:, band.start : band.start + n_cols]
+                        res = torch.mm(block[e - e0 : e - e0 + c, :w], A).mul_(acts)  # [c, n_cols]
+                        idx = out_rows[band.start : band.start + n_cols]
+                        dst.index_copy_(0, idx, res.T.to(out.dtype))
+                i = j
 
-    def _contract_block(self, lay: Layout, rows: Tensor, spans: list, top_all: int, batches, out) -> None:
-        k, d = lay.layer, self.d_model
-        pos = torch.tensor([sp[0] for sp in spans])
-        counts = torch.tensor([sp[2] for sp in spans])
-        e0 = spans[0][1]  # entries of these spans are consecutive, ordered by position
-        n_max, n_entries = int(counts.max()), int(counts.sum())
-        slot_p = torch.repeat_interleave(torch.arange(len(spans)), counts)
-        slot_i = torch.arange(n_entries) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-        block = rows.new_zeros(len(spans), n_max, top_all - k, d, dtype=self.dtype)
-        block[slot_p, slot_i] = rows[lay.inverse[e0 : e0 + n_entries], : top_all - k].to(self.dtype)
-        block = block.view(len(spans), n_max, -1)
-        flat = (slot_p * n_max + slot_i).to(out.device)  # where each entry lands in a [P, n_max] result
-        acts = self.acts[lay.first + e0 : lay.first + e0 + n_entries]
-        cols = torch.arange(lay.first + e0, lay.first + e0 + n_entries, device=out.device)
-        for sub, s, q, G in batches:
-            m = int((s > k).sum())  # rows above layer k: a prefix
-            if m == 0:
-                continue
-            t = min(int(s[0]), self.n_layers)
-            n_sp = int((pos <= int(q[:m].max())).sum())  # spans at positions the sub-batch reaches
-            if n_sp == 0:
-                continue
-            A = G[:m, :, k:t].index_select(1, pos[:n_sp].to(G.device)).transpose(0, 1).reshape(n_sp, m, -1)
-            res = torch.bmm(A, block[:n_sp, :, : (t - k) * d].transpose(1, 2))  # [n_sp, m, n_max]
-            n_used = int(counts[:n_sp].sum())
-            vals = res.transpose(0, 1).reshape(m, -1)[:, flat[:n_used]] * acts[:n_used]
-            out[sub[:m, None], cols[None, :n_used]] = vals.to(out.dtype)
+
+@dataclass
+class Band:
+    """Sweep rows with sites in a range (at most site_hi): G's columns start..start + n. Ordered by
+    sub-batch descending, i.e. by position descending up to ties within a sub-batch."""
+
+    start: int
+    site_hi: int
+    reach: list[tuple[int, int]]  # (last position of a sub-batch, columns up to its end), sub-batches desc
+
+    def reaching(self, pos: int) -> int:
+        """Columns (a prefix) that hold every band row at or after position `pos`: the sub-batches whose
+        last position is >= pos (their rows before `pos` have exact zeros there: attention is causal)."""
+        n = 0
+        for last, end in self.reach:
+            if last < pos:
+                break
+            n = end
+        return n
+
+
+@dataclass
+class SubBatch:
+    """Rows run down the model together: sweep rows `rows`, sorted by site descending."""
+
+    rows: Tensor
+    sites: Tensor
+    positions: Tensor
+    band_spans: list[tuple[int, int, int, int]]  # per band: (site_hi, first row, end row, first G column)
+
+
+class Sweep:
+    """Rows contracted together (sweep rows 0..n_rows, with `sites` and `positions`).
+
+    Sub-batches: `batch_size` rows in order of position, each sorted by site descending (the transposed
+    pass runs the rows with site >= j at layer j, a prefix). G's columns: bands of at least `band_rows`
+    rows cut between sites (descending), each band's rows by sub-batch descending, so that for a source
+    layer k and a span at position p the rows to contract are a prefix of every band above k.
+    """
+
+    def __init__(self, sites: Tensor, positions: Tensor, batch_size: int, n_layers: int, band_rows: int):
+        self.n_rows = len(sites)
+        self.top = min(int(sites.max()), n_layers)
+        self.n_pos = int(positions.max()) + 1
+        sites_l = sites.tolist()
+        by_position = torch.argsort(positions, stable=True)
+        subs = []
+        for rows in by_position.split(batch_size):
+            rows = rows[torch.argsort(sites[rows], descending=True, stable=True)]
+            subs.append(rows)
+        # bands: site ranges, cut between sites, >= band_rows rows each
+        distinct = sorted(set(sites_l), reverse=True)
+        count = {s: sites_l.count(s) for s in distinct}
+        band_of_site: dict[int, int] = {}
+        bands_sites: list[list[int]] = [[]]
+        for s in distinct:
+            if sum(count[t] for t in bands_sites[-1]) >= band_rows:
+                bands_sites.append([])
+            bands_sites[-1].append(s)
+            band_of_site[s] = len(bands_sites) - 1
+        n_bands = len(bands_sites)
+        # columns: band-major, then sub-batch descending, then the sub-batch's own (site descending) order
+        members = [[[] for _ in subs] for _ in range(n_bands)]
+        for b, rows in enumerate(subs):
+            for r in rows.tolist():
+                members[band_of_site[sites_l[r]]][b].append(r)
+        column_of: dict[int, int] = {}
+        self.bands: list[Band] = []
+        spans: list[list[tuple[int, int, int, int]]] = [[] for _ in subs]
+        col = 0
+        for band in range(n_bands):
+            start, reach = col, []
+            site_hi = min(max(bands_sites[band]), n_layers)
+            for b in reversed(range(len(subs))):
+                rows_b = members[band][b]
+                if not rows_b:
+                    continue
+                first = subs[b].tolist().index(rows_b[0])
+                spans[b].append((site_hi, first, first + len(rows_b), col))
+                for r in rows_b:
+                    column_of[r] = col
+                    col += 1
+                reach.append((int(positions[subs[b]].max()), col - start))
+            self.bands.append(Band(start, site_hi, reach))
+        self.rows_by_column = torch.empty(self.n_rows, dtype=torch.long)
+        for r, c in column_of.items():
+            self.rows_by_column[c] = r
+        self.sub_batches = [
+            SubBatch(rows, sites[rows], positions[rows], spans[b]) for b, rows in enumerate(subs)
+        ]
