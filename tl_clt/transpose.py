@@ -233,6 +233,12 @@ class DecoderRows:
             if consume is not None:
                 consume(lay, rows)
 
+    def layer_bytes(self, lay: Layout) -> int:
+        """Bytes of one layer's rows as read (storage dtype)."""
+        dtype = self.clt._W_dec[lay.layer].torch_dtype if self.clt.lazy_decoder else self.clt.dtype
+        n_out = self.clt.n_layers - lay.layer
+        return len(lay.unique) * n_out * self.clt.d_model * torch.finfo(dtype).bits // 8
+
     @property
     def cached_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.cached.values())
@@ -424,48 +430,82 @@ class EdgeRows:
         out[rows_out, start : start + p] = tok.to(out.dtype)
 
     def _contract_features(self, sweep: Sweep, G: Tensor, out_rows: Tensor, out: Tensor) -> None:
-        """Feature columns: act_f * G[p_f, k_f:s, :, row] . W_dec_{k_f}[f, :s - k_f] for the rows with site
-        s > k_f and position >= p_f.
+        """Feature columns: act_f * sum_{l = k_f}^{s - 1} W_dec_{k_f}[f, l] . G[p_f, l, :, row] for the rows
+        with site s > k_f and position >= p_f.
 
-        Per source layer, the decoder rows are cast once per sweep into blocks [entries, (top - k) d] (entries
-        ordered by position, at most `block_bytes` each). Per (span of one position, band of rows) one matrix
-        product [count, (s_hi - k) d] x [(s_hi - k) d, rows]: a band's rows are sorted by position descending,
-        so the rows at or after the span's position are a prefix of its columns in G.
+        Source layers go in groups (decoder rows held in memory, or read once per sweep up to `block_bytes`).
+        Per position, the group's features there (ordered by layer) are cast into blocks [features, target
+        layer, d_model] of at most `block_bytes`; per target layer l the features of layers <= l are a prefix,
+        and per band of rows above l the rows at or after the position are a prefix of its columns: one
+        matrix product [features <= l, d] x [d, rows] per (position, block, target layer, band), accumulated
+        over l in a [features, rows] result that is scaled by the activations and written once.
         """
-        top, P, d = sweep.top, sweep.n_pos, self.d_model
-        N = G.shape[-1]
-        for lay in self.decoder.layouts:
+        top, P = sweep.top, sweep.n_pos
+        layouts = [lay for lay in self.decoder.layouts if lay.layer < top]
+        for group in self._layer_groups(layouts):
+            rows = {lay.layer: self.decoder.read(lay) for lay in group}
+            for pos in range(P):
+                spans = [(lay, e, c) for lay in group for q, e, c in lay.spans if q == pos]
+                for chunk in self._chunks(spans, top):
+                    self._contract_chunk(chunk, rows, pos, sweep, G, out_rows, out)
+            del rows
+
+    def _layer_groups(self, layouts: list[Layout]) -> list[list[Layout]]:
+        """Consecutive source layers whose rows not held by the decoder cache fit `block_bytes` together."""
+        groups: list[list[Layout]] = [[]]
+        size = 0
+        for lay in layouts:
+            extra = 0 if lay.layer in self.decoder.cached else self.decoder.layer_bytes(lay)
+            if groups[-1] and size + extra > self.block_bytes:
+                groups.append([])
+                size = 0
+            groups[-1].append(lay)
+            size += extra
+        return [g for g in groups if g]
+
+    def _chunks(self, spans: list, top: int) -> list[list]:
+        """Consecutive spans whose block [features, top - first layer, d_model] fits `block_bytes`."""
+        item = self.d_model * torch.finfo(self.dtype).bits // 8
+        chunks: list[list] = []
+        for span in spans:
+            if chunks:
+                k0 = chunks[-1][0][0].layer
+                n = sum(c for _, _, c in chunks[-1]) + span[2]
+                if n * (top - k0) * item <= self.block_bytes:
+                    chunks[-1].append(span)
+                    continue
+            chunks.append([span])
+        return chunks
+
+    def _contract_chunk(self, chunk: list, rows: dict, pos: int, sweep: Sweep, G, out_rows, out) -> None:
+        top, d = sweep.top, self.d_model
+        k0 = chunk[0][0].layer
+        n_feat = sum(c for _, _, c in chunk)
+        block = torch.empty(n_feat, top - k0, d, dtype=self.dtype, device=G.device)
+        below = [0] * (top - k0)  # features of layers <= l (a prefix), per target layer l
+        off = 0
+        for lay, e, c in chunk:
             k = lay.layer
-            if k >= top:
-                break
-            spans = [sp for sp in lay.spans if sp[0] < P]
-            bands = [b for b in sweep.bands if b.site_hi > k]
-            if not spans or not bands:
-                continue
-            rows = self.decoder.read(lay)
-            per_entry = (top - k) * d * torch.finfo(self.dtype).bits // 8
-            piece = max(1, self.block_bytes // per_entry)
-            i = 0
-            while i < len(spans):  # groups of whole spans, at most `piece` entries (one span at least)
-                j, count = i, 0
-                while j < len(spans) and (j == i or count + spans[j][2] <= piece):
-                    count += spans[j][2]
-                    j += 1
-                e0 = spans[i][1]
-                block = rows[lay.inverse[e0 : e0 + count], : top - k].to(self.dtype).reshape(count, -1)
-                for pos, e, c in spans[i:j]:
-                    acts = self.acts[lay.first + e : lay.first + e + c, None]
-                    dst = out[:, lay.first + e : lay.first + e + c]
-                    for band in bands:
-                        n_cols = band.reaching(pos)
-                        if n_cols == 0:
-                            continue
-                        w = (band.site_hi - k) * d
-                        A = G[pos, k : band.site_hi].view(w, N)[:, band.start : band.start + n_cols]
-                        res = torch.mm(block[e - e0 : e - e0 + c, :w], A).mul_(acts)  # [c, n_cols]
-                        idx = out_rows[band.start : band.start + n_cols]
-                        dst.index_copy_(0, idx, res.T.to(out.dtype))
-                i = j
+            block[off : off + c, k - k0 :] = rows[k][lay.inverse[e : e + c], : top - k]
+            for t in range(k, top):
+                below[t - k0] = off + c
+            off += c
+        res = torch.zeros(n_feat, G.shape[-1], dtype=self.dtype, device=G.device)
+        for t in range(k0, top):  # target layer
+            A = block[: below[t - k0], t - k0]  # [features of layers <= t, d]
+            for band in sweep.bands:
+                if band.site_hi <= t:
+                    continue
+                n_cols = band.reaching(pos)
+                if n_cols:
+                    cols = slice(band.start, band.start + n_cols)
+                    res[: below[t - k0], cols].addmm_(A, G[pos, t, :, cols])
+        off = 0
+        for lay, e, c in chunk:
+            acts = self.acts[lay.first + e : lay.first + e + c, None]
+            dst = out[:, lay.first + e : lay.first + e + c]
+            dst.index_copy_(0, out_rows, (res[off : off + c] * acts).T.to(out.dtype))
+            off += c
 
 
 @dataclass
