@@ -54,6 +54,22 @@ def default_decoder_cache_bytes(device: torch.device | str) -> int:
         return 4 << 30
 
 
+class Scratch:
+    """Named work buffers kept for one graph: fresh memory costs a page fault per 4 KiB on first touch,
+    as much as the arithmetic at these sizes. `scratch(name, shape, dtype, device)` is uninitialised."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, Tensor] = {}
+
+    def __call__(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device) -> Tensor:
+        numel = math.prod(shape)
+        buf = self._buffers.get(name)
+        if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != torch.device(device):
+            self._buffers.pop(name, None)
+            buf = self._buffers[name] = torch.empty(numel, dtype=dtype, device=device)
+        return buf[:numel].view(shape)
+
+
 @dataclass
 class TransposedModel:
     """Per-layer tensors of the frozen model's backward (in `dtype`), see the module docstring.
@@ -74,6 +90,7 @@ class TransposedModel:
     n_kv_heads: int
     d_head: int
     dtype: torch.dtype
+    scratch: Scratch = field(default_factory=Scratch)
 
     @classmethod
     def from_weights(
@@ -112,13 +129,17 @@ class TransposedModel:
         d, n, p = g.shape
         H, Hkv, dh = self.n_heads, self.n_kv_heads, self.d_head
         group = H // Hkv
-        z = torch.mm(self.W_O_flat[j], g.view(d, n * p)[:, : m * p])  # [H * dh, m * p]
+        buf = self.scratch
+        z = buf("z", (H * dh, m * p), g.dtype, g.device)
+        torch.mm(self.W_O_flat[j], g.view(d, n * p)[:, : m * p], out=z)  # [H * dh, m * p]
         zv = z.view(Hkv, group, dh * m, p)
         pat = self.patterns[j].view(Hkv, group, *self.patterns[j].shape[-2:])[:, :, :p, :p]
-        v = torch.bmm(zv[:, 0], pat[:, 0])  # [Hkv, dh * m, p]: pattern^T on the key axis
+        v = buf("v", (Hkv, dh * m, p), g.dtype, g.device)
+        torch.bmm(zv[:, 0], pat[:, 0], out=v)  # pattern^T on the key axis
         for i in range(1, group):
             v.baddbmm_(zv[:, i], pat[:, i])
-        x = torch.mm(self.W_V_T[j], v.view(Hkv * dh, m * p))  # [d, m * p]
+        x = buf("x", (d, m * p), g.dtype, g.device)
+        torch.mm(self.W_V_T[j], v.view(Hkv * dh, m * p), out=x)
         g[:, :m].addcmul_(x.view(d, m, p), self.ln1_factor_T[j][:, None, :p])
 
     def backward(
@@ -142,7 +163,7 @@ class TransposedModel:
         top = int(sites[0])
         sites_l = sites.tolist()
         n_ge = [sum(s >= j for s in sites_l) for j in range(L + 1)]  # rows with site >= j: a prefix
-        g = readouts.new_zeros(d, n, p, dtype=self.dtype)
+        g = self.scratch("g", (d, n, p), self.dtype, readouts.device).zero_()
         rows = torch.arange(n, device=readouts.device)
         readouts_T = readouts.to(self.dtype).T
 
@@ -305,7 +326,7 @@ class EdgeRows:
         self.band_rows = band_rows
         self.stats = RowStats()
         self._dec_flops_per_pos = self._decoder_flops_table()
-        self._G: Tensor | None = None
+        self.scratch = Scratch()
 
     @property
     def n_sources(self) -> int:
@@ -372,7 +393,10 @@ class EdgeRows:
         for chunk in order.split(sweep_rows):
             t0 = time.perf_counter()
             sweep = Sweep(sites_c[chunk], positions_c[chunk], self.batch_size, self.n_layers, self.band_rows)
-            G = self._buffer(sweep, readouts.device)
+            # the gradients at the MLP outputs; not zeroed: what the contraction reads is written
+            G = self.scratch(
+                "G", (sweep.n_pos, sweep.top, self.d_model, sweep.n_rows), self.dtype, readouts.device
+            )
             for sub in sweep.sub_batches:
                 rows = chunk[sub.rows]
                 self._backward(sweep, sub, G, rows.to(out.device), readouts[rows.to(readouts.device)], out)
@@ -383,16 +407,6 @@ class EdgeRows:
             self.stats.seconds["contract"] += time.perf_counter() - t1
             self.stats.n_sweeps += 1
         return out
-
-    def _buffer(self, sweep: Sweep, device) -> Float[Tensor, "pos top d_model rows"]:
-        """The sweep's gradients at the MLP outputs, in one buffer kept between sweeps (not zeroed: what
-        the contraction reads is written by `_backward`)."""
-        shape = (sweep.n_pos, sweep.top, self.d_model, sweep.n_rows)
-        numel = math.prod(shape)
-        if self._G is None or self._G.numel() < numel or self._G.device != torch.device(device):
-            self._G = None
-            self._G = torch.empty(numel, dtype=self.dtype, device=device)
-        return self._G[:numel].view(shape)
 
     def _backward(self, sweep: Sweep, sub: SubBatch, G: Tensor, rows_out: Tensor, readouts, out) -> None:
         """One sub-batch: errors' and tokens' edges into `out` (its rows `rows_out`), its gradients at the
@@ -481,7 +495,7 @@ class EdgeRows:
         top, d = sweep.top, self.d_model
         k0 = chunk[0][0].layer
         n_feat = sum(c for _, _, c in chunk)
-        block = torch.empty(n_feat, top - k0, d, dtype=self.dtype, device=G.device)
+        block = self.scratch("block", (n_feat, top - k0, d), self.dtype, G.device)
         below = [0] * (top - k0)  # features of layers <= l (a prefix), per target layer l
         off = 0
         for lay, e, c in chunk:
@@ -490,7 +504,7 @@ class EdgeRows:
             for t in range(k, top):
                 below[t - k0] = off + c
             off += c
-        res = torch.zeros(n_feat, G.shape[-1], dtype=self.dtype, device=G.device)
+        res = self.scratch("res", (n_feat, G.shape[-1]), self.dtype, G.device).zero_()
         for t in range(k0, top):  # target layer
             A = block[: below[t - k0], t - k0]  # [features of layers <= t, d]
             for band in sweep.bands:
