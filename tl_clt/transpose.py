@@ -306,7 +306,7 @@ class EdgeRows:
         errors: Float[Tensor, "n_layers pos d_model"],
         embed: Float[Tensor, "pos d_model"],
         batch_size: int,
-        gradient_bytes: int = 1 << 30,
+        gradient_bytes: int = 64 << 20,
         out_dtype: torch.dtype = torch.float32,
         block_bytes: int = 256 << 20,
         band_rows: int = 64,
@@ -372,7 +372,7 @@ class EdgeRows:
         """Edge rows of targets read at (site, position) by `readouts` (resid-stream vectors, see
         `TransposedModel.backward`); written into `out` (zeroed first) if given.
 
-        Rows go in sweeps of at most `gradient_bytes` of gradients. A sweep runs its rows down the model in
+        Rows go in sweeps of at most `gradient_bytes` of gradients (at least 4 sub-batches). A sweep runs its rows down the model in
         sub-batches of `batch_size` rows of nearby positions (each only through the layers below its target
         and the positions up to the sub-batch's last), writing errors' and tokens' edges on the way and the
         gradients at the MLP outputs into one buffer `Sweep.G`; then every decoder block is contracted once
@@ -388,7 +388,9 @@ class EdgeRows:
         self.stats.flops_decoder += flops_decoder
         order = torch.argsort(positions.cpu(), stable=True)
         per_row = self.n_pos * self.n_layers * self.d_model * torch.finfo(self.dtype).bits // 8
-        sweep_rows = max(self.batch_size, self.gradient_bytes // max(per_row, 1))
+        # at least 4 sub-batches per sweep (the contraction's products get wide enough); beyond that,
+        # `gradient_bytes` (a small buffer is cheaper: it is touched once per graph, then reused)
+        sweep_rows = max(4 * self.batch_size, self.gradient_bytes // max(per_row, 1))
         sites_c, positions_c = sites.cpu(), positions.cpu()
         for chunk in order.split(sweep_rows):
             t0 = time.perf_counter()
