@@ -309,7 +309,7 @@ class EdgeRows:
         gradient_bytes: int = 64 << 20,
         out_dtype: torch.dtype = torch.float32,
         block_bytes: int = 256 << 20,
-        band_rows: int = 64,
+        band_rows: int = 128,
     ):
         self.model, self.decoder = model, decoder
         self.dtype = model.dtype
@@ -372,11 +372,11 @@ class EdgeRows:
         """Edge rows of targets read at (site, position) by `readouts` (resid-stream vectors, see
         `TransposedModel.backward`); written into `out` (zeroed first) if given.
 
-        Rows go in sweeps of at most `gradient_bytes` of gradients (at least 4 sub-batches). A sweep runs its rows down the model in
-        sub-batches of `batch_size` rows of nearby positions (each only through the layers below its target
-        and the positions up to the sub-batch's last), writing errors' and tokens' edges on the way and the
-        gradients at the MLP outputs into one buffer `Sweep.G`; then every decoder block is contracted once
-        with all of them.
+        Rows go in sweeps of at most `gradient_bytes` of gradients (at least 4 sub-batches). A sweep runs
+        its rows down the model in sub-batches of `batch_size` rows of nearby positions (each only through
+        the layers below its target and the positions up to the sub-batch's last), writing errors' and
+        tokens' edges on the way and the gradients at the MLP outputs into one buffer G; then every decoder
+        block is contracted once with all of them.
         """
         n = len(sites)
         if out is None:
