@@ -2,6 +2,7 @@
 
 from tl_clt.attribution import attribute
 from tl_clt.clt import CrossLayerTranscoder
+from tl_clt.dashboards import FeatureCard, FeatureDashboards, build_feature_dashboards
 from tl_clt.export import graph_to_dict, validate_graph_json, write_graph_folder
 from tl_clt.generation import generate
 from tl_clt.graph import AttributionGraph, GraphScores
@@ -28,6 +29,8 @@ __all__ = [
     "AttributionGraph",
     "Candidate",
     "CrossLayerTranscoder",
+    "FeatureCard",
+    "FeatureDashboards",
     "GraphScores",
     "Intervention",
     "PredictionTable",
@@ -35,6 +38,7 @@ __all__ = [
     "TokenScore",
     "ablate",
     "attribute",
+    "build_feature_dashboards",
     "check_compatible",
     "contrast_features",
     "feature_activations",
