@@ -209,12 +209,15 @@ def graph_to_dict(
     clicked_id: str | None = None,
     clerps: Mapping[str, str] | None = None,
     extra_metadata: Mapping[str, Any] | None = None,
+    dashboards: Any = None,
 ) -> dict:
     """The frontend's graph dict of `graph`, pruned by `graph.prune` unless it already is.
 
     `supernodes` maps a group name to our node ids (`"F:12:5:847"`, ...); `clerps` maps our node ids
     to labels; `scan` names the model (Neuronpedia reads it as the model id; default the graph's
-    model name); `extra_metadata` is merged into `metadata`.
+    model name); `extra_metadata` is merged into `metadata`. Features without a clerp are labelled
+    from feature dashboards (`FeatureCard.label`): `dashboards` is a FeatureDashboards, folder or hub
+    id; None uses the local `features/` next to the graph's CLT if there is one; False labels nothing.
     """
     check_slug(slug)
     if not torch.isfinite(graph.adjacency).all():
@@ -226,6 +229,11 @@ def graph_to_dict(
         if our_id not in ids:
             raise KeyError(f"clerps: node {our_id!r} is not in the exported graph (after pruning).")
         by_id[ids[our_id]]["clerp"] = str(label)
+    dash = _dashboards(graph, dashboards)
+    if dash is not None:
+        for our_id, js_id in ids.items():
+            if our_id.startswith("F:") and our_id not in (clerps or {}):
+                by_id[js_id]["clerp"] = dash[our_id].label
     metadata = {
         "slug": slug,
         "scan": scan or _default_scan(graph),
@@ -243,6 +251,17 @@ def graph_to_dict(
     metadata.update(extra_metadata or {})
     qparams = _q_params(ids, supernodes, pinned_ids, clicked_id)
     return {"metadata": metadata, "qParams": qparams, "nodes": nodes, "links": links}
+
+
+def _dashboards(graph: AttributionGraph, dashboards: Any):
+    """The FeatureDashboards to label a graph's features with (see graph_to_dict), or None."""
+    from tl_clt.dashboards.reader import dashboards_for_graph, open_dashboards
+
+    if dashboards is False:
+        return None
+    if dashboards is None or dashboards is True:
+        return dashboards_for_graph(graph, local_only=dashboards is None)
+    return open_dashboards(dashboards)
 
 
 def _slider_threshold(nodes: list[dict], node_threshold: float) -> float:
@@ -315,7 +334,7 @@ def _load_source(item, slug: str | None, kwargs: dict) -> dict:
 
 
 def write_graph_folder(
-    graphs: Mapping[str, Any] | Iterable[Any], out_dir: str | os.PathLike, **kwargs
+    graphs: Mapping[str, Any] | Iterable[Any], out_dir: str | os.PathLike, *, dashboards: Any = None, **kwargs
 ) -> Path:
     """A folder the circuit-tracer frontend serves: `<slug>.json` files + `graph-metadata.json`.
 
@@ -323,13 +342,21 @@ def write_graph_folder(
     the prompt / file name) or a dict slug -> graph. `kwargs` go to `graph_to_dict`. An existing
     `graph-metadata.json` is updated. Serve it with circuit-tracer's
     `circuit_tracer.frontend.local_server.serve(data_dir=out_dir)`.
+
+    `dashboards` (a FeatureDashboards, folder or hub id; True: those next to each graph's CLT) also
+    writes the record of every feature node to `features/<name>/<feature id>.json` and points the
+    graph's `scan` there (`./data/features/<name>`), so clicking a feature in the frontend shows its
+    examples offline; its labels become the features' clerps.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     items = graphs.items() if isinstance(graphs, Mapping) else [(None, g) for g in graphs]
     seen: set[str] = set()
     for slug, item in items:
-        data = _load_source(item, slug, kwargs)
+        dash = _folder_dashboards(item, dashboards)
+        data = _load_source(item, slug, {**kwargs, "dashboards": dash} if dash is not None else kwargs)
+        if dash is not None:
+            data["metadata"]["scan"] = write_feature_files(data, dash, out_dir)
         base, n = data["metadata"]["slug"], 2
         while data["metadata"]["slug"] in seen:
             data["metadata"]["slug"] = f"{base}-{n}"
@@ -338,6 +365,58 @@ def write_graph_folder(
         write_json(data, out_dir / f"{data['metadata']['slug']}.json")
         add_to_metadata(metadata_entry(data), out_dir)
     return out_dir
+
+
+def _folder_dashboards(item: Any, dashboards: Any):
+    from tl_clt.dashboards.reader import dashboards_for, dashboards_for_graph, open_dashboards
+    from tl_clt.graph import AttributionGraph
+
+    if dashboards is None or dashboards is False:
+        return None
+    if dashboards is not True:
+        return open_dashboards(dashboards)
+    if isinstance(item, AttributionGraph):
+        found = dashboards_for_graph(item)
+    elif Path(item).suffix == ".json":
+        info = json.loads(Path(item).read_text(encoding="utf-8"))["metadata"].get("info") or {}
+        found = dashboards_for(info.get("transcoder")) if info.get("transcoder") else None
+    else:
+        found = dashboards_for_graph(AttributionGraph.load(item))
+    if found is None:
+        from tl_clt.dashboards.format import DashboardsNotFoundError
+
+        raise DashboardsNotFoundError(
+            f"dashboards=True: no features/ dashboards next to the CLT of graph {item!r}; pass dashboards= "
+            "(a FeatureDashboards, folder or hub id)."
+        )
+    return found
+
+
+def write_feature_files(data: dict, dashboards: Any, out_dir: str | os.PathLike) -> str:
+    """Write the dashboard record of each feature node of a graph dict to
+    `out_dir/features/<name>/<feature id>.json` (the frontend's feature id: Cantor pairing of layer and
+    feature); returns the `scan` that makes the frontend read them (`./data/features/<name>`)."""
+    import hashlib
+
+    from tl_clt.dashboards.format import cantor_unpair, write_feature_json
+
+    source = str(dashboards.source)
+    base = Path(source).parent.name if Path(source).name == "features" else Path(source).name
+    name = f"{slugify(base, 40)}-{hashlib.sha1(source.encode()).hexdigest()[:6]}"
+    folder = Path(out_dir) / "features" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for node in data["nodes"]:
+        if node["feature_type"] != FEATURE_TYPES["feature"]:
+            continue
+        layer, feature = cantor_unpair(int(node["feature"]))
+        if str(layer) != str(node["layer"]):
+            raise ValueError(
+                f"node {node['node_id']}: feature id {node['feature']} is not of layer {node['layer']}."
+            )
+        path = folder / f"{node['feature']}.json"
+        if not path.is_file():
+            write_feature_json(dashboards.record(layer, feature), path)
+    return f"./data/features/{name}"
 
 
 # ------------------------------------------------------------------------ validation

@@ -308,8 +308,9 @@ def build_state(
                 if batch:
                     n_tok += _run_batch(model, clt, state, batch, sink)
                     bar.set_postfix(tok_s=f"{n_tok / max(time.time() - t0, 1e-9):.0f}", refresh=False)
-                    bar.update(max(batch[-1][0] >> PIECE_BITS, state.next_doc - 1) + 1 - bar.n - start)
+                    bar.update(max((batch[-1][0] >> PIECE_BITS) - start - bar.n, 0))
                 if next_doc is not None:
+                    bar.update(max(next_doc - start - bar.n, 0))
                     state.next_doc, state.ranges = next_doc, [[start, next_doc]]
                     if path is not None and time.time() - last_save[0] > checkpoint_every:
                         state.save(path)

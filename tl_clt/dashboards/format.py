@@ -15,6 +15,7 @@ HTTP Range request. Readers here accept an index that is a list or a dict keyed 
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import json
 import os
@@ -160,6 +161,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a normal file's mode instead
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -210,8 +214,13 @@ def load_record_schema() -> dict:
     return json.loads(text)
 
 
-def validate_record(record: Any) -> None:
-    """Raise jsonschema.ValidationError if a record breaks the schema (needs `jsonschema`)."""
+@functools.lru_cache(maxsize=1)
+def _validator():
     import jsonschema
 
-    jsonschema.Draft7Validator(load_record_schema()).validate(record)
+    return jsonschema.Draft7Validator(load_record_schema())
+
+
+def validate_record(record: Any) -> None:
+    """Raise jsonschema.ValidationError if a record breaks the schema (needs `jsonschema`)."""
+    _validator().validate(record)

@@ -328,6 +328,54 @@ class FeatureDashboards:
         return f"{ins} → {outs}" if outs else ins
 
 
+_OPENED: dict[str, FeatureDashboards] = {}
+
+
+def dashboards_for(name_or_path: str | os.PathLike | None, folder: str | os.PathLike | None = None):
+    """The FeatureDashboards of a CLT, or None: `features/` in its local folder, else (for a hub id, or a
+    hub cache snapshot folder) the hub repo's, read lazily. Opened once per place and reused."""
+    for candidate in (folder, name_or_path):
+        found = local_features_dir(candidate) if candidate is not None else None
+        if found is not None:
+            stat = (found / INDEX_FILE).stat()  # a rebuilt folder is opened afresh
+            key = f"{found.resolve()}:{stat.st_mtime_ns}:{stat.st_size}"
+            if key not in _OPENED:
+                _OPENED[key] = FeatureDashboards(LocalSource(found.resolve()))
+            return _OPENED[key]
+    hub_id = None
+    if name_or_path is not None and not Path(name_or_path).expanduser().exists():
+        hub_id = str(name_or_path) if _HUB_ID.fullmatch(str(name_or_path)) else None
+    for candidate in (folder, name_or_path):
+        if hub_id is None and candidate is not None:
+            hub_id = hub_id_of_cache_path(candidate)
+    if hub_id is None:
+        return None
+    if f"hub:{hub_id}" not in _OPENED:
+        _OPENED[f"hub:{hub_id}"] = FeatureDashboards.from_pretrained(hub_id)
+    return _OPENED[f"hub:{hub_id}"]
+
+
+def open_dashboards(dashboards: Any) -> FeatureDashboards:
+    """A FeatureDashboards as is; a folder or hub id opened (and reused)."""
+    if isinstance(dashboards, FeatureDashboards):
+        return dashboards
+    found = dashboards_for(dashboards)
+    if found is None:
+        return FeatureDashboards.from_pretrained(dashboards)  # raises the right error
+    return found
+
+
+def dashboards_for_graph(graph, *, local_only: bool = False) -> FeatureDashboards | None:
+    """The dashboards next to the CLT a graph was made with (`graph.clt_name`), or None."""
+    name = getattr(graph, "clt_name", None)
+    if not name:
+        return None
+    if local_only:
+        folder = local_features_dir(name)
+        return dashboards_for(name) if folder is not None else None
+    return dashboards_for(name)
+
+
 def feature_of(key: Any) -> tuple[int, int]:
     """(layer, feature) of a `(layer, feature)` pair, a `(layer, pos, feature)` key or a feature node id."""
     if isinstance(key, tuple) and len(key) == 2:
