@@ -59,7 +59,9 @@ def test_cards_of_the_story_make_sense(world, story_graph):
         layer, pos, feature = (int(x) for x in node.split(":")[1:])
         card = story_graph.feature_card(node)
         assert card is clt.dashboards[layer, feature] and (card.layer, card.feature) == (layer, feature)
-        assert card.activation_frequency > 0 and card.top_examples  # it fired in the story: it fires in the corpus
+        assert (
+            card.activation_frequency > 0 and card.top_examples
+        )  # it fired in the story: it fires in the corpus
         act = story_graph.node_info(story_graph.feature_index(layer, pos, feature))["activation"]
         # the story's own activation is within the histogram's range
         assert 0 < act <= card.act_max * 1.5
@@ -100,7 +102,9 @@ def test_graph_folder_holds_the_features_the_frontend_reads(world, story_graph, 
     for n in feats:
         layer, feature = int(n["layer"]), int(n["node_id"].split("_")[1])
         assert n["feature"] == cantor_pair(layer, feature)
-        assert json.loads((folder / f"{n['feature']}.json").read_text()) == clt.dashboards.record(layer, feature)
+        assert json.loads((folder / f"{n['feature']}.json").read_text()) == clt.dashboards.record(
+            layer, feature
+        )
     # a JSON graph file and explicit dashboards give the same
     export.write_graph_folder([out / "story.json"], tmp_path / "again", dashboards=clt.dashboards)
     assert json.loads((tmp_path / "again" / "story.json").read_text())["metadata"]["scan"] == scan
