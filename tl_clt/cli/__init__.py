@@ -3,6 +3,7 @@
     tl-clt attribute --model Qwen/Qwen3-1.7B-Base --clt bluelightai/clt-qwen3-1.7b-base-20k \\
         --prompt "The capital of France is" -o graph.json --png graph.png
     tl-clt steer --model ... --clt ... --prompt "..." --set 12:-1:847=0
+    tl-clt dashboards build --model ... --clt ... --texts corpus.txt -o out/features
 
 Progress and messages go to stderr; results (paths written, tables) go to stdout.
 """
@@ -15,6 +16,7 @@ from collections.abc import Callable, Sequence
 
 from tl_clt.cli.attribute import add_attribute_parser
 from tl_clt.cli.common import PROG, CLIError
+from tl_clt.cli.dashboards import add_dashboards_parser
 from tl_clt.cli.steer import add_steer_parser
 
 
@@ -29,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_attribute_parser(commands)
     add_steer_parser(commands)
+    add_dashboards_parser(commands)
     return parser
 
 

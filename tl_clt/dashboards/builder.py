@@ -189,6 +189,14 @@ def _batches(
     yield from _flush(buckets, last + 1)
 
 
+def _encode(clt, x: torch.Tensor, layer: int) -> torch.Tensor:
+    """`clt.encode(x, layer)` without its temporaries: the same values (a zero may be +0 for -0)."""
+    pre = clt.pre_activations(x, layer)
+    if clt.threshold is None:
+        return pre.clamp_min_(0.0)
+    return pre.masked_fill_(pre <= clt.threshold[layer].to(pre.dtype), 0.0)
+
+
 def _run_batch(model, clt, state: DashboardState, batch: list[tuple[int, list[int]]], pad: int) -> int:
     """Forward one batch through the model (to the last layer) and the CLT encoders; update the state.
 
@@ -210,11 +218,12 @@ def _run_batch(model, clt, state: DashboardState, batch: list[tuple[int, list[in
     ctx = torch.full((rows,), -1, dtype=torch.int64)
     ctx[: len(batch)] = torch.tensor([c for c, _ in batch], dtype=torch.int64)
 
+    valid = ~invalid
+
     def make_hook(layer: int):
         def hook_fn(value, *, hook):
-            acts = clt.encode(clt_input(model, clt, layer, value), layer).float().cpu()
-            acts.masked_fill_(invalid[..., None], 0.0)
-            state.update_layer(layer, acts, ctx, lengths)
+            acts = _encode(clt, clt_input(model, clt, layer, value), layer).float().cpu()
+            state.update_layer(layer, acts, ctx, lengths, valid)
             return value
 
         return hook_fn

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 STATE_FORMAT = "tl_clt.DashboardState/1"
@@ -223,21 +223,26 @@ class DashboardState:
         acts: Float[Tensor, "batch pos n_features"],
         ctx: Int[Tensor, " batch"],
         lengths: Int[Tensor, " batch"],
+        valid: Bool[Tensor, "batch pos"] | None = None,
     ) -> None:
-        """Add one layer's activations of a batch of contexts (positions >= lengths[b] and position 0
-        must already be zero)."""
+        """Add one layer's activations of a batch of contexts. Only positions where `valid` is true
+        count (default: 1 <= pos < lengths[b]; position 0 is the attention sink)."""
         c = self.config
-        acts = acts.float()
-        batch_max = acts.amax(dim=(0, 1))
-        fired = (batch_max > 0).nonzero().squeeze(-1)
-        if len(fired) == 0:
+        if valid is None:
+            pos = torch.arange(acts.shape[1])[None, :]
+            valid = (pos >= 1) & (pos < lengths[:, None])
+        active = acts > 0
+        active &= valid[..., None]
+        b, t, f = active.nonzero(as_tuple=True)
+        if len(f) == 0:
             return
+        values = acts[b, t, f].float()
+        batch_max = torch.zeros(self.n_features).scatter_reduce_(0, f, values, "amax")
+        fired = (batch_max > 0).nonzero().squeeze(-1)
         need = levels_needed(batch_max[fired], c.n_fine).to(torch.int32)
         rise = need > self.level[layer, fired]
         if rise.any():
             self._raise_levels(layer, fired[rise], need[rise])
-        b, t, f = (acts > 0).nonzero(as_tuple=True)
-        values = acts[b, t, f]
         self.n_active[layer] += torch.bincount(f, minlength=self.n_features)
         bins = fine_bins(values, self.level[layer, f], c.n_fine)
         flat = self.hist[layer].view(-1)
@@ -247,7 +252,7 @@ class DashboardState:
                 "A histogram bin passed 2**31 - 2**24 counts; build on fewer tokens per state."
             )
         self._sample_batch(layer, acts, ctx, lengths, b, t, f, values, bins)
-        self._top_batch(layer, acts, ctx, lengths)
+        self._top_batch(layer, acts, ctx, lengths, b, t, f, values)
 
     def _window(self, acts: Tensor, lengths: Tensor, b: Tensor, t: Tensor, f: Tensor) -> Tensor:
         """[n, window] float16 activations of feature f around (b, t); NaN outside the context."""
@@ -270,16 +275,20 @@ class DashboardState:
         win = self._window(acts, lengths, b, t, f)
         self._insert_samples(layer, f, key, values, ctx[b], t.to(torch.int32), win)
 
-    def _top_batch(self, layer, acts, ctx, lengths) -> None:
-        vals, pos = acts.max(dim=1)  # [batch, F]: each context's best token per feature
-        threshold = self.top_act[layer, :, -1]
-        keep = (vals > 0) & (vals >= threshold[None, :])
-        if not keep.any():
+    def _top_batch(self, layer, acts, ctx, lengths, b, t, f, values) -> None:
+        """Each context's best token per feature (the first on ties) is offered to the top examples."""
+        key = b * self.n_features + f
+        size = len(ctx) * self.n_features
+        best = torch.zeros(size).scatter_reduce_(0, key, values, "amax")
+        cand = (values == best[key]) & (values >= self.top_act[layer, f, -1])
+        if not cand.any():
             return
-        b, f = keep.nonzero(as_tuple=True)
-        t = pos[b, f]
+        idx = cand.nonzero().squeeze(-1)
+        first = torch.full((size,), 2**62, dtype=torch.long).scatter_reduce_(0, key[idx], t[idx], "amin")
+        idx = idx[t[idx] == first[key[idx]]]
+        b, t, f = b[idx], t[idx], f[idx]
         win = self._window(acts, lengths, b, t, f)
-        self._insert_top(layer, f, vals[b, f], ctx[b], t.to(torch.int32), win)
+        self._insert_top(layer, f, values[idx], ctx[b], t.to(torch.int32), win)
 
     # ---------------------------------------------------------------- kept examples
     def _insert_top(self, layer, f, act, ctx, pos, win) -> None:
