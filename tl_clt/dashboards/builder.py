@@ -171,6 +171,8 @@ def _batches(
     last = start - 1
     for doc, ids in _docs_tokens(corpus, tokenizer, start, stop):
         pieces = [ids[i : i + piece_len] for i in range(0, len(ids), piece_len)]
+        if doc >= 2**31:
+            raise ValueError("Corpora of more than 2**31 documents are not supported; split them.")
         if len(pieces) >= 2**PIECE_BITS:
             raise ValueError(
                 f"Document {doc} has {len(ids)} tokens: more than {2**PIECE_BITS - 1} contexts of "

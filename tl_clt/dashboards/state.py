@@ -125,12 +125,18 @@ def sample_keys(seed: int, layer: int, feature: Tensor, ctx: Tensor, pos: Tensor
     return hash32(x ^ pos.long())
 
 
-def select_per_group(group: Tensor, keys: list[Tensor], k: int) -> tuple[Tensor, Tensor]:
-    """Indices of the first `k` entries of every group under the order (group, *keys), and their rank."""
-    order = torch.arange(len(group))
-    for key in reversed([group, *keys]):
-        order = order[torch.sort(key[order], stable=True).indices]
-    g = group[order]
+def float_order(x: Float[Tensor, " n"]) -> Int[Tensor, " n"]:
+    """int64 in [0, 2**32) that orders as the float32 values do (no NaN)."""
+    i = x.float().view(torch.int32).long()
+    return (i ^ ((i >> 31) & 0x7FFFFFFF)) + 2**31  # negative floats: flip the magnitude bits
+
+
+def select_per_group(major: Tensor, minor: Tensor, group_shift: int, k: int) -> tuple[Tensor, Tensor]:
+    """Indices of the first `k` entries of every group under the order (major, minor), and their rank;
+    the group is `major >> group_shift`. (Two stable sorts of int64 keys.)"""
+    order = torch.sort(minor, stable=True).indices
+    order = order[torch.sort(major[order], stable=True).indices]
+    g = major[order] >> group_shift
     n = len(g)
     is_start = torch.ones(n, dtype=torch.bool)
     is_start[1:] = g[1:] != g[:-1]
@@ -245,9 +251,9 @@ class DashboardState:
             self._raise_levels(layer, fired[rise], need[rise])
         self.n_active[layer] += torch.bincount(f, minlength=self.n_features)
         bins = fine_bins(values, self.level[layer, f], c.n_fine)
-        flat = self.hist[layer].view(-1)
-        flat.scatter_add_(0, f * c.n_fine + bins, torch.ones_like(bins, dtype=flat.dtype))
-        if int(self.hist[layer].max()) > 2**31 - 2**24:
+        flat, where = self.hist[layer].view(-1), f * c.n_fine + bins
+        flat.scatter_add_(0, where, torch.ones_like(bins, dtype=flat.dtype))
+        if int(flat[where].max()) > 2**31 - 2**24:
             raise OverflowError(
                 "A histogram bin passed 2**31 - 2**24 counts; build on fewer tokens per state."
             )
@@ -257,11 +263,12 @@ class DashboardState:
     def _window(self, acts: Tensor, lengths: Tensor, b: Tensor, t: Tensor, f: Tensor) -> Tensor:
         """[n, window] float16 activations of feature f around (b, t); NaN outside the context."""
         c = self.config
+        n_pos, n_feat = acts.shape[1], acts.shape[2]
         pos = t[:, None] + torch.arange(-c.before, c.after + 1)
-        inside = (pos >= 1) & (pos < lengths[b][:, None])
-        vals = acts[b[:, None], pos.clamp(0, acts.shape[1] - 1), f[:, None]]
-        vals = vals.clamp(-65504.0, 65504.0).to(torch.float16)
-        return torch.where(inside, vals, torch.full_like(vals, float("nan")))
+        outside = (pos < 1) | (pos >= lengths[b][:, None])
+        flat = (b[:, None] * n_pos + pos.clamp_(0, n_pos - 1)) * n_feat + f[:, None]
+        vals = acts.reshape(-1)[flat].clamp_(-65504.0, 65504.0).to(torch.float16)
+        return vals.masked_fill_(outside, float("nan"))
 
     def _sample_batch(self, layer, acts, ctx, lengths, b, t, f, values, bins) -> None:
         c = self.config
@@ -301,7 +308,8 @@ class DashboardState:
         ctx = torch.cat([old_ctx[fi, ki], ctx])
         pos = torch.cat([self.top_pos[layer, feats][fi, ki], pos])
         win = torch.cat([self.top_win[layer, feats][fi, ki], win])
-        kept, rank = select_per_group(group, [-act, ctx, pos.long()], self.config.n_top)
+        major = (group << 32) | float_order(-act)  # (feature, activation desc)
+        kept, rank = select_per_group(major, (ctx << 16) | pos.long(), 32, self.config.n_top)
         self.top_act[layer, feats] = 0.0
         self.top_ctx[layer, feats] = -1
         self.top_pos[layer, feats] = 0
@@ -328,7 +336,7 @@ class DashboardState:
         ctx = torch.cat([self.res_ctx[layer, tf_i, tb_i, ki], ctx])
         pos = torch.cat([self.res_pos[layer, tf_i, tb_i, ki], pos])
         win = torch.cat([self.res_win[layer, tf_i, tb_i, ki], win])
-        kept, rank = select_per_group(group, [key, ctx, pos.long()], c.n_per_interval)
+        kept, rank = select_per_group((group << 32) | key, (ctx << 16) | pos.long(), 32, c.n_per_interval)
         self._clear_samples(layer, tf, tb)
         g = group[kept]
         gf, gb = g // c.n_intervals, g % c.n_intervals
