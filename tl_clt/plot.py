@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 from collections import defaultdict
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import networkx as nx
@@ -277,7 +278,9 @@ def _prompt_tokens(G: nx.DiGraph, n_pos: int) -> list[str]:
     return [found.get(p, str(p)) for p in range(n_pos)]
 
 
-def _label_nodes(ax: Axes, G: nx.DiGraph, xy: dict, label_features: bool) -> None:
+def _label_nodes(
+    ax: Axes, G: nx.DiGraph, xy: dict, label_features: bool, labels: Mapping[str, str] | None = None
+) -> None:
     for node, d in G.nodes(data=True):
         kind, (x, y) = d.get("kind"), xy[node]
         if kind == "logit":
@@ -298,6 +301,7 @@ def _label_nodes(ax: Axes, G: nx.DiGraph, xy: dict, label_features: bool) -> Non
             )
         elif kind == "supernode" or (label_features and kind == "feature"):
             text = str(node) if kind == "supernode" else f"{d.get('feature')}"
+            text = (labels or {}).get(node, text)
             ax.annotate(
                 text,
                 (x, y),
@@ -309,6 +313,21 @@ def _label_nodes(ax: Axes, G: nx.DiGraph, xy: dict, label_features: bool) -> Non
                 zorder=4,
                 bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.7),
             )
+
+
+def _card_labels(graph, G: nx.DiGraph, dashboards: Any) -> dict[str, str] | None:
+    """Short dashboard labels of the drawn features, when dashboards are given or next to the CLT."""
+    from tl_clt.dashboards.reader import dashboards_for_graph, open_dashboards
+
+    dash = open_dashboards(dashboards) if dashboards is not None else dashboards_for_graph(graph)
+    if dash is None:
+        return None
+    out = {}
+    for node, d in G.nodes(data=True):
+        if d.get("kind") == "feature":
+            text = dash[d["layer"], d["feature"]].label
+            out[node] = text if len(text) <= 24 else text[:23] + "…"
+    return out
 
 
 def _layer_ticks(n_layers: int) -> tuple[list[int], list[str]]:
@@ -375,13 +394,16 @@ def plot_graph(
     figsize: tuple[float, float] | None = None,
     ax: Axes | None = None,
     dpi: int = 150,
+    labels: Mapping[str, str] | None = None,
+    dashboards: Any = None,
 ) -> Figure:
     """Draw a graph (an nx.DiGraph from `to_networkx()` / grouping, or an AttributionGraph, pruned
     with the thresholds unless it already is) and return the matplotlib Figure.
 
-    `max_edges` keeps the strongest edges (None: all); `label_features` writes feature indices
-    under their markers; `path` saves the picture (PNG, SVG, PDF, ... by extension); `ax` draws
-    into existing axes.
+    `max_edges` keeps the strongest edges (None: all); `label_features` writes a label under each
+    feature: from `labels` (node id -> text), else its dashboard card's label (`dashboards`, or those
+    next to an AttributionGraph's CLT), else its index; `path` saves the picture (PNG, SVG, PDF, ...
+    by extension); `ax` draws into existing axes.
     """
     G = as_networkx(graph, node_threshold, edge_threshold)
     if G.number_of_nodes() == 0:
@@ -400,7 +422,9 @@ def plot_graph(
         fig = ax.figure
     n_edges = _draw_edges(ax, G, xy, max_edges)
     n_nodes = _draw_nodes(ax, G, xy)
-    _label_nodes(ax, G, xy, label_features)
+    if label_features and labels is None:
+        labels = _card_labels(graph, G, dashboards)
+    _label_nodes(ax, G, xy, label_features, labels)
     tokens = _prompt_tokens(G, n_pos)
     _style_axes(ax, n_layers, centers, widths, tokens)
     _legend(ax)
