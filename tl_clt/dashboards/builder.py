@@ -47,7 +47,7 @@ from tl_clt.dashboards.format import (
     layer_filename,
     write_bytes_atomic,
 )
-from tl_clt.dashboards.state import PIECE_BITS, DashboardConfig, DashboardState
+from tl_clt.dashboards.state import PIECE_BITS, DashboardConfig, DashboardState, same_info
 
 MANIFEST_FILE = "dashboards.json"
 CHECKPOINT_DIR = ".checkpoint"
@@ -61,9 +61,7 @@ def _clt_fingerprint(clt) -> str:
 
 
 def _info(model, clt) -> dict:
-    from tl_clt.hooks import _model_id
-
-    return {"model": _model_id(str(model.cfg.model_name or "")), "clt": _clt_fingerprint(clt)}
+    return {"model": str(model.cfg.model_name or ""), "clt": _clt_fingerprint(clt)}
 
 
 def _check_inputs(model, clt, config: DashboardConfig) -> None:
@@ -253,7 +251,7 @@ def _resume(path: Path, config: DashboardConfig, info: dict, start: int) -> Dash
     problems = []
     if state.config != config:
         problems.append(f"settings {state.config.differences(config)}")
-    if state.info != info:
+    if not same_info(state.info, info):
         problems.append(f"model/CLT {state.info} vs {info}")
     if not state.ranges or state.ranges[0][0] != start or len(state.ranges) != 1:
         problems.append(f"documents {state.ranges} (this run starts at {start})")
@@ -568,7 +566,7 @@ def write_dashboards(
         "n_tokens": state.n_tokens,
         "documents": state.ranges,
         "corpus": corpus.describe(),
-        "model": state.info.get("model"),
+        "model": str(state.info.get("model") or "").rstrip("/").rsplit("/", 1)[-1],
         "clt": state.info.get("clt"),
         "transcoder_id": transcoder_id,
     }

@@ -448,7 +448,7 @@ class DashboardState:
                 f"These states are for CLTs of other shapes ({self.n_layers}x{self.n_features} vs "
                 f"{other.n_layers}x{other.n_features})."
             )
-        if self.info.get("clt") != other.info.get("clt") or self.info.get("model") != other.info.get("model"):
+        if not same_info(self.info, other.info):
             raise ValueError(f"These states are for other model/CLT pairs ({self.info} vs {other.info}).")
         for a, b in ((a, b) for a in self.ranges for b in other.ranges):
             if a[0] < b[1] and b[0] < a[1]:
@@ -545,6 +545,14 @@ class DashboardState:
             quantile_values=((qbins + 1) * width).tolist(),
             frequency=freq,
         )
+
+
+def same_info(a: dict, b: dict) -> bool:
+    """Same CLT (fingerprint) and the same model up to a local path / hub cache folder (see
+    `tl_clt.hooks.same_model`)."""
+    from tl_clt.hooks import same_model
+
+    return a.get("clt") == b.get("clt") and same_model(a.get("model") or "", b.get("model") or "")
 
 
 def _union(ranges: list[list[int]]) -> list[list[int]]:
