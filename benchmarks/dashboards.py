@@ -4,7 +4,7 @@ card's read time from a local folder, and bytes read per card from a (mocked) re
     PYTHONPATH=. python benchmarks/dashboards.py                       # medium shape (benchmarks/sizes.py)
     PYTHONPATH=. python benchmarks/dashboards.py --sizes medium,real   # + Qwen3-0.6B shape: opt-in, it
         # makes a ~18 GB CLT under .bench/ and needs the model (~2.3 GB) + the builder's state
-        # (~2.5 GB for 28 x 20480 features) in memory
+        # (~2.8 GiB for 28 x 20480 features, 5.2 KB a feature) in memory
     PYTHONPATH=. python benchmarks/dashboards.py --docs 400 --rounds 3 --threads 2
 
 Every measurement that needs its own memory reading runs in a fresh process (`--child ...`). The corpus

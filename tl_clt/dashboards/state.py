@@ -185,6 +185,7 @@ class DashboardState:
     `top_{act,ctx,pos}` [L, F, n_top], `top_win` [L, F, n_top, window], `res_{key,act,ctx,pos}`
     [L, F, n_intervals, n_per_interval], `res_win` [..., window]. `ranges`: the [start, stop) document
     ranges covered; `next_doc`: where a running shard goes on; `info`: model and CLT names.
+    With the default config a state takes 5.2 KB per feature (2.8 GiB for 28 x 20480 features).
     """
 
     def __init__(self, config: DashboardConfig, n_layers: int, n_features: int, info: dict | None = None):
