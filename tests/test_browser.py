@@ -45,7 +45,7 @@ def _frontend_assets() -> Path | None:
         os.environ.get("TL_CLT_FRONTEND"),
         _browser_dir() / "circuit-tracer/circuit_tracer/frontend/assets",
     ]
-    for venv in (ROOT / "ctvenv", Path("/work/ctvenv")):
+    for venv in (ROOT / ".ctvenv", ROOT / "ctvenv"):
         pattern = venv / "lib/python3*/site-packages/circuit_tracer/frontend/assets"
         candidates += glob.glob(str(pattern))
     for c in candidates:
@@ -178,7 +178,7 @@ def test_exported_graph_renders_in_the_frontend(tools, server, model_dir, clt, t
     pruned = graph.prune(0.8, 0.98)
     G = pruned.to_networkx()
     feats = [n for n, d in G.nodes(data=True) if d["kind"] == "feature" and G.degree(n)][:3]
-    export.write_graph_folder({"tiny": pruned}, data_dir, supernodes={"group": feats[:2]})
+    tl_clt.write_graph_folder({"tiny": pruned}, data_dir, supernodes={"group": feats[:2]})
     data = json.loads((data_dir / "tiny.json").read_text())
     export.validate_graph_json(data)
     groups = quote(json.dumps(data["qParams"]["supernodes"]))
@@ -244,8 +244,8 @@ def test_toy_world_dashboards_render_in_the_frontend(tools, toy_story, tmp_path)
     and circuit-tracer's feature-view.html shows the same record."""
     clt, graph = toy_story
     data_dir = tmp_path / "data"
-    export.write_graph_folder({"toy-story": graph}, data_dir, dashboards=True)
-    export.write_graph_folder({"toy-story-hub": graph}, data_dir, scan="tl-clt/toyworld-clt")
+    tl_clt.write_graph_folder({"toy-story": graph}, data_dir, dashboards=True)
+    tl_clt.write_graph_folder({"toy-story-hub": graph}, data_dir, scan="tl-clt/toyworld-clt")
     data = json.loads((data_dir / "toy-story.json").read_text())
     node = max(
         (n for n in data["nodes"] if n["feature_type"] == "cross layer transcoder"),

@@ -25,7 +25,8 @@ from tl_clt.dashboards import (
 )
 from tl_clt.dashboards.builder import TokenText, padded_length, round_sig
 from tl_clt.dashboards.state import LEVEL0, sample_keys
-from tl_clt.hooks import capture_hooks
+from tl_clt.frozen import capture_hooks
+from tl_clt.sites import sites_for
 
 CONFIG = DashboardConfig(
     context_len=12,
@@ -105,7 +106,7 @@ def context_activations(model, clt, toks: list[int], width: int) -> torch.Tensor
     padded = torch.tensor(toks + [toks[0]] * (width - len(toks)))[None]
     mask = (torch.arange(width) < len(toks)).long()[None]
     store: dict = {}
-    with torch.no_grad(), model.hooks(fwd_hooks=capture_hooks(model, clt, store)):
+    with torch.no_grad(), model.hooks(fwd_hooks=capture_hooks(model, clt, sites_for(model), store)):
         model(padded, attention_mask=mask)
     return torch.stack([clt.encode(store["mlp_in"][k][0, : len(toks)], k) for k in range(clt.n_layers)])
 
@@ -386,3 +387,22 @@ def test_token_text_escapes_partial_bytes(tiny):
     )
     assert raw.decode("utf-8") == "café 東京 dog" or "\\x" not in joined
     assert text(model.tokenizer.convert_tokens_to_ids("<|endoftext|>")) == "<|endoftext|>"
+
+
+@pytest.mark.bridge
+def test_a_transformer_bridge_builds_the_same_state(tiny, model_dir):
+    """The builder reads the CLT inputs through the model's Sites: on a TransformerBridge of the same
+    checkpoint the counts and histograms are equal, the top activations equal to float error, and the
+    top examples the same contexts but where two contexts tie (a repeated sentence gives the same
+    token the same activation in several contexts; float error may pick either)."""
+    model, clt = tiny
+    docs = DOCS[:6]
+    ours = build_state(model, clt, docs, CONFIG, progress=False)
+    bridge = build_state(tl_clt.load_qwen3(model_dir, backend="bridge"), clt, docs, CONFIG, progress=False)
+    assert ours.n_tokens == bridge.n_tokens > 0
+    for name in ("level", "hist", "n_active"):
+        assert torch.equal(getattr(bridge, name), getattr(ours, name)), name
+    torch.testing.assert_close(bridge.top_act, ours.top_act, rtol=1e-4, atol=1e-5)
+    listed = ours.top_ctx >= 0
+    same = (bridge.top_ctx == ours.top_ctx) & (bridge.top_pos == ours.top_pos)
+    assert listed.sum() > 100 and (~same & listed).sum() <= 0.01 * listed.sum()

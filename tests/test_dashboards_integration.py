@@ -87,7 +87,7 @@ def test_graph_json_takes_clerps_from_the_dashboards(world, story_graph):
 def test_graph_folder_holds_the_features_the_frontend_reads(world, story_graph, tmp_path):
     _, clt = world
     out = tmp_path / "graphs"
-    export.write_graph_folder({"story": story_graph}, out, dashboards=True)
+    tl_clt.write_graph_folder({"story": story_graph}, out, dashboards=True)
     export.validate_graph_folder(out)
     data = json.loads((out / "story.json").read_text())
     scan = data["metadata"]["scan"]
@@ -106,7 +106,7 @@ def test_graph_folder_holds_the_features_the_frontend_reads(world, story_graph, 
             layer, feature
         )
     # a JSON graph file and explicit dashboards give the same
-    export.write_graph_folder([out / "story.json"], tmp_path / "again", dashboards=clt.dashboards)
+    tl_clt.write_graph_folder([out / "story.json"], tmp_path / "again", dashboards=clt.dashboards)
     assert json.loads((tmp_path / "again" / "story.json").read_text())["metadata"]["scan"] == scan
 
 
@@ -118,7 +118,7 @@ def test_clts_without_dashboards(model_dir, clt_dir, tmp_path):
     with pytest.raises(DashboardsNotFoundError, match="has no features/ dashboards"):
         graph.feature_card("F:0:1:0")
     with pytest.raises(DashboardsNotFoundError, match="dashboards=True: no features/"):
-        export.write_graph_folder({"g": graph}, tmp_path / "out", dashboards=True)
+        tl_clt.write_graph_folder({"g": graph}, tmp_path / "out", dashboards=True)
     # a CLT folder with features/ gets them attached
     shutil.copytree(clt_dir, tmp_path / "clt")
     from dashboard_writer import write_folder
@@ -126,3 +126,70 @@ def test_clts_without_dashboards(model_dir, clt_dir, tmp_path):
     write_folder(tmp_path / "clt" / "features", n_layers=3, n_features=96)
     clt2 = tl_clt.CrossLayerTranscoder.from_pretrained(tmp_path / "clt")
     assert clt2.dashboards is not None and clt2.dashboards[2, 95].top_logits == [" up2_95", " Obama"]
+
+
+def _features(graph) -> list[tuple[str, int, int]]:
+    """(node id, layer, feature) of each feature node of a pruned graph."""
+    return [
+        (n, d["layer"], d["feature"])
+        for n, d in graph.to_networkx().nodes(data=True)
+        if d["kind"] == "feature"
+    ]
+
+
+def test_plots_and_the_view_show_the_cards(world, story_graph):
+    """plot_graph(label_features=True), plot_circuit's boxes and graph.show()'s cards take the labels
+    and top examples of the dashboards next to the graph's CLT; False / explicit labels turn them off."""
+    import html
+
+    from tl_clt import circuit, view
+
+    _, clt = world
+    feats = _features(story_graph)
+    label = {node: clt.dashboards[layer, feature].label for node, layer, feature in feats}
+    fig = tl_clt.plot_graph(story_graph, label_features=True)
+    texts = {t.get_text() for t in fig.axes[0].texts}
+    shown = [
+        node for node in label if (label[node] if len(label[node]) <= 24 else label[node][:23] + "…") in texts
+    ]
+    assert len(shown) >= 3  # the rest left out for room (plot_graph's declutter)
+    assert not set(label.values()) & {
+        t.get_text() for t in tl_clt.plot_graph(story_graph, label_features=True, labels={}).axes[0].texts
+    }
+
+    weights = story_graph.influence if story_graph.influence is not None else story_graph.node_influence()
+    groups = {
+        "first": [n for n, layer, _ in feats if layer == 0],
+        "later": [n for n, layer, _ in feats if layer > 0],
+    }
+    fig = tl_clt.plot_circuit(story_graph, groups)
+    for name, members in groups.items():
+        rows = {n: story_graph.feature_index(*map(int, n.split(":")[1:])) for n in members}
+        top = max(members, key=lambda n: abs(float(weights[rows[n]])))
+        (box,) = [t for t in fig.axes[0].texts if t.get_gid() == f"{circuit.BOX_GID}:{name}"]
+        quote = label[top] if len(label[top]) <= 28 else label[top][:27] + "…"
+        assert box.get_text().splitlines()[-1] == f"“{quote}”"
+    fig = tl_clt.plot_circuit(story_graph, groups, dashboards=False)
+    assert all("“" not in t.get_text() for t in fig.axes[0].texts)
+
+    data = view.view_data(story_graph)  # no clt: the features/ next to the graph's CLT
+    cards = {n["id"]: n["card"] for n in data["nodes"]}
+    for node, layer, feature in feats:
+        card = clt.dashboards[layer, feature]
+        assert (
+            html.escape(card.label) in cards[node]
+            and html.escape(card.top_examples[0].text(60)) in cards[node]
+        )
+    assert view.view_data(story_graph, clt=clt) == data
+
+
+def test_graph_json_files_get_clerps_from_explicit_dashboards(world, story_graph, tmp_path):
+    _, clt = world
+    bare = tmp_path / "bare.json"
+    story_graph.to_json(bare, dashboards=False)
+    tl_clt.write_graph_folder([bare], tmp_path / "site", dashboards=clt.dashboards)
+    data = json.loads((tmp_path / "site" / "bare.json").read_text())
+    feats = [n for n in data["nodes"] if n["feature_type"] == "cross layer transcoder"]
+    assert feats and all(
+        n["clerp"] == clt.dashboards[int(n["layer"]), int(n["node_id"].split("_")[1])].label for n in feats
+    )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tl_clt import files
 from tl_clt.cli.common import (
     CLIError,
     add_model_arguments,
@@ -169,6 +170,8 @@ def run_show(args) -> list[str]:
 
     if (args.clt is None) == (args.dashboards is None):
         raise CLIError("give either --clt or --dashboards")
+    if args.html is not None:  # before any reading
+        files.check_output_folder(args.html.parent, what="folder for --html")
     dash = FeatureDashboards.from_pretrained(args.clt or args.dashboards)
     if args.json:
         import json
@@ -177,5 +180,6 @@ def run_show(args) -> list[str]:
     card = dash[args.layer, args.feature]
     if args.html is not None:
         args.html.parent.mkdir(parents=True, exist_ok=True)
-        args.html.write_text(f"<!doctype html><meta charset='utf-8'>{card._repr_html_()}", encoding="utf-8")
+        html = f"<!doctype html><meta charset='utf-8'>{card._repr_html_()}"
+        files.write_text(args.html, html, what="card HTML")
     return [repr(card)]

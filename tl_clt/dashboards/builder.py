@@ -39,15 +39,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from tl_clt import files
 from tl_clt.dashboards.corpus import Corpus, open_corpus
 from tl_clt.dashboards.format import (
     INDEX_FILE,
     LayerWriter,
     encode_index,
     layer_filename,
-    write_bytes_atomic,
 )
 from tl_clt.dashboards.state import PIECE_BITS, DashboardConfig, DashboardState, same_info
+from tl_clt.sites import Sites
 
 MANIFEST_FILE = "dashboards.json"
 CHECKPOINT_DIR = ".checkpoint"
@@ -64,10 +65,11 @@ def _info(model, clt) -> dict:
     return {"model": str(model.cfg.model_name or ""), "clt": _clt_fingerprint(clt)}
 
 
-def _check_inputs(model, clt, config: DashboardConfig) -> None:
+def _check_inputs(model, clt, config: DashboardConfig) -> Sites:
+    """The model's Sites, once the model, the CLT and the settings fit together."""
     from tl_clt.hooks import check_compatible
 
-    check_compatible(model, clt)
+    sites = check_compatible(model, clt)
     if model.tokenizer is None:
         raise ValueError(
             "The model has no tokenizer; dashboards tokenize text. Set one with model.set_tokenizer(...)."
@@ -77,6 +79,7 @@ def _check_inputs(model, clt, config: DashboardConfig) -> None:
             f"context_len {config.context_len} is longer than the model's context ({model.cfg.n_ctx}); "
             "pass a smaller context_len."
         )
+    return sites
 
 
 def _byte_decoder() -> dict[str, int]:
@@ -197,12 +200,12 @@ def _encode(clt, x: torch.Tensor, layer: int) -> torch.Tensor:
     return pre.masked_fill_(pre <= clt.threshold[layer].to(pre.dtype), 0.0)
 
 
-def _run_batch(model, clt, state: DashboardState, batch: list[tuple[int, list[int]]], pad: int) -> int:
+def _run_batch(
+    model, clt, sites: Sites, state: DashboardState, batch: list[tuple[int, list[int]]], pad: int
+) -> int:
     """Forward one batch through the model (to the last layer) and the CLT encoders; update the state.
 
     The batch is filled up to `batch_size` rows with dummy contexts (one token, never counted)."""
-    from tl_clt.hooks import clt_input, input_hook_name
-
     device = model.cfg.device
     rows = state.config.batch_size
     lengths = torch.ones(rows, dtype=torch.long)
@@ -222,13 +225,17 @@ def _run_batch(model, clt, state: DashboardState, batch: list[tuple[int, list[in
 
     def make_hook(layer: int):
         def hook_fn(value, *, hook):
-            acts = _encode(clt, clt_input(model, clt, layer, value), layer).float().cpu()
+            x = sites.to_clt_input(model, clt.feature_input_hook, layer, value)
+            acts = _encode(clt, x, layer).float().cpu()
             state.update_layer(layer, acts, ctx, lengths, valid)
             return value
 
         return hook_fn
 
-    hooks = [(input_hook_name(clt, layer), make_hook(layer)) for layer in range(clt.n_layers)]
+    hooks = [
+        (sites.clt_input_hook(clt.feature_input_hook, layer), make_hook(layer))
+        for layer in range(clt.n_layers)
+    ]
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         model(tokens.to(device), attention_mask=mask.long().to(device), stop_at_layer=model.cfg.n_layers)
     n = int((~invalid).sum())
@@ -286,11 +293,13 @@ def build_state(
 
     config = config or DashboardConfig()
     corpus = open_corpus(texts, column)
-    _check_inputs(model, clt, config)
+    sites = _check_inputs(model, clt, config)
     if start < 0 or (stop is not None and stop < start):
         raise ValueError(f"Need 0 <= start <= stop, got start={start}, stop={stop}.")
     info = _info(model, clt)
-    path = Path(checkpoint) if checkpoint is not None else None
+    path = (
+        files.check_output_path(checkpoint, what="dashboard checkpoint") if checkpoint is not None else None
+    )
     if path is not None and resume and path.is_file():
         state = _resume(path, config, info, start)
     else:
@@ -315,7 +324,7 @@ def build_state(
         with preserve(model):
             for batch, next_doc in batches:
                 if batch:
-                    n_tok += _run_batch(model, clt, state, batch, sink)
+                    n_tok += _run_batch(model, clt, sites, state, batch, sink)
                     bar.set_postfix(tok_s=f"{n_tok / max(time.time() - t0, 1e-9):.0f}", refresh=False)
                     bar.update(max((batch[-1][0] >> PIECE_BITS) - start - bar.n, 0))
                 if next_doc is not None:
@@ -530,7 +539,7 @@ def write_dashboards(
         raise ValueError(f"This state was built for another CLT ({state.info.get('clt')}), not this one.")
     if not state.ranges or state.n_tokens == 0:
         raise ValueError("The state has seen no tokens: build it on a non-empty corpus first.")
-    out = Path(out_dir)
+    out = files.check_output_folder(out_dir, what="dashboards folder")
     out.mkdir(parents=True, exist_ok=True)
     text = TokenText(model.tokenizer)
     transcoder_id = transcoder_id or str(getattr(clt, "path", None) or "clt")
@@ -570,8 +579,9 @@ def write_dashboards(
         "clt": state.info.get("clt"),
         "transcoder_id": transcoder_id,
     }
-    write_bytes_atomic(out / MANIFEST_FILE, json.dumps(manifest, indent=1).encode())
-    write_bytes_atomic(out / INDEX_FILE, encode_index([entries[layer] for layer in range(state.n_layers)]))
+    files.write_text(out / MANIFEST_FILE, json.dumps(manifest, indent=1), what="dashboards manifest")
+    index = encode_index([entries[layer] for layer in range(state.n_layers)])
+    files.write_bytes(out / INDEX_FILE, index, what="dashboards index")
     return out
 
 
@@ -606,7 +616,7 @@ def build_feature_dashboards(
     config = config or DashboardConfig(**config_kwargs)
     if max_docs is not None and (isinstance(max_docs, bool) or not isinstance(max_docs, int) or max_docs < 1):
         raise ValueError(f"max_docs must be None or an int >= 1, got {max_docs!r}.")
-    out = Path(out_dir)
+    out = files.check_output_folder(out_dir, what="dashboards folder")
     out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / CHECKPOINT_DIR
     ckpt_dir.mkdir(exist_ok=True)

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from tl_clt import files
 
 
 def _check_text(doc: Any, index: int, where: str) -> str:
@@ -181,9 +182,9 @@ class StreamCorpus(Corpus):
 
     def __init__(self, iterator: Iterator, spill_dir: str | os.PathLike | None = None, name: str = "stream"):
         self.iterator, self.name = iterator, name
-        fd, path = tempfile.mkstemp(prefix="tl_clt_corpus_", suffix=".jsonl", dir=spill_dir)
-        self.spill = Path(path)
-        self._writer = os.fdopen(fd, "wb")
+        self._writer, self.spill = files.scratch_file(
+            prefix="tl_clt_corpus_", suffix=".jsonl", folder=spill_dir
+        )
         self._offsets, self._done = array("q"), False
 
     def _next(self) -> str | None:

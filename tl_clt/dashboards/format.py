@@ -19,12 +19,12 @@ import functools
 import gzip
 import json
 import os
-import tempfile
 import zlib
-from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from tl_clt import files
 
 INDEX_FILE = "index.json.gz"
 FEATURES_DIR = "features"
@@ -150,40 +150,14 @@ def decode_index(data: bytes, where: str) -> list[tuple[str, list[int]]]:
 
 
 # ------------------------------------------------------------------------ writing
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp path in `path`'s folder; on success it replaces `path`, on error it is removed.
-
-    (The one place dashboards write files: swap for the project's atomic-write helper when it lands.)
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a normal file's mode instead
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)
-
-
 class LayerWriter:
-    """Append records of one layer to a temp file; `close()` moves it into place and returns the offsets."""
+    """Append records of one layer to a temp file (`tl_clt.files.atomic_write`); `close()` moves it into
+    place and returns the offsets, `abort(err)` removes it."""
 
     def __init__(self, folder: Path, layer: int):
-        self.path = folder / layer_filename(layer)
-        self._ctx = atomic_path(self.path)
-        self._tmp = self._ctx.__enter__()
-        self._file = open(self._tmp, "wb")  # noqa: SIM115
+        self.path = Path(folder) / layer_filename(layer)
+        self._ctx = files.atomic_write(self.path, what="dashboards layer file")
+        self._file = self._ctx.__enter__()
         self.offsets = [0]
 
     def add(self, record: dict) -> None:
@@ -191,12 +165,10 @@ class LayerWriter:
         self.offsets.append(self._file.tell())
 
     def close(self) -> list[int]:
-        self._file.close()
         self._ctx.__exit__(None, None, None)
         return self.offsets
 
     def abort(self, exc: BaseException) -> None:
-        self._file.close()
         with contextlib.suppress(BaseException):
             self._ctx.__exit__(type(exc), exc, exc.__traceback__)
 
@@ -204,7 +176,7 @@ class LayerWriter:
 def write_feature_json(record: dict, path: str | os.PathLike) -> Path:
     """One record as a plain JSON file (the per-feature `<cantor id>.json` the frontend also reads)."""
     text = json.dumps(record, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
-    return write_bytes_atomic(path, text.encode("utf-8"))
+    return files.write_text(path, text, what="feature JSON")
 
 
 # ------------------------------------------------------------------------ validation

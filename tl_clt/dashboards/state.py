@@ -37,6 +37,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from tl_clt import files
+
 STATE_FORMAT = "tl_clt.DashboardState/1"
 EMPTY_KEY = 2**62
 LEVEL0 = -40
@@ -460,10 +462,8 @@ class DashboardState:
 
     # ---------------------------------------------------------------- files (no pickle)
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the state to one safetensors file (temp file renamed into place)."""
-        from safetensors.torch import save_file
-
-        from tl_clt.dashboards.format import atomic_path
+        """Write the state to one safetensors file (atomically, through `tl_clt.files`)."""
+        import safetensors.torch
 
         meta = {
             "format": STATE_FORMAT,
@@ -475,13 +475,10 @@ class DashboardState:
             "next_doc": self.next_doc,
             "info": self.info,
         }
-        path = Path(path)
-        with atomic_path(path) as tmp:
-            save_file(
-                {n: getattr(self, n).contiguous() for n in _TENSORS},
-                str(tmp),
-                metadata={"state": json.dumps(meta)},
-            )
+        data = safetensors.torch.save(
+            {n: getattr(self, n).contiguous() for n in _TENSORS}, metadata={"state": json.dumps(meta)}
+        )
+        path = files.write_bytes(path, data, what="dashboard state")
         return path
 
     @classmethod

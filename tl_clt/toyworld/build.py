@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from tl_clt import CrossLayerTranscoder, load_qwen3, reconstruction_report
+from tl_clt import CrossLayerTranscoder, files, load_qwen3, reconstruction_report
 from tl_clt.toyworld.corpus import FACT_TEMPLATES, first_names, make_corpus, split_facts
 from tl_clt.toyworld.dashboards import build_toyworld_dashboards
 from tl_clt.toyworld.tokenizer import train_tokenizer
@@ -103,7 +103,7 @@ def build(
         "reconstruction": recon,
         "timings": timings,
     }
-    (out / "report.json").write_text(json.dumps(report, indent=1))
+    files.write_text(out / "report.json", json.dumps(report, indent=1))
     return report
 
 
