@@ -599,6 +599,14 @@ def build_feature_dashboards(
     checkpoint_every: float = 300.0,
     transcoder_id: str | None = None,
     progress: bool = True,
+    engine="local",
+    workers: int = 1,
+    address: str | None = None,
+    cpus_per_worker: float = 1,
+    gpus_per_worker: float = 0,
+    shards: int | None = None,
+    dtype: str | None = None,
+    device: str | None = None,
     **config_kwargs,
 ):
     """Build dashboards of every feature of `clt` from `texts` into `out_dir`; returns FeatureDashboards.
@@ -608,6 +616,14 @@ def build_feature_dashboards(
     Options of `DashboardConfig` can be given as keywords (`context_len=64, n_top=20, ...`). The
     build checkpoints into `out_dir/.checkpoint/` and resumes from it when interrupted
     (`resume=False` starts over); the checkpoint is removed when the files are written.
+
+    `engine="ray"` (or an engine object of `tl_clt.batch`) builds the corpus in `shards` document ranges
+    (default 4 per worker) on `workers` Ray actors that load the model and the CLT once, and merges their
+    states exactly: the files are those of `engine="local"`, byte for byte. The model and the CLT are then
+    paths or hub ids (loaded with `dtype`, default float32, and `device`); the corpus a list, a .txt/.jsonl
+    path or a `datasets.Dataset`; `address`, `cpus_per_worker`, `gpus_per_worker` as in
+    `tl_clt.attribute_many`. A killed worker's shard is built again elsewhere; finished shards are kept
+    in the checkpoint folder and a rerun builds only the rest (see `tl_clt.dashboards.shards`).
     """
     from tl_clt.dashboards.reader import FeatureDashboards
 
@@ -616,7 +632,38 @@ def build_feature_dashboards(
     config = config or DashboardConfig(**config_kwargs)
     if max_docs is not None and (isinstance(max_docs, bool) or not isinstance(max_docs, int) or max_docs < 1):
         raise ValueError(f"max_docs must be None or an int >= 1, got {max_docs!r}.")
+    from tl_clt.batch.attribute_job import Loader, check_sources
+    from tl_clt.batch.engines import make_engine
+
+    runner = make_engine(
+        engine, workers, address=address, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker
+    )
     out = files.check_output_folder(out_dir, what="dashboards folder")
+    if engine != "local":
+        from tl_clt.dashboards.shards import build_sharded
+
+        out.mkdir(parents=True, exist_ok=True)
+        return build_sharded(
+            model,
+            clt,
+            texts,
+            out,
+            runner=runner,
+            config=config,
+            column=column,
+            max_docs=max_docs,
+            shards=shards,
+            resume=resume,
+            checkpoint_every=checkpoint_every,
+            dtype=dtype,
+            device=device,
+            transcoder_id=transcoder_id,
+            progress=progress,
+        )
+    if shards is not None:
+        raise ValueError('shards= splits the corpus between workers; engine="local" builds it in one piece.')
+    check_sources(model, clt, "local", dtype, device)
+    model, clt = Loader(model, clt, dtype=dtype, device=device)()  # paths / hub ids are loaded here
     out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / CHECKPOINT_DIR
     ckpt_dir.mkdir(exist_ok=True)
