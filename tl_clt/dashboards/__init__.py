@@ -4,6 +4,8 @@
   (`reader.py`, `card.py`);
 - `build_feature_dashboards(model, clt, texts, out_dir)` and the shard API `build_state` /
   `DashboardState.merge` / `write_dashboards` (`builder.py`, `state.py`, `corpus.py`);
+- `build_feature_dashboards(..., engine="ray", workers=N)`: corpus shards on the batch engine's workers,
+  merged exactly (`shards.py`);
 - the on-disk format circuit-tracer's frontend reads (`format.py`).
 """
 

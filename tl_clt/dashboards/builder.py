@@ -642,7 +642,6 @@ def build_feature_dashboards(
     if engine != "local":
         from tl_clt.dashboards.shards import build_sharded
 
-        out.mkdir(parents=True, exist_ok=True)
         return build_sharded(
             model,
             clt,
