@@ -869,6 +869,29 @@ def case_state_junk(c):
     DashboardState.load(c.tmp / "s.safetensors")
 
 
+def case_build_out_is_file(c):
+    (c.tmp / "out").write_text("a file")
+    _build(c, _NotRead(["hello world"]))
+
+
+class _NotRead(list):
+    """A corpus that fails the case if it is read (the output folder is checked first)."""
+
+    def __iter__(self):
+        raise AssertionError("the corpus was read before the output folder was checked")
+
+    def __len__(self):
+        return 1
+
+
+def case_state_save_into_folder(c):
+    from tl_clt.dashboards import DashboardConfig, build_state
+
+    state = build_state(c.model, c.clt, ["hello world"], DashboardConfig(context_len=16), progress=False)
+    (c.tmp / "state").mkdir()
+    state.save(c.tmp / "state")
+
+
 # ------------------------------------------------------------------------ files from strangers (issue 15)
 @contextlib.contextmanager
 def patched(obj, name: str, value):
