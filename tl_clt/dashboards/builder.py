@@ -615,13 +615,14 @@ def build_feature_dashboards(
     `datasets.Dataset` and its `column`, or any iterable of strings; `max_docs` documents at most.
     Options of `DashboardConfig` can be given as keywords (`context_len=64, n_top=20, ...`). The
     build checkpoints into `out_dir/.checkpoint/` and resumes from it when interrupted
-    (`resume=False` starts over); the checkpoint is removed when the files are written.
+    (`resume=False` starts over); the checkpoint is removed when the files are written. `model` and
+    `clt` are loaded objects, or paths / hub ids loaded here with `dtype` and `device`.
 
     `engine="ray"` (or an engine object of `tl_clt.batch`) builds the corpus in `shards` document ranges
     (default 4 per worker) on `workers` Ray actors that load the model and the CLT once, and merges their
-    states exactly: the files are those of `engine="local"`, byte for byte. The model and the CLT are then
-    paths or hub ids (loaded with `dtype`, default float32, and `device`); the corpus a list, a .txt/.jsonl
-    path or a `datasets.Dataset`; `address`, `cpus_per_worker`, `gpus_per_worker` as in
+    states exactly: the files are those of `engine="local"`, byte for byte (on CPU). The model and the CLT
+    are then paths or hub ids (loaded with `dtype`, default float32, and `device`); the corpus a list, a
+    .txt/.jsonl path or a `datasets.Dataset`; `address`, `cpus_per_worker`, `gpus_per_worker` as in
     `tl_clt.attribute_many`. A killed worker's shard is built again elsewhere; finished shards are kept
     in the checkpoint folder and a rerun builds only the rest (see `tl_clt.dashboards.shards`).
     """
