@@ -1,12 +1,13 @@
-"""Dashboards on an engine's workers: the corpus in shards, merged exactly in the driver.
+"""build_feature_dashboards(): the whole build, in this process or in corpus shards on an engine's workers.
 
-`build_feature_dashboards(..., engine="ray", workers=2)` (or any engine object of `tl_clt.batch`) lands
-here. The workers are the batch engine's (`tl_clt.batch.engines`): each loads the model and the CLT once
-(`Loader`, from paths or hub ids) and builds one shard's `DashboardState` per task (`BuildShard`), saved
-atomically to `OUT/.checkpoint/shard-{start}-{stop}.safetensors` (every `checkpoint_every` seconds and at
-the end; a retried shard resumes from it). The driver merges each finished shard's state as it arrives
-(`DashboardState.merge`: exact, in any order; it refuses overlapping documents, so no shard counts twice),
-then loads the model and the CLT itself and writes the files.
+`engine="local"` (the default): one `build_state` over the corpus, checkpointed into `OUT/.checkpoint/`,
+then `write_dashboards`. `engine="ray"` (or any engine object of `tl_clt.batch`): the corpus in shards,
+merged exactly in the driver. The workers are the batch engine's (`tl_clt.batch.engines`): each loads the
+model and the CLT once (`Loader`, from paths or hub ids) and builds one shard's `DashboardState` per task
+(`BuildShard`), saved atomically to `OUT/.checkpoint/shard-{start}-{stop}.safetensors` (every
+`checkpoint_every` seconds and at the end; a retried shard resumes from it). The driver merges each
+finished shard's state as it arrives (`DashboardState.merge`: exact, in any order; it refuses overlapping
+documents, so no shard counts twice), then loads the model and the CLT itself and writes the files.
 
 Resuming: `OUT/.checkpoint/shards.json` names the build (model, CLT, dtype, settings, corpus, documents);
 a rerun of the same build reuses every shard file it finds (a finished one, or the documents a partial one
@@ -23,10 +24,12 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
 from tl_clt import files
+from tl_clt.dashboards.builder import CHECKPOINT_DIR, build_state, shard_ranges, write_dashboards
 from tl_clt.dashboards.corpus import Corpus, DatasetCorpus, SequenceCorpus, TextFileCorpus, open_corpus
 from tl_clt.dashboards.state import DashboardConfig, DashboardState
 
@@ -48,8 +51,6 @@ class BuildShard:
     checkpoint_every: float = 300.0
 
     def __call__(self, context, shard: tuple[int, int]) -> dict:
-        from tl_clt.dashboards.builder import build_state
-
         model, clt = context
         start, stop = shard
         path = shard_path(self.folder, start, stop)
@@ -113,8 +114,6 @@ def _finished_pieces(folder: Path, n_docs: int) -> list[tuple[int, int, Path]]:
 
 def _new_shards(pieces: list[tuple[int, int, Path]], n_docs: int, n_shards: int) -> list[tuple[int, int]]:
     """The documents no piece covers, cut into about `n_shards * (their share of the corpus)` shards."""
-    from tl_clt.dashboards.builder import shard_ranges
-
     gaps, at = [], 0
     for start, stop, _ in pieces:
         if start > at:
@@ -149,7 +148,6 @@ def build_sharded(
 ):
     """The sharded build behind `build_feature_dashboards` for an engine (see the module docstring)."""
     from tl_clt.batch.attribute_job import Loader, check_sources, source_name
-    from tl_clt.dashboards.builder import CHECKPOINT_DIR, write_dashboards
     from tl_clt.dashboards.reader import FeatureDashboards
 
     check_sources(model, clt, runner.name, dtype, device)
@@ -231,3 +229,99 @@ def _check_same_build(folder: Path, build: dict) -> None:
             )
     else:
         files.write_text(path, json.dumps(build, indent=1), what="dashboard shards file")
+
+
+def build_feature_dashboards(
+    model,
+    clt,
+    texts: Any,
+    out_dir: str | os.PathLike,
+    *,
+    column: str = "text",
+    max_docs: int | None = None,
+    config: DashboardConfig | None = None,
+    resume: bool = True,
+    checkpoint_every: float = 300.0,
+    transcoder_id: str | None = None,
+    progress: bool = True,
+    engine="local",
+    workers: int = 1,
+    address: str | None = None,
+    cpus_per_worker: float = 1,
+    gpus_per_worker: float = 0,
+    shards: int | None = None,
+    dtype: str | None = None,
+    device: str | None = None,
+    **config_kwargs,
+):
+    """Build dashboards of every feature of `clt` from `texts` into `out_dir`; returns FeatureDashboards.
+
+    `texts`: a list of strings, a text file (one document per line; `.jsonl` with `column`), a
+    `datasets.Dataset` and its `column`, or any iterable of strings; `max_docs` documents at most.
+    Options of `DashboardConfig` can be given as keywords (`context_len=64, n_top=20, ...`). The
+    build checkpoints into `out_dir/.checkpoint/` and resumes from it when interrupted
+    (`resume=False` starts over); the checkpoint is removed when the files are written. `model` and
+    `clt` are loaded objects, or paths / hub ids loaded here with `dtype` and `device`.
+
+    `engine="ray"` (or an engine object of `tl_clt.batch`) builds the corpus in `shards` document ranges
+    (default 4 per worker) on `workers` Ray actors that load the model and the CLT once, and merges their
+    states exactly: the files are those of `engine="local"`, byte for byte (on CPU). The model and the CLT
+    are then paths or hub ids (loaded with `dtype`, default float32, and `device`); the corpus a list, a
+    .txt/.jsonl path or a `datasets.Dataset`; `address`, `cpus_per_worker`, `gpus_per_worker` as in
+    `tl_clt.attribute_many`. A killed worker's shard is built again elsewhere; finished shards are kept
+    in the checkpoint folder and a rerun builds only the rest (see `tl_clt.dashboards.run`).
+    """
+    from tl_clt.dashboards.reader import FeatureDashboards
+
+    if config is not None and config_kwargs:
+        raise TypeError("Pass either config=DashboardConfig(...) or its fields as keywords, not both.")
+    config = config or DashboardConfig(**config_kwargs)
+    if max_docs is not None and (isinstance(max_docs, bool) or not isinstance(max_docs, int) or max_docs < 1):
+        raise ValueError(f"max_docs must be None or an int >= 1, got {max_docs!r}.")
+    from tl_clt.batch.attribute_job import Loader, check_sources
+    from tl_clt.batch.engines import make_engine
+
+    runner = make_engine(
+        engine, workers, address=address, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker
+    )
+    out = files.check_output_folder(out_dir, what="dashboards folder")
+    if engine != "local":
+        return build_sharded(
+            model,
+            clt,
+            texts,
+            out,
+            runner=runner,
+            config=config,
+            column=column,
+            max_docs=max_docs,
+            shards=shards,
+            resume=resume,
+            checkpoint_every=checkpoint_every,
+            dtype=dtype,
+            device=device,
+            transcoder_id=transcoder_id,
+            progress=progress,
+        )
+    if shards is not None:
+        raise ValueError('shards= splits the corpus between workers; engine="local" builds it in one piece.')
+    check_sources(model, clt, "local", dtype, device)
+    model, clt = Loader(model, clt, dtype=dtype, device=device)()  # paths / hub ids are loaded here
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = out / CHECKPOINT_DIR
+    ckpt_dir.mkdir(exist_ok=True)
+    corpus = open_corpus(texts, column)
+    state = build_state(
+        model,
+        clt,
+        corpus,
+        config,
+        stop=max_docs,
+        checkpoint=ckpt_dir / "state.safetensors",
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+        progress=progress,
+    )
+    write_dashboards(state, model, clt, corpus, out, transcoder_id=transcoder_id, progress=progress)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return FeatureDashboards.from_pretrained(out)
