@@ -18,7 +18,7 @@ from typing import Any
 from torch import Tensor
 
 from tl_clt.clt import CrossLayerTranscoder
-from tl_clt.sites import Sites, sites_for
+from tl_clt.sites import Sites, hook_points, sites_for
 
 HookList = list[tuple[str, Callable]]
 # start of the TransformerBridge's UserWarning when a hook returns a new norm scale (freezing does)
@@ -167,7 +167,7 @@ def model_lock(model) -> threading.RLock:
 
 def _hook_handles(model) -> dict[str, tuple[int, ...]]:
     out = {}
-    for name, hp in model.hook_dict.items():
+    for name, hp in hook_points(model).items():
         out[name] = tuple(id(h) for h in hp.fwd_hooks) + tuple(id(h) for h in hp.bwd_hooks)
     return out
 
@@ -231,10 +231,12 @@ def _restore_saes(model, swapped: list[tuple[str, Any]]) -> None:
 
 
 def _user_hooks(model) -> tuple[list[str], list[str]]:
-    """Hook points holding the user's forward / backward hooks (SAELens' own input hooks left out)."""
+    """Hook points holding the user's forward / backward hooks (SAELens' own input hooks left out), each
+    once under its TransformerLens name (`sites.hook_points`)."""
     sae_inputs = set(getattr(model, "_transcoder_output_hooks", None) or {})
-    fwd = [n for n, hp in model.hook_dict.items() if hp.fwd_hooks and n not in sae_inputs]
-    bwd = [n for n, hp in model.hook_dict.items() if hp.bwd_hooks]
+    points = hook_points(model)
+    fwd = [n for n, hp in points.items() if hp.fwd_hooks and n not in sae_inputs]
+    bwd = [n for n, hp in points.items() if hp.bwd_hooks]
     return fwd, bwd
 
 
@@ -330,7 +332,7 @@ def _restored(model) -> Iterator[None]:
         yield
     finally:
         quiet.__exit__(None, None, None)
-        for name, hp in model.hook_dict.items():
+        for name, hp in hook_points(model).items():
             keep = set(handles.get(name, ()))
             for h in [h for h in hp.fwd_hooks + hp.bwd_hooks if id(h) not in keep]:
                 h.hook.remove()

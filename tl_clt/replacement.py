@@ -49,8 +49,8 @@ class ReplacementState:
             recon = self.pending[layer] + recon
         recon = recon.expand_as(mlp_out)
         if self.use_error_term:
-            return recon + (mlp_out - recon).detach()
-        return recon
+            recon = recon + (mlp_out - recon).detach()
+        return recon.to(mlp_out.dtype)  # a float32 CLT on a bfloat16 model: the model's dtype goes on
 
 
 def build_replacement_hooks(model, clt: CrossLayerTranscoder, sites: Sites, use_error_term: bool) -> HookList:

@@ -239,7 +239,7 @@ class SteeringState:
         if self.clean is not None:
             mlp_out = self.clean.mlp_out[layer].to(mlp_out.dtype).expand_as(mlp_out)
         delta = self.pending.pop(layer, None)
-        return mlp_out if delta is None else mlp_out + delta
+        return mlp_out if delta is None else mlp_out + delta.to(mlp_out.dtype)  # the model's dtype goes on
 
 
 def _length_guard(n_pos: int) -> Callable:
