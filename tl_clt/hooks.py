@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from jaxtyping import Float
 from torch import Tensor
 
 from tl_clt.clt import CrossLayerTranscoder
@@ -32,13 +33,6 @@ def layer_hook(fn: Callable, layer: int) -> Callable:
         return fn(tensor, hook=hook, layer=layer)
 
     return hook_fn
-
-
-def add_from_layer(pending: dict[int, Tensor], first: int, contributions: Tensor) -> None:
-    """`pending[first + i] += contributions[i]`: what a layer's features write to it and later layers."""
-    for i, contrib in enumerate(contributions):
-        prev = pending.get(first + i)
-        pending[first + i] = contrib if prev is None else prev + contrib
 
 
 class PassStart:
@@ -72,6 +66,47 @@ class PassStart:
             out.append((sites.resid_pre.format(layer=layer), layer_hook(self.block_in, layer)))
             out.append((sites.resid_post.format(layer=layer), layer_hook(self.block_out, layer)))
         return out
+
+
+class CrossLayerWrites:
+    """Hooks that splice CLT features into a forward pass: `read_input` (at a layer's CLT input) adds what
+    that layer's features write to it and every later layer (`add`); `write_output` (at a layer's MLP
+    output) takes what was written to that layer (`take`). The writes live within one forward pass
+    (`PassStart`). Subclasses define `read_input` and `write_output` (TL hook functions with `layer=`)."""
+
+    def __init__(self):
+        self.pending: dict[int, Tensor] = {}
+
+    def reset(self) -> None:
+        self.pending = {}
+
+    def add(self, first: int, contributions: Float[Tensor, "n_later ..."]) -> None:
+        """Layer `first`'s features write `contributions[i]` to layer `first + i`."""
+        for i, contrib in enumerate(contributions):
+            prev = self.pending.get(first + i)
+            self.pending[first + i] = contrib if prev is None else prev + contrib
+
+    def take(self, layer: int) -> Tensor | None:
+        """What was written to `layer` in this pass (None: nothing)."""
+        return self.pending.pop(layer, None)
+
+    def read_input(self, value: Tensor, *, hook, layer: int) -> Tensor:
+        raise NotImplementedError
+
+    def write_output(self, mlp_out: Tensor, *, hook, layer: int) -> Tensor:
+        raise NotImplementedError
+
+    def hooks(self, sites: Sites, clt: CrossLayerTranscoder, read_layers, write_layers) -> HookList:
+        """The pass-start hooks, then `read_input` at the CLT inputs of `read_layers` and `write_output`
+        at the MLP outputs of `write_layers`."""
+        hooks: HookList = PassStart(self.reset).hooks(sites, clt.n_layers)  # nothing kept between passes
+        for layer in read_layers:
+            hooks.append(
+                (sites.clt_input_hook(clt.feature_input_hook, layer), layer_hook(self.read_input, layer))
+            )
+        for layer in write_layers:
+            hooks.append((sites.mlp_out_hook(layer), layer_hook(self.write_output, layer)))
+        return hooks
 
 
 class ModelNameWarning(UserWarning):

@@ -26,15 +26,7 @@ from tl_clt.checks import as_int, as_number
 from tl_clt.clt import CrossLayerTranscoder
 from tl_clt.fingerprints import check_clt
 from tl_clt.frozen import PromptState, clean_pass, freeze_hooks
-from tl_clt.hooks import (
-    HookList,
-    PassStart,
-    add_from_layer,
-    check_compatible,
-    layer_hook,
-    preserve,
-    refuse_saes_at,
-)
+from tl_clt.hooks import CrossLayerWrites, HookList, check_compatible, preserve, refuse_saes_at
 from tl_clt.nodes import NodeLike, as_node_list, feature_key
 from tl_clt.prompts import Prompt, to_tokens
 from tl_clt.sites import Sites
@@ -198,8 +190,9 @@ def plan_interventions(clt: CrossLayerTranscoder, interventions: list[Interventi
     return plans
 
 
-class SteeringState:
-    """Per-forward-pass scratch space shared by the steering hooks."""
+class SteeringState(CrossLayerWrites):
+    """The steering hooks: each planned feature writes (target - current activation) times its decoder
+    rows; every MLP output from the first steered layer on gets what was written to it."""
 
     def __init__(
         self,
@@ -209,10 +202,10 @@ class SteeringState:
         plans: list[LayerPlan],
         clean: PromptState | None,
     ):
+        super().__init__()
         self.model, self.clt, self.sites, self.plans = model, clt, sites, {p.layer: p for p in plans}
         self.first = min(self.plans, default=None)
         self.clean = clean  # set in direct-effect mode: activations and MLP outputs stay clean
-        self.pending: dict[int, Tensor] = {}
 
     def current(self, value: Tensor, layer: int) -> Float[Tensor, "... pos m"]:
         """Activations of the planned features: from this pass, or the clean pass (direct mode)."""
@@ -223,22 +216,19 @@ class SteeringState:
             x = self.sites.to_clt_input(self.model, self.clt.feature_input_hook, layer, value)
         return self.clt.encode(x, layer)[..., features]
 
-    def reset(self) -> None:
-        self.pending = {}
-
     def read_input(self, value: Tensor, *, hook, layer: int) -> Tensor:
         plan = self.plans[layer]
         current = self.current(value, layer)
         mask, target = (t.to(value.device) for t in plan.targets(value.shape[-2]))
         delta = torch.where(mask, target.to(current.dtype) - current, 0)
         rows = plan.rows.to(value.device, value.dtype)
-        add_from_layer(self.pending, layer, torch.einsum("...pm,mld->l...pd", delta, rows))
+        self.add(layer, torch.einsum("...pm,mld->l...pd", delta, rows))
         return value
 
     def write_output(self, mlp_out: Tensor, *, hook, layer: int) -> Tensor:
         if self.clean is not None:
             mlp_out = self.clean.mlp_out[layer].to(mlp_out.dtype).expand_as(mlp_out)
-        delta = self.pending.pop(layer, None)
+        delta = self.take(layer)
         return mlp_out if delta is None else mlp_out + delta.to(mlp_out.dtype)  # the model's dtype goes on
 
 
@@ -275,15 +265,9 @@ def build_steering_hooks(
         hooks += freeze_hooks(state.everything() if direct_effects else state.patterns())
         clean = state if direct_effects else None
     st = SteeringState(model, clt, sites, plans, clean)
-    hooks += PassStart(st.reset).hooks(sites, clt.n_layers)  # nothing kept between forward passes
-    for plan in plans:
-        hook = sites.clt_input_hook(clt.feature_input_hook, plan.layer)
-        hooks.append((hook, layer_hook(st.read_input, plan.layer)))
     first_out = 0 if direct_effects else st.first
-    if first_out is not None:
-        for layer in range(first_out, clt.n_layers):
-            hooks.append((sites.mlp_out_hook(layer), layer_hook(st.write_output, layer)))
-    return hooks
+    write_layers = range(first_out, clt.n_layers) if first_out is not None else []
+    return hooks + st.hooks(sites, clt, [plan.layer for plan in plans], write_layers)
 
 
 def _check_freeze_tokens(tokens, freeze_attention: bool, direct_effects: bool) -> None:
