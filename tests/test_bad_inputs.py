@@ -707,6 +707,245 @@ def case_top_inputs_unknown_node(c):
     tl_clt.top_inputs(c.graph, "F:0:1:9999")
 
 
+# ------------------------------------------------------------------------ feature dashboards
+def _dash(c, **kwargs):
+    """A hand-made dashboards folder (3 layers, 16 features) in the case's temp folder, and its reader."""
+    from dashboard_writer import write_folder
+
+    write_folder(c.tmp / "features", n_layers=3, n_features=N_FEATURES, **kwargs)
+    return tl_clt.FeatureDashboards.from_pretrained(c.tmp / "features")
+
+
+def _write_index(c, entries) -> None:
+    import gzip
+    import json
+
+    (c.tmp / "features" / "index.json.gz").write_bytes(gzip.compress(json.dumps(entries).encode()))
+
+
+def _offsets(c, layer: int) -> list[int]:
+    return tl_clt.FeatureDashboards.from_pretrained(c.tmp / "features").index[layer][1]
+
+
+def case_dash_no_features(c):
+    tl_clt.FeatureDashboards.from_pretrained(c.tmp)
+
+
+def case_dash_no_such_path(c):
+    tl_clt.FeatureDashboards.from_pretrained(c.tmp / "absent")
+
+
+def case_dash_index_not_gzip(c):
+    _dash(c)
+    (c.tmp / "features" / "index.json.gz").write_bytes(b"junk")
+    tl_clt.FeatureDashboards.from_pretrained(c.tmp / "features")[0, 0]
+
+
+def case_dash_index_not_list(c):
+    _dash(c)
+    _write_index(c, {"a": 1})
+    tl_clt.FeatureDashboards.from_pretrained(c.tmp / "features")[0, 0]
+
+
+def case_dash_index_offsets(c):
+    _dash(c)
+    _write_index(c, [{"filename": "layer_0.bin", "offsets": [0, 50, 20]}])
+    tl_clt.FeatureDashboards.from_pretrained(c.tmp / "features")[0, 0]
+
+
+def case_dash_missing_layer_file(c):
+    dash = _dash(c)
+    (c.tmp / "features" / "layer_1.bin").unlink()
+    dash[1, 0]
+
+
+def case_dash_truncated_layer_file(c):
+    dash = _dash(c)
+    _cut(c.tmp / "features" / "layer_2.bin")
+    dash[2, N_FEATURES - 1]
+
+
+def _edit_record(c, layer: int, feature: int, fn) -> None:
+    path = c.tmp / "features" / f"layer_{layer}.bin"
+    start, end = _offsets(c, layer)[feature : feature + 2]
+    data = bytearray(path.read_bytes())
+    data[start:end] = fn(bytes(data[start:end]))
+    path.write_bytes(bytes(data))
+
+
+def case_dash_record_not_zlib(c):
+    dash = _dash(c)
+    _edit_record(c, 0, 3, lambda r: r[:4] + b"x" * (len(r) - 4))
+    dash[0, 3]
+
+
+def case_dash_record_length(c):
+    dash = _dash(c)
+    _edit_record(c, 0, 3, lambda r: (len(r) + 100).to_bytes(4, "little") + r[4:])
+    dash[0, 3]
+
+
+def case_dash_record_not_json(c):
+    import zlib
+
+    dash = _dash(c)
+    body = zlib.compress(b"not json")  # shorter than the record: the rest is zero padding
+    _edit_record(c, 0, 3, lambda r: (len(body).to_bytes(4, "little") + body).ljust(len(r), b"\0"))
+    dash[0, 3]
+
+
+def case_dash_layer_out_of_range(c):
+    _dash(c)[3, 0]
+
+
+def case_dash_feature_out_of_range(c):
+    _dash(c)[0, N_FEATURES]
+
+
+def case_dash_negative_feature(c):
+    _dash(c)[0, -1]
+
+
+def case_dash_float_feature(c):
+    _dash(c)[0, 1.5]
+
+
+def case_dash_token_node(c):
+    _dash(c)["T:3"]
+
+
+def case_feature_card_no_dashboards(c):
+    c.graph.feature_card(c.graph.node_id(0))
+
+
+def case_graph_folder_no_dashboards(c):
+    tl_clt.write_graph_folder({"g": c.graph}, c.tmp / "site", dashboards=True)
+
+
+def _build(c, texts, **kwargs):
+    from tl_clt.dashboards import build_feature_dashboards
+
+    kwargs.setdefault("context_len", 16)
+    return build_feature_dashboards(c.model, c.clt, texts, c.tmp / "out", progress=False, **kwargs)
+
+
+def case_build_empty_corpus(c):
+    _build(c, [])
+
+
+def case_build_not_strings(c):
+    _build(c, [1, 2])
+
+
+def case_build_dataset_column(c):
+    import datasets
+
+    _build(c, datasets.Dataset.from_dict({"body": ["hello world"]}))
+
+
+def case_build_jsonl_field(c):
+    (c.tmp / "c.jsonl").write_text('{"body": "hello world"}\n')
+    _build(c, c.tmp / "c.jsonl")
+
+
+def case_build_context_too_long(c):
+    _build(c, ["hello world"], context_len=c.model.cfg.n_ctx + 1)
+
+
+def case_build_bad_intervals(c):
+    _build(c, ["hello world"], n_intervals=3)
+
+
+def case_build_config_and_kwargs(c):
+    from tl_clt.dashboards import DashboardConfig
+
+    _build(c, ["hello world"], config=DashboardConfig(), n_top=5)
+
+
+def case_build_max_docs_0(c):
+    _build(c, ["hello world"], max_docs=0)
+
+
+def case_build_resume_other_build(c):
+    from tl_clt.dashboards import DashboardConfig, build_state
+
+    ckpt = c.tmp / "state.safetensors"
+    build_state(
+        c.model, c.clt, ["hello world"], DashboardConfig(context_len=16), checkpoint=ckpt, progress=False
+    )
+    build_state(
+        c.model, c.clt, ["hello world"], DashboardConfig(context_len=32), checkpoint=ckpt, progress=False
+    )
+
+
+def _states(c, config_b=None):
+    from tl_clt.dashboards import DashboardConfig, build_state
+
+    config = DashboardConfig(context_len=16)
+    a = build_state(c.model, c.clt, ["hello world", "the cat"], config, progress=False)
+    b = build_state(c.model, c.clt, ["hello world", "the cat"], config_b or config, start=1, progress=False)
+    return a, b
+
+
+def case_merge_overlapping(c):
+    a, b = _states(c)
+    a.merge(b)
+
+
+def case_merge_other_settings(c):
+    from tl_clt.dashboards import DashboardConfig
+
+    a, b = _states(c, DashboardConfig(context_len=32))
+    a.merge(b)
+
+
+def case_write_other_clt(c):
+    from tl_clt.dashboards import DashboardConfig, build_state, write_dashboards
+
+    state = build_state(c.model, c.clt, ["hello world"], DashboardConfig(context_len=16), progress=False)
+    other = CrossLayerTranscoder.from_pretrained(c.dir, dtype=torch.float32)
+    other.b_enc[0, 0] += 1
+    write_dashboards(state, c.model, other, ["hello world"], c.tmp / "out", progress=False)
+
+
+def case_write_corpus_changed(c):
+    from tl_clt.dashboards import DashboardConfig, build_state, write_dashboards
+
+    texts = ["Fact: The president of the United States in 2010 was Barack Obama."] * 2
+    state = build_state(c.model, c.clt, texts, DashboardConfig(context_len=32), progress=False)
+    write_dashboards(state, c.model, c.clt, ["Fact"] * 2, c.tmp / "out", progress=False)
+
+
+def case_state_junk(c):
+    from tl_clt.dashboards import DashboardState
+
+    (c.tmp / "s.safetensors").write_bytes(b"junk" * 20)
+    DashboardState.load(c.tmp / "s.safetensors")
+
+
+def case_build_out_is_file(c):
+    (c.tmp / "out").write_text("a file")
+    _build(c, _NotRead(["hello world"]))
+
+
+class _NotRead(list):
+    """A corpus that fails the case if it is read (the output folder is checked first)."""
+
+    def __iter__(self):
+        raise AssertionError("the corpus was read before the output folder was checked")
+
+    def __len__(self):
+        return 1
+
+
+def case_state_save_into_folder(c):
+    from tl_clt.dashboards import DashboardConfig, build_state
+
+    state = build_state(c.model, c.clt, ["hello world"], DashboardConfig(context_len=16), progress=False)
+    (c.tmp / "state").mkdir()
+    state.save(c.tmp / "state")
+
+
 # ------------------------------------------------------------------------ files from strangers (issue 15)
 @contextlib.contextmanager
 def patched(obj, name: str, value):

@@ -9,8 +9,9 @@ carrying a given share of the influence.
 
 Positions are those of `tl_clt.plot_graph` (token position across, layer up). A node's hover card
 shows its kind, layer, position and token, activation, influence, its top output tokens (when
-`model` and `clt` are given) and, when the CLT has dashboards (`clt.dashboards[layer, feature]`),
-the dashboard's label and top examples.
+`model` and `clt` are given) and, when the CLT has dashboards (`clt.dashboards[layer, feature]`, or
+without `clt` a local `features/` next to the CLT the graph was made with), the dashboard's label and
+top examples.
 """
 
 from __future__ import annotations
@@ -85,9 +86,21 @@ class GraphView:
 
 
 # ------------------------------------------------------------------------ cards
-def _dashboard_card(clt, layer: int, feature: int):
-    """The dashboard card of a feature when the CLT has dashboards, else None (never raises)."""
-    dashboards = getattr(clt, "dashboards", None)
+def _dashboards(graph, clt):
+    """The CLT's dashboards (`clt.dashboards`), else those in a local `features/` next to the CLT an
+    AttributionGraph was made with, else None."""
+    if clt is not None:
+        return getattr(clt, "dashboards", None)
+    from tl_clt.dashboards.reader import dashboards_for_graph
+
+    try:
+        return dashboards_for_graph(graph, local_only=True)
+    except (OSError, ValueError):
+        return None
+
+
+def _dashboard_card(dashboards, layer: int, feature: int):
+    """The dashboard card of a feature when there are dashboards, else None (never raises)."""
     if dashboards is None:
         return None
     try:
@@ -183,14 +196,15 @@ def view_data(
     xy, centers, _ = node_positions(G, n_layers, n_pos)
     tokens = list(G.graph.get("prompt_tokens") or [])
     cum = _cumulative(G)
+    dashboards = _dashboards(graph, clt)
     nodes, index = [], {}
     for i, (node, d) in enumerate(G.nodes(data=True)):
         kind = d.get("kind") if d.get("kind") in KIND_STYLE else "feature"
         extra = {}
         if kind == "feature" and model is not None and clt is not None and top_tokens:
             extra["top_tokens"] = _top_tokens(model, clt, d["layer"], d["feature"], top_tokens)
-        if kind == "feature" and clt is not None:
-            extra["card"] = _dashboard_card(clt, d["layer"], d["feature"])
+        if kind == "feature" and dashboards is not None:
+            extra["card"] = _dashboard_card(dashboards, d["layer"], d["feature"])
         hover, full = _card(node, d, tokens, cum.get(node), extra)
         index[node] = i
         nodes.append(
@@ -407,7 +421,8 @@ HELP = (
 def show(graph: AttributionGraph | nx.DiGraph, *, height: int = 620, **options) -> GraphView:
     """Interactive view of `graph` (pruned with the thresholds unless it already is, or a grouped
     nx.DiGraph), `height` pixels high. `options` are `view_data`'s: `model` and `clt` add each feature's
-    top output tokens to its card (and the CLT's dashboards, when it has them); `node_threshold`,
+    top output tokens to its card; feature dashboards (`clt.dashboards`, or without `clt` a local
+    `features/` next to the graph's CLT) add their label and top examples; `node_threshold`,
     `edge_threshold`; edges drawn: each node's `max_in_edges` strongest inputs (None: all; a click shows
     all of a node's edges); `top_tokens`. Returns a GraphView: it displays itself in Jupyter,
     `.save("graph.html")` writes a standalone page. Needs plotly (`pip install "tl-clt[viz]"`)."""
