@@ -22,6 +22,10 @@ from tl_clt.cli.common import PROG, CLIError
 from tl_clt.cli.dashboards import add_dashboards_parser
 from tl_clt.cli.demo import add_demo_parser
 from tl_clt.cli.steer import add_steer_parser
+from tl_clt.clt import CLTFileChangedError
+
+# what bad input raises (files, arguments, a CLT file changed on disk while in use): one line, exit 1
+INPUT_ERRORS = (OSError, ValueError, IndexError, KeyError, NotImplementedError, CLTFileChangedError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = func(args)
     except CLIError as err:
         args.parser.error(str(err))  # exits with status 2
-    except (OSError, ValueError, IndexError, KeyError, NotImplementedError) as err:
+    except INPUT_ERRORS as err:
         print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
         return 1
     for line in results or []:

@@ -147,10 +147,9 @@ def build_sharded(
     progress: bool,
 ):
     """The sharded build behind `build_feature_dashboards` for an engine (see the module docstring)."""
-    from tl_clt.batch.attribute_job import Loader, check_sources, source_name
+    from tl_clt.batch.attribute_job import Loader, source_name
     from tl_clt.dashboards.reader import FeatureDashboards
 
-    check_sources(model, clt, runner.name, dtype, device)
     if shards is not None and (isinstance(shards, bool) or not isinstance(shards, int) or shards < 1):
         raise ValueError(f"shards must be None or an int >= 1, got {shards!r}.")
     corpus = open_corpus(texts, column)
@@ -281,6 +280,7 @@ def build_feature_dashboards(
     from tl_clt.batch.attribute_job import Loader, check_sources
     from tl_clt.batch.engines import make_engine
 
+    check_sources(model, clt, getattr(engine, "name", engine), dtype, device)  # before Ray is imported
     runner = make_engine(
         engine, workers, address=address, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker
     )
@@ -305,7 +305,6 @@ def build_feature_dashboards(
         )
     if shards is not None:
         raise ValueError('shards= splits the corpus between workers; engine="local" builds it in one piece.')
-    check_sources(model, clt, "local", dtype, device)
     model, clt = Loader(model, clt, dtype=dtype, device=device)()  # paths / hub ids are loaded here
     out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / CHECKPOINT_DIR
