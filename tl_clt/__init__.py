@@ -9,6 +9,7 @@ from tl_clt.hooks import check_compatible, preserve, replacement_hooks
 from tl_clt.loading import load_qwen3
 from tl_clt.plot import plot_graph
 from tl_clt.prompts import to_tokens
+from tl_clt.proposals import SupernodeInfo, SupernodeProposals, propose_supernodes
 from tl_clt.replacement import ReconstructionReport, feature_activations, reconstruction_report
 from tl_clt.steering import Intervention, ablate, scale, steer, steering_hooks
 from tl_clt.supernodes import (
@@ -32,6 +33,8 @@ __all__ = [
     "Intervention",
     "PredictionTable",
     "ReconstructionReport",
+    "SupernodeInfo",
+    "SupernodeProposals",
     "TokenScore",
     "ablate",
     "attribute",
@@ -47,6 +50,7 @@ __all__ = [
     "load_qwen3",
     "plot_graph",
     "prediction_table",
+    "propose_supernodes",
     "preserve",
     "reconstruction_report",
     "replacement_hooks",

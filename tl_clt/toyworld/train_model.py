@@ -22,7 +22,8 @@ from tl_clt.toyworld.corpus import Fact
 
 
 def model_config(vocab_size: int, **overrides):
-    """4 layers, d_model 128, 4 query / 2 key-value heads of 32, tied embeddings."""
+    """4 layers, d_model 128, 4 query / 2 key-value heads of 32, untied embeddings (tied ones let
+    attention copy a digit of the year straight into the logits)."""
     from transformers import Qwen3Config
 
     base = dict(
@@ -36,7 +37,7 @@ def model_config(vocab_size: int, **overrides):
         max_position_embeddings=64,
         rms_norm_eps=1e-6,
         rope_theta=10000.0,
-        tie_word_embeddings=True,
+        tie_word_embeddings=False,
         bos_token_id=None,
         eos_token_id=0,
         pad_token_id=0,
