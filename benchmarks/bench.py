@@ -355,7 +355,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--max-n-logits", type=int, default=10)
     ap.add_argument("--desired-logit-prob", type=float, default=0.95)
-    ap.add_argument("--ct-python", default="/work/ctvenv/bin/python")
+    ap.add_argument(
+        "--ct-python", default=os.environ.get("TL_CLT_CT_PYTHON", str(ROOT / ".ctvenv/bin/python"))
+    )
     ap.add_argument("--root", default=str(ROOT / ".bench"), help="data and graphs (git-ignored)")
     ap.add_argument("--rss-limit-gib", type=float, default=18.0, help="kill a run above this RSS")
     ap.add_argument("--json", default=None, help="write all records here (default: ROOT/results.json)")

@@ -1,6 +1,6 @@
 """Build attribution graphs with circuit-tracer 0.5.0 on a local Qwen3 folder and CLT folder.
 
-Run with the circuit-tracer venv (`/work/ctvenv/bin/python benchmarks/ct_runner.py ...`, see
+Run with the circuit-tracer venv (`.ctvenv/bin/python benchmarks/ct_runner.py ...`, see
 runner_common.py for the options); it imports only circuit-tracer, TransformerLens 2.x and transformers,
 never tl_clt. The model is built with `TransformerLensReplacementModel.from_config` from a
 HookedTransformerConfig made here (RMSNorm weights *not* folded, as the CLT reads the true MLP input),

@@ -12,8 +12,8 @@ from tl_clt.prompts import to_tokens
 
 
 @pytest.fixture(scope="module")
-def setup(model_dir, clt_dir, clt):
-    model = tl_clt.load_qwen3(model_dir)
+def setup(model_dir, clt_dir, clt, backend):
+    model = tl_clt.load_qwen3(model_dir, backend=backend)
     graph = tl_clt.attribute(model, clt, PROMPT, batch_size=7, max_n_logits=5, verbose=False)
     tokens = to_tokens(model, PROMPT)
     ref = FrozenReference(model, clt_dir, tokens, graph.active_features, graph.activation_values)
@@ -142,11 +142,11 @@ def test_other_input_hooks_are_exact(model_dir, tmp_path, input_hook):
         torch.testing.assert_close(graph.adjacency[rows, col], measured, atol=2e-5 * float(scale), rtol=1e-4)
 
 
-def test_bfloat16_model_matches_float32_closely(model_dir, clt_dir, setup):
+def test_bfloat16_model_matches_float32_closely(model_dir, clt_dir, setup, backend):
     """A bf16 model (with a bf16 or fp32 CLT) attributes; its logit edges track the fp32 graph's."""
     _, graph32, _ = setup
     for clt_dtype in (torch.bfloat16, torch.float32):
-        model = tl_clt.load_qwen3(model_dir, dtype=torch.bfloat16)
+        model = tl_clt.load_qwen3(model_dir, dtype=torch.bfloat16, backend=backend)
         clt = tl_clt.CrossLayerTranscoder.from_pretrained(clt_dir, dtype=clt_dtype)
         graph = tl_clt.attribute(model, clt, PROMPT, batch_size=7, max_n_logits=5, verbose=False)
         assert torch.isfinite(graph.adjacency).all() and graph.adjacency.dtype == torch.float32
@@ -156,3 +156,37 @@ def test_bfloat16_model_matches_float32_closely(model_dir, clt_dir, setup):
         ours = graph.adjacency[graph.logit_index(0), [graph.feature_index(*k) for k in common]]
         ref = graph32.adjacency[graph32.logit_index(0), [graph32.feature_index(*k) for k in common]]
         assert (ours - ref).abs().max() < 0.05 * ref.abs().max()
+
+
+@pytest.mark.hooked
+def test_bridge_graph_equals_hooked_transformer_graph(model_dir, clt):
+    """Both backends of the same checkpoint give the same graph: same nodes, edges within 1e-5 of the
+    largest edge (they differ only by float rounding in the two implementations of the forward pass)."""
+    graphs = [
+        tl_clt.attribute(tl_clt.load_qwen3(model_dir, backend=b), clt, PROMPT, max_n_logits=5, verbose=False)
+        for b in ("hooked", "bridge")
+    ]
+    hooked, bridge = graphs
+    assert hooked.feature_keys.tolist() == bridge.feature_keys.tolist()
+    assert hooked.logit_tokens.tolist() == bridge.logit_tokens.tolist()
+    scale = hooked.adjacency.abs().max()
+    assert scale > 0.1 and hooked.n_features > 50
+    assert (hooked.adjacency - bridge.adjacency).abs().max() <= 1e-5 * scale
+
+
+@pytest.mark.bridge
+def test_bridge_calls_show_no_edit_warning(model_dir, clt):
+    """Freezing edits norm scales on purpose: our calls silence the bridge's warning about it (the user's
+    own forward passes with our frozen steering hooks still show it)."""
+    import warnings
+
+    bridge = tl_clt.load_qwen3(model_dir, backend="bridge")
+    ivs = [tl_clt.Intervention(1, -1, 4, 3.0)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        tl_clt.attribute(bridge, clt, PROMPT, max_n_logits=2, max_feature_nodes=8, verbose=False)
+        tl_clt.steer(bridge, clt, PROMPT, ivs, direct_effects=True)
+    tokens = to_tokens(bridge, PROMPT)
+    hooks = tl_clt.steering_hooks(bridge, clt, ivs, tokens=tokens, direct_effects=True)
+    with pytest.warns(UserWarning, match="native-autograd path"), bridge.hooks(fwd_hooks=hooks):
+        bridge(tokens[None])

@@ -8,26 +8,39 @@ model is checked unchanged and a broken CLT folder is checked byte-identical (a 
 from __future__ import annotations
 
 import builtins
+import contextlib
 import copy
+import inspect
+import json
 import math
+import os
+import pickle
 import re
 import shutil
+import sys
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
+from unittest import mock
 
+import cases_models
 import pytest
 import torch
 import yaml
 from conftest import PROMPT
 from model_state import assert_unchanged, snapshot
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 import tl_clt
 from tl_clt import AttributionGraph, CrossLayerTranscoder, Intervention, synthetic
+from tl_clt.clt import CLTFileChangedError
 from tl_clt.hooks import ModelNameWarning
 from tl_clt.loading import _read_hf_weights, qwen3_state_dict, qwen3_tl_config, read_hf_config
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
 N_FEATURES = 16
@@ -48,23 +61,46 @@ TABLE = read_table()
 
 
 # ------------------------------------------------------------------------ fixtures
-@pytest.fixture(scope="module")
-def env(model_dir, small_clt_dir):
-    model = tl_clt.load_qwen3(model_dir)
+def _env(model_dir, small_clt_dir, backend):
+    model = tl_clt.load_qwen3(model_dir, backend=backend)
     clt = CrossLayerTranscoder.from_pretrained(small_clt_dir, dtype=torch.float32)
     graph = tl_clt.attribute(model, clt, PROMPT, max_n_logits=3, verbose=False)
-    return SimpleNamespace(model=model, clt=clt, graph=graph, model_dir=model_dir, clt_src=small_clt_dir)
+    return SimpleNamespace(
+        model=model, clt=clt, graph=graph, model_dir=model_dir, clt_src=small_clt_dir, backend=backend
+    )
 
 
-@pytest.fixture()
-def ctx(env, tmp_path):
+@pytest.fixture(scope="module")
+def env(model_dir, small_clt_dir):
+    return _env(model_dir, small_clt_dir, "hooked")
+
+
+@pytest.fixture(scope="module")
+def bridge_env(model_dir, small_clt_dir):
+    return _env(model_dir, small_clt_dir, "bridge")
+
+
+def _ctx(env, tmp_path):
     """The shared model/CLT/graph plus a fresh copy of the CLT folder (`ctx.dir`) to break."""
     shutil.copytree(env.clt_src, tmp_path / "clt")
     return SimpleNamespace(**vars(env), dir=tmp_path / "clt", tmp=tmp_path)
 
 
-def folder_state(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())} if folder.is_dir() else {}
+@pytest.fixture()
+def ctx(env, tmp_path):
+    return _ctx(env, tmp_path)
+
+
+@pytest.fixture()
+def bridge_ctx(bridge_env, tmp_path):
+    return _ctx(bridge_env, tmp_path)
+
+
+def folder_state(folder: Path) -> dict[str, bytes | str]:
+    """Each entry's bytes (a symlink: where it points, so broken links can be compared too)."""
+    if not folder.is_dir():
+        return {}
+    return {p.name: os.readlink(p) if p.is_symlink() else p.read_bytes() for p in sorted(folder.iterdir())}
 
 
 # ------------------------------------------------------------------------ helpers to break a CLT folder
@@ -90,6 +126,8 @@ def load(folder: Path, **kwargs) -> CrossLayerTranscoder:
 
 
 def gpt2_model(tokenizer_of: HookedTransformer) -> HookedTransformer:
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
     cfg = HookedTransformerConfig(
         n_layers=3,
         d_model=64,
@@ -142,7 +180,7 @@ def case_clt_other_device(c):
 
 
 def case_model_bf16_clt_f32(c):
-    model = tl_clt.load_qwen3(c.model_dir, dtype=torch.bfloat16)
+    model = tl_clt.load_qwen3(c.model_dir, dtype=torch.bfloat16, backend=c.backend)
     clt16 = load(c.dir)  # bf16 on disk: the same values as c.clt, in bf16
     g32 = tl_clt.attribute(model, c.clt, PROMPT, max_n_logits=3, verbose=False)
     g16 = tl_clt.attribute(model, clt16, PROMPT, max_n_logits=3, verbose=False)
@@ -174,6 +212,8 @@ def _check_dtype_pairing(model, clt, atol):
 
 
 def case_folded_model(c):
+    from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: F401
+
     cfg = qwen3_tl_config(
         read_hf_config(c.model_dir), dtype=torch.float32, device="cpu", n_ctx=None, model_name="tiny-qwen3"
     )
@@ -186,6 +226,32 @@ def case_gpt2_model(c):
     tl_clt.attribute(gpt2_model(c.model), c.clt, PROMPT, verbose=False)
 
 
+def case_gemma2_model(c):
+    from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: F401
+
+    cfg = HookedTransformerConfig(
+        n_layers=3,
+        d_model=64,
+        d_head=16,
+        n_heads=4,
+        d_mlp=128,
+        d_vocab=c.model.cfg.d_vocab,
+        n_ctx=64,
+        act_fn="gelu_pytorch_tanh",
+        normalization_type="RMS",
+        gated_mlp=True,
+        positional_embedding_type="rotary",
+        original_architecture="Gemma2ForCausalLM",
+    )
+    tl_clt.attribute(HookedTransformer(cfg, tokenizer=c.model.tokenizer), c.clt, PROMPT, verbose=False)
+
+
+def case_processed_bridge(c):
+    bridge = tl_clt.load_qwen3(c.model_dir, backend="bridge")
+    bridge.enable_compatibility_mode()  # defaults: folds the norms, centres W_out / W_U
+    tl_clt.attribute(bridge, c.clt, PROMPT, verbose=False)
+
+
 def case_not_a_model(c):
     tl_clt.steer(torch.nn.Linear(64, 64), c.clt, PROMPT, [])
 
@@ -193,6 +259,13 @@ def case_not_a_model(c):
 # ------------------------------------------------------------------------ loading a CLT
 def case_missing_folder(c):
     load(c.tmp / "nowhere" / "clt")
+
+
+def case_hub_unreachable(c):
+    import huggingface_hub.constants as hub
+
+    with mock.patch.object(hub, "HF_HUB_OFFLINE", True), mock.patch.object(hub, "HF_HUB_CACHE", str(c.tmp)):
+        CrossLayerTranscoder.from_pretrained("nobody-here/no-such-clt")
 
 
 def case_missing_config(c):
@@ -386,6 +459,8 @@ def case_none_prompt(c):
 
 
 def case_no_tokenizer(c):
+    from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: F401
+
     bare = HookedTransformer(copy.deepcopy(c.model.cfg), move_to_device=False)
     tl_clt.to_tokens(bare, [5, 6, 7])
 
@@ -502,7 +577,7 @@ def case_prune_edge_threshold_above_1(c):
 
 
 def case_load_other_version(c):
-    torch.save({"format": "tl_clt.AttributionGraph/2", "graph": {}}, c.tmp / "g.pt")
+    save_file({"x": torch.zeros(1)}, str(c.tmp / "g.pt"), metadata={"format": "tl_clt.AttributionGraph/3"})
     AttributionGraph.load(c.tmp / "g.pt")
 
 
@@ -517,12 +592,20 @@ def case_load_truncated(c):
     AttributionGraph.load(c.tmp / "g.pt")
 
 
+def _edit_graph_file(path: Path, fn) -> None:
+    """Let `fn` change the dict of fields (tensors + the JSON ones) of a saved graph, write it back."""
+    with safe_open(str(path), framework="pt") as f:
+        fields = {**json.loads(f.metadata()["graph"]), **{k: f.get_tensor(k) for k in f.keys()}}
+    fn(fields)
+    tensors = {k: v for k, v in fields.items() if isinstance(v, torch.Tensor)}
+    plain = {k: v for k, v in fields.items() if not isinstance(v, torch.Tensor)}
+    meta = {"format": "tl_clt.AttributionGraph/2", "graph": json.dumps(plain)}
+    save_file(tensors, str(path), metadata=meta)
+
+
 def case_load_other_fields(c):
     c.graph.save(c.tmp / "g.pt")
-    blob = torch.load(c.tmp / "g.pt", weights_only=False)
-    blob["graph"]["edge_labels"] = []
-    del blob["graph"]["adjacency"]
-    torch.save(blob, c.tmp / "g.pt")
+    _edit_graph_file(c.tmp / "g.pt", lambda f: (f.update(edge_labels=[]), f.pop("adjacency")))
     AttributionGraph.load(c.tmp / "g.pt")
 
 
@@ -537,25 +620,20 @@ def case_save_missing_folder(c):
         assert not (c.tmp / "no").exists()
 
 
-def case_save_fails_midway(c, monkeypatch=None):
+def case_save_fails_midway(c):
     path = c.tmp / "out" / "g.pt"
     path.parent.mkdir()
     path.write_bytes(b"the user's previous graph")
-    real_save = torch.save
 
-    def disk_full(obj, f, *a, **k):
-        f.write(b"PK\x03\x04 half a zip")
+    def disk_full(fd):  # the bytes were written, flushing them to disk fails
         raise OSError(28, "No space left on device")
 
-    import tl_clt.graph as graph_module
-
-    graph_module.torch.save = disk_full
-    try:
-        c.graph.save(path)
-    finally:
-        graph_module.torch.save = real_save
-        assert path.read_bytes() == b"the user's previous graph"
-        assert [p.name for p in path.parent.iterdir()] == ["g.pt"]
+    with patched(tl_clt.files.os, "fsync", disk_full):
+        try:
+            c.graph.save(path)
+        finally:
+            assert path.read_bytes() == b"the user's previous graph"
+            assert [p.name for p in path.parent.iterdir()] == ["g.pt"]
 
 
 def case_group_unknown_node(c):
@@ -575,9 +653,461 @@ def case_top_inputs_unknown_node(c):
     tl_clt.top_inputs(c.graph, "F:0:1:9999")
 
 
+# ------------------------------------------------------------------------ files from strangers (issue 15)
+@contextlib.contextmanager
+def patched(obj, name: str, value):
+    """`obj.name = value` inside the block (the cases get no monkeypatch fixture)."""
+    old = getattr(obj, name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        setattr(obj, name, old)
+
+
+class _Payload:
+    """Unpickling this creates the file `marker`: code run by a graph file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def _refuses_payload(c, path: Path) -> None:
+    marker = c.tmp / "PAYLOAD_RAN"
+    try:
+        AttributionGraph.load(path)
+    finally:
+        assert not marker.exists(), "loading a graph file ran code"
+
+
+def case_load_pickle_payload(c):
+    graph = {"format": "tl_clt.AttributionGraph/1", "graph": {"meta": _Payload(c.tmp / "PAYLOAD_RAN")}}
+    torch.save(graph, c.tmp / "g.pt")  # the container tl_clt < 0.2 wrote
+    _refuses_payload(c, c.tmp / "g.pt")
+
+
+def case_load_raw_pickle(c):
+    (c.tmp / "g.pt").write_bytes(pickle.dumps(_Payload(c.tmp / "PAYLOAD_RAN")))
+    _refuses_payload(c, c.tmp / "g.pt")
+
+
+def case_load_legacy_file(c):
+    from dataclasses import fields
+
+    blob = {f.name: getattr(c.graph, f.name) for f in fields(c.graph)}
+    torch.save({"format": "tl_clt.AttributionGraph/1", "graph": blob}, c.tmp / "old.pt")
+    old = AttributionGraph.load(c.tmp / "old.pt")
+    assert torch.equal(old.adjacency, c.graph.adjacency) and old.token_strs == c.graph.token_strs
+    old.save(c.tmp / "new.pt")  # converting: load, save
+    assert AttributionGraph.load(c.tmp / "new.pt").meta == c.graph.meta
+
+
+def case_load_adjacency_shape(c):
+    c.graph.save(c.tmp / "g.pt")
+    _edit_graph_file(c.tmp / "g.pt", lambda f: f.update(adjacency=f["adjacency"][:, 1:].clone()))
+    AttributionGraph.load(c.tmp / "g.pt")
+
+
+def case_load_tokens_string(c):
+    c.graph.save(c.tmp / "g.pt")
+    _edit_graph_file(c.tmp / "g.pt", lambda f: f.update(tokens="hello"))
+    AttributionGraph.load(c.tmp / "g.pt")
+
+
+def case_load_feature_past_prompt(c):
+    c.graph.save(c.tmp / "g.pt")
+
+    def move(f):
+        f["active_features"][0, 1] = 99
+
+    _edit_graph_file(c.tmp / "g.pt", move)
+    AttributionGraph.load(c.tmp / "g.pt")
+
+
+def case_save_meta_not_json(c):
+    graph = copy.copy(c.graph)
+    graph.meta = {"scores": torch.ones(3)}
+    try:
+        graph.save(c.tmp / "g.pt")
+    finally:
+        assert not list(c.tmp.glob("*g.pt*"))
+
+
+def case_save_into_folder(c):
+    (c.tmp / "g.pt").mkdir()
+    c.graph.save(c.tmp / "g.pt")
+
+
+def case_save_unwritable_folder(c):
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(c.tmp / ".g.pt.x1y2.tmp"))
+
+    with patched(tl_clt.files.tempfile, "mkstemp", denied):
+        try:
+            c.graph.save(c.tmp / "g.pt")
+        except PermissionError as err:
+            assert ".tmp" not in str(err) and str(c.tmp / "g.pt") in str(err)
+            raise
+
+
+def _site_unchanged(c, fn):
+    """Run fn; afterwards nothing was written anywhere in the case's temp folder but the CLT copy."""
+    before = sorted(p for p in c.tmp.rglob("*") if "clt" not in p.parts)
+    try:
+        fn()
+    finally:
+        assert sorted(p for p in c.tmp.rglob("*") if "clt" not in p.parts) == before
+
+
+def case_folder_slug_from_extra_metadata(c):
+    site = c.tmp / "a" / "b" / "site"
+    _site_unchanged(c, lambda: tl_clt.write_graph_folder([c.graph], site, extra_metadata={"slug": "../../x"}))
+
+
+def _exported(c, **changes) -> Path:
+    c.graph.to_json(c.tmp / "e.json")
+    data = json.loads((c.tmp / "e.json").read_text())
+    data["metadata"].update(changes)
+    (c.tmp / "e.json").write_text(json.dumps(data))
+    return c.tmp / "e.json"
+
+
+def case_folder_slug_from_json(c):
+    path = _exported(c, slug="../../x")
+    _site_unchanged(c, lambda: tl_clt.write_graph_folder([path], c.tmp / "a" / "b" / "site"))
+
+
+def case_folder_slug_is_listing(c):
+    _site_unchanged(c, lambda: tl_clt.write_graph_folder({"graph-metadata": c.graph}, c.tmp / "site"))
+
+
+def _site_with_listing(c, text: str) -> Path:
+    site = c.tmp / "site"
+    site.mkdir()
+    (site / "graph-metadata.json").write_text(text)
+    return site
+
+
+def case_folder_corrupt_listing(c):
+    site = _site_with_listing(c, '{"graphs": [')
+    _site_unchanged(c, lambda: tl_clt.write_graph_folder([c.graph], site))
+
+
+def case_folder_list_listing(c):
+    site = _site_with_listing(c, "[]")
+    _site_unchanged(c, lambda: tl_clt.write_graph_folder([c.graph], site))
+
+
+def case_folder_non_graph_json(c):
+    (c.tmp / "other.json").write_text('{"name": "not a graph"}')
+    _site_unchanged(c, lambda: tl_clt.write_graph_folder([c.graph, c.tmp / "other.json"], c.tmp / "site"))
+
+
+def case_to_json_missing_folder(c):
+    try:
+        c.graph.to_json(c.tmp / "no" / "such" / "g.json")
+    finally:
+        assert not (c.tmp / "no").exists()
+
+
+def case_to_json_into_folder(c):
+    (c.tmp / "g.json").mkdir()
+    c.graph.to_json(c.tmp / "g.json")
+
+
+def case_plot_missing_folder(c):
+    c.graph.plot(c.tmp / "no" / "g.png")
+
+
+def case_plot_unknown_type(c):
+    try:
+        c.graph.plot(c.tmp / "g.xyz")
+    finally:
+        assert not list(c.tmp.glob("*g.xyz*"))
+
+
+def case_to_json_threshold_after_prune(c):
+    c.graph.prune(0.8).to_json(c.tmp / "g.json", node_threshold=0.1)
+
+
+def case_to_json_threshold_5_pruned(c):
+    c.graph.prune(0.8).to_json(c.tmp / "g.json", node_threshold=5.0)
+
+
+def case_to_json_threshold_nan_pruned(c):
+    c.graph.prune(0.8).to_json(c.tmp / "g.json", edge_threshold=math.nan)
+
+
+def case_to_json_threshold_string(c):
+    c.graph.to_json(c.tmp / "g.json", node_threshold="0.5")
+
+
+def case_to_json_threshold_scalars(c):
+    import numpy as np
+
+    for value in (torch.tensor(0.5), np.float32(0.5), np.int64(1)):
+        data = tl_clt.graph_to_dict(c.graph, "g", node_threshold=value)
+        assert data["metadata"]["pruning_settings"]["node_threshold"] == float(value)
+        assert type(data["metadata"]["pruning_settings"]["node_threshold"]) is float
+    ref = tl_clt.graph_to_dict(c.graph, "g", node_threshold=0.5)
+    assert tl_clt.graph_to_dict(c.graph, "g", node_threshold=torch.tensor(0.5))["nodes"] == ref["nodes"]
+
+
+# ---- lazy decoder files that change after loading
+def _lazy(c) -> CrossLayerTranscoder:
+    """A lazily loaded CLT (not via `load`: these cases change the folder after loading on purpose)."""
+    clt = CrossLayerTranscoder.from_pretrained(c.dir)
+    clt.decoder_rows(1, torch.arange(4))  # reads fine before the change
+    return clt
+
+
+def case_decoder_resaved_longer_header(c):
+    clt = _lazy(c)
+    tensors = load_file(str(c.dir / "W_dec_1.safetensors"))  # the same weights ...
+    save_file(tensors, str(c.dir / "W_dec_1.safetensors"), metadata={"note": "x" * 100})  # ... shifted
+    clt.decoder_rows(1, torch.arange(4))
+
+
+def case_decoder_replaced(c):
+    clt = _lazy(c)
+    path = c.dir / "W_dec_1.safetensors"
+    shutil.copy(path, c.tmp / "copy")
+    os.replace(c.tmp / "copy", path)  # identical bytes, another file
+    clt.decoder_rows(1, torch.arange(4))
+
+
+def _write_raw_safetensors(path: Path, header: dict, data: bytes) -> None:
+    text = json.dumps(header).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data)
+
+
+def _decoder_entry(c, offsets) -> tuple[dict, bytes]:
+    t = load_file(str(c.dir / "W_dec_1.safetensors"))["W_dec_1"]
+    data = t.view(torch.uint16).numpy().tobytes()
+    return {"dtype": "BF16", "shape": list(t.shape), "data_offsets": offsets(len(data))}, data
+
+
+def case_decoder_offsets_into_header(c):
+    entry, data = _decoder_entry(c, lambda n: [-16, n - 16])
+    _write_raw_safetensors(c.dir / "W_dec_1.safetensors", {"W_dec_1": entry}, data)
+    load(c.dir)
+
+
+def case_decoder_offsets_gap(c):
+    entry, data = _decoder_entry(c, lambda n: [64, n + 64])
+    _write_raw_safetensors(c.dir / "W_dec_1.safetensors", {"W_dec_1": entry}, b"\0" * 64 + data)
+    load(c.dir)
+
+
+def case_decoder_offsets_overlap(c):
+    entry, data = _decoder_entry(c, lambda n: [0, n])
+    other = {"dtype": "BF16", "shape": [8], "data_offsets": [0, 16]}
+    _write_raw_safetensors(c.dir / "W_dec_1.safetensors", {"W_dec_1": entry, "extra": other}, data)
+    load(c.dir)
+
+
+# ---- dtypes
+def case_clt_int_dtype(c):
+    load(c.dir, dtype=torch.int32)
+
+
+def case_clt_bad_dtype_name(c):
+    load(c.dir, dtype="float33")
+
+
+def case_clt_dtype_name(c):
+    clt = load(c.dir, dtype="float32")
+    assert clt.dtype == torch.float32
+    assert torch.equal(clt.W_enc, c.clt.W_enc) and torch.equal(
+        clt.decoder_rows(1, [3]), c.clt.decoder_rows(1, [3])
+    )
+
+
+def case_clt_int_encoder_on_disk(c):
+    edit_file(c.dir, "W_enc_0.safetensors", lambda t: t.update(W_enc_0=t["W_enc_0"].to(torch.int32)))
+    load(c.dir)
+
+
+def case_clt_int_decoder_on_disk(c):
+    edit_file(c.dir, "W_dec_1.safetensors", lambda t: t.update(W_dec_1=t["W_dec_1"].to(torch.int32)))
+    load(c.dir)
+
+
+def case_model_int_dtype(c):
+    tl_clt.load_qwen3(c.model_dir, dtype=int)
+
+
+def case_model_dtype_name(c):
+    model = tl_clt.load_qwen3(c.model_dir, dtype="bfloat16")
+    assert model.cfg.dtype == torch.bfloat16 and model.W_E.dtype == torch.bfloat16
+    torch.testing.assert_close(model.W_E.float(), c.model.W_E.bfloat16().float(), rtol=0, atol=0)
+
+
+# ---- CLT folder oddities
+def case_clt_broken_symlink(c):
+    (c.dir / "W_dec_1.safetensors").unlink()
+    (c.dir / "W_dec_1.safetensors").symlink_to(c.tmp / "blobs" / "deleted")
+    load(c.dir)
+
+
+def case_clt_zero_padded_names(c):
+    (c.dir / "W_enc_0.safetensors").rename(c.dir / "W_enc_00.safetensors")
+    load(c.dir)
+
+
+def case_clt_zero_features(c):
+    empty = synthetic.make_random_clt_folder(c.tmp / "empty", 3, 64, 0)
+    load(empty)
+
+
+def case_clt_feature_beyond_int64(c):
+    c.clt.decoder_rows(0, [2**70])
+
+
+# ---- model folders
+def _model_copy(c) -> Path:
+    dest = c.tmp / "model"
+    shutil.copytree(c.model_dir, dest)
+    return dest
+
+
+def case_model_no_tokenizer(c):
+    folder = _model_copy(c)
+    (folder / "tokenizer.json").unlink()
+    tl_clt.load_qwen3(folder)
+
+
+def case_model_n_ctx_0(c):
+    tl_clt.load_qwen3(c.model_dir, n_ctx=0)
+
+
+def case_model_n_ctx_negative(c):
+    tl_clt.load_qwen3(c.model_dir, n_ctx=-5)
+
+
+def case_model_nan_weight(c):
+    folder = _model_copy(c)
+    edit_file(folder, "model.safetensors", _poison("model.layers.1.mlp.up_proj.weight", (2, 3), math.nan))
+    tl_clt.load_qwen3(folder)
+
+
+# ------------------------------------------------------------------------ batch runs
+def _many(c, prompts, out="run", **kwargs):
+    return tl_clt.attribute_many(
+        c.model, c.clt, prompts, c.tmp / out, max_n_logits=2, verbose=False, **kwargs
+    )
+
+
+def case_batch_ray_missing(c):
+    saved = sys.modules.get("ray")
+    sys.modules["ray"] = None  # `import ray` raises ImportError
+    try:
+        tl_clt.attribute_many(str(c.model_dir), str(c.clt_src), ["a"], c.tmp / "run", engine="ray")
+    finally:
+        sys.modules.pop("ray")
+        if saved is not None:
+            sys.modules["ray"] = saved
+
+
+def case_batch_loaded_model_on_ray(c):
+    tl_clt.attribute_many(c.model, str(c.clt_src), ["a"], c.tmp / "run", engine="ray")
+
+
+def case_batch_local_workers(c):
+    _many(c, ["a"], workers=2)
+
+
+def case_batch_unknown_engine(c):
+    _many(c, ["a"], engine="dask")
+
+
+def case_batch_prompts_missing(c):
+    _many(c, c.tmp / "no-such-prompts.txt")
+
+
+def _jsonl(c, text: str):
+    path = c.tmp / "prompts.jsonl"
+    path.write_text(text)
+    return path
+
+
+def case_batch_jsonl_not_json(c):
+    _many(c, _jsonl(c, '{"prompt": "a"}\n{prompt: b}\n'))
+
+
+def case_batch_jsonl_no_prompt(c):
+    _many(c, _jsonl(c, '{"id": "a", "text": "a"}\n'))
+
+
+def case_batch_reserved_field(c):
+    _many(c, _jsonl(c, '{"id": "a", "prompt": "a", "status": "new"}\n'))
+
+
+def case_batch_duplicate_ids(c):
+    _many(c, _jsonl(c, '{"id": "a", "prompt": "a"}\n{"id": "a", "prompt": "b"}\n'))
+
+
+def case_batch_dataset_no_column(c):
+    import datasets
+
+    _many(c, datasets.Dataset.from_dict({"text": ["a"]}))
+
+
+def case_batch_other_options(c):
+    _many(c, [PROMPT])
+    tl_clt.attribute_many(c.model, c.clt, [PROMPT], c.tmp / "run", max_n_logits=3, verbose=False)
+
+
+def case_batch_prompt_changed(c):
+    _many(c, [PROMPT, "The capital of France is"])
+    _many(c, ["The capital of France is"])
+
+
+def case_batch_folder_in_use(c):
+    from tl_clt.batch.layout import RunDir
+
+    run = RunDir(c.tmp / "run")
+    run.create()
+    with run.lock():
+        _many(c, [PROMPT])
+
+
+def case_batch_bad_prompt(c):
+    tables = _many(c, [PROMPT, "", "The capital of France is"])
+    status = dict(zip(tables.manifest["id"], tables.manifest["status"]))
+    assert status == {"000000": "done", "000001": "failed", "000002": "done"}
+    error = tables.manifest.set_index("id").loc["000001", "error"]
+    assert error == "ValueError: The prompt is empty: pass some text or token ids."
+
+
+# ------------------------------------------------------------------------ attribution targets
+def case_target_several_tokens(c):
+    tl_clt.attribute(c.model, c.clt, PROMPT, targets=["Fact: The president"], verbose=False)
+
+
+def case_target_inactive_feature(c):
+    tl_clt.attribute(c.model, c.clt, PROMPT, targets=["F:1:1:15"], verbose=False)
+
+
+def case_target_empty(c):
+    tl_clt.attribute(c.model, c.clt, PROMPT, targets=[], verbose=False)
+
+
+def case_target_direction_shape(c):
+    tl_clt.attribute(c.model, c.clt, PROMPT, targets=[tl_clt.Direction("d", torch.ones(3))], verbose=False)
+
+
 # ------------------------------------------------------------------------ the tests
 CASES = {name.removeprefix("case_"): fn for name, fn in globals().items() if name.startswith("case_")}
-EXCEPTIONS = {"ModelNameWarning": ModelNameWarning}
+CASES |= cases_models.CASES  # docs/errors.md, section "Models, threads and hooks"
+EXCEPTIONS = {
+    "ModelNameWarning": ModelNameWarning,
+    "CLTFileChangedError": CLTFileChangedError,
+    "TargetError": tl_clt.TargetError,
+} | cases_models.EXCEPTIONS
 
 
 def test_every_table_row_has_a_case_and_back():
@@ -589,8 +1119,44 @@ def _message(err: BaseException) -> str:
     return str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
 
 
+# rows whose call takes the user's model (and builds no HookedTransformer) run on the bridge too, but
+# these, whose behaviour is HookedTransformer-only for now: recording the user's hooks (a bridge's hooks
+# are not found yet: a known gap, see the closing note of session 2) and SAELens (HookedSAETransformer);
+# and two that load a HookedTransformer or need Ray, which the transformer-lens 4.x CI venv has not
+HOOKED_ONLY = {
+    "user_forward_hook",
+    "user_backward_hook",
+    "sae_without_error_term",
+    "model_dtype_name",
+    "batch_loaded_model_on_ray",
+}
+BRIDGE_CASES = [
+    case
+    for case in TABLE
+    if case in CASES
+    and case not in HOOKED_ONLY
+    and re.search(r"c\.model\b|_attribute\(c\b|_bridge", inspect.getsource(CASES[case]))
+    and not re.search(r"HookedTransformer|gpt2_model", inspect.getsource(CASES[case]))
+]
+
+
+@pytest.mark.hooked
 @pytest.mark.parametrize("case", list(TABLE))
 def test_bad_input(ctx, case):
+    check_bad_input(ctx, case)
+
+
+@pytest.mark.bridge
+@pytest.mark.parametrize("case", BRIDGE_CASES)
+def test_bad_input_on_bridge(bridge_ctx, case):
+    check_bad_input(bridge_ctx, case)
+
+
+def test_bridge_runs_the_model_rows():
+    assert len(BRIDGE_CASES) > 20
+
+
+def check_bad_input(ctx, case):
     exc_name, excerpt = TABLE[case]
     model = ctx.model
     tokens = tl_clt.to_tokens(model, PROMPT)[None]

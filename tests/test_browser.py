@@ -42,7 +42,7 @@ def _frontend_assets() -> Path | None:
         os.environ.get("TL_CLT_FRONTEND"),
         _browser_dir() / "circuit-tracer/circuit_tracer/frontend/assets",
     ]
-    for venv in (ROOT / "ctvenv", Path("/work/ctvenv")):
+    for venv in (ROOT / ".ctvenv", ROOT / "ctvenv"):
         pattern = venv / "lib/python3*/site-packages/circuit_tracer/frontend/assets"
         candidates += glob.glob(str(pattern))
     for c in candidates:
@@ -134,7 +134,7 @@ def test_exported_graph_renders_in_the_frontend(tools, server, model_dir, clt, t
     pruned = graph.prune(0.8, 0.98)
     G = pruned.to_networkx()
     feats = [n for n, d in G.nodes(data=True) if d["kind"] == "feature" and G.degree(n)][:3]
-    export.write_graph_folder({"tiny": pruned}, data_dir, supernodes={"group": feats[:2]})
+    tl_clt.write_graph_folder({"tiny": pruned}, data_dir, supernodes={"group": feats[:2]})
     data = json.loads((data_dir / "tiny.json").read_text())
     export.validate_graph_json(data)
     groups = quote(json.dumps(data["qParams"]["supernodes"]))

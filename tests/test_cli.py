@@ -159,3 +159,48 @@ def test_missing_subcommand_and_broken_model_folder(tmp_path, clt_dir, capsys):
     code = main(_args(empty, clt_dir, tmp_path / "g.json"))
     assert code == 1
     assert "No config.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (["-o", "FOLDER.json"], r"-o .*that is a folder"),
+        (["-o", "UNDER_FILE/g.json"], r"-o .*(not a folder|Not a directory|exists)"),
+        (["--png", "UNDER_FILE/g.png"], r"--png .*(not a folder|Not a directory|exists)"),
+        (["--pt", "FOLDER.json"], r"--pt .*it is a folder"),
+        (["--pt", "SAME"], r"two outputs name the same file"),
+        (["--folder", "A_FILE"], r"--folder .*it is a file, not a folder"),
+        (["--folder", "BAD_SITE"], r"--folder .*graph-metadata.json is not a readable JSON file"),
+        (["--folder", "LIST_SITE"], r"--folder .*is not a graph listing"),
+    ],
+)
+def test_output_paths_are_checked_before_computing(model_dir, clt_dir, tmp_path, capsys, change, message):
+    """Every output problem exits 2 with a message before the model is even loaded."""
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "folder.json").mkdir()
+    for name, text in (("bad-site", "{oops"), ("list-site", "[]")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "graph-metadata.json").write_text(text)
+    subst = {
+        "FOLDER.json": str(tmp_path / "folder.json"),
+        "UNDER_FILE/g.json": str(tmp_path / "a_file" / "g.json"),
+        "UNDER_FILE/g.png": str(tmp_path / "a_file" / "g.png"),
+        "SAME": str(tmp_path / "g.json"),
+        "A_FILE": str(tmp_path / "a_file"),
+        "BAD_SITE": str(tmp_path / "bad-site"),
+        "LIST_SITE": str(tmp_path / "list-site"),
+    }
+    args = [a for a in _args(model_dir, clt_dir, tmp_path / "g.json") if a != "-q"]
+    flag, value = change[0], subst[change[1]]
+    if flag in args:
+        args[args.index(flag) + 1] = value
+    else:
+        args += [flag, value]
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err), err
+    assert "loading model" not in err and "Traceback" not in err
+    assert sorted(tmp_path.rglob("*")) == before

@@ -154,10 +154,20 @@ def test_error_ids_never_equal_feature_ids(tmp_path):
 
 def test_already_pruned_graph_is_exported_as_is(graph):
     P = graph.prune(node_threshold=0.5, edge_threshold=0.9)
-    data = export.graph_to_dict(P, "p", node_threshold=0.8)
+    data = export.graph_to_dict(P, "p")
     n_feat = sum(1 for n, d in P.to_networkx().nodes(data=True) if d["kind"] == "feature")
     assert sum(n["feature_type"] == "cross layer transcoder" for n in data["nodes"]) <= n_feat
     assert len(data["nodes"]) < len(export.graph_to_dict(graph, "q")["nodes"])
+    # the metadata says what was done: pruned before export, with thresholds export cannot know
+    assert data["metadata"]["pruning_settings"] == {
+        "node_threshold": None,
+        "edge_threshold": None,
+        "pruned_before_export": True,
+    }
+    assert export.graph_to_dict(graph, "q")["metadata"]["pruning_settings"] == {
+        "node_threshold": 0.8,
+        "edge_threshold": 0.98,
+    }
 
 
 def test_schema_rejects_broken_files(exported):
@@ -202,17 +212,17 @@ def test_non_finite_values_are_refused(tmp_path):
 def test_write_graph_folder(graph, tmp_path):
     graph.save(tmp_path / "saved.pt")
     graph.to_json(tmp_path / "exported.json", slug="from-json")
-    out = export.write_graph_folder(
+    out = tl_clt.write_graph_folder(
         [graph, tmp_path / "saved.pt", tmp_path / "exported.json", graph], tmp_path / "site"
     )
     slugs = export.validate_graph_folder(out)
     first = export.slugify("".join(graph.token_strs))
     assert slugs == [first, "saved", "from-json", f"{first}-2"]
-    export.write_graph_folder({"saved": tmp_path / "saved.pt"}, out)  # replaces, no duplicate
+    tl_clt.write_graph_folder({"saved": tmp_path / "saved.pt"}, out)  # replaces, no duplicate
     listing = json.loads((out / "graph-metadata.json").read_text())
     assert [g["slug"] for g in listing["graphs"]] == [first, "from-json", f"{first}-2", "saved"]
     with pytest.raises(FileNotFoundError):
-        export.write_graph_folder([tmp_path / "missing.pt"], out)
+        tl_clt.write_graph_folder([tmp_path / "missing.pt"], out)
     with pytest.raises(ValueError, match="slug"):
         graph.to_json(tmp_path / "x.json", slug="../escape")
 
@@ -226,10 +236,11 @@ def test_schemas_are_valid_and_shipped():
 
 # ------------------------------------------------------------------------ circuit-tracer parity
 def _reference_python() -> str | None:
+    """A python with circuit-tracer 0.5.0: $TL_CLT_CT_PYTHON, else the repo's .ctvenv (or ctvenv)."""
     candidates = [
         os.environ.get("TL_CLT_CT_PYTHON"),
+        HERE.parent / ".ctvenv/bin/python",
         HERE.parent / "ctvenv/bin/python",
-        "/work/ctvenv/bin/python",
     ]
     for c in candidates:
         if c and Path(c).is_file():
@@ -243,9 +254,9 @@ def _reference_python() -> str | None:
 def reference(graph, model_dir, tmp_path_factory):
     python = _reference_python()
     if python is None:
-        pytest.skip(
-            "no python with circuit-tracer 0.5.0 (set TL_CLT_CT_PYTHON, or make ./ctvenv "
-            "with /work/shared/tools/make-circuit-tracer-venv.sh)"
+        (pytest.fail if os.environ.get("TL_CLT_REQUIRE_CT") else pytest.skip)(
+            "no python with circuit-tracer 0.5.0 (run scripts/make-ctvenv.sh, as .ci/run does, "
+            "or set TL_CLT_CT_PYTHON)"
         )
     tmp = tmp_path_factory.mktemp("ct")
     graph.save(tmp / "g.pt")

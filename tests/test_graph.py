@@ -116,7 +116,7 @@ def test_save_load_roundtrip(tmp_path):
 
 def test_load_rejects_other_files(tmp_path):
     torch.save({"format": "something/0", "graph": {}}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="not a tl_clt.AttributionGraph/1"):
+    with pytest.raises(ValueError, match="not a tl_clt.AttributionGraph/2"):
         AttributionGraph.load(tmp_path / "other.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")
     with pytest.raises(ValueError, match="not a readable"):

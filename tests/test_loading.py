@@ -84,8 +84,13 @@ def test_hub_id_from_offline_cache(tmp_path, model_dir, monkeypatch):
     ref = tl_clt.load_qwen3(model_dir)
     tokens = tl_clt.to_tokens(ref, PROMPT)[None]
     torch.testing.assert_close(model(tokens), ref(tokens), atol=0, rtol=0)
-    with pytest.raises(FileNotFoundError, match="hub"):
+    with pytest.raises(FileNotFoundError, match="hub") as info:
         tl_clt.load_qwen3("Qwen/Not-In-Cache")
+    # short: no chained traceback from huggingface_hub; says how to use a folder and the toy world
+    err = info.value
+    assert err.__cause__ is None and err.__suppress_context__
+    assert len(str(err)) < 600 and "config.json and the *.safetensors" in str(err)
+    assert "tl_clt.toyworld.load_toyworld()" in str(err) and "tl-clt demo" in str(err)
 
 
 def test_bad_folders_get_clear_errors(tmp_path, model_dir):

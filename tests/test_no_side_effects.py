@@ -9,6 +9,7 @@ forward pass with another batch size or sequence length, or a pass after an inte
 from __future__ import annotations
 
 import inspect
+import tempfile
 
 import pytest
 import torch
@@ -39,17 +40,17 @@ class Tripwire:
 
 
 @pytest.fixture(scope="module")
-def user(model_dir, small_clt_dir):
+def user(model_dir, small_clt_dir, backend):
     """The user's model as they left it: a permanent hook, a temporary hook, a torch module hook, a frozen
     parameter, train mode. Shared by the tests of this module: each checks it is unchanged by its call."""
-    model = tl_clt.load_qwen3(model_dir)
+    model = tl_clt.load_qwen3(model_dir, backend=backend)
     clt = tl_clt.CrossLayerTranscoder.from_pretrained(small_clt_dir, dtype=torch.float32)
     trip = Tripwire()
     counted = []
     model.add_perma_hook("blocks.1.hook_attn_out", trip)
     model.add_hook("blocks.0.hook_resid_pre", lambda t, hook: counted.append(1) or t)
     model.blocks[2].mlp.register_forward_hook(lambda mod, args, out: None)
-    model.blocks[1].attn.W_Q.requires_grad_(False)
+    next(model.blocks[1].attn.parameters()).requires_grad_(False)  # W_Q's (HT) or q_proj's (bridge)
     model.train()
     model.blocks[0].eval()  # mixed modes must survive too
     return model, clt, trip, counted
@@ -86,8 +87,18 @@ def _preserve_body(model):
         return model(_tokens(model)[None])
 
 
+def _attribute_many(model, clt):
+    """A batch run on the user's objects; a prompt's recorded failure is raised, as `attribute` would."""
+    with tempfile.TemporaryDirectory() as out:
+        tables = tl_clt.attribute_many(model, clt, [PROMPT], out, max_n_logits=3, batch_size=4, verbose=False)
+    failed = tables.manifest[tables.manifest["status"] == "failed"]
+    if len(failed):
+        raise RuntimeError(failed["error"].iloc[0])
+
+
 # name -> (public function it exercises, whether it runs the model forward, call(model, clt))
 CALLS = {
+    "attribute_many": ("attribute_many", True, _attribute_many),
     "attribute": (
         "attribute",
         True,
@@ -164,6 +175,7 @@ CALLS = {
     ),
     "check_compatible": ("check_compatible", False, lambda m, c: tl_clt.check_compatible(m, c)),
     "to_tokens": ("to_tokens", False, lambda m, c: tl_clt.to_tokens(m, PROMPT)),
+    "sites_for": ("sites_for", False, lambda m, c: tl_clt.sites_for(m)),
     "preserve": ("preserve", True, lambda m, c: _preserve_body(m)),
 }
 FORWARD_CALLS = [name for name, (_, forward, _) in CALLS.items() if forward]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 
 import networkx as nx
@@ -75,9 +76,24 @@ def test_png_has_one_marker_per_node(pruned, tmp_path):
         got = sum(len(c.get_offsets()) for c in _markers(fig, kind))
         assert got == want, kind
     edges = [c for c in fig.axes[0].collections if c.get_gid() == "tl_clt-edges"]
-    assert len(edges) == 1 and len(edges[0].get_segments()) == G.number_of_edges()
+    want = sum(min(3, sum(1 for _, _, w in G.in_edges(n, data="weight") if w)) for n in G)  # 3 per node
+    assert len(edges) == 1 and len(edges[0].get_segments()) == want < G.number_of_edges()
+    assert f"{want} edges (the strongest of {G.number_of_edges()})" in fig.axes[0].get_title()
+    every = pruned.plot(max_in_edges=None, max_edges=None)
+    (lines,) = [c for c in every.axes[0].collections if c.get_gid() == "tl_clt-edges"]
+    assert len(lines.get_segments()) == G.number_of_edges()
     labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
     assert labels == ["<|endoftext|>", " t1", " t2", " t3", " t4"]
+
+
+def test_strongest_edges_keeps_each_nodes_largest_inputs(pruned):
+    G = pruned.to_networkx()
+    kept = plot.strongest_edges(G, 2)
+    for node in G:
+        incoming = sorted((abs(w) for _, _, w in G.in_edges(node, data="weight") if w), reverse=True)
+        got = sorted((abs(w) for _, v, w in kept if v == node), reverse=True)
+        assert got == incoming[:2], node
+    assert [abs(w) for *_, w in kept] == sorted(abs(w) for *_, w in kept)  # weakest first (drawn under)
 
 
 def test_nodes_sharing_a_cell_are_spread(pruned):
@@ -95,7 +111,7 @@ def test_nodes_sharing_a_cell_are_spread(pruned):
     assert xy["T:0"][1] == 0  # tokens at the bottom
 
 
-def test_grouped_graph_places_supernodes_at_member_means(pruned, tmp_path):
+def test_grouped_graph_places_supernodes_in_the_cell_nearest_their_members(pruned, tmp_path):
     G = pruned.to_networkx()
     groups = {"early": ["F:0:1:3", "F:1:4:2"], "late": ["F:2:3:8", "F:2:4:9", "F:1:3:1"]}
     H = _grouped(G, groups)
@@ -103,12 +119,17 @@ def test_grouped_graph_places_supernodes_at_member_means(pruned, tmp_path):
     assert (tmp_path / "grouped.svg").read_text().lstrip().startswith("<?xml")
     assert plot.node_marker_count(fig) == H.number_of_nodes()
     (supers,) = _markers(fig, "supernode")
-    xy, centers, _ = plot.node_positions(H, 3, 5)
+    xy, centers, widths = plot.node_positions(H, 3, 5)
     got = {tuple(p) for p in supers.get_offsets().tolist()}
     assert got == {xy["early"], xy["late"]}
-    assert xy["early"] == pytest.approx((plot._column_x(2.5, centers), 0.5 + 1))
-    assert xy["late"][1] == pytest.approx((2 + 2 + 1) / 3 + 1)
-    assert xy["late"][0] == pytest.approx(plot._column_x(10 / 3, centers))
+    # members' mean: early (row 1.5, pos 2.5) -> cell (2, 3); late (row 2.67, pos 3.33) -> cell (3, 3)
+    for name, row in (("early", 2), ("late", 3)):
+        x, y = xy[name]
+        assert abs(y - row) < 0.4 and abs(x - centers[3]) < widths[3] / 2, name
+    # a supernode shares its cell's grid: no marker of another node at its place
+    others = [p for n, p in xy.items() if n not in ("early", "late")]
+    for name in ("early", "late"):
+        assert min(math.dist(xy[name], p) for p in others) > 0.1
     texts = {t.get_text() for t in fig.axes[0].texts}
     assert {"early", "late"} <= texts
 
@@ -119,7 +140,7 @@ def test_supernode_with_only_layer_and_pos_lists():
     H.add_node("g", kind="supernode", members=[], layer=[0, 2], pos=[1, 2], influence=0.3)
     H.add_edge("T:0", "g", weight=0.5)
     xy, centers, _ = plot.node_positions(H, 3, 3)
-    assert xy["g"] == pytest.approx((plot._column_x(1.5, centers), 2.0))
+    assert xy["g"] == pytest.approx((centers[2], 2.0))  # mean (layer 1, pos 1.5) -> cell (row 2, pos 2)
 
 
 def test_unpruned_graph_input_and_bad_inputs(tmp_path):
@@ -139,3 +160,53 @@ def test_missing_matplotlib_gives_a_clear_error(pruned, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     with pytest.raises(ImportError, match=r"tl-clt\[viz\]"):
         pruned.plot()
+
+
+def _overlaps(boxes) -> list[tuple[int, int]]:
+    return [(i, j) for i, a in enumerate(boxes) for j, b in enumerate(boxes[:i]) if a.overlaps(b)]
+
+
+def test_feature_labels_never_run_together():
+    """A crowded graph: every label the renderer draws is clear of every other label and of the tick
+    labels; those with no room are left out and counted in the title."""
+    crowded = [(layer, 2, f) for layer in range(3) for f in range(24)] + [(2, 4, f) for f in range(20)]
+    g = make_graph(crowded, n_layers=3, n_pos=5, density=0.5).prune(1.0, 1.0)
+    fig = g.plot(label_features=True)
+    ax = fig.axes[0]
+    renderer = fig.canvas.get_renderer()
+    labels = [t for t in ax.texts if t.get_visible()]
+    boxes = [t.get_window_extent(renderer) for t in labels]
+    ticks = [t.get_window_extent(renderer) for t in ax.get_xticklabels() + ax.get_yticklabels()]
+    assert len(labels) > 20
+    assert _overlaps(boxes) == []
+    assert not any(b.overlaps(t) for b in boxes for t in ticks)
+    hidden = sum(not t.get_visible() for t in ax.texts)
+    n_features = sum(d["kind"] == "feature" for _, d in g.to_networkx().nodes(data=True))
+    assert len(labels) + hidden == n_features + g.n_logits
+    if hidden:
+        assert f"{hidden} labels left out" in ax.get_title()
+    # the same labels written in a PNG at another dpi stay apart: the check holds for the file too
+    fig.savefig(__import__("io").BytesIO(), dpi=90)
+    boxes = [t.get_window_extent(fig.canvas.get_renderer()) for t in labels]
+    assert _overlaps(boxes) == []
+
+
+def test_space_and_newline_tokens_are_visible():
+    g = make_graph(FEATURES, n_layers=3, n_pos=5, density=0.7)
+    g.token_strs[2], g.token_strs[3] = " ", "\n"
+    labels = [t.get_text() for t in g.plot().axes[0].get_xticklabels()]
+    assert labels[2] == "␣" and labels[3] == "⏎"
+
+
+def test_figures_display_in_ipython_without_magic(pruned):
+    """IPython's display formatter (what Jupyter calls on a cell's value) gives one PNG, with no
+    pyplot figure left to be shown a second time by the inline backend."""
+    from IPython.core.formatters import DisplayFormatter
+    from matplotlib import pyplot as plt
+
+    before = plt.get_fignums()
+    fig = pruned.plot()
+    data, _ = DisplayFormatter().format(fig)
+    assert data["image/png"][:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Figure size" in data["text/plain"]
+    assert plt.get_fignums() == before

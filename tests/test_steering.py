@@ -76,8 +76,8 @@ def clean_acts(model, raw, tokens):
 
 # ------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
-def setup(model_dir, clt_dir, clt):
-    model = tl_clt.load_qwen3(model_dir)
+def setup(model_dir, clt_dir, clt, backend):
+    model = tl_clt.load_qwen3(model_dir, backend=backend)
     tokens = to_tokens(model, PROMPT)
     raw = RawCLT(clt_dir, model.cfg.n_layers)
     with torch.no_grad():
@@ -86,12 +86,13 @@ def setup(model_dir, clt_dir, clt):
 
 
 @pytest.fixture(scope="module")
-def one_layer(tmp_path_factory, tokenizer):
+def one_layer(tmp_path_factory, tokenizer, backend):
     root = tmp_path_factory.mktemp("one_layer")
     model = tl_clt.load_qwen3(
         synthetic.make_qwen3_folder(
             root / "tiny-qwen3", tokenizer=tokenizer, num_hidden_layers=1, initializer_range=0.1, seed=1
-        )
+        ),
+        backend=backend,
     )
     clt_dir = synthetic.make_random_clt_folder(
         root / "c", n_layers=1, d_model=64, n_features=64, density=0.2, seed=1
@@ -305,7 +306,8 @@ def _snapshot(model):
 
 def test_nothing_is_left_behind_also_when_a_hook_raises(setup, clt, monkeypatch):
     model, tokens, _, _ = setup
-    model.blocks[1].mlp.W_in.requires_grad_(False)
+    param = next(model.blocks[1].mlp.parameters())  # W_gate (HT) or gate_proj's weight (bridge)
+    param.requires_grad_(False)
     try:
         before = _snapshot(model)
         assert not any(sum(v) for v in before[0].values())
@@ -343,7 +345,7 @@ def test_nothing_is_left_behind_also_when_a_hook_raises(setup, clt, monkeypatch)
             model(tokens)
         assert _snapshot(model) == before
     finally:
-        model.blocks[1].mlp.W_in.requires_grad_(True)
+        param.requires_grad_(True)
 
 
 # ------------------------------------------------------------------------ generation

@@ -1,33 +1,144 @@
-"""The tutorials run on the toy world, and tell the story: each ablation moves the prediction the way
-the seed predicts. Expected directions come from the seed (not from a previous run of the notebook)."""
+"""The tutorials run on the toy world and tell the truth.
+
+Each notebook is executed in this process by IPython's own shell (magics included), so the test holds
+the very objects the notebook made (its `model`, its `groups`, its `results`). Every claim is then
+recomputed here, independently of the code under test: token ids straight from the tokenizer, steering
+with the reference in tests/test_steering.py (raw safetensors tensors and plain TransformerLens hooks),
+hooks counted on the notebook's own model object, its logits compared with a freshly loaded model. The
+numbers the notebook printed are checked against the recomputed ones. Expected directions come from the
+seed (not from a previous run of the notebook).
+"""
 
 from __future__ import annotations
 
-import json
+import contextlib
+import io
+import os
 from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
+import torch
+from test_steering import RawCLT, reference_steer
+
+import tl_clt
+from tl_clt.toyworld import load_toyworld, toyworld_paths
 
 TUTORIALS = Path(__file__).resolve().parents[1] / "tutorials"
-PRESIDENTS_60S_80S = {" Lyndon", " Richard", " Gerald", " Jimmy", " Ronald"}
-FILLER = {" a", " the", " not", " very", " quite", " much", " The", " was", " in"}
+PRESIDENTS_60S_80S = [" Lyndon", " Richard", " Gerald", " Jimmy", " Ronald"]
+PRESIDENTS = PRESIDENTS_60S_80S + [" George", " Bill", " Barack", " Donald", " Joe"]
+FILLER = [" a", " the", " not", " very", " quite", " much", " The", " was", " in"]
+PROMPT = "Fact: The president of the United States in 2010 was"
+CORRUPT = "Fact: The president of the United States in 1985 was"
 
 
-def run_notebook(name: str, tmp_path: Path) -> dict:
+@contextlib.contextmanager
+def _cwd(path: Path):
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def execute_in_process(name: str, cwd: Path) -> tuple[dict, str]:
+    """Run the notebook's code cells in an IPython shell here; (its namespace, what it printed)."""
+    import matplotlib
+    from IPython.core.interactiveshell import InteractiveShell
+    from matplotlib import pyplot as plt
+    from traitlets.config import Config
+
+    class Shell(InteractiveShell):
+        def enable_gui(self, gui=None):  # `%matplotlib inline` needs no GUI event loop
+            pass
+
     nb = nbformat.read(TUTORIALS / f"{name}.ipynb", as_version=4)
-    NotebookClient(
-        nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
-    ).execute()
-    for cell in nb.cells:
-        for out in cell.get("outputs", []):
-            for line in out.get("text", "").splitlines():
-                if line.startswith("TUTORIAL_RESULTS "):
-                    return json.loads(line.removeprefix("TUTORIAL_RESULTS "))
-    raise AssertionError(f"{name} printed no TUTORIAL_RESULTS line")
+    backend = matplotlib.get_backend()
+    config = Config()
+    config.HistoryManager.enabled = False
+    config.InteractiveShell.colors = "nocolor"
+    shell = Shell.instance(config=config)
+    printed = io.StringIO()
+    try:
+        with _cwd(cwd), contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+            for i, cell in enumerate(c for c in nb.cells if c.cell_type == "code"):
+                result = shell.run_cell(cell.source, store_history=False)
+                if not result.success:
+                    error = result.error_in_exec or result.error_before_exec
+                    raise AssertionError(
+                        f"{name}: code cell {i} failed: {error!r}\n{printed.getvalue()[-3000:]}"
+                    )
+        return dict(shell.user_ns), printed.getvalue()
+    finally:
+        Shell.clear_instance()
+        plt.close("all")
+        matplotlib.use(backend)  # %matplotlib inline switched it
 
 
+# ------------------------------------------------------------------------ independent measurements
+class Judge:
+    """The toy world loaded afresh, with token ids and steering computed without tl_clt."""
+
+    def __init__(self):
+        self.model, _ = load_toyworld()
+        tok = self.model.tokenizer
+        self.sink = tok.convert_tokens_to_ids("<|endoftext|>")
+        self.raw = RawCLT(toyworld_paths()[1], self.model.cfg.n_layers)
+
+    def tokens(self, text: str) -> torch.Tensor:
+        return torch.tensor([self.sink] + self.model.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def ids(self, words: list[str]) -> list[int]:
+        return [self.model.tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in words]
+
+    @torch.no_grad()
+    def logits(self, text: str) -> torch.Tensor:
+        return self.model(self.tokens(text)[None])[0]
+
+    @torch.no_grad()
+    def clean_acts(self, tokens: torch.Tensor) -> torch.Tensor:
+        _, cache = self.model.run_with_cache(tokens[None])
+        n = self.model.cfg.n_layers
+        return torch.stack(
+            [self.raw.acts(self.model, k, cache[f"blocks.{k}.ln2.hook_normalized"][0]) for k in range(n)]
+        )
+
+    def steer(
+        self, text: str, nodes: list[str], factor: float, freeze_attention: bool = True
+    ) -> torch.Tensor:
+        """Logits with each feature node set to `factor` x its clean activation (0: ablated)."""
+        tokens = self.tokens(text)
+        acts = self.clean_acts(tokens)
+        keys = [tuple(int(x) for x in n.split(":")[1:]) for n in nodes if n.startswith("F:")]
+        ivs = [(k, [p], f, factor * float(acts[k, p, f])) for k, p, f in keys]
+        return reference_steer(self.model, self.raw, tokens, ivs, freeze_attention)
+
+    def summary(self, logits: torch.Tensor) -> dict:
+        p = logits[-1].float().softmax(-1)
+        return {
+            "top": self.model.tokenizer.decode(p.argmax()),
+            "p_barack": float(p[self.ids([" Barack"])[0]]),
+            "p_presidents_60s_80s": float(p[self.ids(PRESIDENTS_60S_80S)].sum()),
+            "p_filler": float(p[self.ids(FILLER)].sum()),
+            "p_presidents": float(p[self.ids(PRESIDENTS)].sum()),
+        }
+
+
+@pytest.fixture(scope="module")
+def judge():
+    return Judge()
+
+
+def _same_numbers(printed: dict, recomputed: dict) -> None:
+    """The notebook's printed figures equal the recomputed ones."""
+    assert printed["top"] == recomputed["top"]
+    for key, value in recomputed.items():
+        if key != "top" and key in printed:
+            assert printed[key] == pytest.approx(value, abs=2e-3), key
+
+
+# ------------------------------------------------------------------------ tutorial 01
 def test_notebooks_are_built_from_their_cells():
     from build_notebooks import load_cells, make_notebook
 
@@ -42,42 +153,107 @@ def test_notebooks_are_built_from_their_cells():
 
 @pytest.fixture(scope="module")
 def president(tmp_path_factory):
-    return run_notebook("01_president_circuit", tmp_path_factory.mktemp("t01"))
+    ns, printed = execute_in_process("01_president_circuit", tmp_path_factory.mktemp("t01"))
+    return ns, printed
 
 
-def test_president_circuit_has_four_groups(president):
-    assert president["baseline"]["top"] == " Barack" and president["baseline"]["p_barack"] > 0.5
-    assert set(president["groups"]) == {"President", "Year ~2010", "Say a political figure", "Events ~2010"}
-    assert all(n > 0 for n in president["groups"].values())
+@pytest.fixture(scope="module")
+def effects(president, judge):
+    """Each of the notebook's groups ablated and steered x-1, measured here."""
+    groups = president[0]["groups"]
+    return {
+        name: {
+            "ablate": judge.summary(judge.steer(PROMPT, m, 0.0)),
+            "x-1": judge.summary(judge.steer(PROMPT, m, -1.0)),
+        }
+        for name, m in groups.items()
+    }
 
 
-def test_ablating_the_year_gives_presidents_of_other_decades(president):
-    base, ablated, steered = (
-        president["baseline"],
-        president["Year ~2010"]["ablate"],
-        president["Year ~2010"]["x-1"],
-    )
+def test_the_prediction_and_the_four_groups(president, judge):
+    ns, printed = president
+    base = judge.summary(judge.logits(PROMPT))
+    assert base["top"] == " Barack" and base["p_barack"] > 0.5
+    assert set(ns["groups"]) == {"President", "Year ~2010", "Say a political figure", "Events ~2010"}
+    graph_nodes = set(ns["graph"].node_ids())
+    for name, members in ns["groups"].items():
+        assert members and set(members) <= graph_nodes, name
+    _same_numbers(ns["results"]["baseline"], base)
+    assert "Traceback" not in printed
+
+
+def test_ablating_the_year_gives_presidents_of_other_decades(president, judge, effects):
+    base = judge.summary(judge.logits(PROMPT))
+    ablated, steered = effects["Year ~2010"]["ablate"], effects["Year ~2010"]["x-1"]
     assert ablated["top"] in PRESIDENTS_60S_80S and ablated["p_barack"] < 0.1 * base["p_barack"]
     assert ablated["p_presidents_60s_80s"] > 0.5
     assert steered["top"] in PRESIDENTS_60S_80S  # steering the era down: 70s/80s presidents
 
 
 @pytest.mark.parametrize("group", ["President", "Say a political figure"])
-def test_removing_office_groups_gives_filler(president, group):
-    base, ablated, steered = president["baseline"], president[group]["ablate"], president[group]["x-1"]
+def test_removing_office_groups_gives_filler(president, judge, effects, group):
+    base = judge.summary(judge.logits(PROMPT))
+    ablated, steered = effects[group]["ablate"], effects[group]["x-1"]
     assert ablated["p_filler"] > 5 * base["p_filler"] and ablated["p_presidents"] < base["p_presidents"]
     assert steered["top"] in FILLER and steered["p_filler"] > 0.3
 
 
-def test_steering_events_down_moves_away_from_barack(president):
-    base, steered = president["baseline"], president["Events ~2010"]["x-1"]
+def test_steering_events_down_moves_away_from_barack(president, judge, effects):
+    base = judge.summary(judge.logits(PROMPT))
+    steered = effects["Events ~2010"]["x-1"]
     assert steered["p_barack"] < base["p_barack"] - 0.05
     assert steered["p_presidents"] > 0.5  # still a president, of another era
 
 
-def test_with_your_own_hooks(tmp_path):
-    r = run_notebook("02_with_your_own_hooks", tmp_path)
-    assert r["error_term_max_diff"] < 1e-4
-    assert r["hooks_left"] == 0 and r["same_logits"]
-    assert r["year_positions"] and r["feature_patch_moved"] > 0.5
-    assert r["feature_patch_prediction"] in PRESIDENTS_60S_80S  # patched year features: an 80s-era answer
+def test_the_notebook_printed_what_was_measured(president, effects):
+    results = president[0]["results"]
+    for name, by_change in effects.items():
+        for change, recomputed in by_change.items():
+            _same_numbers(results[name][change], recomputed)
+
+
+# ------------------------------------------------------------------------ tutorial 02
+def test_with_your_own_hooks(tmp_path, judge):
+    ns, printed = execute_in_process("02_with_your_own_hooks", tmp_path)
+    model = ns["model"]  # the notebook's own model object, after everything it did
+    # no hook left on it, and it gives the logits of a freshly loaded toy world
+    assert sum(len(hp.fwd_hooks) + len(hp.bwd_hooks) for hp in model.hook_dict.values()) == 0
+    tokens = judge.tokens(PROMPT)
+    with torch.no_grad():
+        assert torch.equal(model(tokens[None]), judge.model(tokens[None]))
+    # the CLT spliced in with its error term changes nothing (measured here, on the fresh model)
+    clt = tl_clt.CrossLayerTranscoder.from_pretrained(toyworld_paths()[1], dtype=torch.float32)
+    with (
+        torch.no_grad(),
+        judge.model.hooks(fwd_hooks=tl_clt.replacement_hooks(judge.model, clt, use_error_term=True)),
+    ):
+        with_clt = judge.model(tokens[None])
+    with torch.no_grad():
+        diff = float((with_clt - judge.model(tokens[None])).abs().max())
+    assert diff < 1e-4 and ns["results"]["error_term_max_diff"] == pytest.approx(diff, abs=1e-5)
+    # the year's positions, from the token ids
+    corrupt = judge.tokens(CORRUPT)
+    year_positions = [p for p in range(len(tokens)) if tokens[p] != corrupt[p]]
+    assert year_positions and ns["results"]["year_positions"] == year_positions
+    # patching the 1985 run's feature activations in at those positions: an 80s-era answer
+    clean_acts, corrupt_acts = judge.clean_acts(tokens), judge.clean_acts(corrupt)
+    ivs = []
+    for p in year_positions:
+        for k in range(judge.model.cfg.n_layers):
+            changed = ((clean_acts[k, p] != 0) | (corrupt_acts[k, p] != 0)).nonzero().flatten().tolist()
+            ivs += [(k, [p], f, float(corrupt_acts[k, p, f])) for f in changed]
+    patched = reference_steer(judge.model, judge.raw, tokens, ivs, freeze_attention=False)
+    clean_logits, corrupt_logits = judge.logits(PROMPT), judge.logits(CORRUPT)
+    answer, corrupt_answer = int(clean_logits[-1].argmax()), int(corrupt_logits[-1].argmax())
+
+    def logit_diff(lg):
+        return float(lg[-1, answer] - lg[-1, corrupt_answer])
+
+    moved = (logit_diff(clean_logits) - logit_diff(patched)) / (
+        logit_diff(clean_logits) - logit_diff(corrupt_logits)
+    )
+    prediction = judge.model.tokenizer.decode(patched[-1].argmax())
+    assert moved > 0.5 and prediction in PRESIDENTS_60S_80S
+    assert ns["results"]["feature_patch_moved"] == pytest.approx(moved, abs=1e-3)
+    assert ns["results"]["feature_patch_prediction"] == prediction
+    assert "Traceback" not in printed

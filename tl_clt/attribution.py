@@ -19,66 +19,22 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
-from transformer_lens.hook_points import HookPoint
 
+from tl_clt.checks import as_int, as_number
 from tl_clt.clt import CrossLayerTranscoder
-from tl_clt.graph import AttributionGraph, partial_influence
-from tl_clt.hooks import (
-    capture_hooks,
-    check_compatible,
-    input_hook_name,
-    output_hook_name,
-    preserve,
-)
-from tl_clt.prompts import Prompt, to_tokens
+from tl_clt.fingerprints import clt_fingerprint, model_fingerprint
+from tl_clt.frozen import PromptState, all_activations, clean_pass, freeze_hooks
+from tl_clt.graph import AttributionGraph
+from tl_clt.hooks import check_compatible, preserve
+from tl_clt.influence import partial_influence
+from tl_clt.progress import tqdm
+from tl_clt.prompts import SINK_POS, Prompt, prompt_offset, tokens_after_sink
+from tl_clt.targets import resolve_targets
 
-FROZEN_SUFFIXES = ("ln1.hook_scale", "ln2.hook_scale", "attn.hook_pattern")
-
-
-@dataclass
-class PromptState:
-    """What one clean forward pass tells us about a prompt."""
-
-    tokens: Int[Tensor, " pos"]
-    logits: Float[Tensor, "pos d_vocab"]
-    mlp_in: Float[Tensor, "n_layers pos d_model"]
-    mlp_out: Float[Tensor, "n_layers pos d_model"]
-    frozen: dict[str, Tensor]  # hook name -> norm scale or attention pattern of the clean pass
-    final_scale: Float[Tensor, "pos 1"]
-
-
-def clean_pass(model: HookedTransformer, clt: CrossLayerTranscoder, tokens: Tensor) -> PromptState:
-    """One no-grad forward pass caching CLT inputs, MLP outputs, norm scales and patterns."""
-    store: dict[str, list] = {}
-    frozen: dict[str, Tensor] = {}
-
-    def save(tensor: Tensor, *, hook: HookPoint) -> Tensor:
-        frozen[hook.name] = tensor.detach()
-        return tensor
-
-    names = [n for n in model.hook_dict if n.endswith(FROZEN_SUFFIXES)] + ["ln_final.hook_scale"]
-    hooks = capture_hooks(model, clt, store) + [(n, save) for n in names]
-    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-        logits = model(tokens[None])
-    return PromptState(
-        tokens=tokens,
-        logits=logits[0],
-        mlp_in=torch.cat(store["mlp_in"]),
-        mlp_out=torch.cat(store["mlp_out"]),
-        frozen={n: t for n, t in frozen.items() if n != "ln_final.hook_scale"},
-        final_scale=frozen["ln_final.hook_scale"][0],
-    )
-
-
-def freeze_hooks(frozen: dict[str, Tensor]) -> list:
-    """Forward hooks that replace norm scales and attention patterns by their clean-pass values."""
-
-    def hook_fn(tensor: Tensor, *, hook: HookPoint) -> Tensor:
-        return frozen[hook.name].to(tensor.dtype).expand_as(tensor)
-
-    return [(name, hook_fn) for name in frozen]
+DEFAULT_MAX_N_LOGITS = 10
+DEFAULT_DESIRED_LOGIT_PROB = 0.95
+DEFAULT_BATCH_SIZE = 64
+DEFAULT_UPDATE_INTERVAL = 4
 
 
 @dataclass
@@ -91,8 +47,8 @@ class ActiveFeatures:
 
 
 def find_active_features(clt: CrossLayerTranscoder, state: PromptState) -> ActiveFeatures:
-    acts = torch.stack([clt.encode(state.mlp_in[k], k) for k in range(clt.n_layers)])
-    acts[:, 0] = 0  # the attention sink is not explained by features
+    acts = all_activations(clt, state.mlp_in)
+    acts[:, SINK_POS] = 0  # the attention sink is not explained by features
     index = acts.nonzero()
     values = acts[index[:, 0], index[:, 1], index[:, 2]]
     return ActiveFeatures(index, values, clt.decode(acts))
@@ -103,18 +59,19 @@ class LinearReplacement:
 
     def __init__(
         self,
-        model: HookedTransformer,
+        model,
         clt: CrossLayerTranscoder,
         state: PromptState,
         active: ActiveFeatures,
         batch_size: int,
     ):
         self.model, self.clt, self.state, self.active = model, clt, state, active
+        self.model_sites = state.sites  # where things are on the model (tl_clt.sites)
         self.n_layers, self.n_pos = clt.n_layers, len(state.tokens)
         self.batch_size = batch_size
         self.n_backward = 0
         self.errors = state.mlp_out - active.reconstruction
-        self.errors[:, 0] = 0
+        self.errors[:, SINK_POS] = 0
         self.embed: Tensor | None = None
         self.mlp_out: list[Tensor | None] = [None] * self.n_layers
         self.sites: list[Tensor | None] = [None] * (self.n_layers + 1)
@@ -123,47 +80,51 @@ class LinearReplacement:
 
     # ---------------------------------------------------------------- forward
     def _hooks(self) -> list:
-        def embed_hook(tensor: Tensor, *, hook: HookPoint) -> Tensor:
+        def embed_hook(tensor: Tensor, *, hook) -> Tensor:
             self.embed = tensor.detach().requires_grad_(True)
             return self.embed
 
         def leaf_hook(layer: int):
-            def fn(tensor: Tensor, *, hook: HookPoint) -> Tensor:
+            def fn(tensor: Tensor, *, hook) -> Tensor:
                 self.mlp_out[layer] = tensor.detach().requires_grad_(True)
                 return self.mlp_out[layer]
 
             return fn
 
         def site_hook(layer: int):
-            def fn(tensor: Tensor, *, hook: HookPoint) -> Tensor:
+            def fn(tensor: Tensor, *, hook) -> Tensor:
                 self.sites[layer] = tensor
                 return tensor
 
             return fn
 
-        hooks = [("hook_embed", embed_hook)] + freeze_hooks(self.state.frozen)
+        sites, input_hook = self.model_sites, self.clt.feature_input_hook
+        hooks = [(sites.embed, embed_hook)] + freeze_hooks(self.state.frozen)
         for layer in range(self.n_layers):
-            hooks.append((output_hook_name(layer), leaf_hook(layer)))
-            hooks.append((input_hook_name(self.clt, layer), site_hook(layer)))
+            hooks.append((sites.mlp_out_hook(layer), leaf_hook(layer)))
+            hooks.append((sites.clt_input_hook(input_hook, layer), site_hook(layer)))
         return hooks
 
     def run_forward(self) -> None:
         """Build the autograd graph of the frozen model (batch 1; rows are vmapped over it)."""
         with torch.enable_grad(), self.model.hooks(fwd_hooks=self._hooks()):
-            resid = self.model(self.state.tokens[None], stop_at_layer=self.n_layers)
+            resid = self.model_sites.forward_to(self.model, self.state.tokens[None], self.n_layers)
         self.sites[self.n_layers] = resid
 
     # ---------------------------------------------------------------- read-out vectors
     def feature_readout(self, layer: Tensor, feature: Tensor) -> Float[Tensor, "n d_model"]:
         """Vectors that, injected at the features' sites, give their pre-activations' gradients."""
         W = self.clt.W_enc[layer, feature].to(self.embed.dtype)
-        if self.clt.feature_input_hook == "mlp.hook_in":
-            W = W * torch.stack([self.model.blocks[int(k)].ln2.w for k in layer]).to(W.dtype)
+        sites = self.model_sites
+        if sites.clt_input(self.clt.feature_input_hook).times_ln2_weight:
+            ln2 = [sites.weight(self.model, sites.ln2_weight, int(k)) for k in layer]
+            W = W * torch.stack(ln2).to(W.dtype)
         return W.detach()
 
     def logit_readout(self, directions: Float[Tensor, "n d_model"]) -> Float[Tensor, "n d_model"]:
         """Logit directions pulled back through the frozen final norm at the last position."""
-        w = self.model.ln_final.w / self.state.final_scale[-1]
+        norm_weight = self.model_sites.weight(self.model, self.model_sites.final_norm_weight)
+        w = norm_weight / self.state.final_scale[-1]
         return (directions * w).to(self.embed.dtype).detach()
 
     # ---------------------------------------------------------------- backward
@@ -273,39 +234,49 @@ def logit_targets(
     return top_i[:n], top_p[:n]
 
 
-def _check_args(max_n_logits, desired_logit_prob, max_feature_nodes, batch_size, update_interval) -> None:
+def _check_args(max_n_logits, desired_logit_prob, max_feature_nodes, batch_size, update_interval) -> tuple:
+    """The arguments as plain Python numbers (0-d tensors and numpy scalars accepted), or a clear error."""
+    ints = {}
     for name, value in [
         ("max_n_logits", max_n_logits),
         ("max_feature_nodes", max_feature_nodes),
         ("batch_size", batch_size),
         ("update_interval", update_interval),
     ]:
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__}).")
-    if not isinstance(desired_logit_prob, (int, float)) or not 0 < desired_logit_prob <= 1:
+        ints[name] = None if value is None else as_int(value, name)
+    try:
+        desired_logit_prob = as_number(desired_logit_prob, "desired_logit_prob", finite=False)
+    except TypeError:
+        raise ValueError(f"desired_logit_prob must be in (0, 1], got {desired_logit_prob!r}.") from None
+    if not 0 < desired_logit_prob <= 1:
         raise ValueError(f"desired_logit_prob must be in (0, 1], got {desired_logit_prob}.")
-    if max_n_logits < 1:
+    max_n_logits, max_feature_nodes = ints["max_n_logits"], ints["max_feature_nodes"]
+    batch_size, update_interval = ints["batch_size"], ints["update_interval"]
+    if max_n_logits is None or max_n_logits < 1:
         raise ValueError(f"max_n_logits must be at least 1, got {max_n_logits}.")
     if max_feature_nodes is not None and max_feature_nodes < 1:
         raise ValueError(
             f"max_feature_nodes must be None (all features) or at least 1, got {max_feature_nodes}."
         )
-    if batch_size < 1:
+    if batch_size is None or batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-    if update_interval < 1:
+    if update_interval is None or update_interval < 1:
         raise ValueError(f"update_interval must be >= 1 (batches per re-ranking), got {update_interval}.")
+    return max_n_logits, desired_logit_prob, max_feature_nodes, batch_size, update_interval
 
 
 def attribute(
-    model: HookedTransformer,
+    model,
     clt: CrossLayerTranscoder,
     prompt: Prompt,
-    max_n_logits: int = 10,
-    desired_logit_prob: float = 0.95,
+    *,
+    max_n_logits: int = DEFAULT_MAX_N_LOGITS,
+    desired_logit_prob: float = DEFAULT_DESIRED_LOGIT_PROB,
     max_feature_nodes: int | None = None,
-    batch_size: int = 64,
-    update_interval: int = 4,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    update_interval: int = DEFAULT_UPDATE_INTERVAL,
     verbose: bool = True,
+    targets=None,
 ) -> AttributionGraph:
     """Attribution graph of `prompt` over the CLT's features (see module docstring).
 
@@ -313,31 +284,57 @@ def attribute(
     `desired_logit_prob` (at most `max_n_logits`), each read along its de-meaned unembedding column.
     With `max_feature_nodes`, features are visited in order of estimated influence on the logits,
     refreshed every `update_interval` batches; otherwise every active feature gets a row.
+
+    `targets`: what the graph explains instead of the top logits: a list of tokens (one-token strings or
+    ids), `tl_clt.logit_diff(a, b)`, `tl_clt.Direction(label, vector)` and feature node ids (any
+    spelling); they weigh equally in influence (see `tl_clt.targets`). None: the top logits.
     """
-    _check_args(max_n_logits, desired_logit_prob, max_feature_nodes, batch_size, update_interval)
-    check_compatible(model, clt)
-    tokens = to_tokens(model, prompt)
-    if len(tokens) < 2:
-        raise ValueError(
-            "The prompt is only the attention-sink token; attribution needs at least one real token "
-            "after it (features and errors at position 0 are left out of graphs)."
-        )
-    clock = [time.perf_counter()]
-    with preserve(model):
-        state = clean_pass(model, clt, tokens)
-        active = find_active_features(clt, state)
-        lin = LinearReplacement(model, clt, state, active, batch_size)
-        lin.run_forward()
-        clock.append(time.perf_counter())
-        graph = _build_graph(
-            model, clt, lin, max_n_logits, desired_logit_prob, max_feature_nodes, update_interval, verbose
-        )
+    max_n_logits, desired_logit_prob, max_feature_nodes, batch_size, update_interval = _check_args(
+        max_n_logits, desired_logit_prob, max_feature_nodes, batch_size, update_interval
+    )
+    sites = check_compatible(model, clt)
+    # attribution needs autograd: it runs outside torch.inference_mode() (and copies the prompt's tokens,
+    # which may be inference tensors) so that it works, and gives the same graph, inside one too
+    with torch.inference_mode(False):
+        tokens = tokens_after_sink(
+            model,
+            prompt,
+            needed_for="attribution needs at least one real token after it (features and errors at "
+            "position 0 are left out of graphs).",
+        ).clone()
+        clock = [time.perf_counter()]
+        with preserve(model) as guard:
+            state = clean_pass(model, clt, tokens, sites)
+            active = find_active_features(clt, state)
+            lin = LinearReplacement(model, clt, state, active, batch_size)
+            lin.run_forward()
+            clock.append(time.perf_counter())
+            graph = _build_graph(
+                model,
+                clt,
+                lin,
+                max_n_logits,
+                desired_logit_prob,
+                max_feature_nodes,
+                update_interval,
+                verbose,
+                targets=targets,
+            )
+            fingerprints = dict(
+                model_fingerprint=model_fingerprint(model), clt_fingerprint=clt_fingerprint(clt)
+            )
     clock.append(time.perf_counter())
     graph.meta.update(
         n_active_features=len(active.values),
         n_backward_passes=lin.n_backward,
         seconds_setup=clock[1] - clock[0],
         seconds_rows=clock[2] - clock[1],
+        user_hooks=guard.user_hooks,
+        user_backward_hooks=guard.user_backward_hooks,
+        saes_routed_around=guard.saes,
+        **fingerprints,
+        prompt_offset=prompt_offset(model, prompt),  # 1: the sink was put in front
+        prompt_type="text" if isinstance(prompt, str) else "token ids",
     )
     return graph
 
@@ -351,19 +348,28 @@ def _build_graph(
     max_feature_nodes,
     update_interval,
     verbose,
+    *,
+    targets=None,
 ) -> AttributionGraph:
     state, active = lin.state, lin.active
     n_active, B, L = len(active.values), lin.batch_size, clt.n_layers
-    logit_ids, logit_probs = logit_targets(state.logits[-1], max_n_logits, desired_logit_prob)
-    W_U = model.W_U.detach()
-    directions = (W_U[:, logit_ids] - W_U.mean(1, keepdim=True)).T
-    readouts = lin.logit_readout(directions)
+    W_U = lin.model_sites.weight(model, lin.model_sites.W_U).detach()
+    if targets is None:
+        logit_ids, logit_probs = logit_targets(state.logits[-1], max_n_logits, desired_logit_prob)
+        directions = (W_U[:, logit_ids] - W_U.mean(1, keepdim=True)).T
+        readouts = lin.logit_readout(directions)
+        site_layers = torch.full((len(logit_ids),), L)
+        positions = torch.full((len(logit_ids),), lin.n_pos - 1)
+        labels = [model.tokenizer.decode([t]) for t in logit_ids.tolist()]
+    else:
+        site_layers, positions, readouts, logit_ids, labels = _target_rows(model, lin, targets, W_U)
+        logit_probs = torch.full((len(logit_ids),), 1.0 / len(logit_ids))
     n_logits = len(logit_ids)
     logit_rows = (
         torch.cat(
             [
-                lin.rows(torch.full((len(chunk),), L), torch.full((len(chunk),), lin.n_pos - 1), chunk)
-                for chunk in readouts.split(B)
+                lin.rows(s, p, r)
+                for s, p, r in zip(site_layers.split(B), positions.split(B), readouts.split(B))
             ]
         )
         .cpu()
@@ -405,7 +411,7 @@ def _build_graph(
     adjacency = torch.zeros(n_nodes, n_nodes)
     adjacency[:n_sel, : keep_cols.numel()] = feature_rows[:, keep_cols]
     adjacency[n_nodes - n_logits :, : keep_cols.numel()] = logit_rows[:, keep_cols]
-    return AttributionGraph(
+    graph = AttributionGraph(
         tokens=state.tokens.cpu(),
         token_strs=[model.tokenizer.decode([t]) for t in state.tokens.tolist()],
         active_features=active.index.cpu(),
@@ -413,9 +419,35 @@ def _build_graph(
         selected_features=selected,
         logit_tokens=logit_ids.cpu(),
         logit_probabilities=logit_probs.cpu(),
-        logit_token_strs=[model.tokenizer.decode([t]) for t in logit_ids.tolist()],
+        logit_token_strs=labels,
         adjacency=adjacency,
         n_layers=L,
         model_name=model.cfg.model_name,
         clt_name=str(clt.path) if clt.path else None,
+    )
+    if targets is not None:
+        graph.meta["targets"] = list(labels)
+    return graph
+
+
+def _target_rows(model, lin: LinearReplacement, targets, W_U: Tensor):
+    """(site layers, positions, read-out vectors, node token ids, labels) of user-given targets."""
+    resolved = resolve_targets(model, targets, W_U=W_U, active_index=lin.active.index, n_layers=lin.n_layers)
+    site_layers, positions, readouts = [], [], []
+    for t in resolved:
+        if t.kind == "feature":
+            layer, pos, feature = t.key
+            readouts.append(lin.feature_readout(torch.tensor([layer]), torch.tensor([feature]))[0])
+            site_layers.append(layer)
+            positions.append(pos)
+        else:
+            readouts.append(lin.logit_readout(t.direction[None])[0])
+            site_layers.append(lin.n_layers)
+            positions.append(lin.n_pos - 1)
+    return (
+        torch.tensor(site_layers),
+        torch.tensor(positions),
+        torch.stack(readouts),
+        torch.tensor([t.token_id for t in resolved]),
+        [t.label for t in resolved],
     )

@@ -21,7 +21,8 @@ from jaxtyping import Float, Int
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
-from tl_clt.loading import resolve_folder
+from tl_clt.checks import all_finite, float_dtype
+from tl_clt.paths import resolve_folder
 
 INPUT_HOOKS = ("mlp.hook_in", "hook_resid_mid", "ln2.hook_normalized")
 OUTPUT_HOOKS = ("mlp.hook_out", "hook_mlp_out")
@@ -31,6 +32,16 @@ _NP_DTYPES = {
     "F32": (np.float32, torch.float32),
     "F64": (np.float64, torch.float64),
 }
+_ITEMSIZE = {  # bytes per element of every safetensors dtype (F8 and smaller: 1)
+    **{k: 1 for k in ("BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0", "F6_E2M3", "F6_E3M2", "F4")},
+    **{k: 2 for k in ("I16", "U16", "F16", "BF16")},
+    **{k: 4 for k in ("I32", "U32", "F32")},
+    **{k: 8 for k in ("I64", "U64", "F64", "C64")},
+}
+
+
+class CLTFileChangedError(RuntimeError):
+    """A lazily read CLT file changed on disk after the CLT was loaded: reload the CLT."""
 
 
 class SafetensorsRows:
@@ -43,21 +54,39 @@ class SafetensorsRows:
 
     def __init__(self, path: Path, name: str):
         self.path, self.name = path, name
+        stat = path.stat()
         header, header_len = _read_header(path)
         if name not in header:
             raise KeyError(f"{path.name} has no tensor {name!r} (it has {sorted(header)[:5]}).")
         info = header[name]
         if info["dtype"] not in _NP_DTYPES:
-            raise ValueError(f"{path.name}:{name} has unsupported dtype {info['dtype']}.")
+            raise ValueError(
+                f"{path.name}:{name} has dtype {info['dtype']}; CLT weights must be floating point "
+                f"({', '.join(_NP_DTYPES)}). The file is not a CLT decoder, or is corrupt."
+            )
         self.np_dtype, self.torch_dtype = _NP_DTYPES[info["dtype"]]
         self.shape = tuple(info["shape"])
-        start, end = info["data_offsets"]
+        start, _ = info["data_offsets"]
         self.row_bytes = int(np.prod(self.shape[1:])) * np.dtype(self.np_dtype).itemsize
-        if end - start != self.shape[0] * self.row_bytes or 8 + header_len + end > path.stat().st_size:
-            raise ValueError(
-                f"{path} is truncated or corrupt (tensor {name} does not fit the file); re-download the CLT."
+        self.offset = 8 + header_len + start
+        self._stamp = _stamp(stat)
+        with open(path, "rb") as f:
+            self._header = f.read(8 + header_len)
+
+    def _check_unchanged(self, f) -> None:
+        """Refuse to read when the file is not the one loaded (replaced, rewritten, resized, new header)."""
+        try:
+            now = {_stamp(self.path.stat()), _stamp(os.fstat(f.fileno()))}
+            same = now == {self._stamp} and f.read(len(self._header)) == self._header
+        except OSError:
+            same = False
+        if not same:
+            raise CLTFileChangedError(
+                f"{self.path} changed on disk after the CLT was loaded (decoder rows are read from it on "
+                "demand, and its data may now lie elsewhere). Reload the CLT with "
+                "CrossLayerTranscoder.from_pretrained(...), or load it with lazy_decoder=False to keep the "
+                "decoders in memory."
             )
-        self.path, self.offset = path, 8 + header_len + start
 
     def __getitem__(self, rows: Tensor) -> Tensor:
         rows = torch.as_tensor(rows, dtype=torch.long).cpu()
@@ -67,6 +96,7 @@ class SafetensorsRows:
             raise IndexError(f"row index out of range [0, {self.shape[0]}) in {self.path.name}.")
         buffer, size = memoryview(out.reshape(-1).view(np.uint8)), self.row_bytes
         with open(self.path, "rb", buffering=0) as f:
+            self._check_unchanged(f)
             for i, j in _runs(rows) if len(rows) else []:
                 f.seek(self.offset + int(rows[i]) * size)
                 if f.readinto(buffer[i * size : j * size]) != (j - i) * size:
@@ -90,6 +120,11 @@ def _check_rows_finite(data: Tensor, rows: Tensor, path: Path, name: str) -> Non
     )
 
 
+def _stamp(stat: os.stat_result) -> tuple[int, int, int, int]:
+    """What identifies one version of a file: device, inode, size, modification time."""
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
 def _runs(rows: Tensor) -> list[tuple[int, int]]:
     """(i, j) spans of `rows` whose values are consecutive integers, covering all of it in order."""
     breaks = ((rows[1:] - rows[:-1]) != 1).nonzero().squeeze(-1) + 1
@@ -111,6 +146,7 @@ class CrossLayerTranscoder(torch.nn.Module):
         b_enc: Float[Tensor, "n_layers n_features"],
         b_dec: Float[Tensor, "n_layers d_model"],
         W_dec: list[Tensor] | list[SafetensorsRows],
+        *,
         threshold: Float[Tensor, "n_layers n_features"] | None = None,
         feature_input_hook: str = "mlp.hook_in",
         feature_output_hook: str = "mlp.hook_out",
@@ -139,14 +175,18 @@ class CrossLayerTranscoder(torch.nn.Module):
     def from_pretrained(
         cls,
         name_or_path: str | os.PathLike,
+        *,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         lazy_decoder: bool = True,
     ) -> CrossLayerTranscoder:
         """Load a CLT folder or hub id in circuit-tracer's split format (BluelightAI's CLTs).
 
-        `dtype=None` keeps the on-disk dtype. With `lazy_decoder` decoder rows stay on disk.
+        `dtype=None` keeps the on-disk dtype (a torch float dtype or its name, e.g. "bfloat16"). With
+        `lazy_decoder` decoder rows stay on disk, and a decoder file changed after loading is refused
+        (CLTFileChangedError) rather than read.
         """
+        dtype = float_dtype(dtype, allow_none=True)
         folder = resolve_folder(name_or_path, ["config.yaml", "*.safetensors"])
         config = _read_config(folder)
         n_layers = _count_layers(folder)
@@ -161,11 +201,11 @@ class CrossLayerTranscoder(torch.nn.Module):
             b_enc,
             b_dec,
             W_dec,
-            threshold,
-            config["feature_input_hook"],
-            config["feature_output_hook"],
-            config.get("model_name"),
-            folder,
+            threshold=threshold,
+            feature_input_hook=config["feature_input_hook"],
+            feature_output_hook=config["feature_output_hook"],
+            model_name=config.get("model_name"),
+            path=folder,
         )
         return clt.to(device) if device is not None else clt
 
@@ -185,6 +225,8 @@ class CrossLayerTranscoder(torch.nn.Module):
 
     # ---------------------------------------------------------------- compute
     def check_layer(self, layer: int) -> None:
+        if isinstance(layer, bool) or not hasattr(layer, "__index__"):
+            raise TypeError(f"layer must be an int, got {layer!r} ({type(layer).__name__}).")
         if not 0 <= layer < self.n_layers:
             raise IndexError(f"layer {layer} is out of range for a CLT with {self.n_layers} layers.")
 
@@ -208,9 +250,7 @@ class CrossLayerTranscoder(torch.nn.Module):
     ) -> Float[Tensor, "n n_out_layers d_model"]:
         """Decoder rows `W_dec_layer[features]`: what each feature writes to layers layer..n_layers-1."""
         self.check_layer(layer)
-        features = torch.as_tensor(features, dtype=torch.long)
-        if features.numel() and (features.min() < 0 or features.max() >= self.n_features):
-            raise IndexError(f"feature index out of range [0, {self.n_features}) at layer {layer}.")
+        features = _feature_indices(features, self.n_features, layer)
         if self.lazy_decoder:
             return self._W_dec[layer][features].to(self.device, self.dtype)
         return self._W_dec[layer][features.to(self.device)]
@@ -228,17 +268,57 @@ class CrossLayerTranscoder(torch.nn.Module):
             out[k:] += torch.einsum("...n,nld->l...d", a[..., active], rows)
         return out
 
+    # ---------------------------------------------------------------- display
+    def __repr__(self) -> str:
+        from tl_clt.display import clt_repr
+
+        return clt_repr(self)
+
+    def _repr_html_(self) -> str:
+        from tl_clt.display import clt_html
+
+        return clt_html(self)
+
+
+def _feature_indices(features, n_features: int, layer: int) -> Tensor:
+    """Feature indices as a long tensor, checked in [0, n_features) (also Python ints past int64)."""
+    out_of_range = IndexError(f"feature index out of range [0, {n_features}) at layer {layer}.")
+    if not isinstance(features, Tensor):
+        flat = features if isinstance(features, list | tuple) else [features]
+        if any(isinstance(f, int) and not 0 <= f < n_features for f in flat):  # before int64 overflows
+            raise out_of_range
+        features = torch.as_tensor(features)
+    if features.is_floating_point() or features.is_complex() or features.dtype == torch.bool:
+        raise TypeError(f"feature indices must be integers, got dtype {features.dtype}.")
+    features = features.long()
+    if features.numel() and (features.min() < 0 or features.max() >= n_features):
+        raise out_of_range
+    return features
+
+
+def _check_link(path: Path) -> None:
+    """FileNotFoundError naming a symlink whose target is gone (a hub cache whose blobs were deleted)."""
+    if path.is_symlink() and not path.exists():
+        raise FileNotFoundError(
+            f"{path} is a broken symlink (it points to {os.readlink(path)}, which does not exist); "
+            "re-download the CLT."
+        )
+
+
+_CONFIG_STRINGS = ("model_kind", "model_name", "feature_input_hook", "feature_output_hook")
+
 
 def _read_config(folder: Path) -> dict:
     path = folder / "config.yaml"
+    _check_link(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"No config.yaml in {folder}. A CLT folder holds config.yaml plus W_enc_{{l}} and "
             "W_dec_{l} .safetensors files per layer (circuit-tracer's split format)."
         )
     try:
-        config = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
+        config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not valid YAML ({err}); re-download the CLT.") from err
     if not isinstance(config, dict):
         raise ValueError(
@@ -252,14 +332,25 @@ def _read_config(folder: Path) -> dict:
         )
     config.setdefault("feature_input_hook", "mlp.hook_in")
     config.setdefault("feature_output_hook", "mlp.hook_out")
+    wrong = {k: v for k, v in config.items() if k in _CONFIG_STRINGS and not isinstance(v, str | None)}
+    if wrong:
+        raise ValueError(f"{path}: {wrong} should be strings; re-download the CLT.")
     return config
 
 
 def _count_layers(folder: Path) -> int:
     layers = {}
     for kind in ("enc", "dec"):
-        found = [re.fullmatch(rf"W_{kind}_(\d+)\.safetensors", p.name) for p in folder.iterdir()]
-        layers[kind] = sorted(int(m.group(1)) for m in found if m)
+        paths = [p for p in folder.iterdir() if re.fullmatch(rf"W_{kind}_\d+\.safetensors", p.name)]
+        padded = [p.name for p in paths if re.fullmatch(rf"W_{kind}_0\d+\.safetensors", p.name)]
+        if padded:
+            raise ValueError(
+                f"{folder}: layer files are named W_{kind}_0, W_{kind}_1, ... without leading zeros; found "
+                f"{sorted(padded)}. Rename them (e.g. W_{kind}_00 -> W_{kind}_0)."
+            )
+        for p in paths:
+            _check_link(p)
+        layers[kind] = sorted(int(p.name.split("_")[2].split(".")[0]) for p in paths)
     n = max(layers["enc"] + layers["dec"], default=-1) + 1
     for kind, got in layers.items():
         missing = sorted(set(range(n)) - set(got))
@@ -287,6 +378,11 @@ def _read_encoder_layer(folder: Path, layer: int) -> dict[str, Tensor]:
     except SafetensorError as err:
         raise ValueError(f"{path} is not a readable safetensors file ({err}); re-download the CLT.") from err
     for name, t in out.items():
+        if not t.is_floating_point():
+            raise ValueError(
+                f"{path}: {name}_{layer} has dtype {t.dtype}; CLT weights must be floating point. The "
+                "file is not a CLT encoder, or is corrupt."
+            )
         if not torch.isfinite(t).all():
             raise ValueError(f"{path}: {name}_{layer} contains NaN or inf values; the file is corrupt.")
     return out
@@ -300,9 +396,15 @@ def _check_layer_shapes(e: dict[str, Tensor], layer: int, F: int, d: int, folder
         raise ValueError(f"{folder}: layer {layer} tensors have shapes {bad}, expected {want}.")
 
 
-def _all_finite(t: Tensor) -> bool:
-    """No NaN or inf in t (min/max propagate both; ~50x faster than `isfinite(t).all()` on bf16)."""
-    return t.numel() == 0 or all(bool(torch.isfinite(x)) for x in torch.aminmax(t))
+def _check_first_layer(e: dict[str, Tensor], folder: Path) -> None:
+    """Layer 0 sets the shapes every layer must have: W_enc [n_features >= 1, d_model >= 1]."""
+    W = e["W_enc"]
+    if W.ndim != 2 or 0 in W.shape:
+        what = f"{W.shape[0]} features" if W.ndim == 2 and W.shape[0] == 0 else f"shape {tuple(W.shape)}"
+        raise ValueError(
+            f"{folder}: W_enc_0 has {what}; a CLT's W_enc_l is [n_features, d_model] with at least one "
+            "feature. The folder is not a usable CLT."
+        )
 
 
 def _read_encoders(folder: Path, n_layers: int, dtype: torch.dtype | None) -> dict[str, Tensor]:
@@ -315,6 +417,7 @@ def _read_encoders(folder: Path, n_layers: int, dtype: torch.dtype | None) -> di
     for layer in range(n_layers):
         e = _read_encoder_layer(folder, layer)
         if layer == 0:
+            _check_first_layer(e, folder)
             dtype = dtype or e["W_enc"].dtype
             out = {k: torch.empty(n_layers, *t.shape, dtype=dtype) for k, t in e.items()}
         elif ("threshold" in e) != ("threshold" in out):
@@ -322,7 +425,7 @@ def _read_encoders(folder: Path, n_layers: int, dtype: torch.dtype | None) -> di
         _check_layer_shapes(e, layer, *out["W_enc"].shape[1:], folder)
         for name, t in e.items():
             out[name][layer] = t
-            if not _all_finite(out[name][layer]):  # finite on disk (checked on read): an overflow
+            if not all_finite(out[name][layer]):  # finite on disk (checked on read): an overflow
                 raise ValueError(
                     f"{folder}: {name} has values too large for dtype={dtype} (NaN or inf after "
                     "conversion); load it in a wider dtype (dtype=None keeps the on-disk one)."
@@ -361,4 +464,38 @@ def _read_header(path: Path) -> tuple[dict, int]:
         if k != "__metadata__"
     ):
         raise ValueError(f"{path} is truncated or corrupt (its header is not a safetensors header).")
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    problem = _offsets_problem(tensors, size - 8 - header_len)
+    if problem:
+        raise ValueError(f"{path} is truncated or corrupt ({problem}); re-download the CLT.")
     return header, header_len
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _offsets_problem(tensors: dict[str, dict], n_data: int) -> str | None:
+    """What is wrong with a safetensors header's tensor entries for a data section of `n_data` bytes:
+    each tensor's bytes must match its dtype and shape, and together they must tile the data section
+    exactly (no overlap, no gap, nothing past the end of the file)."""
+    spans = []
+    for name, info in tensors.items():
+        shape, offsets, dtype = info["shape"], info["data_offsets"], info["dtype"]
+        if dtype not in _ITEMSIZE or not isinstance(shape, list) or not all(map(_is_int, shape)):
+            return f"tensor {name} has dtype {dtype!r} and shape {shape!r}"
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_int, offsets))):
+            return f"tensor {name} has data_offsets {offsets!r}"
+        start, end = offsets
+        if end - start != int(np.prod(shape, dtype=object)) * _ITEMSIZE[dtype]:
+            return f"tensor {name} spans {end - start} bytes, not the {dtype} {shape} it declares"
+        spans.append((start, end, name))
+    at = 0
+    for start, end, name in sorted(spans):
+        if start != at:
+            return f"tensor {name} starts at byte {start} of the data, expected {at} (a gap or an overlap)"
+        at = end
+    if at != n_data:
+        where = "past the end of the file" if at > n_data else f"short of the end of the file ({n_data})"
+        return f"the tensors end at byte {at} of the data, {where}"
+    return None

@@ -2,7 +2,7 @@
 
 One file per graph: `{"metadata", "qParams", "nodes", "links"}`, the format circuit-tracer's
 `create_graph_files` writes (schema: `tl_clt/schemas/graph.schema.json`). A folder the frontend can
-serve holds `<slug>.json` files and a `graph-metadata.json` listing them (`write_graph_folder`).
+serve holds `<slug>.json` files and a `graph-metadata.json` listing them (`tl_clt.frontend`).
 
 Node ids, as the frontend and Neuronpedia expect them (layers count from 0, `pos` is the token
 position, `L` = number of layers):
@@ -33,6 +33,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from tl_clt import files
+from tl_clt.checks import fraction
+from tl_clt.influence import EDGE_THRESHOLD, NODE_THRESHOLD
+from tl_clt.nodes import Node, NodeLike, group_members, node_id
+from tl_clt.version import __version__
+
 if TYPE_CHECKING:
     from tl_clt.graph import AttributionGraph
 
@@ -54,14 +60,7 @@ def cantor_pair(x: int, y: int) -> int:
 
 def frontend_node_id(info: dict, n_layers: int) -> str:
     """The frontend's node_id for a node described by `AttributionGraph.node_info`."""
-    kind, pos = info["kind"], info["pos"]
-    if kind == "feature":
-        return f"{info['layer']}_{info['feature']}_{pos}"
-    if kind == "error":
-        return f"{info['layer']}_-1_{pos}"
-    if kind == "token":
-        return f"E_{info['token_id']}_{pos}"
-    return f"{n_layers + 1}_{info['token_id']}_{pos}"
+    return Node.from_info(info).json_id(n_layers=n_layers)
 
 
 def cumulative_influence(influence: Float[Tensor, " n"]) -> Float[Tensor, " n"]:
@@ -128,11 +127,30 @@ def _node_record(info: dict, n_layers: int, influence: float | None, is_target: 
     }
 
 
-def _pruned(graph: AttributionGraph, node_threshold: float, edge_threshold: float):
-    """The graph itself when already pruned, else `graph.prune(...)`."""
-    if graph.node_mask is not None and graph.influence is not None:
-        return graph
-    return graph.prune(node_threshold=node_threshold, edge_threshold=edge_threshold)
+def _pruned(
+    graph: AttributionGraph, node_threshold: float | None, edge_threshold: float | None
+) -> tuple[AttributionGraph, dict]:
+    """(pruned graph, what was done): `graph.prune(...)` of an unpruned graph, or the graph itself.
+
+    A graph pruned before export keeps its own pruning; its settings are those `graph.meta` records
+    (`pruning_settings`), else unknown (None). Thresholds given for it are refused unless they are the
+    recorded ones: they would not be applied, and the metadata would say what was not done.
+    """
+    given = {"node_threshold": node_threshold, "edge_threshold": edge_threshold}
+    given = {k: fraction(k, v) for k, v in given.items() if v is not None}
+    if graph.node_mask is None or graph.influence is None:
+        settings = {"node_threshold": NODE_THRESHOLD, "edge_threshold": EDGE_THRESHOLD, **given}
+        return graph.prune(**settings), settings
+    recorded = graph.meta.get("pruning_settings")
+    recorded = dict(recorded) if isinstance(recorded, Mapping) else {}
+    if any(recorded.get(k) != v for k, v in given.items()):
+        args = ", ".join(f"{k}={v}" for k, v in given.items())
+        raise ValueError(
+            f"This graph is already pruned (by prune()), so {args} would not be applied. Pass no "
+            "thresholds to export it as it is, or export the unpruned graph with these thresholds."
+        )
+    settings = {"node_threshold": None, "edge_threshold": None, **recorded, "pruned_before_export": True}
+    return graph, settings
 
 
 def graph_nodes_and_links(graph: AttributionGraph) -> tuple[list[dict], list[dict], dict[str, str]]:
@@ -142,7 +160,7 @@ def graph_nodes_and_links(graph: AttributionGraph) -> tuple[list[dict], list[dic
     """
     influence = graph.influence if graph.influence is not None else graph.node_influence()
     cum = cumulative_influence(influence).tolist()
-    present = graph._present()
+    present = graph.present_mask()
     targets, sources = graph.adjacency.nonzero(as_tuple=True)
     keep_edge = present[targets] & present[sources]
     targets, sources = targets[keep_edge], sources[keep_edge]
@@ -165,32 +183,40 @@ def graph_nodes_and_links(graph: AttributionGraph) -> tuple[list[dict], list[dic
     return list(records.values()), links, ids
 
 
+def exported_id(node: NodeLike, ids: Mapping[str, str], n_layers: int, where: str) -> str:
+    """The JSON id of a node given in any spelling (`tl_clt.nodes`), if the export `ids` hold it."""
+    try:
+        ours = node_id(node, n_layers=n_layers)
+    except (TypeError, ValueError):
+        ours = None
+    if ours not in ids:
+        raise KeyError(
+            f"{where}: node {node!r} is not in the exported graph (after pruning). Use our node "
+            "ids (e.g. 'F:12:5:847', 'E:3:5', 'T:2', 'L:1234') of nodes the pruned graph keeps."
+        )
+    return ids[ours]
+
+
 def _q_params(
     ids: dict[str, str],
-    supernodes: Mapping[str, Iterable[str]] | None,
-    pinned_ids: Iterable[str] | None,
-    clicked_id: str | None,
+    n_layers: int,
+    supernodes: Mapping[str, Iterable[NodeLike]] | None,
+    pinned_ids: Iterable[NodeLike] | None,
+    clicked_id: NodeLike | None,
 ) -> dict:
     """qParams; supernodes as `[label, member, ...]`, members pinned (the subgraph shows pins)."""
 
-    def convert(node_id: str, where: str) -> str:
-        if node_id in ids:
-            return ids[node_id]
-        if node_id in ids.values():
-            return node_id
-        raise KeyError(
-            f"{where}: node {node_id!r} is not in the exported graph (after pruning). Use our node "
-            "ids (e.g. 'F:12:5:847', 'E:3:5', 'T:2', 'L:1234') of nodes the pruned graph keeps."
-        )
+    def convert(node: NodeLike, where: str) -> str:
+        return exported_id(node, ids, n_layers, where)
 
     groups = [
-        [name] + [convert(m, f"supernode {name!r}") for m in members]
+        [name] + [convert(m, f"supernode {name!r}") for m in group_members(name, members)]
         for name, members in (supernodes or {}).items()
     ]
     pinned: list[str] = []
-    for node_id in [convert(p, "pinned_ids") for p in pinned_ids or []] + [m for g in groups for m in g[1:]]:
-        if node_id not in pinned:
-            pinned.append(node_id)
+    for json_id in [convert(p, "pinned_ids") for p in pinned_ids or []] + [m for g in groups for m in g[1:]]:
+        if json_id not in pinned:
+            pinned.append(json_id)
     clicked = convert(clicked_id, "clicked_id") if clicked_id else ""
     return {"pinnedIds": pinned, "supernodes": groups, "linkType": "both", "clickedId": clicked, "sg_pos": ""}
 
@@ -200,48 +226,49 @@ def graph_to_dict(
     graph: AttributionGraph,
     slug: str,
     *,
-    node_threshold: float = 0.8,
-    edge_threshold: float = 0.98,
+    node_threshold: float | None = None,
+    edge_threshold: float | None = None,
     scan: str | None = None,
     prompt: str | None = None,
-    supernodes: Mapping[str, Iterable[str]] | None = None,
-    pinned_ids: Iterable[str] | None = None,
-    clicked_id: str | None = None,
-    clerps: Mapping[str, str] | None = None,
+    supernodes: Mapping[str, Iterable[NodeLike]] | None = None,
+    pinned_ids: Iterable[NodeLike] | None = None,
+    clicked_id: NodeLike | None = None,
+    clerps: Mapping[NodeLike, str] | None = None,
     extra_metadata: Mapping[str, Any] | None = None,
 ) -> dict:
     """The frontend's graph dict of `graph`, pruned by `graph.prune` unless it already is.
 
-    `supernodes` maps a group name to our node ids (`"F:12:5:847"`, ...); `clerps` maps our node ids
-    to labels; `scan` names the model (Neuronpedia reads it as the model id; default the graph's
-    model name); `extra_metadata` is merged into `metadata`.
+    Thresholds (default NODE_THRESHOLD 0.8, EDGE_THRESHOLD 0.98) prune an unpruned graph and are recorded in
+    `metadata.pruning_settings`; a graph that is already pruned is exported as it is, and passing
+    thresholds for it is an error (they would not be applied). `supernodes` maps a group name to our
+    node ids (`"F:12:5:847"`, ...); `clerps` maps our node ids to labels; `scan` names the model
+    (Neuronpedia reads it as the model id; default the graph's model name); `extra_metadata` is merged
+    into `metadata` (a slug it sets must be a safe file name too). Nodes may be given in any spelling
+    of `tl_clt.nodes` (Python id, JSON id, (layer, pos, feature) tuple).
     """
     check_slug(slug)
     if not torch.isfinite(graph.adjacency).all():
         raise ValueError("The graph has NaN or inf edge weights; it cannot be pruned or exported.")
-    pruned = _pruned(graph, node_threshold, edge_threshold)
+    pruned, settings = _pruned(graph, node_threshold, edge_threshold)
     nodes, links, ids = graph_nodes_and_links(pruned)
     by_id = {n["node_id"]: n for n in nodes}
-    for our_id, label in (clerps or {}).items():
-        if our_id not in ids:
-            raise KeyError(f"clerps: node {our_id!r} is not in the exported graph (after pruning).")
-        by_id[ids[our_id]]["clerp"] = str(label)
+    for node, label in (clerps or {}).items():
+        by_id[exported_id(node, ids, graph.n_layers, "clerps")]["clerp"] = str(label)
     metadata = {
         "slug": slug,
         "scan": scan or _default_scan(graph),
         "transcoder_list": [],
         "prompt_tokens": list(graph.token_strs),
         "prompt": prompt if prompt is not None else "".join(graph.token_strs),
-        "node_threshold": _slider_threshold(nodes, node_threshold),
+        "node_threshold": _slider_threshold(nodes, settings["node_threshold"]),
         "schema_version": SCHEMA_VERSION,
         "info": _info(graph),
-        "pruning_settings": {
-            "node_threshold": float(node_threshold),
-            "edge_threshold": float(edge_threshold),
-        },
+        "pruning_settings": settings,
     }
     metadata.update(extra_metadata or {})
-    qparams = _q_params(ids, supernodes, pinned_ids, clicked_id)
+    if metadata["slug"] != slug:
+        check_slug(metadata["slug"])  # extra_metadata replaced it: the slug names a file
+    qparams = _q_params(ids, graph.n_layers, supernodes, pinned_ids, clicked_id)
     return {"metadata": metadata, "qParams": qparams, "nodes": nodes, "links": links}
 
 
@@ -249,7 +276,7 @@ def _slider_threshold(nodes: list[dict], node_threshold: float) -> float:
     """The frontend hides nodes whose cumulative influence exceeds its slider, which starts at
     `metadata.node_threshold`: raise it to the least influential exported node so all are shown."""
     values = [n["influence"] for n in nodes if n["feature_type"] not in ("embedding", "logit")]
-    return float(min(1.0, max([float(node_threshold)] + values)))
+    return float(min(1.0, max([node_threshold or 0.0] + values)))
 
 
 def _default_scan(graph: AttributionGraph) -> str:
@@ -258,8 +285,6 @@ def _default_scan(graph: AttributionGraph) -> str:
 
 
 def _info(graph: AttributionGraph) -> dict:
-    from tl_clt import __version__
-
     return {
         "generator": {"name": "tl_clt", "version": __version__},
         "model": graph.model_name,
@@ -267,18 +292,21 @@ def _info(graph: AttributionGraph) -> dict:
     }
 
 
+def json_text(data: dict) -> str:
+    """`data` as compact JSON; NaN/inf raise ValueError instead of writing invalid JSON."""
+    return json.dumps(data, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+
+
 def write_json(data: dict, path: str | os.PathLike) -> Path:
-    """Write a graph (or metadata) dict as JSON; NaN/inf raise instead of writing invalid JSON."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(data, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
-    path.write_text(text, encoding="utf-8")
-    return path
+    """Write a graph (or metadata) dict as JSON, atomically; NaN/inf raise before anything is written."""
+    return files.write_text(path, json_text(data), what="graph JSON")
 
 
 def to_json(graph: AttributionGraph, path: str | os.PathLike, slug: str | None = None, **kwargs) -> Path:
-    """Write `graph_to_dict(graph, slug, **kwargs)` to `path`; slug defaults to the file stem."""
-    path = Path(path)
+    """Write `graph_to_dict(graph, slug, **kwargs)` to `path`; slug defaults to the file stem.
+
+    The path is checked (its folder exists and is writable) before the graph is pruned."""
+    path = files.check_output_path(path, what="graph JSON")
     return write_json(graph_to_dict(graph, slug or slugify(path.stem), **kwargs), path)
 
 
@@ -288,56 +316,52 @@ def metadata_entry(data: dict) -> dict:
     return {k: data["metadata"][k] for k in keys if k in data["metadata"]}
 
 
+def read_listing(out_dir: str | os.PathLike) -> dict:
+    """`out_dir/graph-metadata.json` (`{"graphs": []}` when there is none), checked: ValueError names the
+    file when it is not JSON or not `{"graphs": [{"slug": ...}, ...]}`."""
+    path = Path(out_dir) / METADATA_FILE
+    if not path.exists():
+        return {"graphs": []}
+    fix = "fix it, or delete it to start a new listing"
+    try:
+        listing = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # IsADirectoryError, JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{path} is not a readable JSON file ({type(err).__name__}: {err}); {fix}.") from err
+    graphs = listing.get("graphs") if isinstance(listing, dict) else None
+    if not isinstance(graphs, list) or not all(
+        isinstance(g, dict) and isinstance(g.get("slug"), str) for g in graphs
+    ):
+        raise ValueError(
+            f'{path} is not a graph listing (expected {{"graphs": [{{"slug": ...}}, ...]}}, found a '
+            f"{type(listing).__name__}); {fix}."
+        )
+    return listing
+
+
 def add_to_metadata(entry: dict, out_dir: str | os.PathLike) -> Path:
     """Add (or replace, by slug) one graph in `out_dir/graph-metadata.json`."""
-    path = Path(out_dir) / METADATA_FILE
-    listing = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"graphs": []}
-    listing["graphs"] = [g for g in listing.get("graphs", []) if g.get("slug") != entry["slug"]]
-    listing["graphs"].append(entry)
-    return write_json(listing, path)
+    listing = read_listing(out_dir)
+    listing["graphs"] = [g for g in listing["graphs"] if g["slug"] != entry["slug"]] + [entry]
+    return write_json(listing, Path(out_dir) / METADATA_FILE)
 
 
-def _load_source(item, slug: str | None, kwargs: dict) -> dict:
-    """A graph dict from an AttributionGraph, a saved graph (.pt) or an exported graph (.json)."""
-    from tl_clt.graph import AttributionGraph
+def check_graph_dict(data, where: str) -> dict:
+    """`data` if it has the parts of a graph JSON that `write_graph_folder` uses, else ValueError.
 
-    if isinstance(item, AttributionGraph):
-        return graph_to_dict(item, slug or slugify("".join(item.token_strs)), **kwargs)
-    path = Path(item)
-    if not path.is_file():
-        raise FileNotFoundError(f"No graph file at {path}.")
-    if path.suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if slug:
-            data["metadata"]["slug"] = check_slug(slug)
-        return data
-    return graph_to_dict(AttributionGraph.load(path), slug or slugify(path.stem), **kwargs)
-
-
-def write_graph_folder(
-    graphs: Mapping[str, Any] | Iterable[Any], out_dir: str | os.PathLike, **kwargs
-) -> Path:
-    """A folder the circuit-tracer frontend serves: `<slug>.json` files + `graph-metadata.json`.
-
-    `graphs`: AttributionGraphs, `.pt` graph files or exported `.json` files, as a list (slugs from
-    the prompt / file name) or a dict slug -> graph. `kwargs` go to `graph_to_dict`. An existing
-    `graph-metadata.json` is updated. Serve it with circuit-tracer's
-    `circuit_tracer.frontend.local_server.serve(data_dir=out_dir)`.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    items = graphs.items() if isinstance(graphs, Mapping) else [(None, g) for g in graphs]
-    seen: set[str] = set()
-    for slug, item in items:
-        data = _load_source(item, slug, kwargs)
-        base, n = data["metadata"]["slug"], 2
-        while data["metadata"]["slug"] in seen:
-            data["metadata"]["slug"] = f"{base}-{n}"
-            n += 1
-        seen.add(data["metadata"]["slug"])
-        write_json(data, out_dir / f"{data['metadata']['slug']}.json")
-        add_to_metadata(metadata_entry(data), out_dir)
-    return out_dir
+    (The full check is `validate_graph_json`, which needs jsonschema.)"""
+    meta = data.get("metadata") if isinstance(data, dict) else None
+    parts = {"nodes": list, "links": list, "qParams": dict}
+    fields = {"slug": str, "scan": str, "prompt": str, "prompt_tokens": list}
+    if (
+        not isinstance(meta, dict)
+        or any(not isinstance(data.get(k), t) for k, t in parts.items())
+        or any(not isinstance(meta.get(k), t) for k, t in fields.items())
+    ):
+        raise ValueError(
+            f"{where} is not a graph JSON file (a graph JSON holds metadata with slug, scan, prompt and "
+            "prompt_tokens, plus nodes, links and qParams): pass graphs exported by tl_clt or circuit-tracer."
+        )
+    return data
 
 
 # ------------------------------------------------------------------------ validation
@@ -357,7 +381,11 @@ def validate_graph_json(data: dict | str | os.PathLike) -> None:
     except ImportError as err:
         raise ImportError("validate_graph_json needs jsonschema: pip install jsonschema") from err
     if not isinstance(data, dict):
-        data = json.loads(Path(data).read_text(encoding="utf-8"))
+        path = Path(data)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+            raise ValueError(f"{path} is not a JSON file ({type(err).__name__}: {err}).") from err
     jsonschema.Draft202012Validator(load_schema("graph")).validate(data)
     ids = [n["node_id"] for n in data["nodes"]]
     dupes = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
@@ -386,7 +414,7 @@ def validate_graph_folder(out_dir: str | os.PathLike) -> list[str]:
     import jsonschema
 
     out_dir = Path(out_dir)
-    listing = json.loads((out_dir / METADATA_FILE).read_text(encoding="utf-8"))
+    listing = read_listing(out_dir)
     jsonschema.Draft202012Validator(load_schema("graph-metadata")).validate(listing)
     slugs = [g["slug"] for g in listing["graphs"]]
     for slug in slugs:

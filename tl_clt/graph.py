@@ -1,4 +1,6 @@
-"""AttributionGraph: node table + dense adjacency, influence, pruning, scores, networkx, save/load.
+"""AttributionGraph: node table + dense adjacency, networkx view, save/load.
+
+Influence, pruning and scores are in `tl_clt.influence`; node ids in `tl_clt.nodes`.
 
 Node order in the adjacency (rows = targets, columns = sources), as in circuit-tracer:
 `[selected features | errors (layer-major, n_layers * n_pos) | tokens (n_pos) | logits]`.
@@ -9,80 +11,19 @@ Node ids in networkx: `"F:{layer}:{pos}:{feature}"`, `"E:{layer}:{pos}"`, `"T:{p
 
 from __future__ import annotations
 
-import os
-import tempfile
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import NamedTuple
 
 import networkx as nx
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-GRAPH_FORMAT = "tl_clt.AttributionGraph/1"
-
-
-class GraphScores(NamedTuple):
-    replacement: float  # share of end-to-end influence on the logits coming from tokens, not errors
-    completeness: float  # influence-weighted share of incoming (normalised) edge mass not from errors
-
-
-def normalize_rows(matrix: Float[Tensor, "n m"]) -> Float[Tensor, "n m"]:
-    """|A| with each row scaled to sum to 1 (rows of zeros stay zero)."""
-    a = matrix.abs()
-    return a / a.sum(dim=1, keepdim=True).clamp(min=1e-10)
-
-
-def total_influence(A: Float[Tensor, "n n"], weights: Float[Tensor, " n"]) -> Float[Tensor, " n"]:
-    """`weights @ (A + A^2 + ...)`: each node's influence through all paths (A nilpotent: a DAG)."""
-    if not torch.isfinite(A).all():
-        raise ValueError("The adjacency matrix has NaN or inf edge weights; the graph is corrupt.")
-    step = weights @ A
-    total = step.clone()
-    for _ in range(A.shape[0] + 1):
-        if not step.any():
-            return total
-        step = step @ A
-        total += step
-    raise RuntimeError("Influence did not converge: the adjacency matrix has a cycle.")
-
-
-def partial_influence(
-    rows: Float[Tensor, "r n_sources"],
-    logit_probs: Float[Tensor, " t"],
-    row_nodes: Int[Tensor, " r"],
-    n_sources: int,
-) -> Float[Tensor, " n_sources"]:
-    """Influence on the logits of every source, from the rows computed so far.
-
-    `row_nodes[i]` is the source index of row i (a feature), or >= n_sources for the logit rows,
-    which come first and carry `logit_probs`.
-    """
-    A = normalize_rows(rows)
-    weight = torch.zeros(len(rows))
-    weight[: len(logit_probs)] = logit_probs
-    is_feature = row_nodes < n_sources
-    total = torch.zeros(n_sources)
-    for _ in range(len(rows) + 1):
-        step = weight @ A
-        if not step.any():
-            return total
-        total += step
-        weight = torch.zeros(len(rows))
-        weight[is_feature] = step[row_nodes[is_feature]]
-    raise RuntimeError("Influence did not converge: the partial graph has a cycle.")
-
-
-def cumulative_cutoff(scores: Float[Tensor, " n"], threshold: float) -> float:
-    """Smallest score kept when keeping the top scores that make up `threshold` of the total."""
-    ranked = torch.sort(scores.flatten(), descending=True).values
-    total = ranked.sum()
-    if total <= 0:
-        return float("inf")
-    cum = torch.cumsum(ranked, 0) / total
-    i = min(int(torch.searchsorted(cum, torch.tensor(threshold, dtype=cum.dtype))), len(ranked) - 1)
-    return float(ranked[i])
+from tl_clt import graph_file
+from tl_clt import influence as influence_fns
+from tl_clt.influence import EDGE_THRESHOLD, NODE_THRESHOLD, GraphScores
+from tl_clt.nodes import Node
+from tl_clt.prompts import SINK_POS
 
 
 @dataclass
@@ -184,78 +125,44 @@ class AttributionGraph:
         )
 
     def node_id(self, i: int) -> str:
-        info = self.node_info(i)
-        kind = info["kind"]
-        if kind == "feature":
-            return f"F:{info['layer']}:{info['pos']}:{info['feature']}"
-        if kind == "error":
-            return f"E:{info['layer']}:{info['pos']}"
-        if kind == "token":
-            return f"T:{info['pos']}"
-        return f"L:{info['token_id']}"
+        return Node.from_info(self.node_info(i)).id
 
     def node_ids(self) -> list[str]:
         return [self.node_id(i) for i in range(self.n_nodes)]
 
-    def _present(self) -> Bool[Tensor, " n_nodes"]:
+    def present_mask(self) -> Bool[Tensor, " n_nodes"]:
+        """Nodes that are in the graph: not pruned away, and not an error at the sink position."""
         mask = (
             torch.ones(self.n_nodes, dtype=torch.bool) if self.node_mask is None else self.node_mask.clone()
         )
-        mask[self.error_index(0, 0) : self.token_index(0)].view(self.n_layers, self.n_pos)[:, 0] = False
+        errors = mask[self.error_index(0, 0) : self.token_index(0)].view(self.n_layers, self.n_pos)
+        errors[:, SINK_POS] = False
         return mask
 
-    # ---------------------------------------------------------------- analysis
+    _present = present_mask  # the old private name, for code written against it
+
+    # ---------------------------------------------------------------- analysis (tl_clt.influence)
     def node_influence(self) -> Float[Tensor, " n_nodes"]:
         """Each node's total (path-summed, row-normalised |A|) influence on the logits."""
-        return total_influence(normalize_rows(self.adjacency), self.logit_weights())
+        return influence_fns.node_influence(self)
 
     def scores(self) -> GraphScores:
         """Replacement and completeness scores (Anthropic's *Circuit Tracing* definitions)."""
-        A = normalize_rows(self.adjacency)
-        w = self.logit_weights()
-        infl = total_influence(A, w)
-        errors = slice(self.error_index(0, 0), self.token_index(0))
-        tokens = slice(self.token_index(0), self.token_index(0) + self.n_pos)
-        tok, err = infl[tokens].sum(), infl[errors].sum()
-        replacement = float(tok / (tok + err)) if tok + err > 0 else float("nan")
-        non_error = 1 - A[:, errors].sum(1)
-        out = infl + w
-        completeness = float((non_error * out).sum() / out.sum())
-        return GraphScores(replacement, completeness)
+        return influence_fns.scores(self)
 
-    def prune(self, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> AttributionGraph:
-        """Keep the nodes, then edges, that carry `threshold` of the influence on the logits.
-
-        Tokens and logits are always kept; features/errors left without outgoing edges, and features
-        without incoming edges, are removed until none remain. Returns a new AttributionGraph.
-        """
-        for name, t in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
-            if not 0.0 <= t <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {t}.")
-        w = self.logit_weights()
-        influence = self.node_influence()
-        n_inner = self.token_index(0)  # features + errors
-        keep = self._present()
-        keep[:n_inner] &= influence[:n_inner] >= cumulative_cutoff(influence, node_threshold)
-        A = self.adjacency * keep[:, None] * keep[None, :]
-        A_norm = normalize_rows(A)
-        edge_scores = A_norm * (total_influence(A_norm, w) + w)[:, None]
-        edges = (edge_scores >= cumulative_cutoff(edge_scores[edge_scores > 0], edge_threshold)) & (A != 0)
-        while True:
-            before = keep.clone()
-            edges &= keep[:, None] & keep[None, :]
-            keep[:n_inner] &= edges[:, :n_inner].any(0)  # has an outgoing edge
-            keep[: self.n_features] &= edges[: self.n_features].any(1)  # has an incoming edge
-            if torch.equal(keep, before):
-                break
-        return replace(self, adjacency=self.adjacency * edges, node_mask=keep, influence=influence)
+    def prune(
+        self, node_threshold: float = NODE_THRESHOLD, edge_threshold: float = EDGE_THRESHOLD
+    ) -> AttributionGraph:
+        """Keep the nodes, then edges, that carry `threshold` of the influence on the logits
+        (see `tl_clt.influence.prune`). Returns a new AttributionGraph."""
+        return influence_fns.prune(self, node_threshold=node_threshold, edge_threshold=edge_threshold)
 
     # ---------------------------------------------------------------- export
     def to_networkx(self) -> nx.DiGraph:
         """nx.DiGraph: nodes with kind/layer/pos/feature/token_id/activation/influence, edges s -> t
         with `weight` = direct effect of s on t."""
         G = nx.DiGraph(prompt_tokens=list(self.token_strs), model_name=self.model_name)
-        present = self._present().tolist()
+        present = self.present_mask().tolist()
         ids = self.node_ids()
         for i in range(self.n_nodes):
             if present[i]:
@@ -281,13 +188,14 @@ class AttributionGraph:
         self,
         path: str | Path,
         slug: str | None = None,
-        node_threshold: float = 0.8,
-        edge_threshold: float = 0.98,
+        node_threshold: float | None = None,
+        edge_threshold: float | None = None,
         **kwargs,
     ) -> Path:
         """Graph JSON for the circuit-tracer frontend / Neuronpedia (see `tl_clt.export`).
 
-        Prunes with `prune(node_threshold, edge_threshold)` unless this graph is already pruned.
+        Prunes with `prune(node_threshold, edge_threshold)` (default 0.8, 0.98) unless this graph is
+        already pruned; thresholds for an already pruned graph are refused (they would not be applied).
         """
         from tl_clt.export import to_json
 
@@ -295,49 +203,144 @@ class AttributionGraph:
             self, path, slug=slug, node_threshold=node_threshold, edge_threshold=edge_threshold, **kwargs
         )
 
-    def plot(self, path: str | Path | None = None, **kwargs):
-        """matplotlib Figure of the pruned graph (see `tl_clt.plot.plot_graph`)."""
+    def plot(self, path: str | Path | None = None, *, supernodes: dict | None = None, **kwargs):
+        """matplotlib Figure: the pruned graph (`tl_clt.plot_graph`), or with `supernodes`
+        ({name: [node ids]}) the circuit diagram of those groups (`tl_clt.plot_circuit`)."""
+        if supernodes is not None:
+            from tl_clt.circuit import plot_circuit
+
+            return plot_circuit(self, supernodes, path, **kwargs)
         from tl_clt.plot import plot_graph
 
         return plot_graph(self, path=path, **kwargs)
 
+    def show(self, *, model=None, clt=None, **kwargs):
+        """Interactive view in the notebook (pan, zoom, hover cards, click to highlight, a threshold
+        slider), on the pruned graph; see `tl_clt.view.show`. Give `model` and `clt` for each feature's
+        top output tokens (and dashboards) in its card."""
+        from tl_clt.view import show
+
+        return show(self, model=model, clt=clt, **kwargs)
+
     def save(self, path: str | Path) -> None:
-        """Write the graph to `path` (a temp file renamed into place: a failed save leaves no file)."""
-        path = Path(path)
-        if not path.parent.is_dir():
-            raise FileNotFoundError(f"Cannot save to {path}: the folder {path.parent} does not exist.")
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save({"format": GRAPH_FORMAT, "graph": data}, f)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        """Write the graph to `path`: a safetensors file + JSON metadata, whatever the name (see
+        `tl_clt.graph_file`); atomic: a failed save leaves the old file, if any, and no partial file."""
+        graph_file.write(path, {f.name: getattr(self, f.name) for f in fields(self)})
 
     @classmethod
     def load(cls, path: str | Path) -> AttributionGraph:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"No graph file at {path}.")
-        try:
-            blob = torch.load(str(path), map_location="cpu", weights_only=False)
-        except Exception as err:
-            raise ValueError(f"{path} is not a readable tl_clt graph file ({err}).") from err
-        if not isinstance(blob, dict) or blob.get("format") != GRAPH_FORMAT:
-            found = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
-            raise ValueError(
-                f"{path} holds {found!r}, not a {GRAPH_FORMAT} graph; re-create it with this "
-                "version of tl_clt (tl_clt.attribute(...).save(path))."
-            )
-        data = blob.get("graph")
-        names = {f.name for f in fields(cls)}
+        """A graph written by `save`; never unpickles, and checks every field before building the graph."""
         required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
-        if not isinstance(data, dict) or set(data) - names or required - set(data):
-            got = sorted(data) if isinstance(data, dict) else type(data).__name__
-            raise ValueError(
-                f"{path} says {GRAPH_FORMAT} but its fields {got} are not this version's {sorted(names)}; "
-                "the file is corrupt or from another tl_clt version: re-create it with tl_clt.attribute."
-            )
-        return cls(**data)
+        return cls(**graph_file.read(path, {f.name for f in fields(cls)}, required))
+
+    # ---------------------------------------------------------------- notebooks and TransformerLens
+    def node_kind(self, i: int) -> str:
+        """ "feature" | "error" | "token" | "logit": the kind of node i (by its place in the layout)."""
+        if not 0 <= i < self.n_nodes:
+            raise IndexError(f"node {i} is out of range for a graph of {self.n_nodes} nodes.")
+        if i < self.n_features:
+            return "feature"
+        if i < self.token_index(0):
+            return "error"
+        return "token" if i < self.token_index(0) + self.n_pos else "logit"
+
+    @property
+    def str_tokens(self) -> list[str]:
+        """The token strings at graph positions (TransformerLens' spelling of `token_strs`).
+
+        Position 0 is the attention sink. Graph position p is `model.to_str_tokens(prompt)[p -
+        graph.prompt_offset]`.
+        """
+        return list(self.token_strs)
+
+    @property
+    def prompt_offset(self) -> int:
+        """1 when tl_clt put the `<|endoftext|>` sink in front of the prompt, 0 when the prompt began
+        with a special token itself. Graph position p = index `p - prompt_offset` into
+        `model.to_str_tokens(prompt)` (with `load_qwen3`'s default, TransformerLens adds no BOS)."""
+        if "prompt_offset" in self.meta:
+            return int(self.meta["prompt_offset"])
+        return 1 if self.token_strs and self.token_strs[0] == "<|endoftext|>" else 0
+
+    def __repr__(self) -> str:
+        from tl_clt.display import graph_repr
+
+        return graph_repr(self)
+
+    def _repr_html_(self) -> str:
+        from tl_clt.display import graph_html
+
+        return graph_html(self)
+
+    def __eq__(self, other: object) -> bool:
+        """Same tokens, nodes, activations, edges, logits, pruning and names (`meta` is not compared:
+        it holds timings)."""
+        if not isinstance(other, AttributionGraph):
+            return NotImplemented
+        for f in fields(self):
+            if f.name == "meta":
+                continue
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            if isinstance(a, Tensor) or isinstance(b, Tensor):
+                same = (
+                    isinstance(a, Tensor)
+                    and isinstance(b, Tensor)
+                    and a.shape == b.shape
+                    and a.dtype == b.dtype
+                    and torch.equal(a.cpu(), b.cpu())
+                )
+            else:
+                same = a == b
+            if not same:
+                return False
+        return True
+
+    __hash__ = None  # mutable, compared by value
+
+    def nodes_df(self):
+        """pandas DataFrame, one row per node of `to_networkx()` (pruned graphs: the kept nodes), in
+        node order: node_id, kind, layer, pos, feature, token_id, token, activation, probability,
+        influence (when known), index (row/column in `adjacency`)."""
+        import pandas as pd
+
+        present = self.present_mask()
+        rows = []
+        for i in present.nonzero().flatten().tolist():
+            info = self.node_info(i)
+            if info["kind"] in ("feature", "token"):
+                info.setdefault("token", self.token_strs[info["pos"]])
+            rows.append(dict(node_id=self.node_id(i), index=i, **info))
+        df = pd.DataFrame(
+            rows,
+            columns=[
+                "node_id", "kind", "layer", "pos", "feature", "token_id", "token", "activation",
+                "probability", "index",
+            ],
+        )  # fmt: skip
+        for col in ("layer", "pos", "feature", "token_id"):
+            df[col] = df[col].astype("Int64")
+        if self.influence is not None:
+            df["influence"] = self.influence[present].float().numpy()
+        return df.set_index("node_id")
+
+    def edges_df(self):
+        """pandas DataFrame, one row per edge of `to_networkx()`: source, target (node ids), weight
+        (the direct effect of source on target), source_kind, target_kind; strongest |weight| first."""
+        import pandas as pd
+
+        present = self.present_mask()
+        A = self.adjacency * present[:, None] * present[None, :]
+        targets, sources = A.nonzero(as_tuple=True)
+        weights = A[targets, sources]
+        order = weights.abs().argsort(descending=True, stable=True)
+        targets, sources, weights = targets[order].tolist(), sources[order].tolist(), weights[order]
+        ids = self.node_ids()
+        return pd.DataFrame(
+            {
+                "source": [ids[s] for s in sources],
+                "target": [ids[t] for t in targets],
+                "weight": weights.float().numpy(),
+                "source_kind": [self.node_kind(s) for s in sources],
+                "target_kind": [self.node_kind(t) for t in targets],
+            }
+        )

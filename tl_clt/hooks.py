@@ -1,78 +1,91 @@
-"""Hook-name mapping, model checks, the "leave nothing behind" guard, and the CLT replacement hooks.
+"""Model checks, the "leave nothing behind" guard, and small helpers for TransformerLens hook functions.
 
-The CLT configs name circuit-tracer's hook points. On a plain HookedTransformer they map to:
-- `mlp.hook_in` (the MLP's true input: ln2 output *including* its weight): `blocks.{l}.ln2.hook_normalized`
-  times `ln2.w` (`ln2.hook_normalized` itself is before the weight);
-- `ln2.hook_normalized`, `hook_resid_mid`: the TransformerLens hook points of those names;
-- `mlp.hook_out` / `hook_mlp_out`: `blocks.{l}.hook_mlp_out`.
+Where hooks go on a model (hook names, weights) is the model's `tl_clt.sites.Sites`; `check_compatible`
+checks model and CLT once at a public entry and returns those sites for the rest of the call.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import threading
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
-import torch
-from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedTransformer
-from transformer_lens.hook_points import HookPoint
 
 from tl_clt.clt import CrossLayerTranscoder
+from tl_clt.sites import Sites, sites_for
 
 HookList = list[tuple[str, Callable]]
+# start of the TransformerBridge's UserWarning when a hook returns a new norm scale (freezing does)
+BRIDGE_EDIT_WARNING = "A forward hook edited hook_scale/hook_normalized on the native-autograd path"
 
 
-def input_hook_name(clt: CrossLayerTranscoder, layer: int) -> str:
-    """The TL hook point whose value (after `clt_input`) is the CLT's input at `layer`."""
-    if clt.feature_input_hook == "hook_resid_mid":
-        return f"blocks.{layer}.hook_resid_mid"
-    return f"blocks.{layer}.ln2.hook_normalized"
+def layer_hook(fn: Callable, layer: int) -> Callable:
+    """A TL hook function `fn(tensor, *, hook)` that calls `fn(tensor, hook=hook, layer=layer)`."""
+
+    def hook_fn(tensor: Tensor, *, hook) -> Tensor:
+        return fn(tensor, hook=hook, layer=layer)
+
+    return hook_fn
 
 
-def clt_input(model: HookedTransformer, clt: CrossLayerTranscoder, layer: int, value: Tensor) -> Tensor:
-    """Turn the value seen at `input_hook_name` into the CLT's input (applies ln2.w for mlp.hook_in)."""
-    if clt.feature_input_hook == "mlp.hook_in":
-        return value * model.blocks[layer].ln2.w
-    return value
+def add_from_layer(pending: dict[int, Tensor], first: int, contributions: Tensor) -> None:
+    """`pending[first + i] += contributions[i]`: what a layer's features write to it and later layers."""
+    for i, contrib in enumerate(contributions):
+        prev = pending.get(first + i)
+        pending[first + i] = contrib if prev is None else prev + contrib
 
 
-def output_hook_name(layer: int) -> str:
-    return f"blocks.{layer}.hook_mlp_out"
+class PassStart:
+    """Tells hooks where a forward pass begins, also one that starts at a later block (`start_at_layer`).
 
+    A block begins a new pass unless it is the block right after the last one that ran and its input is
+    that block's very output tensor. At a new pass `reset()` is called, so no state that hooks keep
+    between layers (cross-layer decoder writes) survives from one forward pass into the next.
+    """
 
-def check_model(model: HookedTransformer) -> None:
-    """A HookedTransformer with unfolded RMSNorms, as `load_qwen3` makes."""
-    if not isinstance(model, HookedTransformer):
-        raise TypeError(f"Expected a transformer_lens.HookedTransformer, got {type(model).__name__}.")
-    norm = model.cfg.normalization_type
-    if norm in ("RMSPre", "LNPre"):
-        raise ValueError(
-            "This model's norm weights were folded into the next layers (normalization_type="
-            f"{norm!r}, TransformerLens' default fold_ln=True), so the true MLP input the CLT reads "
-            "no longer exists. Load it with tl_clt.load_qwen3(...) or "
-            "HookedTransformer.from_pretrained_no_processing(...)."
-        )
-    if norm != "RMS" or not model.cfg.gated_mlp:
-        raise ValueError(
-            f"tl_clt supports Qwen3-style models (RMSNorm, gated MLP); this one has "
-            f"normalization_type={norm!r}, gated_mlp={model.cfg.gated_mlp}. Load it with tl_clt.load_qwen3."
-        )
+    def __init__(self, reset: Callable[[], None]):
+        self.reset = reset
+        self.last_layer: int | None = None
+        self.last_out: weakref.ref | None = None
+
+    def block_in(self, tensor: Tensor, *, hook, layer: int) -> Tensor:
+        out = self.last_out() if self.last_out is not None else None
+        if layer == 0 or self.last_layer != layer - 1 or out is not tensor:
+            self.reset()
+        self.last_layer, self.last_out = None, None
+        return tensor
+
+    def block_out(self, tensor: Tensor, *, hook, layer: int) -> Tensor:
+        self.last_layer, self.last_out = layer, weakref.ref(tensor)
+        return tensor
+
+    def hooks(self, sites: Sites, n_layers: int) -> HookList:
+        """Hooks at every block's input and output (put them before the hooks that use the state)."""
+        out: HookList = []
+        for layer in range(n_layers):
+            out.append((sites.resid_pre.format(layer=layer), layer_hook(self.block_in, layer)))
+            out.append((sites.resid_post.format(layer=layer), layer_hook(self.block_out, layer)))
+        return out
 
 
 class ModelNameWarning(UserWarning):
     """The CLT's config names another model than the one it is used with (the shapes do match)."""
 
 
-def check_compatible(model: HookedTransformer, clt: CrossLayerTranscoder) -> None:
-    """Model and CLT fit together: same d_model, n_layers and device, unfolded norms.
+def check_compatible(model, clt: CrossLayerTranscoder) -> Sites:
+    """Model and CLT fit together: a supported model (see `tl_clt.sites`), same d_model, n_layers and
+    device. Returns the model's sites, checked to hold the CLT's input hook.
 
     Names that differ beyond a path, the hub owner or case give a `ModelNameWarning`, not an error: the
     same checkpoint may live under another name (a local copy).
     """
-    check_model(model)
+    sites = sites_for(model)
     if not isinstance(clt, CrossLayerTranscoder):
         raise TypeError(
             f"Expected a tl_clt.CrossLayerTranscoder, got {type(clt).__name__}; load one with "
@@ -103,6 +116,8 @@ def check_compatible(model: HookedTransformer, clt: CrossLayerTranscoder) -> Non
             ModelNameWarning,
             stacklevel=3,
         )
+    sites.clt_input(clt.feature_input_hook)
+    return sites
 
 
 def same_model(a: str, b: str) -> bool:
@@ -119,28 +134,202 @@ def _model_id(name: str) -> str:
 
 
 # ------------------------------------------------------------------------ leave nothing behind
-def _hook_handles(model: HookedTransformer) -> dict[str, tuple[int, ...]]:
+class UserHookWarning(UserWarning):
+    """The user's own hooks were on the model during a tl_clt call (see `Guard`)."""
+
+
+@dataclass
+class Guard:
+    """What `preserve` found on the model when the outermost tl_clt call began."""
+
+    user_hooks: list[str] = field(default_factory=list)  # hook points with the user's forward hooks
+    user_backward_hooks: list[str] = field(default_factory=list)  # switched off during the call
+    saes: list[str] = field(default_factory=list)  # SAELens SAEs (with error term) routed around
+
+
+_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> RLock
+_LOCKS_LOCK = threading.Lock()
+_DEPTH: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> nesting depth (under its lock)
+
+
+def model_lock(model) -> threading.RLock:
+    """The lock every tl_clt call holds on `model` while its hooks are on it (one per model).
+
+    TransformerLens hooks are global to a model: two tl_clt calls on one model from two threads would
+    run each other's hooks. Holding this lock serialises them (the second waits for the first).
+    """
+    with _LOCKS_LOCK:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.RLock()
+        return lock
+
+
+def _hook_handles(model) -> dict[str, tuple[int, ...]]:
     out = {}
     for name, hp in model.hook_dict.items():
         out[name] = tuple(id(h) for h in hp.fwd_hooks) + tuple(id(h) for h in hp.bwd_hooks)
     return out
 
 
-@contextlib.contextmanager
-def preserve(model: HookedTransformer) -> Iterator[None]:
-    """Restore the model's hooks, cfg, requires_grad, train/eval mode and grads on exit, also on error.
+def attached_saes(model) -> dict[str, tuple[str, Any]]:
+    """SAELens SAEs on a `HookedSAETransformer`: {input hook: (output hook, wrapper)} ({} otherwise)."""
+    acts = getattr(model, "_acts_to_saes", None) or getattr(model, "acts_to_saes", None) or {}
+    outs = getattr(model, "_transcoder_output_hooks", None) or {}
+    return {name: (outs.get(name, name), wrapper) for name, wrapper in acts.items()}
 
+
+def _set_module(model, path: str, module) -> None:
+    *parents, last = path.split(".")
+    owner = model
+    for part in parents:
+        owner = getattr(owner, part)
+    setattr(owner, last, module)
+
+
+def refuse_saes_at(model, hook_names) -> None:
+    """ValueError when a SAELens SAE replaces one of `hook_names` (hooks that are handed to the user)."""
+    taken = sorted({out for out, _ in attached_saes(model).values()} & set(hook_names))
+    if taken:
+        raise ValueError(
+            f"SAELens SAEs are attached at {taken}, where these hooks must go: remove them with "
+            "model.reset_saes() first (or use tl_clt.attribute / steer / feature_activations, which route "
+            "around SAEs attached with use_error_term=True)."
+        )
+
+
+def _route_around_saes(model) -> list[tuple[str, Any]]:
+    """Swap each attached SAE (with its error term) for a plain HookPoint; refuse one without it."""
+    saes = attached_saes(model)
+    without = sorted(name for name, (_, w) in saes.items() if not getattr(w, "use_error_term", False))
+    if without:
+        raise ValueError(
+            f"SAELens SAEs are attached at {without} with use_error_term=False: the model's activations "
+            "there are SAE reconstructions, so tl_clt's graphs and steering would describe the SAE-spliced "
+            "model, not the model the CLT was trained on. Remove them with model.reset_saes(), or attach "
+            "them with model.add_sae(sae, use_error_term=True) (then tl_clt routes around them: the SAE "
+            "plus its error is the identity)."
+        )
+    from transformer_lens.hook_points import HookPoint
+
+    swapped = []
+    for out, wrapper in saes.values():
+        _set_module(model, out, HookPoint())
+        swapped.append((out, wrapper))
+    if swapped:
+        model.setup()
+    return swapped
+
+
+def _restore_saes(model, swapped: list[tuple[str, Any]]) -> None:
+    for out, wrapper in swapped:
+        if getattr(wrapper, "_captured_input", None) is not None:
+            wrapper._captured_input = None  # a transcoder's input captured while we ran without it
+        _set_module(model, out, wrapper)
+    if swapped:
+        model.setup()
+
+
+def _user_hooks(model) -> tuple[list[str], list[str]]:
+    """Hook points holding the user's forward / backward hooks (SAELens' own input hooks left out)."""
+    sae_inputs = set(getattr(model, "_transcoder_output_hooks", None) or {})
+    fwd = [n for n, hp in model.hook_dict.items() if hp.fwd_hooks and n not in sae_inputs]
+    bwd = [n for n, hp in model.hook_dict.items() if hp.bwd_hooks]
+    return fwd, bwd
+
+
+def _switch_off_backward_hooks(model, names: list[str]) -> list[tuple[Any, int, Callable]]:
+    """Take the user's backward hooks out of their modules (put back by `_switch_on`)."""
+    off = []
+    for name in names:
+        hp = model.hook_dict[name]
+        for h in hp.bwd_hooks:
+            key = h.hook.id
+            if key in hp._backward_hooks:
+                off.append((hp, key, hp._backward_hooks.pop(key)))
+    return off
+
+
+def _switch_on(off: list[tuple[Any, int, Callable]]) -> None:
+    for hp, key, fn in off:
+        hp._backward_hooks[key] = fn
+
+
+@contextlib.contextmanager
+def preserve(model) -> Iterator[Guard]:
+    """Hold the model's lock; restore its hooks, cfg, requires_grad, train/eval mode and grads on exit,
+    also on error. Yields a `Guard` saying what the outermost call found on the model.
+
+    At the outermost call on a model (calls nest: `steer` builds steering hooks under its own guard):
+    - SAELens SAEs attached with `use_error_term=True` are swapped for plain hook points while we run and
+      put back after (the SAE plus its error is the identity); one without its error term is refused;
+    - the user's forward hooks stay on and run in our passes: `UserHookWarning`, names in `Guard.user_hooks`;
+    - the user's backward hooks are switched off while we run (they would run inside our vmapped backward
+      passes, several times per call) and switched back on after: `UserHookWarning`,
+      names in `Guard.user_backward_hooks`.
     Our own code adds hooks only through `model.hooks(...)`; this guard is the safety net under it.
+    Inside it, the TransformerBridge's warning that a hook edited a norm's scale (what freezing does, on
+    purpose) is silenced; the user's own forward passes still show it.
     """
+    lock = model_lock(model)
+    lock.acquire()
+    guard = Guard()
+    outer = _DEPTH.get(model, 0) == 0
+    _DEPTH[model] = _DEPTH.get(model, 0) + 1
+    swapped: list = []
+    off: list = []
+    try:
+        if outer:
+            swapped = _route_around_saes(model)
+            guard.saes = [out for out, _ in swapped]
+            guard.user_hooks, guard.user_backward_hooks = _user_hooks(model)
+            off = _switch_off_backward_hooks(model, guard.user_backward_hooks)
+            _warn_user_hooks(guard)
+        with _restored(model):
+            yield guard
+    finally:
+        try:
+            _switch_on(off)
+            _restore_saes(model, swapped)
+        finally:
+            _DEPTH[model] -= 1
+            lock.release()
+
+
+def _warn_user_hooks(guard: Guard) -> None:
+    if guard.user_hooks:
+        warnings.warn(
+            f"The model has hooks of yours at {guard.user_hooks}: they run inside tl_clt's passes, so the "
+            "result describes the hooked model (a graph records them in graph.meta['user_hooks']). Remove "
+            "them (model.reset_hooks()) for the plain model.",
+            UserHookWarning,
+            stacklevel=4,
+        )
+    if guard.user_backward_hooks:
+        warnings.warn(
+            f"The model has backward hooks of yours at {guard.user_backward_hooks}: tl_clt switches them off "
+            "during its own backward passes and back on after (a graph records them in "
+            "graph.meta['user_backward_hooks']).",
+            UserHookWarning,
+            stacklevel=4,
+        )
+
+
+@contextlib.contextmanager
+def _restored(model) -> Iterator[None]:
     cfg = copy.copy(model.cfg.__dict__)
     requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
     grads = {n: p.grad for n, p in model.named_parameters()}
     training = {n: m.training for n, m in model.named_modules()}
     context_level = model.context_level
     handles = _hook_handles(model)
+    quiet = warnings.catch_warnings()
+    quiet.__enter__()
+    warnings.filterwarnings("ignore", message=BRIDGE_EDIT_WARNING, category=UserWarning)
     try:
         yield
     finally:
+        quiet.__exit__(None, None, None)
         for name, hp in model.hook_dict.items():
             keep = set(handles.get(name, ()))
             for h in [h for h in hp.fwd_hooks + hp.bwd_hooks if id(h) not in keep]:
@@ -148,6 +337,9 @@ def preserve(model: HookedTransformer) -> Iterator[None]:
             hp.fwd_hooks = [h for h in hp.fwd_hooks if id(h) in keep]
             hp.bwd_hooks = [h for h in hp.bwd_hooks if id(h) in keep]
         model.context_level = context_level
+        for k, v in cfg.items():  # by setattr first: a bridge's cfg hands hook flags on to its components
+            if model.cfg.__dict__.get(k, v) is not v:
+                setattr(model.cfg, k, v)
         model.cfg.__dict__.clear()
         model.cfg.__dict__.update(cfg)
         for n, p in model.named_parameters():
@@ -155,83 +347,3 @@ def preserve(model: HookedTransformer) -> Iterator[None]:
             p.grad = grads[n]
         for n, m in model.named_modules():
             m.training = training[n]
-
-
-# ------------------------------------------------------------------------ replacement
-class _ReplacementState:
-    """Per-forward-pass scratch space shared by the replacement hooks."""
-
-    def __init__(self, model: HookedTransformer, clt: CrossLayerTranscoder, use_error_term: bool):
-        self.model, self.clt, self.use_error_term = model, clt, use_error_term
-        self.pending: list[Tensor | None] = [None] * clt.n_layers
-        self.acts: list[Tensor | None] = [None] * clt.n_layers
-
-    def read_input(self, value: Tensor, *, hook: HookPoint, layer: int) -> Tensor:
-        if layer == 0:
-            self.pending = [None] * self.clt.n_layers
-        x = clt_input(self.model, self.clt, layer, value)
-        acts = self.clt.encode(x, layer)
-        self.acts[layer] = acts
-        self._write_decoder_contributions(layer, acts)
-        return value
-
-    def _write_decoder_contributions(self, layer: int, acts: Tensor) -> None:
-        active = acts.reshape(-1, acts.shape[-1]).abs().sum(0).nonzero().squeeze(-1)
-        rows = self.clt.decoder_rows(layer, active).to(acts.dtype)  # [n, L-layer, d]
-        contrib = torch.einsum("...n,nld->l...d", acts[..., active], rows)
-        for i, target in enumerate(range(layer, self.clt.n_layers)):
-            prev = self.pending[target]
-            self.pending[target] = contrib[i] if prev is None else prev + contrib[i]
-
-    def write_output(self, mlp_out: Tensor, *, hook: HookPoint, layer: int) -> Tensor:
-        recon = self.clt.b_dec[layer].to(mlp_out.dtype)
-        if self.pending[layer] is not None:
-            recon = self.pending[layer] + recon
-        recon = recon.expand_as(mlp_out)
-        if self.use_error_term:
-            return recon + (mlp_out - recon).detach()
-        return recon
-
-
-def replacement_hooks(
-    model: HookedTransformer, clt: CrossLayerTranscoder, use_error_term: bool = False
-) -> HookList:
-    """TL forward hooks that replace every MLP output with the CLT's reconstruction.
-
-    With `use_error_term=True` the output equals the original MLP output (reconstruction + the
-    detached error), so gradients flow through the CLT features. Use with `model.hooks(fwd_hooks=...)`.
-    """
-    check_compatible(model, clt)
-    state = _ReplacementState(model, clt, use_error_term)
-    hooks: HookList = []
-    for layer in range(clt.n_layers):
-        hooks.append((input_hook_name(clt, layer), _bind(state.read_input, layer)))
-        hooks.append((output_hook_name(layer), _bind(state.write_output, layer)))
-    return hooks
-
-
-def _bind(fn: Callable, layer: int) -> Callable:
-    def hook_fn(tensor: Tensor, *, hook: HookPoint) -> Tensor:
-        return fn(tensor, hook=hook, layer=layer)
-
-    return hook_fn
-
-
-def capture_hooks(model: HookedTransformer, clt: CrossLayerTranscoder, store: dict[str, list]) -> HookList:
-    """Forward hooks that record each layer's CLT input and true MLP output into `store`."""
-    store["mlp_in"] = [None] * clt.n_layers
-    store["mlp_out"] = [None] * clt.n_layers
-
-    def make(kind: str, layer: int) -> Callable:
-        def hook_fn(tensor: Float[Tensor, "batch pos d"], *, hook: HookPoint) -> Tensor:
-            value = clt_input(model, clt, layer, tensor) if kind == "mlp_in" else tensor
-            store[kind][layer] = value.detach()
-            return tensor
-
-        return hook_fn
-
-    hooks: HookList = []
-    for layer in range(clt.n_layers):
-        hooks.append((input_hook_name(clt, layer), make("mlp_in", layer)))
-        hooks.append((output_hook_name(layer), make("mlp_out", layer)))
-    return hooks

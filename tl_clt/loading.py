@@ -1,4 +1,5 @@
-"""Load any Qwen3 checkpoint (local HF folder or hub id) as a HookedTransformer with unfolded norms.
+"""Load any Qwen3 checkpoint (local HF folder or hub id) with unfolded norms, as a HookedTransformer
+(transformer-lens 3.x) or a TransformerBridge (transformer-lens 3.x and 4.x).
 
 TransformerLens only knows the Qwen3 names in its own list, and its default `from_pretrained` folds the
 RMSNorm weights into the next linear layer. The CLTs read the true MLP input (ln2 output *with* its
@@ -10,36 +11,20 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from safetensors import safe_open
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from tl_clt.checks import all_finite, float_dtype
+from tl_clt.paths import resolve_folder
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 QWEN3_ARCH = "Qwen3ForCausalLM"
 _NON_WEIGHT_KEYS = ("IGNORE", "mask", "rotary_sin", "rotary_cos")
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]
-
-
-def resolve_folder(name_or_path: str | os.PathLike, allow_patterns: list[str]) -> Path:
-    """A local folder as is; otherwise a hub id fetched (or found in the cache) by huggingface_hub."""
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        return path
-    name = str(name_or_path)
-    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
-        raise FileNotFoundError(
-            f"{name!r} is neither a local folder nor a hub id of the form 'owner/name'. "
-            "Pass the folder that holds config.json (or config.yaml for a CLT), or a hub id."
-        )
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(name, allow_patterns=allow_patterns))
-    except Exception as err:  # network, auth, offline cache miss
-        raise FileNotFoundError(
-            f"Could not fetch {name!r} from the Hugging Face hub ({type(err).__name__}: {err}). "
-            "Download it once with network access, or pass a local folder."
-        ) from err
 
 
 def read_hf_config(folder: Path) -> dict:
@@ -70,6 +55,7 @@ def qwen3_tl_config(
     hf: dict, *, dtype: torch.dtype, device: str | None, n_ctx: int | None, model_name: str
 ) -> HookedTransformerConfig:
     """HookedTransformerConfig for a Qwen3 config.json dict, norms unfolded (normalization 'RMS')."""
+    HookedTransformerConfig = _hooked_transformer().HookedTransformerConfig
     n_heads = hf["num_attention_heads"]
     head_dim = hf.get("head_dim") or hf["hidden_size"] // n_heads
     n_kv = hf.get("num_key_value_heads") or n_heads
@@ -83,7 +69,7 @@ def qwen3_tl_config(
         n_key_value_heads=n_kv if n_kv != n_heads else None,
         d_mlp=hf["intermediate_size"],
         n_layers=hf["num_hidden_layers"],
-        n_ctx=n_ctx or min(max_pos, 2048),
+        n_ctx=n_ctx if n_ctx is not None else min(max_pos, 2048),
         eps=hf.get("rms_norm_eps", 1e-6),
         d_vocab=hf["vocab_size"],
         act_fn=hf.get("hidden_act", "silu"),
@@ -161,29 +147,129 @@ def qwen3_state_dict(
     return out
 
 
+def _check_n_ctx(n_ctx) -> None:
+    if n_ctx is None:
+        return
+    if isinstance(n_ctx, bool) or not isinstance(n_ctx, int):
+        raise TypeError(f"n_ctx must be an int (the context length in tokens) or None, got {n_ctx!r}.")
+    if n_ctx < 1:
+        raise ValueError(
+            f"n_ctx must be at least 1 (the context length in tokens), got {n_ctx}; "
+            "None gives min(max_position_embeddings, 2048)."
+        )
+
+
+def _check_tokenizer_files(folder: Path) -> None:
+    """FileNotFoundError naming the tokenizer files a Qwen3 folder lacks (else transformers quietly
+    builds a tokenizer with one token)."""
+    if (folder / "tokenizer.json").is_file():
+        return
+    missing = [n for n in ("vocab.json", "merges.txt") if not (folder / n).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{folder} has no tokenizer: load_qwen3 reads tokenizer.json (or vocab.json + merges.txt) from "
+            f"the checkpoint folder; missing: tokenizer.json, {', '.join(missing)}. Copy them from the "
+            "original checkpoint (e.g. Qwen/Qwen3-1.7B-Base)."
+        )
+
+
+def _check_weights(
+    weights: dict[str, torch.Tensor], folder: Path, *, dtype: torch.dtype | None = None
+) -> None:
+    """ValueError naming the first weight that is not floating point or holds NaN/inf (with `dtype`:
+    after conversion to it, i.e. too large for it)."""
+    for name, t in weights.items():
+        if not t.is_floating_point():
+            raise ValueError(
+                f"{folder}: the checkpoint weight {name} has dtype {t.dtype}, not a float dtype."
+            )
+        if not all_finite(t):
+            if dtype is not None:
+                raise ValueError(
+                    f"{folder}: {name} has values too large for dtype={dtype}; load the model in a wider "
+                    "dtype (torch.float32 or torch.bfloat16)."
+                )
+            raise ValueError(
+                f"{folder}: the checkpoint weight {name} contains NaN or inf; the checkpoint is corrupt "
+                "(re-download it)."
+            )
+
+
 def load_qwen3(
     name_or_path: str | os.PathLike,
+    *,
     device: str | torch.device | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     n_ctx: int | None = None,
+    backend: Literal["hooked", "bridge"] = "hooked",
 ) -> HookedTransformer:
-    """Any Qwen3ForCausalLM checkpoint (local folder or hub id) -> HookedTransformer, norms unfolded.
+    """Any Qwen3ForCausalLM checkpoint (local folder or hub id) -> a TransformerLens model, norms unfolded.
 
-    The tokenizer comes from the same folder/id. `n_ctx` defaults to min(max_position_embeddings,
-    2048) (TransformerLens keeps rotary tables of that length in every layer).
+    backend="hooked" (default): a HookedTransformer (needs transformer-lens 3.x). backend="bridge": a
+    `TransformerBridge` booted by `TransformerBridge.boot_transformers` from the local folder (a hub id is
+    fetched into the cache first, so booting itself is offline), with raw HF weights: no folding, no
+    centring (transformer-lens 3.x and 4.x). The tokenizer comes from the same folder/id. `dtype` is a
+    torch float dtype or its name ("float32", "bfloat16", ...); every weight is checked finite at
+    load. `n_ctx` defaults to min(max_position_embeddings, 2048) for the HookedTransformer
+    (TransformerLens keeps rotary tables of that length in every layer) and to max_position_embeddings
+    for the bridge.
     """
+    if backend not in ("hooked", "bridge"):
+        raise ValueError(
+            f"backend must be 'hooked' (HookedTransformer) or 'bridge' (TransformerBridge), got {backend!r}."
+        )
+    dtype = float_dtype(dtype)
+    _check_n_ctx(n_ctx)
     folder = resolve_folder(name_or_path, _HUB_PATTERNS)
     hf = read_hf_config(folder)
+    _check_tokenizer_files(folder)
     device = str(device) if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    if backend == "bridge":
+        return _boot_bridge(folder, name=str(name_or_path), device=device, dtype=dtype, n_ctx=n_ctx)
     cfg = qwen3_tl_config(hf, dtype=dtype, device=device, n_ctx=n_ctx, model_name=str(name_or_path))
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    state_dict = qwen3_state_dict(_read_hf_weights(folder), cfg)
-    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    hf_weights = _read_hf_weights(folder)
+    _check_weights(hf_weights, folder)
+    state_dict = qwen3_state_dict(hf_weights, cfg)
+    if dtype == torch.float16:  # the one float dtype with a narrower range than the checkpoint's
+        _check_weights(state_dict, folder, dtype=dtype)
+    model = _hooked_transformer().HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
     missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
     if unexpected or any(not k.endswith(_NON_WEIGHT_KEYS) for k in missing):
         raise ValueError(f"Checkpoint does not match Qwen3: missing {missing}, unexpected {unexpected}")
     model.to(device)
     model.eval()
     return model
+
+
+def _hooked_transformer():
+    """transformer_lens with HookedTransformer (3.x); a clear error on 4.x, where it was removed."""
+    import transformer_lens
+
+    try:
+        transformer_lens.HookedTransformer  # noqa: B018  (4.x raises ImportError here)
+    except (ImportError, AttributeError) as err:
+        raise ImportError(
+            f"load_qwen3(backend='hooked') builds a HookedTransformer, which needs transformer-lens 3.x "
+            f"(installed: {_tl_version()}). Use load_qwen3(..., backend='bridge') for a TransformerBridge, "
+            "or install 'transformer-lens>=3,<4'."
+        ) from err
+    return transformer_lens
+
+
+def _tl_version() -> str:
+    from importlib.metadata import version
+
+    return version("transformer-lens")
+
+
+def _boot_bridge(folder: Path, *, name: str, device: str, dtype: torch.dtype, n_ctx: int | None):
+    """A TransformerBridge of the Qwen3 checkpoint in `folder`, raw HF weights (what tl_clt needs)."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    bridge = TransformerBridge.boot_transformers(str(folder), device=device, dtype=dtype, n_ctx=n_ctx)
+    bridge.cfg.model_name = name
+    bridge.eval()
+    return bridge

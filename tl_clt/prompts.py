@@ -2,6 +2,11 @@
 
 Qwen3 has no BOS token. Like circuit-tracer, when the first token is not a special token we put
 `<|endoftext|>` in front; that position is an attention sink and is left out of graphs.
+
+Positions vs TransformerLens: `load_qwen3` models do not prepend a BOS (`default_prepend_bos=False`), so
+`model.to_str_tokens(prompt)[i]` is graph position `i + prompt_offset(model, prompt)` (1 when the sink
+was added). `to_str_tokens(model, prompt)` gives the strings at graph positions. Token ids from
+`model.to_tokens(prompt)` (shape `[1, pos]`) are accepted as prompts and give the same graph as the text.
 """
 
 from __future__ import annotations
@@ -9,31 +14,33 @@ from __future__ import annotations
 import torch
 from jaxtyping import Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
+
+from tl_clt.sites import sites_for
 
 Prompt = str | list[int] | Tensor
-SINK_TOKEN = "<|endoftext|>"
+SINK_POS = 0  # position of the attention-sink token; features and errors there are left out of graphs
 
 
-def sink_token_id(model: HookedTransformer) -> int:
+def sink_token_id(model) -> int:
+    """Id of the model's attention-sink token (`Sites.sink_token`, `<|endoftext|>` for Qwen3)."""
+    sink = sites_for(model).sink_token
     tok = model.tokenizer
     if tok is None:
         raise ValueError(
-            f"This model has no tokenizer, so the {SINK_TOKEN!r} sink id is unknown. Give it one with "
+            f"This model has no tokenizer, so the {sink!r} sink id is unknown. Give it one with "
             "model.set_tokenizer(AutoTokenizer.from_pretrained(<the model's folder or hub id>))."
         )
-    token_id = tok.convert_tokens_to_ids(SINK_TOKEN)
+    token_id = tok.convert_tokens_to_ids(sink)
     if token_id is None or token_id == tok.unk_token_id:
         token_id = tok.eos_token_id
     if token_id is None:
-        raise ValueError(f"The tokenizer has neither {SINK_TOKEN!r} nor an eos token to prepend.")
+        raise ValueError(f"The tokenizer has neither {sink!r} nor an eos token to prepend.")
     return int(token_id)
 
 
-def to_tokens(model: HookedTransformer, prompt: Prompt) -> Int[Tensor, " pos"]:
+def to_tokens(model, prompt: Prompt) -> Int[Tensor, " pos"]:
     """Token ids on the model's device, with `<|endoftext|>` prepended when the first is not special."""
-    if not isinstance(model, HookedTransformer):
-        raise TypeError(f"Expected a transformer_lens.HookedTransformer, got {type(model).__name__}.")
+    sites_for(model)  # a supported model, or a clear error
     if isinstance(prompt, str):
         if model.tokenizer is None:
             raise ValueError("This model has no tokenizer: pass token ids instead of a string.")
@@ -67,6 +74,14 @@ def to_tokens(model: HookedTransformer, prompt: Prompt) -> Int[Tensor, " pos"]:
     return tokens.to(model.cfg.device)
 
 
+def tokens_after_sink(model, prompt: Prompt, *, needed_for: str) -> Int[Tensor, " pos"]:
+    """`to_tokens(model, prompt)`, which must hold a real token after the sink (`needed_for` says why)."""
+    tokens = to_tokens(model, prompt)
+    if len(tokens) <= SINK_POS + 1:
+        raise ValueError(f"The prompt is only the attention-sink token; {needed_for}")
+    return tokens
+
+
 def _as_token_tensor(prompt) -> Tensor:
     """A tensor of token ids from a list or tensor, with clear errors for anything else."""
     if isinstance(prompt, (list, tuple)):
@@ -94,3 +109,19 @@ def _flat(items):
             yield from _flat(x)
         else:
             yield x
+
+
+def prompt_offset(model, prompt: Prompt) -> int:
+    """How many tokens `to_tokens` puts in front of `prompt`: 1 (the sink) or 0 (it began with a special
+    token). Graph position p is position `p - prompt_offset` of the prompt's own tokens."""
+    tokens = to_tokens(model, prompt)
+    if isinstance(prompt, str):
+        n_raw = len(model.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    else:
+        n_raw = _as_token_tensor(prompt).numel()
+    return len(tokens) - n_raw
+
+
+def to_str_tokens(model, prompt: Prompt) -> list[str]:
+    """The token strings at graph positions (position 0: the sink), like `model.to_str_tokens`."""
+    return [model.tokenizer.decode([t]) for t in to_tokens(model, prompt).tolist()]

@@ -14,28 +14,33 @@ later layer l, at the chosen positions. The real MLPs still run, so later featur
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
-from transformer_lens.hook_points import HookPoint
 
-from tl_clt.attribution import PromptState, clean_pass, freeze_hooks
+from tl_clt.checks import as_int, as_number
 from tl_clt.clt import CrossLayerTranscoder
-from tl_clt.graph import AttributionGraph
+from tl_clt.fingerprints import check_clt
+from tl_clt.frozen import PromptState, clean_pass, freeze_hooks
 from tl_clt.hooks import (
     HookList,
+    PassStart,
+    add_from_layer,
     check_compatible,
-    clt_input,
-    input_hook_name,
-    output_hook_name,
+    layer_hook,
     preserve,
+    refuse_saes_at,
 )
 from tl_clt.nodes import NodeLike, as_node_list, feature_key
 from tl_clt.prompts import Prompt, to_tokens
+from tl_clt.sites import Sites
+
+if TYPE_CHECKING:
+    from tl_clt.graph import AttributionGraph
 
 Position = int | slice
 
@@ -52,6 +57,8 @@ class Intervention:
     pos: Position
     feature: int
     value: float
+    # set by `scale` / `group_interventions` from a graph: the CLT that graph was made with (checked by steer)
+    clt_fingerprint: dict | None = field(default=None, compare=False, repr=False)
 
     def __iter__(self) -> Iterator:
         return iter((self.layer, self.pos, self.feature, self.value))
@@ -62,6 +69,15 @@ def as_interventions(interventions) -> list[Intervention]:
     """An Intervention, or an iterable of Interventions / (layer, pos, feature, value) tuples."""
     if isinstance(interventions, Intervention):
         return [interventions]
+    if (
+        interventions is None
+        or isinstance(interventions, (Mapping, str, bytes))
+        or not isinstance(interventions, Iterable)
+    ):
+        raise TypeError(
+            "interventions must be an Intervention or a list of them (or of (layer, pos, feature, value) "
+            f"tuples); got {type(interventions).__name__}. Pass [] to run without steering."
+        )
     out = []
     for iv in interventions:
         if isinstance(iv, Intervention):
@@ -74,11 +90,10 @@ def as_interventions(interventions) -> list[Intervention]:
 
 
 def _int(x, what: str, iv: Intervention) -> int:
-    if isinstance(x, Tensor) and x.ndim == 0 and not x.is_floating_point():
-        x = int(x)
-    if not isinstance(x, int) or isinstance(x, bool):
-        raise TypeError(f"{iv}: {what} must be an int, got {type(x).__name__}.")
-    return x
+    try:
+        return as_int(x, what)
+    except TypeError:
+        raise TypeError(f"{iv}: {what} must be an int, got {type(x).__name__}.") from None
 
 
 def check_intervention(iv: Intervention, clt: CrossLayerTranscoder, n_pos: int | None = None) -> Intervention:
@@ -91,9 +106,10 @@ def check_intervention(iv: Intervention, clt: CrossLayerTranscoder, n_pos: int |
         raise ValueError(
             f"{iv}: feature {feature} is out of range; layer {layer} has features 0..{clt.n_features - 1}."
         )
+    check_clt(iv.clt_fingerprint, clt, f"{iv} comes from a graph that")
     try:
-        value = float(iv.value)
-    except (TypeError, ValueError) as err:
+        value = as_number(iv.value, "value", finite=False)
+    except TypeError as err:
         raise TypeError(f"{iv}: value must be a number (the new activation), got {iv.value!r}.") from err
     if not math.isfinite(value):
         raise ValueError(
@@ -108,7 +124,12 @@ def check_intervention(iv: Intervention, clt: CrossLayerTranscoder, n_pos: int |
             f"{iv}: pos {pos} is out of range for a prompt of {n_pos} tokens (with the "
             f"'<|endoftext|>' sink at 0); use 0..{n_pos - 1} or -{n_pos}..-1."
         )
-    return Intervention(layer, pos, feature, value)
+    return Intervention(layer, pos, feature, value, iv.clt_fingerprint)
+
+
+def check_interventions(interventions, clt: CrossLayerTranscoder, n_pos: int | None) -> list[Intervention]:
+    """`as_interventions(interventions)`, each checked by `check_intervention`."""
+    return [check_intervention(iv, clt, n_pos) for iv in as_interventions(interventions)]
 
 
 def _check_slice(pos: slice, iv: Intervention, n_pos: int | None) -> None:
@@ -118,6 +139,15 @@ def _check_slice(pos: slice, iv: Intervention, n_pos: int | None) -> None:
             raise TypeError(f"{iv}: pos.{name} must be an int or None, got {x!r}.")
     if pos.step is not None and pos.step < 1:
         raise ValueError(f"{iv}: pos slices must step forward (step >= 1), got step {pos.step}.")
+    start, stop = pos.start, pos.stop
+    if n_pos is not None and stop is not None:
+        start = 0 if start is None else start + n_pos if start < 0 else start
+        stop = stop + n_pos if stop < 0 else stop
+    if stop is not None and (start or 0) >= 0 and stop >= 0 and (start or 0) >= stop:
+        raise ValueError(
+            f"{iv}: pos slice {pos.start}:{pos.stop} selects no position (its start is not before its "
+            "stop); give start < stop, or slice(k, None) for position k onwards."
+        )
     if n_pos is not None and pos.start is not None and not -n_pos <= pos.start <= n_pos:
         raise ValueError(
             f"{iv}: pos slice starts at {pos.start}, outside a prompt of {n_pos} tokens; use a "
@@ -136,7 +166,7 @@ def positions(pos: Position, n_pos: int) -> Int[Tensor, " n"]:
 
 # ------------------------------------------------------------------------ hooks
 @dataclass
-class _LayerPlan:
+class LayerPlan:
     """The interventions of one layer: their distinct features and those features' decoder rows."""
 
     layer: int
@@ -155,7 +185,8 @@ class _LayerPlan:
         return mask, value
 
 
-def _plans(clt: CrossLayerTranscoder, interventions: list[Intervention]) -> list[_LayerPlan]:
+def plan_interventions(clt: CrossLayerTranscoder, interventions: list[Intervention]) -> list[LayerPlan]:
+    """Checked interventions grouped by layer, each layer's decoder rows read once."""
     plans = []
     for layer in sorted({iv.layer for iv in interventions}):
         mine = [iv for iv in interventions if iv.layer == layer]
@@ -163,23 +194,22 @@ def _plans(clt: CrossLayerTranscoder, interventions: list[Intervention]) -> list
         col = {f: i for i, f in enumerate(features)}
         features_t = torch.tensor(features, dtype=torch.long)
         rows = clt.decoder_rows(layer, features_t)
-        plans.append(
-            _LayerPlan(layer, features_t, rows, [(iv.pos, col[iv.feature], iv.value) for iv in mine])
-        )
+        plans.append(LayerPlan(layer, features_t, rows, [(iv.pos, col[iv.feature], iv.value) for iv in mine]))
     return plans
 
 
-class _SteeringState:
+class SteeringState:
     """Per-forward-pass scratch space shared by the steering hooks."""
 
     def __init__(
         self,
-        model: HookedTransformer,
+        model,
         clt: CrossLayerTranscoder,
-        plans: list[_LayerPlan],
+        sites: Sites,
+        plans: list[LayerPlan],
         clean: PromptState | None,
     ):
-        self.model, self.clt, self.plans = model, clt, {p.layer: p for p in plans}
+        self.model, self.clt, self.sites, self.plans = model, clt, sites, {p.layer: p for p in plans}
         self.first = min(self.plans, default=None)
         self.clean = clean  # set in direct-effect mode: activations and MLP outputs stay clean
         self.pending: dict[int, Tensor] = {}
@@ -190,39 +220,30 @@ class _SteeringState:
         if self.clean is not None:
             x = self.clean.mlp_in[layer].to(value.dtype)
         else:
-            x = clt_input(self.model, self.clt, layer, value)
+            x = self.sites.to_clt_input(self.model, self.clt.feature_input_hook, layer, value)
         return self.clt.encode(x, layer)[..., features]
 
-    def read_input(self, value: Tensor, *, hook: HookPoint, layer: int) -> Tensor:
-        if layer == self.first:
-            self.pending = {}
+    def reset(self) -> None:
+        self.pending = {}
+
+    def read_input(self, value: Tensor, *, hook, layer: int) -> Tensor:
         plan = self.plans[layer]
         current = self.current(value, layer)
         mask, target = (t.to(value.device) for t in plan.targets(value.shape[-2]))
         delta = torch.where(mask, target.to(current.dtype) - current, 0)
         rows = plan.rows.to(value.device, value.dtype)
-        contrib = torch.einsum("...pm,mld->l...pd", delta, rows)
-        for i, target_layer in enumerate(range(layer, self.clt.n_layers)):
-            prev = self.pending.get(target_layer)
-            self.pending[target_layer] = contrib[i] if prev is None else prev + contrib[i]
+        add_from_layer(self.pending, layer, torch.einsum("...pm,mld->l...pd", delta, rows))
         return value
 
-    def write_output(self, mlp_out: Tensor, *, hook: HookPoint, layer: int) -> Tensor:
+    def write_output(self, mlp_out: Tensor, *, hook, layer: int) -> Tensor:
         if self.clean is not None:
             mlp_out = self.clean.mlp_out[layer].to(mlp_out.dtype).expand_as(mlp_out)
         delta = self.pending.pop(layer, None)
         return mlp_out if delta is None else mlp_out + delta
 
 
-def _bind(fn: Callable, layer: int) -> Callable:
-    def hook_fn(tensor: Tensor, *, hook: HookPoint) -> Tensor:
-        return fn(tensor, hook=hook, layer=layer)
-
-    return hook_fn
-
-
 def _length_guard(n_pos: int) -> Callable:
-    def hook_fn(embed: Float[Tensor, "batch pos d_model"], *, hook: HookPoint) -> Tensor:
+    def hook_fn(embed: Float[Tensor, "batch pos d_model"], *, hook) -> Tensor:
         if embed.shape[-2] != n_pos:
             raise ValueError(
                 f"These steering hooks were built for tokens= of {n_pos} tokens, but the model "
@@ -234,17 +255,52 @@ def _length_guard(n_pos: int) -> Callable:
     return hook_fn
 
 
-def _frozen_values(state: PromptState, direct_effects: bool) -> dict[str, Tensor]:
-    if direct_effects:
-        return {**state.frozen, "ln_final.hook_scale": state.final_scale[None]}
-    return {n: t for n, t in state.frozen.items() if n.endswith("attn.hook_pattern")}
+def build_steering_hooks(
+    model,
+    clt: CrossLayerTranscoder,
+    sites: Sites,
+    plans: list[LayerPlan],
+    tokens: Int[Tensor, " pos"] | None,
+    *,
+    freeze_attention: bool,
+    direct_effects: bool,
+) -> HookList:
+    """The hooks of `steering_hooks` from checked inputs: `sites` from `check_compatible`, `plans` from
+    `plan_interventions`, `tokens` from `to_tokens` (needed when freezing). Reads no decoder rows."""
+    hooks: HookList = [] if tokens is None else [(sites.embed, _length_guard(len(tokens)))]
+    clean = None
+    if freeze_attention or direct_effects:
+        with preserve(model), torch.no_grad():
+            state = clean_pass(model, clt, tokens, sites)
+        hooks += freeze_hooks(state.everything() if direct_effects else state.patterns())
+        clean = state if direct_effects else None
+    st = SteeringState(model, clt, sites, plans, clean)
+    hooks += PassStart(st.reset).hooks(sites, clt.n_layers)  # nothing kept between forward passes
+    for plan in plans:
+        hook = sites.clt_input_hook(clt.feature_input_hook, plan.layer)
+        hooks.append((hook, layer_hook(st.read_input, plan.layer)))
+    first_out = 0 if direct_effects else st.first
+    if first_out is not None:
+        for layer in range(first_out, clt.n_layers):
+            hooks.append((sites.mlp_out_hook(layer), layer_hook(st.write_output, layer)))
+    return hooks
+
+
+def _check_freeze_tokens(tokens, freeze_attention: bool, direct_effects: bool) -> None:
+    if (freeze_attention or direct_effects) and tokens is None:
+        mode = "direct_effects=True" if direct_effects else "freeze_attention=True"
+        raise ValueError(
+            f"{mode} needs tokens= (the unsteered prompt) to compute the frozen values; pass "
+            "tokens=tl_clt.to_tokens(model, prompt), or use freeze_attention=False."
+        )
 
 
 def steering_hooks(
-    model: HookedTransformer,
+    model,
     clt: CrossLayerTranscoder,
     interventions: Intervention | Iterable[Intervention],
     tokens: Prompt | None = None,
+    *,
     freeze_attention: bool = True,
     direct_effects: bool = False,
 ) -> HookList:
@@ -256,56 +312,62 @@ def steering_hooks(
     `direct_effects=True` implies frozen attention. Use with `model.hooks(fwd_hooks=...)`; to steer
     the replacement model, put these after `replacement_hooks(...)` (both write `hook_mlp_out`).
     """
-    check_compatible(model, clt)
-    if (freeze_attention or direct_effects) and tokens is None:
-        mode = "direct_effects=True" if direct_effects else "freeze_attention=True"
-        raise ValueError(
-            f"{mode} needs tokens= (the unsteered prompt) to compute the frozen values; pass "
-            "tokens=tl_clt.to_tokens(model, prompt), or use freeze_attention=False."
-        )
+    sites = check_compatible(model, clt)
+    _check_freeze_tokens(tokens, freeze_attention, direct_effects)
     toks = None if tokens is None else to_tokens(model, tokens)
     n_pos = None if toks is None else len(toks)
-    ivs = [check_intervention(iv, clt, n_pos) for iv in as_interventions(interventions)]
-    plans = _plans(clt, ivs)
-    hooks: HookList = [] if toks is None else [("hook_embed", _length_guard(len(toks)))]
-    clean = None
-    if freeze_attention or direct_effects:
-        with preserve(model), torch.no_grad():
-            state = clean_pass(model, clt, toks)
-        hooks += freeze_hooks(_frozen_values(state, direct_effects))
-        clean = state if direct_effects else None
-    st = _SteeringState(model, clt, plans, clean)
-    for plan in plans:
-        hooks.append((input_hook_name(clt, plan.layer), _bind(st.read_input, plan.layer)))
-    first_out = 0 if direct_effects else st.first
-    if first_out is not None:
-        for layer in range(first_out, clt.n_layers):
-            hooks.append((output_hook_name(layer), _bind(st.write_output, layer)))
+    plans = plan_interventions(
+        clt, [check_intervention(iv, clt, n_pos) for iv in as_interventions(interventions)]
+    )
+    hooks = build_steering_hooks(
+        model, clt, sites, plans, toks, freeze_attention=freeze_attention, direct_effects=direct_effects
+    )
+    refuse_saes_at(model, [name for name, _ in hooks])
     return hooks
 
 
+def run_steered(
+    model,
+    clt: CrossLayerTranscoder,
+    sites: Sites,
+    plans: list[LayerPlan],
+    tokens: Int[Tensor, " pos"],
+    *,
+    freeze_attention: bool,
+    direct_effects: bool = False,
+) -> Float[Tensor, "pos d_vocab"]:
+    """Logits of `tokens` with planned interventions applied (inputs checked by the caller)."""
+    with preserve(model), torch.no_grad():
+        hooks = build_steering_hooks(
+            model, clt, sites, plans, tokens, freeze_attention=freeze_attention, direct_effects=direct_effects
+        )
+        with model.hooks(fwd_hooks=hooks):
+            return model(tokens[None])[0]
+
+
 def steer(
-    model: HookedTransformer,
+    model,
     clt: CrossLayerTranscoder,
     prompt: Prompt,
     interventions: Intervention | Iterable[Intervention],
+    *,
     freeze_attention: bool = True,
     direct_effects: bool = False,
 ) -> Float[Tensor, "pos d_vocab"]:
     """Logits of `prompt` (sink token at 0 included) with `interventions` applied, as by
     `steering_hooks`."""
-    check_compatible(model, clt)
+    sites = check_compatible(model, clt)
     tokens = to_tokens(model, prompt)
-    with preserve(model), torch.no_grad():
-        hooks = steering_hooks(model, clt, interventions, tokens, freeze_attention, direct_effects)
-        with model.hooks(fwd_hooks=hooks):
-            return model(tokens[None])[0]
+    plans = plan_interventions(clt, check_interventions(interventions, clt, len(tokens)))
+    return run_steered(
+        model, clt, sites, plans, tokens, freeze_attention=freeze_attention, direct_effects=direct_effects
+    )
 
 
 # ------------------------------------------------------------------------ scale / ablate
 def _activation_lookup(source: AttributionGraph | Tensor) -> tuple[dict[tuple, float], int]:
     """{(layer, pos, feature): activation} of the active features, and the number of positions."""
-    if isinstance(source, AttributionGraph):
+    if all(hasattr(source, a) for a in ("active_features", "activation_values", "n_pos")):  # a graph
         keys, values, n_pos = source.active_features, source.activation_values, source.n_pos
     elif isinstance(source, Tensor):
         if source.ndim != 3:
@@ -331,7 +393,9 @@ def scale(
     `nodes`: feature node ids ("F:12:5:847") or (layer, pos, feature) keys. `source`: the graph
     (activations of its prompt) or `tl_clt.feature_activations(...)` of the unsteered prompt.
     """
+    factor = as_number(factor, "factor")
     lookup, n_pos = _activation_lookup(source)
+    fingerprint = getattr(source, "meta", {}).get("clt_fingerprint")
     out = []
     for node in as_node_list(nodes):
         layer, pos, feature = feature_key(node)
@@ -342,7 +406,7 @@ def scale(
                 "prompt (activation 0), so scaling it changes nothing. Check the key, or set an "
                 "absolute activation with Intervention(layer, pos, feature, value)."
             )
-        out.append(Intervention(layer, key[1], feature, float(factor) * lookup[key]))
+        out.append(Intervention(layer, key[1], feature, factor * lookup[key], fingerprint))
     return out
 
 

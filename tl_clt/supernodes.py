@@ -7,24 +7,30 @@
   `top_inputs` / `top_outputs` (largest edges into / out of a node) and
   `feature_output_tokens` (a feature's top tokens through the unembedding).
 - `group_interventions(graph, members, factor)`: one `Intervention` per member, to steer a group.
-Nodes are node ids ("F:l:p:f", "E:l:p", "T:p", "L:token_id") or (layer, pos, feature) keys.
+Nodes are given in any spelling of `tl_clt.nodes` ("F:l:p:f", "E:l:p", "T:p", "L:token_id", JSON ids, or
+(layer, pos, feature) keys).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import networkx as nx
 import torch
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
+from tl_clt.checks import as_number, check_k
 from tl_clt.clt import CrossLayerTranscoder
-from tl_clt.graph import AttributionGraph
+from tl_clt.fingerprints import check_clt, check_model
 from tl_clt.hooks import check_compatible
-from tl_clt.nodes import NodeLike, as_node_list, node_kind, to_node_id
+from tl_clt.nodes import Node, NodeLike, as_node_list, group_members, node_id, node_kind
+from tl_clt.prompts import to_tokens
+from tl_clt.replacement import feature_activations
 from tl_clt.steering import Intervention, scale
+
+if TYPE_CHECKING:
+    from tl_clt.graph import AttributionGraph
 
 
 class Candidate(NamedTuple):
@@ -44,13 +50,13 @@ class TokenScore(NamedTuple):
 
 
 # ------------------------------------------------------------------------ grouping
-def _membership(G: nx.DiGraph, groups: Mapping[str, Iterable[NodeLike]]) -> dict[str, str]:
+def _membership(G: nx.DiGraph, groups: Mapping[str, Iterable[NodeLike]], n_layers: int) -> dict[str, str]:
     """{member node id: group name}, with clear errors for unknown or doubly grouped nodes."""
     owner: dict[str, str] = {}
     for name, members in groups.items():
         if not isinstance(name, str) or not name:
             raise TypeError(f"Group names must be non-empty strings, got {name!r}.")
-        ids = [to_node_id(m) for m in as_node_list(members)]
+        ids = [node_id(m, n_layers=n_layers) for m in group_members(name, members)]
         if not ids:
             raise ValueError(f"Group {name!r} has no members.")
         for node in ids:
@@ -102,7 +108,7 @@ def group_graph(graph: AttributionGraph, groups: Mapping[str, Iterable[NodeLike]
     and edges stay as in `to_networkx()`, so a pruned graph groups its pruned nodes and edges.
     """
     G = graph.to_networkx()
-    owner = _membership(G, groups)
+    owner = _membership(G, groups, graph.n_layers)
     H = nx.DiGraph(**G.graph)
     for node, data in G.nodes(data=True):
         if node not in owner:
@@ -127,7 +133,8 @@ def group_interventions(
     """Interventions steering a whole group: every member feature set to `factor` times its
     activation in `graph` (0 ablates the group). Members must be features."""
     members = as_node_list(members)
-    bad = [m for m in members if isinstance(m, str) and node_kind(m) != "feature"]
+    n_layers = getattr(graph, "n_layers", None)
+    bad = [m for m in members if node_kind(m, n_layers=n_layers) != "feature"]
     if bad:
         raise ValueError(
             f"Only features can be steered; the group also holds {bad}. Drop the error, token "
@@ -168,26 +175,28 @@ def features_at(
     [n_layers, pos, n_features] from `tl_clt.feature_activations` (then token text needs
     `token_strs`). Sorted by activation, largest first.
     """
-    if isinstance(source, AttributionGraph):
-        present = source._present()[: source.n_features]
+    if not isinstance(source, Tensor):  # an AttributionGraph
+        present = source.present_mask()[: source.n_features]
         keys = source.feature_keys[present]
         values = source.activation_values[source.selected_features][present]
         token_strs, n_pos = token_strs or source.token_strs, source.n_pos
     else:
         acts = source.coalesce() if source.is_sparse else source.to_sparse().coalesce()
         keys, values, n_pos = acts.indices().T, acts.values(), source.shape[1]
+    k = check_k(k, what="how many features")
     pos = torch.tensor(_positions_of(where, token_strs, n_pos))
     hit = torch.isin(keys[:, 1], pos)
     keys, values = keys[hit], values[hit].float()
     order = torch.argsort(values, descending=True, stable=True)[:k]
-    return [
-        Candidate(f"F:{la}:{p}:{f}", float(values[i]), la, p, f)
-        for i, (la, p, f) in zip(order.tolist(), keys[order].tolist(), strict=True)
-    ]
+    return [_feature_candidate(key, float(values[i])) for i, key in zip(order.tolist(), keys[order].tolist())]
+
+
+def _feature_candidate(key: list[int], score: float) -> Candidate:
+    return Candidate(Node("feature", *key).id, score, *key)
 
 
 def contrast_features(
-    model: HookedTransformer,
+    model,
     clt: CrossLayerTranscoder,
     graph: AttributionGraph,
     counterfactual: str | list[int] | Tensor,
@@ -199,59 +208,57 @@ def contrast_features(
     the same number of tokens, so positions line up. A feature that needs the changed thing drops;
     score = the drop (activation - counterfactual activation), largest first.
     """
-    from tl_clt.prompts import to_tokens
-    from tl_clt.replacement import feature_activations
-
+    check_model(graph.meta.get("model_fingerprint"), model, "This graph")
+    check_clt(graph.meta.get("clt_fingerprint"), clt, "This graph")
     tokens = to_tokens(model, counterfactual)
     if len(tokens) != graph.n_pos:
         raise ValueError(
             f"The counterfactual has {len(tokens)} tokens and the graph's prompt {graph.n_pos}; "
             "change one thing while keeping the token count, so positions line up."
         )
+    min_drop = as_number(min_drop, "min_drop")
     if not 0 < min_drop <= 1:
         raise ValueError(f"min_drop is a share of the activation in (0, 1], got {min_drop}.")
     other = feature_activations(model, clt, tokens).to_dense()
-    present = graph._present()[: graph.n_features]
+    present = graph.present_mask()[: graph.n_features]
     keys = graph.feature_keys[present]
     acts = graph.activation_values[graph.selected_features][present].float()
     drop = acts - other[keys[:, 0], keys[:, 1], keys[:, 2]].float().cpu()
     hit = drop >= min_drop * acts
     order = torch.argsort(drop[hit], descending=True, stable=True)
     keys, drop = keys[hit][order], drop[hit][order]
-    return [
-        Candidate(f"F:{la}:{p}:{f}", float(d), la, p, f)
-        for d, (la, p, f) in zip(drop.tolist(), keys.tolist(), strict=True)
-    ]
+    return [_feature_candidate(key, d) for d, key in zip(drop.tolist(), keys.tolist(), strict=True)]
 
 
 def _edges(graph: AttributionGraph | nx.DiGraph, node: NodeLike, direction: str):
     """(other node id, weight, attributes) of each edge into / out of `node`."""
-    if isinstance(graph, AttributionGraph):
-        yield from _adjacency_edges(graph, to_node_id(node), direction)
+    if not isinstance(graph, nx.DiGraph):  # an AttributionGraph
+        yield from _adjacency_edges(graph, node_id(node, n_layers=graph.n_layers), direction)
         return
     G = graph
-    node_id = node if isinstance(node, str) and node in G else to_node_id(node)
-    if node_id not in G:
-        raise KeyError(f"Node {node_id!r} is not in the graph.")
-    edges = G.in_edges(node_id, data="weight") if direction == "in" else G.out_edges(node_id, data="weight")
+    name = node if isinstance(node, str) and node in G else node_id(node, n_layers=G.graph.get("n_layers"))
+    if name not in G:
+        raise KeyError(f"Node {name!r} is not in the graph.")
+    edges = G.in_edges(name, data="weight") if direction == "in" else G.out_edges(name, data="weight")
     for u, v, w in edges:
         other = u if direction == "in" else v
         yield other, w, G.nodes[other]
 
 
-def _adjacency_edges(graph: AttributionGraph, node_id: str, direction: str):
+def _adjacency_edges(graph: AttributionGraph, name: str, direction: str):
     """`_edges` read straight from the adjacency (no networkx graph of the whole prompt)."""
     ids = graph.node_ids()
-    present = graph._present()
-    i = ids.index(node_id) if node_id in ids else None
+    present = graph.present_mask()
+    i = ids.index(name) if name in ids else None
     if i is None or not present[i]:
-        raise KeyError(f"Node {node_id!r} is not in the graph (or was pruned away).")
+        raise KeyError(f"Node {name!r} is not in the graph (or was pruned away).")
     weights = graph.adjacency[i] if direction == "in" else graph.adjacency[:, i]
     for j in ((weights != 0) & present).nonzero().squeeze(-1).tolist():
         yield ids[j], float(weights[j]), graph.node_info(j)
 
 
 def _top_edges(graph, node, k, kinds, direction) -> list[Candidate]:
+    k = check_k(k, what="how many nodes")
     found = [
         (o, w, d) for o, w, d in _edges(graph, node, direction) if kinds is None or d.get("kind") in kinds
     ]
@@ -282,7 +289,7 @@ def top_outputs(
 
 
 def feature_output_tokens(
-    model: HookedTransformer,
+    model,
     clt: CrossLayerTranscoder,
     layer: int,
     feature: int,
@@ -294,14 +301,13 @@ def feature_output_tokens(
 
     `read="sum"` (default): the sum of the feature's decoder rows over every layer it writes to,
     i.e. all it adds to the residual stream; "last": only its row into the last layer; an int:
-    its row into that layer. The direction is multiplied by `ln_final.w`, read by `W_U` and
+    its row into that layer. The direction is multiplied by the final norm's weight, read by `W_U` and
     de-meaned over the vocabulary: the direct path to the de-meaned logits, ignoring later
     attention/MLPs and the final norm's per-position scale (a positive factor that keeps the
     order). `largest=False` gives the most suppressed tokens.
     """
-    check_compatible(model, clt)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be an int >= 1 (how many tokens), got {k!r}.")
+    sites = check_compatible(model, clt)
+    k = check_k(k, what="how many tokens")
     rows = clt.decoder_rows(layer, torch.tensor([feature]))[0]  # [n_layers - layer, d_model]
     if read == "sum":
         direction = rows.sum(0)
@@ -314,8 +320,8 @@ def feature_output_tokens(
             f"read must be 'sum', 'last' or a layer in {layer}..{clt.n_layers - 1} (a layer-"
             f"{layer} feature writes to those), got {read!r}."
         )
-    W_U = model.W_U.detach()
-    scores = (direction.to(W_U.dtype) * model.ln_final.w.detach()) @ W_U
+    W_U = sites.weight(model, sites.W_U).detach()
+    scores = (direction.to(W_U.dtype) * sites.weight(model, sites.final_norm_weight).detach()) @ W_U
     scores = scores - scores.mean()
     top = scores.topk(min(k, len(scores)), largest=largest)
     return [

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import safetensors.torch
 import torch
 import yaml
-from safetensors.torch import save_file
+
+from tl_clt import files
 
 SPECIAL = "<|endoftext|>"
 _CORPUS = [
@@ -25,20 +27,26 @@ _CORPUS = [
 
 def make_tokenizer(vocab_size: int = 512, corpus: list[str] | None = None):
     """A byte-level BPE `PreTrainedTokenizerFast` with `<|endoftext|>` as eos/pad, like Qwen's."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
+    tok.train_from_iterator(corpus or _CORPUS * 4, trainer=bpe_trainer(vocab_size))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=SPECIAL, pad_token=SPECIAL)
+
+
+def bpe_trainer(vocab_size: int):
+    """The byte-level BPE trainer of our tokenizers: `<|endoftext|>` special, every byte in the alphabet."""
+    from tokenizers import pre_tokenizers, trainers
+
+    return trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=[SPECIAL],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(corpus or _CORPUS * 4, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=SPECIAL, pad_token=SPECIAL)
 
 
 def qwen3_config(**overrides):
@@ -106,7 +114,7 @@ def write_clt_folder(
         "feature_input_hook": feature_input_hook,
         "feature_output_hook": feature_output_hook,
     }
-    (path / "config.yaml").write_text(yaml.safe_dump(config))
+    files.write_text(path / "config.yaml", yaml.safe_dump(config))
     for layer in range(len(W_enc)):
         enc = {
             f"W_enc_{layer}": W_enc[layer],
@@ -116,9 +124,9 @@ def write_clt_folder(
         if threshold is not None:
             enc[f"threshold_{layer}"] = threshold[layer]
         enc = {k: v.to(dtype).contiguous() for k, v in enc.items()}
-        save_file(enc, str(path / f"W_enc_{layer}.safetensors"))
+        files.write_bytes(path / f"W_enc_{layer}.safetensors", safetensors.torch.save(enc))
         dec = {f"W_dec_{layer}": W_dec[layer].to(dtype).contiguous()}
-        save_file(dec, str(path / f"W_dec_{layer}.safetensors"))
+        files.write_bytes(path / f"W_dec_{layer}.safetensors", safetensors.torch.save(dec))
     return path
 
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedTransformer
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
+from tl_clt.checks import check_k
 
 
 class TokenProb(NamedTuple):
@@ -85,10 +89,9 @@ def prediction_table(
     Logits: [d_vocab], [pos, d_vocab] or [1, pos, d_vocab]. Each entry also shows the same token's
     probability in the other distribution.
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be an int >= 1 (tokens per column), got {k!r}.")
+    k = check_k(k, what="tokens per column")
     p_before, p_after = (
-        torch.softmax(_next_token_logits(x, pos).float(), -1) for x in (before_logits, after_logits)
+        torch.softmax(_next_token_logits(x, pos).detach().float(), -1) for x in (before_logits, after_logits)
     )
     if p_before.shape != p_after.shape:
         raise ValueError(f"before/after logits differ in shape: {p_before.shape} vs {p_after.shape}.")

@@ -1,6 +1,6 @@
 """Run circuit-tracer's exporter on a saved tl_clt graph (with a python that has circuit-tracer).
 
-usage: python ct_reference_export.py GRAPH.pt TOKENIZER_DIR OUT_DIR SLUG SCAN NODE_T EDGE_T
+usage: python ct_reference_export.py GRAPH_FILE TOKENIZER_DIR OUT_DIR SLUG SCAN NODE_T EDGE_T
 
 Both libraries use the same adjacency layout, so circuit-tracer's `create_graph_files` can export
 our graph; tests compare its file with ours and validate it against our schema.
@@ -12,11 +12,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
 from circuit_tracer.attribution.targets import LogitTarget
 from circuit_tracer.graph import Graph
 from circuit_tracer.utils.create_graph_files import create_graph_files
 from circuit_tracer.utils.tl_nnsight_mapping import UnifiedConfig
+from safetensors import safe_open
 
 
 def old_transformers_tokenizer(folder: str) -> str:
@@ -32,8 +32,16 @@ def old_transformers_tokenizer(folder: str) -> str:
     return str(tmp)
 
 
+def read_graph(path: str) -> dict:
+    """The fields of a tl_clt graph file (safetensors tensors + JSON in its metadata; no tl_clt here)."""
+    with safe_open(path, framework="pt") as f:
+        fields = json.loads(f.metadata()["graph"])
+        fields.update({k: f.get_tensor(k) for k in f.keys()})
+    return fields
+
+
 def main(pt, tokenizer_dir, out_dir, slug, scan, node_t, edge_t):
-    g = torch.load(pt, map_location="cpu", weights_only=False)["graph"]
+    g = read_graph(pt)
     n_layers = g["n_layers"]
     cfg = UnifiedConfig(
         n_layers=n_layers,

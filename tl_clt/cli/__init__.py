@@ -1,4 +1,6 @@
-"""The `tl-clt` command line: `tl-clt attribute ...` and `tl-clt steer ...`.
+"""The `tl-clt` command line: `tl-clt demo`, `tl-clt attribute ...` and `tl-clt steer ...`.
+
+    tl-clt demo     # the main job on the shipped toy world: story, groups, steering table, JSON, PNG
 
     tl-clt attribute --model Qwen/Qwen3-1.7B-Base --clt bluelightai/clt-qwen3-1.7b-base-20k \\
         --prompt "The capital of France is" -o graph.json --png graph.png
@@ -14,7 +16,9 @@ import sys
 from collections.abc import Callable, Sequence
 
 from tl_clt.cli.attribute import add_attribute_parser
+from tl_clt.cli.batch import add_batch_parser
 from tl_clt.cli.common import PROG, CLIError
+from tl_clt.cli.demo import add_demo_parser
 from tl_clt.cli.steer import add_steer_parser
 
 
@@ -27,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_demo_parser(commands)
     add_attribute_parser(commands)
+    add_batch_parser(commands)
     add_steer_parser(commands)
     return parser
 
@@ -41,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = func(args)
     except CLIError as err:
         args.parser.error(str(err))  # exits with status 2
-    except (FileNotFoundError, ValueError, IndexError, KeyError, NotImplementedError) as err:
+    except (OSError, ValueError, IndexError, KeyError, NotImplementedError) as err:
         print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
         return 1
     for line in results or []:

@@ -57,6 +57,24 @@ def add_attribute_parser(commands):
     io.add_argument("--slug", help="graph name in the frontend (default: from the output name)")
     io.add_argument("--scan", help="model id recorded in the graph (default: the model's name)")
 
+    add_attribution_arguments(p)
+    from tl_clt.targets import TARGET_SYNTAX
+
+    p.add_argument_group("attribution targets (default: the top logits)").add_argument(
+        "--target",
+        action="append",
+        default=None,
+        metavar="T",
+        help=f"explain T instead of the top logits; repeat for several (equal weights). T is {TARGET_SYNTAX}",
+    )
+    add_pruning_arguments(p)
+    add_running_arguments(p)
+    p.set_defaults(func=run_attribute, parser=p)
+    return p
+
+
+def add_attribution_arguments(p) -> None:
+    """--max-feature-nodes, --batch-size, --max-n-logits, --desired-logit-prob (`tl_clt.attribute`)."""
     attr = p.add_argument_group("attribution")
     attr.add_argument(
         "--max-feature-nodes",
@@ -87,6 +105,9 @@ def add_attribute_parser(commands):
         help="take top tokens until their probabilities sum to P, in (0, 1] (default: %(default)s)",
     )
 
+
+def add_pruning_arguments(p) -> None:
+    """--node-threshold, --edge-threshold."""
     prune = p.add_argument_group("pruning (fractions of influence on the logits, in [0, 1])")
     prune.add_argument(
         "--node-threshold",
@@ -103,25 +124,53 @@ def add_attribute_parser(commands):
         help="keep the edges that carry this share of the influence (default: %(default)s)",
     )
 
-    add_running_arguments(p)
-    p.set_defaults(func=run_attribute, parser=p)
-    return p
+
+def attribution_settings(args) -> dict:
+    """The `tl_clt.attribute` keyword arguments given on the command line."""
+    return {
+        "max_n_logits": args.max_n_logits,
+        "desired_logit_prob": args.desired_logit_prob,
+        "max_feature_nodes": args.max_feature_nodes,
+        "batch_size": args.batch_size,
+    }
 
 
 # ------------------------------------------------------------------------ attribute
-def _check_picture_path(path: Path) -> None:
-    """Fail before the long computation when the picture cannot be written."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise CLIError('--png needs matplotlib: pip install "tl-clt[viz]"') from None
-    formats = Figure().canvas.get_supported_filetypes()
-    suffix = path.suffix.lstrip(".").lower()
-    if suffix not in formats:
-        raise CLIError(
-            f"--png {path}: unknown picture type {path.suffix!r}; use one of "
-            f"{', '.join('.' + f for f in sorted(formats))}"
-        )
+def _check_outputs(args) -> None:
+    """Every output path can be written (folders made as needed), before anything is computed."""
+    from tl_clt import files
+    from tl_clt.export import read_listing
+
+    outputs = {"-o": args.output, "--png": args.png, "--pt": args.pt}
+    outputs = {flag: path for flag, path in outputs.items() if path is not None}
+    if args.output.is_dir():
+        raise CLIError(f"-o {args.output}: that is a folder; name the graph file ({args.output}/graph.json?)")
+    if args.output.suffix.lower() != ".json":
+        raise CLIError(f"-o {args.output}: the graph file must end in .json")
+    resolved = [p.resolve() for p in outputs.values()]
+    if len(set(resolved)) < len(resolved):
+        raise CLIError(f"{' / '.join(outputs)}: two outputs name the same file; give each its own path")
+    for flag, path in outputs.items():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            files.check_output_path(path)
+        except OSError as err:
+            raise CLIError(f"{flag} {path}: {err}") from None
+    if args.png is not None:
+        try:
+            from tl_clt.plot import check_picture_path
+
+            check_picture_path(args.png)
+        except ImportError:
+            raise CLIError('--png needs matplotlib: pip install "tl-clt[viz]"') from None
+        except ValueError as err:
+            raise CLIError(f"--png {args.png}: {err}") from None
+    if args.folder is not None:
+        try:
+            files.check_output_folder(args.folder, what="frontend folder")
+            read_listing(args.folder)
+        except (OSError, ValueError) as err:
+            raise CLIError(f"--folder {args.folder}: {err}") from None
 
 
 def _prepare(args) -> None:
@@ -130,19 +179,13 @@ def _prepare(args) -> None:
         raise CLIError("--prompt is empty")
     check_local_path(args.model, "--model")
     check_local_path(args.clt, "--clt")
-    if args.output.suffix.lower() != ".json":
-        raise CLIError(f"-o {args.output}: the graph file must end in .json")
-    if args.png is not None:
-        _check_picture_path(args.png)
     from tl_clt.export import check_slug, slugify
 
     try:
         args.slug = check_slug(args.slug) if args.slug else slugify(args.output.stem)
     except ValueError as err:
         raise CLIError(f"--slug: {err}") from None
-    for path in (args.output, args.png, args.pt):
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+    _check_outputs(args)
 
 
 def run_attribute(args) -> list[Path]:
@@ -156,33 +199,29 @@ def _attribute(args) -> list[Path]:
 
     model, clt = load(args)
     say(args, "attributing")
-    graph = tl_clt.attribute(
-        model,
-        clt,
-        args.prompt,
-        max_n_logits=args.max_n_logits,
-        desired_logit_prob=args.desired_logit_prob,
-        max_feature_nodes=args.max_feature_nodes,
-        batch_size=args.batch_size,
-        verbose=not args.quiet,
-    )
+    settings = attribution_settings(args)
+    if args.target is not None:
+        from tl_clt.targets import TargetError, parse_target_spec
+
+        try:
+            targets = [parse_target_spec(t) for t in args.target]
+            graph = tl_clt.attribute(
+                model, clt, args.prompt, **settings, targets=targets, verbose=not args.quiet
+            )
+        except TargetError as err:
+            raise CLIError(f"--target: {err}") from None
+    else:
+        graph = tl_clt.attribute(model, clt, args.prompt, **settings, verbose=not args.quiet)
     written = []
     if args.pt is not None:
         graph.save(args.pt)
         written.append(args.pt)
     pruned = graph.prune(node_threshold=args.node_threshold, edge_threshold=args.edge_threshold)
-    settings = {
-        "max_n_logits": args.max_n_logits,
-        "desired_logit_prob": args.desired_logit_prob,
-        "max_feature_nodes": args.max_feature_nodes,
-        "batch_size": args.batch_size,
-    }
+    pruning = {"node_threshold": args.node_threshold, "edge_threshold": args.edge_threshold}
     options = dict(
-        node_threshold=args.node_threshold,
-        edge_threshold=args.edge_threshold,
         scan=args.scan,
         prompt=args.prompt,
-        extra_metadata={"generation_settings": settings},
+        extra_metadata={"generation_settings": settings, "pruning_settings": pruning},
     )
     written.append(pruned.to_json(args.output, slug=args.slug, **options))
     if args.folder is not None:

@@ -18,20 +18,20 @@ class CLIError(Exception):
 
 
 # ------------------------------------------------------------------------ argument types
-def unit_interval(text: str) -> float:
-    """A float in [0, 1]."""
-    value = _float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
+def _float_where(ok: Callable[[float], bool], rule: str) -> Callable[[str], float]:
+    """An argparse type: a float for which `ok` holds, else the error `rule`."""
+
+    def parse(text: str) -> float:
+        value = _float(text)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{rule}, got {text}")
+        return value
+
+    return parse
 
 
-def probability(text: str) -> float:
-    """A float in (0, 1]."""
-    value = _float(text)
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
+unit_interval = _float_where(lambda v: 0.0 <= v <= 1.0, "must be between 0 and 1")  # [0, 1]
+probability = _float_where(lambda v: 0.0 < v <= 1.0, "must be in (0, 1]")  # (0, 1]
 
 
 def positive_int(text: str) -> int:
@@ -61,9 +61,10 @@ def say(args, message: str) -> None:
 
 def check_local_path(name: str, flag: str) -> None:
     """A path-like name must exist; hub ids ('owner/name') are left to the loaders."""
+    from tl_clt.paths import is_hub_id
+
     path = Path(name).expanduser()
-    looks_local = name.startswith((".", "/", "~")) or name.count("/") != 1 or path.exists()
-    if looks_local and not path.is_dir():
+    if not is_hub_id(name) and not path.is_dir():
         what = "file, not a folder" if path.is_file() else "no such folder"
         raise CLIError(f"{flag} {name}: {what}; pass a local folder or a hub id 'owner/name'")
 

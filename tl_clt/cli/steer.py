@@ -125,10 +125,19 @@ def interventions_of(specs: list[SetSpec], model, clt, tokens) -> list:
                 f"--set {s.layer}:...:{s.feature}: no such feature (the CLT has {clt.n_layers} layers "
                 f"and {clt.n_features} features per layer)"
             )
-        positions = range(n_pos)[s.pos] if isinstance(s.pos, slice) else [range(n_pos)[s.pos]]
-        for p in positions:
-            value = s.value * float(acts[s.layer, p, s.feature])
-            out.append(tl_clt.Intervention(s.layer, p, s.feature, value))
+        if isinstance(s.pos, slice):  # the active positions of the slice; none active is an error
+            positions = [p for p in range(n_pos)[s.pos] if acts[s.layer, p, s.feature] != 0]
+            if not positions:
+                raise KeyError(
+                    f"--set {s.layer}:{s.pos.start or ''}..{'' if s.pos.stop is None else s.pos.stop}:"
+                    f"{s.feature}=*{s.value:g}: the feature is not active in this prompt at any of those "
+                    "positions (activation 0), so scaling it changes nothing. Set an absolute value "
+                    "(=VALUE) instead."
+                )
+        else:
+            positions = [range(n_pos)[s.pos]]
+        # the same rule as tl_clt.scale: a factor on an inactive feature is a KeyError, not a silent no-op
+        out += tl_clt.scale([(s.layer, p, s.feature) for p in positions], s.value, acts)
     return out
 
 
@@ -144,9 +153,12 @@ def _steer(args) -> list:
     import torch
 
     import tl_clt
+    from tl_clt.generation import check_room
 
     model, clt = load(args)
     tokens = tl_clt.to_tokens(model, args.prompt)
+    if args.generate:  # fail before any work when the generated tokens would not fit the context
+        check_room(model, len(tokens), args.generate)
     try:
         ints = interventions_of(args.sets, model, clt, tokens)
     except IndexError as err:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from tl_clt import CrossLayerTranscoder, load_qwen3, reconstruction_report
+from tl_clt import CrossLayerTranscoder, files, load_qwen3, reconstruction_report
 from tl_clt.toyworld.corpus import (
     EVENT_FACT_TEMPLATES,
     FACT_TEMPLATES,
@@ -114,7 +114,7 @@ def build(
         "reconstruction": recon,
         "timings": timings,
     }
-    (out / "report.json").write_text(json.dumps(report, indent=1))
+    files.write_text(out / "report.json", json.dumps(report, indent=1))
     return report
 
 

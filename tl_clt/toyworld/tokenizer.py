@@ -7,7 +7,7 @@ holders' first names are fed to the trainer often enough that each is one token 
 
 from __future__ import annotations
 
-from tl_clt.synthetic import SPECIAL
+from tl_clt.synthetic import SPECIAL, bpe_trainer
 
 QWEN_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -17,7 +17,7 @@ QWEN_SPLIT = (
 
 def train_tokenizer(corpus: list[str], names: list[str], vocab_size: int = 640):
     """A `PreTrainedTokenizerFast` with `<|endoftext|>` as eos/pad; raises if a name is split."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -28,13 +28,7 @@ def train_tokenizer(corpus: list[str], names: list[str], vocab_size: int = 640):
         ]
     )
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[SPECIAL],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(corpus + ["".join(names)] * 200, trainer=trainer)
+    tok.train_from_iterator(corpus + ["".join(names)] * 200, trainer=bpe_trainer(vocab_size))
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=SPECIAL, pad_token=SPECIAL)
     split = [n for n in names if len(fast(n, add_special_tokens=False)["input_ids"]) != 1]
     if split:

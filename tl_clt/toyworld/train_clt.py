@@ -17,14 +17,20 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
+from tl_clt.sites import sites_for
 from tl_clt.synthetic import write_clt_folder
 from tl_clt.toyworld.train_model import encode
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
+INPUT_HOOK = "mlp.hook_in"  # the CLT reads the MLP's true input (ln2's output, weight included)
 
 
 @torch.no_grad()
@@ -33,10 +39,9 @@ def collect_activations(
 ) -> tuple[Float[Tensor, "n_layers n_tok d_model"], Float[Tensor, "n_layers n_tok d_model"]]:
     """(mlp_in, mlp_out) at every real token of `corpus`, sink position excluded."""
     ids, lengths = encode(model.tokenizer, corpus)
-    n_layers = model.cfg.n_layers
-    ins = [f"blocks.{layer}.ln2.hook_normalized" for layer in range(n_layers)]
-    outs = [f"blocks.{layer}.hook_mlp_out" for layer in range(n_layers)]
-    ln2_w = [model.blocks[layer].ln2.w for layer in range(n_layers)]
+    n_layers, sites = model.cfg.n_layers, sites_for(model)
+    ins = [sites.clt_input_hook(INPUT_HOOK, layer) for layer in range(n_layers)]
+    outs = [sites.mlp_out_hook(layer) for layer in range(n_layers)]
     mlp_in, mlp_out = [], []
     for start in range(0, len(ids), batch_size):
         x, n = ids[start : start + batch_size], lengths[start : start + batch_size]
@@ -44,7 +49,9 @@ def collect_activations(
         _, cache = model.run_with_cache(x, names_filter=ins + outs, return_type=None)
         pos = torch.arange(x.shape[1])[None]
         keep = (pos < n[:, None]) & (pos > 0)
-        mlp_in.append(torch.stack([cache[h][keep] * w for h, w in zip(ins, ln2_w, strict=True)]))
+        mlp_in.append(
+            torch.stack([sites.to_clt_input(model, INPUT_HOOK, k, cache[h][keep]) for k, h in enumerate(ins)])
+        )
         mlp_out.append(torch.stack([cache[h][keep] for h in outs]))
     return torch.cat(mlp_in, 1).float().cpu(), torch.cat(mlp_out, 1).float().cpu()
 
@@ -159,4 +166,6 @@ def export_clt(clt: TrainableCLT, s_in: Tensor, s_out: Tensor, path: str | Path,
     theta = list(clt.log_theta.exp())
     W_dec = [w * s_out[k:, None] for k, w in enumerate(clt.W_dec)]
     b_dec = [clt.b_dec[k] * s_out[k] for k in range(clt.n_layers)]
-    return write_clt_folder(path, W_enc, b_enc, W_dec, b_dec, theta, model_name=model_name)
+    return write_clt_folder(
+        path, W_enc, b_enc, W_dec, b_dec, theta, model_name=model_name, feature_input_hook=INPUT_HOOK
+    )

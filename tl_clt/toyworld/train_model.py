@@ -11,39 +11,37 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
+from tl_clt import files
 from tl_clt.prompts import to_tokens
+from tl_clt.synthetic import qwen3_config
 from tl_clt.toyworld.corpus import Fact
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 
 def model_config(vocab_size: int, **overrides):
     """4 layers, d_model 128, 4 query / 2 key-value heads of 32, untied embeddings (tied ones let
     attention copy a digit of the year straight into the logits)."""
-    from transformers import Qwen3Config
-
     base = dict(
         vocab_size=vocab_size,
         hidden_size=128,
         intermediate_size=384,
         num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         head_dim=32,
         max_position_embeddings=64,
-        rms_norm_eps=1e-6,
-        rope_theta=10000.0,
         tie_word_embeddings=False,
         bos_token_id=None,
         eos_token_id=0,
         pad_token_id=0,
     )
-    base.update(overrides)
-    return Qwen3Config(**base)
+    return qwen3_config(**{**base, **overrides})
 
 
 def encode(tokenizer, corpus: list[str]) -> tuple[Int[Tensor, "n_seq pos"], Int[Tensor, " n_seq"]]:
@@ -123,10 +121,10 @@ def make_portable(path: Path) -> None:
     """Patch config.json and tokenizer_config.json in `path` as `save_model` describes."""
     config = json.loads((path / "config.json").read_text())
     config.setdefault("rope_theta", config.get("rope_parameters", {}).get("rope_theta"))
-    (path / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    files.write_text(path / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
     tok_config = json.loads((path / "tokenizer_config.json").read_text())
     tok_config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    (path / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2) + "\n")
+    files.write_text(path / "tokenizer_config.json", json.dumps(tok_config, indent=2) + "\n")
 
 
 @torch.no_grad()

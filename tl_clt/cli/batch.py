@@ -1,0 +1,151 @@
+"""`tl-clt batch`: attribution graphs of many prompts into a run folder, resumable, locally or on Ray."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from tl_clt.cli.attribute import add_attribution_arguments, add_pruning_arguments, attribution_settings
+from tl_clt.cli.common import (
+    CLIError,
+    add_model_arguments,
+    add_running_arguments,
+    check_local_path,
+    positive_int,
+    quiet_stdout,
+    say,
+)
+
+EPILOG = """\
+PROMPTS is a text file (one prompt per line), a JSONL file (one object per line: "prompt", optional "id",
+other fields kept in the manifest), or with --column a Hugging Face dataset (a save_to_disk folder or a
+name). A rerun of the same command skips the prompts already done; Ctrl-C stops cleanly and keeps them.
+
+examples:
+  tl-clt batch prompts.jsonl -o runs/x --model M --clt C
+  tl-clt batch prompts.txt -o runs/x --model M --clt C --engine ray --workers 2
+  tl-clt batch prompts.txt -o runs/x --model M --clt C --engine ray --address auto --gpus-per-worker 1
+"""
+
+
+def add_batch_parser(commands):
+    import argparse
+
+    p = commands.add_parser(
+        "batch",
+        help="attribution graphs of many prompts -> a run folder (locally or on Ray)",
+        description="Attribute every prompt of a file into DIR: graphs/{id}.pt and .json, "
+        "manifest.jsonl/.parquet (status, top logit, scores, timings, errors) and features.parquet "
+        "(one row per prompt and feature node of its pruned graph).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    io = p.add_argument_group("inputs and outputs")
+    io.add_argument(
+        "prompts", metavar="PROMPTS", help="prompts file (.txt or .jsonl) or, with --column, a dataset"
+    )
+    io.add_argument("-o", "--output", required=True, type=Path, metavar="DIR", help="the run folder")
+    add_model_arguments(io)
+    io.add_argument("--column", help="dataset column holding the prompts (PROMPTS is then a dataset)")
+    io.add_argument("--id-column", help="dataset column holding the ids (default: 'id' if any, else the row)")
+    io.add_argument("--split", default="train", help="dataset split (default: %(default)s)")
+    io.add_argument("--scan", help="model id recorded in the graph JSON (default: the model's name)")
+    io.add_argument("--no-pt", action="store_true", help="write only the pruned JSON, not the full graph .pt")
+    io.add_argument("--retry-failed", action="store_true", help="also rerun prompts that failed before")
+
+    add_attribution_arguments(p)
+    add_pruning_arguments(p)
+
+    eng = p.add_argument_group("engine")
+    eng.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this process, one prompt at a time; ray: Ray workers (default: %(default)s)",
+    )
+    eng.add_argument(
+        "--address", help="Ray cluster to join ('auto', 'ray://host:10001'; default: start one here)"
+    )
+    eng.add_argument("--workers", type=positive_int, default=1, metavar="N", help="Ray workers (default: 1)")
+    eng.add_argument(
+        "--cpus-per-worker",
+        type=positive_int,
+        default=1,
+        metavar="C",
+        help="CPUs per Ray worker (default: 1)",
+    )
+    eng.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=0,
+        metavar="G",
+        help="GPUs per Ray worker, e.g. 1 for one worker per GPU (default: 0)",
+    )
+    add_running_arguments(p)
+    p.set_defaults(func=run_batch, parser=p)
+    return p
+
+
+def _prepare(args) -> None:
+    """Checks that need no model."""
+    check_local_path(args.model, "--model")
+    check_local_path(args.clt, "--clt")
+    if args.column is None and not Path(args.prompts).is_file():
+        raise CLIError(f"PROMPTS {args.prompts}: no such file (for a dataset, name its column with --column)")
+    if args.engine == "local" and (args.workers != 1 or args.address or args.gpus_per_worker):
+        raise CLIError("--workers, --address and --gpus-per-worker need --engine ray")
+    if args.gpus_per_worker < 0:
+        raise CLIError(f"--gpus-per-worker must be >= 0, got {args.gpus_per_worker:g}")
+    if args.engine == "ray":
+        from tl_clt.batch.engines import require_ray
+
+        try:
+            require_ray()
+        except ImportError as err:
+            raise CLIError(str(err)) from None
+
+
+def run_batch(args) -> list[Path]:
+    _prepare(args)
+    try:
+        return quiet_stdout(args, _batch)
+    except KeyboardInterrupt:
+        print(
+            f"tl-clt batch: interrupted; finished prompts are kept in {args.output}: rerun the same command "
+            "to continue",
+            file=sys.stderr,
+        )
+        raise SystemExit(130) from None
+
+
+def _batch(args) -> list[Path]:
+    import tl_clt
+
+    say(args, f"batch: {args.prompts} -> {args.output} ({args.engine}, {args.workers} worker(s))")
+    tables = tl_clt.attribute_many(
+        args.model,
+        args.clt,
+        args.prompts,
+        args.output,
+        engine=args.engine,
+        workers=args.workers,
+        address=args.address,
+        cpus_per_worker=args.cpus_per_worker,
+        gpus_per_worker=args.gpus_per_worker,
+        **attribution_settings(args),
+        node_threshold=args.node_threshold,
+        edge_threshold=args.edge_threshold,
+        save_graphs=not args.no_pt,
+        scan=args.scan,
+        dtype=args.dtype,
+        device=args.device,
+        column=args.column,
+        id_column=args.id_column,
+        split=args.split,
+        retry_failed=args.retry_failed,
+        verbose=not args.quiet,
+    )
+    failed = tables.manifest[tables.manifest["status"] != "done"]
+    for row in failed.itertuples():
+        say(args, f"failed: {row.id}: {row.error}")
+    return [args.output / "manifest.parquet", args.output / "features.parquet"]

@@ -1,0 +1,128 @@
+"""`tl-clt demo`: the main job on the shipped toy world, offline, in seconds.
+
+    tl-clt demo                  # the seed's prompt -> prediction, groups, steering table, JSON, PNG
+    tl-clt demo -o out/ --prompt "Fact: The president of the United States in 1985 was"
+
+Loads the toy world (a 4-layer Qwen3 and its CLT, in the package), prints the model's prediction,
+computes the attribution graph, proposes groups of features with `tl_clt.propose_supernodes` (when this
+version has it), ablates and steers each group and prints what the model predicts then, and writes the
+pruned graph JSON (for the circuit-tracer frontend / Neuronpedia) and a picture: the circuit diagram of
+the groups, or the pruned graph when there are none.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tl_clt.cli.common import quiet_stdout, say
+
+PROMPT = "Fact: The president of the United States in 2010 was"
+
+
+def add_demo_parser(commands):
+    p = commands.add_parser(
+        "demo",
+        help="the main job on the shipped toy world (offline, seconds): story, groups, table, JSON, PNG",
+        description="Run the seed's prompt on the toy world that ships with tl_clt: prediction, "
+        "attribution graph, proposed groups of features, a steering table, the graph JSON and a picture.",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=Path("tl-clt-demo"),
+        metavar="DIR",
+        help="folder for graph.json and circuit.png (created; default: %(default)s)",
+    )
+    p.add_argument("--prompt", default=PROMPT, help="the prompt (default: the seed's, %(default)r)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or messages")
+    p.set_defaults(func=run_demo, parser=p)
+    return p
+
+
+def run_demo(args) -> list[str]:
+    if args.output.exists() and not args.output.is_dir():
+        from tl_clt.cli.common import CLIError
+
+        raise CLIError(f"-o {args.output}: a file, not a folder")
+    args.output.mkdir(parents=True, exist_ok=True)
+    return quiet_stdout(args, _demo)
+
+
+def _top(model, logits, k: int = 3) -> str:
+    p = logits[-1].detach().float().softmax(-1)
+    top = p.topk(k)
+    return ", ".join(
+        f"{model.tokenizer.decode([i])!r} {v:.2f}" for v, i in zip(top.values.tolist(), top.indices)
+    )
+
+
+def _groups(graph, model, clt) -> dict[str, list[str]]:
+    """Groups from `tl_clt.propose_supernodes` when this version has it; none otherwise."""
+    import tl_clt
+
+    propose = getattr(tl_clt, "propose_supernodes", None)
+    if propose is None:
+        return {}
+    return {name: list(members) for name, members in propose(graph, model=model, clt=clt).items() if members}
+
+
+def _steering_table(model, clt, graph, prompt: str, groups: dict[str, list[str]]) -> list[str]:
+    import tl_clt
+
+    clean = model(tl_clt.to_tokens(model, prompt)[None])[0]
+    answer = int(clean[-1].argmax())
+    word = model.tokenizer.decode([answer])
+    cols = f"{'ablated: top (p)':24s} {'x-1: top (p)':24s}"
+    head = f"{'group':28s} {'nodes':>5s}  {cols}  p({word!r}) ablated / x-1"
+    lines = [head, "-" * len(head)]
+    for name, members in groups.items():
+        features = [m for m in members if str(m).startswith("F:")]
+        cells = []
+        for ivs in (tl_clt.ablate(features), tl_clt.scale(features, -1.0, graph)):
+            p = tl_clt.steer(model, clt, prompt, ivs)[-1].detach().float().softmax(-1)
+            top = int(p.argmax())
+            cells.append((f"{model.tokenizer.decode([top])!r} {float(p[top]):.2f}", float(p[answer])))
+        lines.append(
+            f"{name[:28]:28s} {len(features):5d}  {cells[0][0]:24s} {cells[1][0]:24s}  "
+            f"{cells[0][1]:.2f} / {cells[1][1]:.2f}"
+        )
+    return lines
+
+
+def _demo(args) -> list[str]:
+    import tl_clt
+    from tl_clt.toyworld import load_toyworld
+
+    say(args, "loading the toy world (a 4-layer Qwen3 and its CLT, shipped with tl_clt)")
+    model, clt = load_toyworld()
+    prompt = args.prompt
+    out = [f"prompt: {prompt!r}"]
+    out.append("prediction: " + _top(model, model(tl_clt.to_tokens(model, prompt)[None])[0]))
+    say(args, "attributing")
+    graph = tl_clt.attribute(model, clt, prompt, verbose=not args.quiet)
+    pruned = graph.prune(0.8, 0.98)
+    scores = graph.scores()
+    out.append(
+        f"graph: {graph.n_features} features; replacement {scores.replacement:.3f}, completeness "
+        f"{scores.completeness:.3f}; pruned to {pruned.to_networkx().number_of_nodes()} nodes"
+    )
+    groups = _groups(pruned, model, clt)
+    if groups:
+        out.append("groups (tl_clt.propose_supernodes):")
+        out += [f"  {name}: {len(m)} nodes, e.g. {', '.join(map(str, m[:3]))}" for name, m in groups.items()]
+        out += _steering_table(model, clt, graph, prompt, groups)
+    else:
+        out.append(
+            "groups: none (this version has no tl_clt.propose_supernodes; pass your own to plot_circuit)"
+        )
+    json_path = pruned.to_json(
+        args.output / "graph.json", slug="demo", supernodes=groups or None, prompt=prompt
+    )
+    png = args.output / ("circuit.png" if groups else "graph.png")
+    if groups:
+        tl_clt.plot_circuit(graph, groups, png)
+    else:
+        pruned.plot(png)
+    out += [f"wrote {json_path}", f"wrote {png}"]
+    return out

@@ -1,0 +1,123 @@
+"""The frozen model of one prompt: its clean pass, the values it freezes, and the hooks that freeze them.
+
+A clean forward pass records, at the model's `Sites`, each layer's CLT input and true MLP output, every
+per-block norm scale and attention pattern, the final norm's scale and the logits (`PromptState`).
+Holding the scales and patterns at those values (`freeze_hooks`) makes the residual stream linear in
+the embeddings and the MLP outputs: attribution builds its linear model on it, steering's
+`freeze_attention` / `direct_effects` modes freeze part or all of it, and the replacement report reads
+the recorded inputs and outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from tl_clt.clt import CrossLayerTranscoder
+from tl_clt.hooks import HookList, layer_hook
+from tl_clt.sites import Sites, sites_for
+
+
+@dataclass
+class PromptState:
+    """What one clean forward pass tells us about a prompt."""
+
+    sites: Sites
+    tokens: Int[Tensor, " pos"]
+    logits: Float[Tensor, "pos d_vocab"]
+    mlp_in: Float[Tensor, "n_layers pos d_model"]  # the CLT's input at each layer
+    mlp_out: Float[Tensor, "n_layers pos d_model"]  # the true MLP outputs
+    frozen: dict[str, Tensor]  # hook name -> per-block norm scale or attention pattern of the clean pass
+    final_scale: Float[Tensor, "pos 1"]
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.mlp_in)
+
+    def patterns(self) -> dict[str, Tensor]:
+        """The attention patterns only (steering's `freeze_attention`)."""
+        names = set(self.sites.block_hooks(self.sites.patterns, self.n_layers))
+        return {n: t for n, t in self.frozen.items() if n in names}
+
+    def everything(self) -> dict[str, Tensor]:
+        """Every norm scale, the final one included, and every pattern (steering's `direct_effects`)."""
+        return {**self.frozen, self.sites.final_scale: self.final_scale[None]}
+
+
+def capture_hooks(model, clt: CrossLayerTranscoder, sites: Sites, store: dict[str, list]) -> HookList:
+    """Forward hooks that record each layer's CLT input and true MLP output into `store`."""
+    store["mlp_in"] = [None] * clt.n_layers
+    store["mlp_out"] = [None] * clt.n_layers
+
+    def record_input(tensor: Float[Tensor, "batch pos d"], *, hook, layer: int) -> Tensor:
+        store["mlp_in"][layer] = sites.to_clt_input(model, clt.feature_input_hook, layer, tensor).detach()
+        return tensor
+
+    def record_output(tensor: Float[Tensor, "batch pos d"], *, hook, layer: int) -> Tensor:
+        store["mlp_out"][layer] = tensor.detach()
+        return tensor
+
+    hooks: HookList = []
+    for layer in range(clt.n_layers):
+        hooks.append((sites.clt_input_hook(clt.feature_input_hook, layer), layer_hook(record_input, layer)))
+        hooks.append((sites.mlp_out_hook(layer), layer_hook(record_output, layer)))
+    return hooks
+
+
+def clean_pass(
+    model, clt: CrossLayerTranscoder, tokens: Int[Tensor, " pos"], sites: Sites | None = None
+) -> PromptState:
+    """One no-grad forward pass over `tokens` caching CLT inputs, MLP outputs, norm scales and patterns.
+
+    Public entries check model and CLT once (`tl_clt.hooks.check_compatible` gives `sites`) and guard
+    the model with `preserve`; without `sites` they are looked up here.
+    """
+    sites = sites or sites_for(model)
+    store: dict[str, list] = {}
+    frozen: dict[str, Tensor] = {}
+
+    def save(name: str):  # keyed by the requested name: a bridge's hook.name may be another alias
+        def fn(tensor: Tensor, *, hook) -> Tensor:
+            frozen[name] = tensor.detach()
+            return tensor
+
+        return fn
+
+    names = sites.block_hooks(sites.frozen_scales + sites.patterns, clt.n_layers) + [sites.final_scale]
+    hooks = capture_hooks(model, clt, sites, store) + [(n, save(n)) for n in names]
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+        logits = model(tokens[None])
+    final_scale = frozen.pop(sites.final_scale)
+    return PromptState(
+        sites=sites,
+        tokens=tokens,
+        logits=logits[0],
+        mlp_in=torch.cat(store["mlp_in"]),
+        mlp_out=torch.cat(store["mlp_out"]),
+        frozen=frozen,
+        final_scale=final_scale[0],
+    )
+
+
+def freeze_hooks(frozen: dict[str, Tensor]) -> HookList:
+    """Forward hooks that replace norm scales and attention patterns by their clean-pass values."""
+
+    def replace(value: Tensor):  # bound per name (a bridge's hook.name may be another alias)
+        def fn(tensor: Tensor, *, hook) -> Tensor:
+            return value.to(tensor.dtype).expand_as(
+                tensor
+            )  # a new tensor: the bridge detects edits by identity
+
+        return fn
+
+    return [(name, replace(value)) for name, value in frozen.items()]
+
+
+def all_activations(
+    clt: CrossLayerTranscoder, mlp_in: Float[Tensor, "n_layers pos d_model"]
+) -> Float[Tensor, "n_layers pos n_features"]:
+    """Every layer's feature activations (dense) for the recorded CLT inputs."""
+    return torch.stack([clt.encode(mlp_in[k], k) for k in range(clt.n_layers)])
