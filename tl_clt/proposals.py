@@ -1,29 +1,33 @@
 """Automatic supernodes: named groups of feature nodes proposed from a pruned attribution graph.
 
-`propose_supernodes(graph, model=..., clt=...)` groups the feature nodes of a pruned graph by what
-each feature *reads* (which prompt tokens feed it, through the graph's paths), where it *sits* (the
-word of the prompt it is on), what it *says* (its effect on the logits), its layer, and the nodes it
-shares with others (parents and children); dashboard labels join in where the CLT has them. Groups
-come from average-linkage clustering of those similarities, and each gets a name from its members
-("year ~2010", "era ~2010", "say a name", "president"). See docs/supernodes.md.
+`propose_supernodes(graph, model=..., clt=...)` puts each feature node of a pruned graph in a group
+by three signals (docs/supernodes.md):
+
+- where it *sits*: a feature on a word of the prompt other than the last one joins that word's
+  group ("year ~2010" for a number word, else the word: "president");
+- what it *says*: a feature on the last word (where the answer is read) whose top output tokens
+  (decoder through the unembedding) are mostly names joins "say a name";
+- what it *reads*: any other feature on the last word joins the group of the word whose token
+  embeddings feed it most through the graph's paths: "era ~2010" for a number word, else that
+  word's group (features on " president" and the last-word features that read it are one group).
+
+Dashboard labels, where the CLT has them, describe the groups. Deterministic.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import networkx as nx
-import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from tl_clt.graph import AttributionGraph
 
-SIGNALS = ("reads", "sits", "says", "layer", "neighbours", "labels")
-DEFAULT_WEIGHTS = {"reads": 0.35, "sits": 0.2, "says": 0.25, "layer": 0.1, "neighbours": 0.1, "labels": 0.2}
 _NAME_TOKEN = re.compile(r"^ [A-Z][a-z]")
 
 
@@ -39,11 +43,12 @@ class SupernodeInfo:
     says: list[str]  # top output tokens of the group's summed logit effect
     layers: list[int]
     influence: float  # summed node influence of the members
+    label: str | None = None  # the members' most common dashboard / given label, if any
 
 
 class SupernodeProposals(dict):
     """`{name: [node id, ...]}` (pass it to `graph.group(...)` or `to_json(supernodes=...)`), with
-    `.info[name]` (a `SupernodeInfo`) and `.signals` (the signals used, and their weights)."""
+    `.info[name]` (a `SupernodeInfo`) and `.signals` (the signals used)."""
 
     def __init__(self, groups: Mapping[str, list[str]], info: dict[str, SupernodeInfo], signals: dict):
         super().__init__(groups)
@@ -60,7 +65,7 @@ class SupernodeProposals(dict):
             reads = ", ".join(f"{w!r} {s:.2f}" for w, s in i.reads[:3])
             lines.append(
                 f"{name:18s} {len(i.members):3d} features  layers {i.layers}  on {i.sits[:4]}  "
-                f"reads {reads}  says {i.says[:4]}"
+                f"reads {reads}  says {i.says[:4]}" + (f"  label {i.label!r}" if i.label else "")
             )
         return "\n".join(lines)
 
@@ -150,13 +155,6 @@ def _graph_index(graph: AttributionGraph, attrs: dict) -> int:
     return graph.feature_index(attrs["layer"], attrs["pos"], attrs["feature"])
 
 
-def _neighbours(nodes: _Nodes) -> Float[Tensor, "n_feat two_n"]:
-    """Each feature's normalised incoming and outgoing edge weights, side by side."""
-    a = nodes.W.abs()
-    outgoing = a.T / a.T.sum(1, keepdim=True).clamp(min=1e-30)
-    return torch.cat([nodes.A[nodes.features], outgoing[nodes.features]], 1).float()
-
-
 def logit_readout(model) -> Float[Tensor, "d_model d_vocab"]:
     """`ln_final.w`-scaled unembedding, de-meaned over the vocabulary: a residual direction times
     this is its direct effect on the de-meaned logits (as in `feature_output_tokens`)."""
@@ -187,24 +185,6 @@ def _says(nodes: _Nodes, model, clt) -> tuple[Float[Tensor, "n_feat m"], list[in
     return direct.float(), [nodes.attrs[i]["token_id"] for i in nodes.logits]
 
 
-def _cosine(X: Tensor) -> Float[Tensor, "n n"]:
-    X = X.float().cpu()
-    X = X / X.norm(dim=1, keepdim=True).clamp(min=1e-12)
-    return (X @ X.T).clamp(min=0.0)
-
-
-def _label_similarity(labels: list[str | None]) -> Float[Tensor, "n n"]:
-    """Jaccard similarity of the labels' lower-cased words (0 where a label is missing)."""
-    words = [set(re.findall(r"[a-z0-9]+", (s or "").lower())) for s in labels]
-    n = len(words)
-    S = torch.zeros(n, n)
-    for i in range(n):
-        for j in range(n):
-            if words[i] and words[j]:
-                S[i, j] = len(words[i] & words[j]) / len(words[i] | words[j])
-    return S
-
-
 def _feature_labels(clt, keys: list[tuple[int, int]], labels) -> list[str | None] | None:
     """Text labels of the features: from `labels` (a mapping or a callable of (layer, feature)),
     else from `clt.dashboards` where the CLT has them; None when neither is there."""
@@ -226,48 +206,42 @@ def _card_text(card) -> str | None:
         text = getattr(card, attr, None)
         if isinstance(text, str) and text.strip():
             return text
-    tokens = getattr(card, "top_tokens", None)
-    return " ".join(map(str, tokens)) if tokens else None
+    for attr in ("top_tokens", "top_logits"):
+        tokens = getattr(card, attr, None)
+        if tokens:
+            return " ".join(map(str, tokens[:3]))
+    return None
 
 
-# ------------------------------------------------------------------------ clustering
-def _similarity(signals: dict[str, Tensor], weights: Mapping[str, float]) -> Float[Tensor, "n n"]:
-    used = {k: float(weights.get(k, 0.0)) for k in signals if weights.get(k, 0.0) > 0}
-    total = sum(used.values())
-    return sum(w * signals[k] for k, w in used.items()) / total
+# ------------------------------------------------------------------------ grouping
+def _is_name(token: str) -> bool:
+    return bool(_NAME_TOKEN.match(token))
 
 
-def _clusters(S: Float[Tensor, "n n"], max_distance: float) -> list[list[int]]:
-    """Average-linkage clusters of 1 - S cut at `max_distance`, as lists of row indices."""
-    from scipy.cluster.hierarchy import fcluster, linkage
-    from scipy.spatial.distance import squareform
-
-    if len(S) == 1:
-        return [[0]]
-    D = (1.0 - (S + S.T) / 2).clamp(min=0.0).double().numpy()
-    np.fill_diagonal(D, 0.0)
-    Z = linkage(squareform(D, checks=False), method="average")
-    ids = fcluster(Z, t=max_distance, criterion="distance")
-    return [np.flatnonzero(ids == c).tolist() for c in sorted(set(ids.tolist()))]
-
-
-def _signals(graph: AttributionGraph, nodes: _Nodes, spans: list[int], model, clt, labels):
-    feats = [nodes.attrs[i] for i in nodes.features]
-    sits = torch.tensor([spans[a["pos"]] for a in feats])
-    layer = torch.tensor([float(a["layer"]) for a in feats])
-    reads = _reads(graph, nodes, spans)
-    says, says_tokens = _says(nodes, model, clt)
-    signals = {
-        "reads": _cosine(reads),
-        "sits": (sits[:, None] == sits[None]).float(),
-        "says": _cosine(says),
-        "layer": 1 - (layer[:, None] - layer[None]).abs() / max(1, graph.n_layers - 1),
-        "neighbours": _cosine(_neighbours(nodes)),
-    }
-    text = _feature_labels(clt, [(a["layer"], a["feature"]) for a in feats], labels)
-    if text is not None:
-        signals["labels"] = _label_similarity(text)
-    return signals, reads, says, says_tokens, text
+def _keys(nodes: _Nodes, spans: list[int], words: list[str], reads: Tensor, says_strs: list[list[str]],
+          name_share: float) -> list[tuple]:  # fmt: skip
+    """Each feature's group key (module docstring): ("word", w) for a feature on word w (not the
+    last one); on the last word ("say",) when names make up `name_share` of its top output tokens,
+    else ("era", w) / ("word", w) for the word w (number / other) it reads most, else ("last",)."""
+    last = max(spans)
+    keys = []
+    for row, i in enumerate(nodes.features):
+        sits = spans[nodes.attrs[i]["pos"]]
+        if sits != last:
+            keys.append(("word", sits))
+            continue
+        toks = says_strs[row]
+        if toks and sum(map(_is_name, toks)) >= name_share * len(toks):
+            keys.append(("say",))
+            continue
+        r = reads[row].clone()
+        r[0] = r[last] = 0.0
+        w = int(torch.argmax(r))
+        if r[w] <= 0:
+            keys.append(("last",))
+        else:
+            keys.append(("era", w) if _is_number(words[w]) else ("word", w))
+    return keys
 
 
 def propose_supernodes(
@@ -276,8 +250,8 @@ def propose_supernodes(
     model=None,
     clt=None,
     labels: Mapping[tuple[int, int], str] | Callable[[int, int], str | None] | None = None,
-    weights: Mapping[str, float] | None = None,
-    max_distance: float = 0.5,
+    name_share: float = 0.5,
+    top_k: int = 8,
     min_size: int = 2,
     min_influence: float = 0.02,
     max_groups: int | None = 8,
@@ -285,40 +259,63 @@ def propose_supernodes(
     """Named groups of the feature nodes of a pruned graph: `{name: [node id, ...]}`.
 
     `graph`: a pruned graph (`graph.prune(...)`); an unpruned one is pruned with the defaults.
-    `model`, `clt`: give both to compare features by their effect on every logit (decoder through
-    the unembedding) and to name groups by what they say; without them the graph's logit edges are
-    used. `labels`: text labels per (layer, feature) (a mapping or a callable), e.g. dashboard
-    explanations; by default `clt.dashboards` is read where it exists. `weights`: per-signal weights
-    (keys in `SIGNALS`; defaults `DEFAULT_WEIGHTS`). Groups are average-linkage clusters at distance
-    <= `max_distance` (1 - weighted similarity); groups with fewer than `min_size` members or less
-    than `min_influence` of the features' total influence are left out, at most `max_groups` kept,
-    most influential first. Deterministic. Returns a `SupernodeProposals` (a dict with `.info`).
+    `model`, `clt`: give both to read what each feature says through the unembedding (all tokens);
+    without them its direct edges into the graph's logit nodes are used. A feature on the last word
+    whose top `top_k` output tokens are at least `name_share` names (" Barack") joins "say a name".
+    `labels`: text labels per (layer, feature) (a mapping or a callable), e.g. dashboard labels; by
+    default `clt.dashboards` is read where it exists. Labels describe groups (`info[name].label`)
+    and name the groups that have no word of their own; they do not change the grouping.
+    Groups with fewer than `min_size` members or less than `min_influence` of the features' summed
+    influence are left out; at most `max_groups` are kept, most influential first. Deterministic.
+    Returns a `SupernodeProposals` (a dict with `.info`). See docs/supernodes.md.
     """
-    weights = {**DEFAULT_WEIGHTS, **(weights or {})}
-    unknown = set(weights) - set(SIGNALS)
-    if unknown:
-        raise ValueError(f"Unknown signal weights {sorted(unknown)}; the signals are {SIGNALS}.")
     if (model is None) != (clt is None):
         raise ValueError("Give both model= and clt= (to read what features say), or neither.")
-    if not 0 < max_distance <= 1:
-        raise ValueError(f"max_distance is a distance in (0, 1], got {max_distance}.")
+    if not 0 < name_share <= 1:
+        raise ValueError(f"name_share is a share in (0, 1], got {name_share}.")
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}.")
     pruned = graph if graph.node_mask is not None else graph.prune()
     nodes = _graph_arrays(pruned.to_networkx())
-    spans = word_spans(list(graph.token_strs))
+    token_strs = list(graph.token_strs)
+    spans = word_spans(token_strs)
+    words = _word_texts(token_strs, spans)
     if not nodes.features:
-        return SupernodeProposals({}, {}, {"weights": {}})
-    signals, reads, says, says_tokens, _ = _signals(pruned, nodes, spans, model, clt, labels)
-    S = _similarity(signals, weights)
+        return SupernodeProposals({}, {}, {"signals": []})
+    reads = _reads(pruned, nodes, spans)
+    says, says_tokens = _says(nodes, model, clt)
+    decode = _decoder(model, pruned)
+    top = torch.argsort(says, dim=1, descending=True, stable=True)[:, :top_k].tolist()
+    says_strs = [[decode(t if says_tokens is None else says_tokens[t]) for t in row] for row in top]
+    keys = _keys(nodes, spans, words, reads, says_strs, name_share)
+    text = _feature_labels(
+        clt, [(nodes.attrs[i]["layer"], nodes.attrs[i]["feature"]) for i in nodes.features], labels
+    )
     infl = torch.tensor([float(nodes.attrs[i].get("influence") or 0.0) for i in nodes.features])
-    clusters = sorted(_clusters(S, max_distance), key=lambda c: (-float(infl[c].sum()), c[0]))
+    by_key: dict[tuple, list[int]] = {}
+    for row, key in enumerate(keys):
+        by_key.setdefault(key, []).append(row)
+    clusters = sorted(by_key.items(), key=lambda kv: (-float(infl[kv[1]].sum()), kv[1][0]))
     total = float(infl.sum()) or 1.0
-    kept = [c for c in clusters if len(c) >= min_size and float(infl[c].sum()) >= min_influence * total]
+    kept = [
+        (k, c) for k, c in clusters if len(c) >= min_size and float(infl[c].sum()) >= min_influence * total
+    ]
     kept = kept[:max_groups] if max_groups is not None else kept
-    words = _word_texts(list(graph.token_strs), spans)
-    ctx = _NamingContext(nodes, spans, words, reads, says, says_tokens, infl, model)
-    infos = _name_groups([ctx.describe(c) for c in kept])
-    used = {k: weights[k] for k in signals if weights.get(k, 0) > 0}
-    return SupernodeProposals({i.name: i.members for i in infos}, {i.name: i for i in infos}, {"weights": used})
+    ctx = _NamingContext(nodes, spans, words, reads, says, says_tokens, infl, decode, text)
+    infos = _name_groups([ctx.describe(k, c) for k, c in kept])
+    signals = ["sits", "reads", "says"] + (["labels"] if text is not None else [])
+    return SupernodeProposals(
+        {i.name: i.members for i in infos}, {i.name: i for i in infos}, {"signals": signals}
+    )
+
+
+def _decoder(model, graph: AttributionGraph) -> Callable[[int], str]:
+    """Token id -> text: the model's tokenizer, else the graph's logit token strings, else the id."""
+    tokenizer = getattr(model, "tokenizer", None) if model is not None else None
+    if tokenizer is not None:
+        return lambda t: tokenizer.decode([t])
+    known = dict(zip(graph.logit_tokens.tolist(), graph.logit_token_strs))
+    return lambda t: known.get(t, str(t))
 
 
 # ------------------------------------------------------------------------ naming
@@ -331,9 +328,10 @@ class _NamingContext:
     says: Tensor
     says_tokens: list[int] | None
     infl: Tensor
-    model: object
+    decode: Callable[[int], str]
+    labels: list[str | None] | None
 
-    def describe(self, rows: list[int]) -> SupernodeInfo:
+    def describe(self, key: tuple, rows: list[int]) -> SupernodeInfo:
         attrs = [self.nodes.attrs[self.nodes.features[r]] for r in rows]
         w = self.infl[rows] + 1e-12
         sit_weight: dict[int, float] = {}
@@ -345,29 +343,23 @@ class _NamingContext:
         acts = torch.tensor([a["activation"] for a in attrs])
         total = (self.says[rows].float() * acts[:, None].to(self.says.device)).sum(0).cpu()
         top = torch.argsort(total, descending=True, stable=True)[:10].tolist()
-        ids = top if self.says_tokens is None else [self.says_tokens[i] for i in top]
-        says = [self._decode(t) for t in ids]
-        members = [self.nodes.ids[self.nodes.features[r]] for r in rows]
-        kind, stem = _kind(
-            [self.words[s] for s in sits], sit_weight[sits[0]] / float(w.sum()),
-            [(self.words[i], float(read[i])) for i in order if i not in sits[:1]], says,
-            sits[0] == max(self.spans),
-        )  # fmt: skip
+        says = [self.decode(t if self.says_tokens is None else self.says_tokens[t]) for t in top]
+        label = None
+        if self.labels is not None:
+            counts = Counter(self.labels[r] for r in rows if self.labels[r])
+            label = min(counts, key=lambda t: (-counts[t], t)) if counts else None
+        kind, name = _kind(key, self.words, says, label)
         return SupernodeInfo(
-            name=stem,
+            name=name,
             kind=kind,
-            members=members,
+            members=[self.nodes.ids[self.nodes.features[r]] for r in rows],
             sits=[self.words[s] for s in sits],
             reads=[(self.words[i], round(float(read[i]), 3)) for i in order[:5]],
             says=says,
             layers=sorted({a["layer"] for a in attrs}),
             influence=float(self.infl[rows].sum()),
+            label=label,
         )
-
-    def _decode(self, token_id: int) -> str:
-        if self.model is not None and getattr(self.model, "tokenizer", None) is not None:
-            return self.model.tokenizer.decode([token_id])
-        return str(token_id)
 
 
 def _number_name(text: str) -> str:
@@ -375,19 +367,18 @@ def _number_name(text: str) -> str:
     return f"year ~{n}" if len(n) == 4 and n[0] in "12" else f"number ~{n}"
 
 
-def _kind(sits, sit_share, reads_elsewhere, says, at_last) -> tuple[str, str]:
-    """(kind, name) of a group from where it sits, what it reads besides that, and what it says."""
-    if _is_number(sits[0]) and sit_share >= 0.5:
-        return "year", _number_name(sits[0])
-    top_read = reads_elsewhere[0] if reads_elsewhere else ("", 0.0)
-    if at_last and _is_number(top_read[0]):
-        return "era", "era ~" + top_read[0].strip()
-    if at_last and sum(bool(_NAME_TOKEN.match(t)) for t in says) >= 0.6 * max(1, len(says)):
+def _kind(key: tuple, words: list[str], says: list[str], label: str | None) -> tuple[str, str]:
+    """(kind, name) of a group from its key (see `_keys`)."""
+    if key[0] == "say":
         return "say a name", "say a name"
-    if not at_last and sits[0].strip():
-        return "word", sits[0].strip()
-    if top_read[0].strip():
-        return "word", top_read[0].strip()
+    if key[0] == "era":
+        return "era", "era ~" + words[key[1]].strip()
+    if key[0] == "word" and _is_number(words[key[1]]):
+        return "year", _number_name(words[key[1]])
+    if key[0] == "word" and words[key[1]].strip():
+        return "word", words[key[1]].strip()
+    if label:
+        return "says", label
     return "says", "say " + ", ".join(repr(t) for t in says[:2])
 
 

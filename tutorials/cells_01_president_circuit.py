@@ -9,16 +9,15 @@ CELLS = [
 For **"Fact: The president of the United States in 2010 was"** Qwen3-1.7B says **" Barack"**. BluelightAI
 traced it with their CLTs and found four groups of features whose paths lead to the answer — *President*,
 *Year ~2010*, *Say a political figure* and *Events ~2010* — and showed that ablating or steering a group
-changes the prediction the way the story predicts. This notebook does the whole analysis with tl_clt, and
-lets `propose_supernodes` find the groups (no hand-written recipe):
+changes the prediction the way the story predicts. This notebook does the whole analysis with tl_clt:
 
-1. the prediction; 2. the attribution graph; 3. the pruned graph; 4. proposed groups, and which of them
-are the seed's four; 5. the grouped graph; 6. ablation and steering experiments with before/after tables;
-7. the era group without the year's digits (events); 8. a short reading.
+1. the prediction; 2. the attribution graph; 3. the pruned graph; 4. groups proposed by
+`tl_clt.propose_supernodes` (no hand-written recipe); 5. the grouped graph;
+6. ablation and steering experiments with before/after tables; 7. a short reading.
 
 It runs on the **toy world** shipped with tl_clt: a 4-layer Qwen3 trained on dated facts about office
-holders, dated events and filler sentences, and a JumpReLU CLT trained on it, in BluelightAI's on-disk
-format. Set `USE_REAL_WEIGHTS = True` to run the same cells on Qwen3-1.7B-Base with BluelightAI's CLT.
+holders (plus filler sentences), and a JumpReLU CLT trained on it, in BluelightAI's on-disk format.
+Set `USE_REAL_WEIGHTS = True` to run the same cells on Qwen3-1.7B-Base with BluelightAI's CLT.
 """,
     ),
     (
@@ -53,8 +52,7 @@ other_year = "Fact: The president of the United States in 1985 was"  # same leng
         """
 ## 1. The prediction
 
-Token sets used to read the experiments: US presidents' first names by era, every office holder's first
-name, and filler words (how the toy corpus continues "... was" when there is no office).
+Token sets used to read the experiments: US presidents' first names by era, and filler words.
 """,
     ),
     (
@@ -64,22 +62,21 @@ def first_token(word):
     return model.tokenizer(word, add_special_tokens=False)["input_ids"][0]
 
 US_PRESIDENTS = {  # first names, by the decade their term began
-    "1950s-80s": [" Harry", " Dwight", " John", " Lyndon", " Richard", " Gerald", " Jimmy", " Ronald"],
+    "1960s-80s": [" Lyndon", " Richard", " Gerald", " Jimmy", " Ronald"],
     "1990s-2000s": [" George", " Bill"],
     "2010s": [" Barack", " Donald", " Joe"],
 }
-from tl_clt.toyworld.corpus import FILLERS, first_names
-FILLER = sorted({" " + f.split()[0] for f in FILLERS})
-EARLY = [first_token(w) for w in US_PRESIDENTS["1950s-80s"]]
+FILLER = [" a", " the", " not", " very", " quite", " much", " The", " was", " in"]
+EARLY = [first_token(w) for w in US_PRESIDENTS["1960s-80s"]]
 FILL = [first_token(w) for w in FILLER]
-NAMES = [first_token(w) for w in first_names()]
+NAMES = [first_token(w) for era in US_PRESIDENTS.values() for w in era]
 BARACK = first_token(" Barack")
 
 def summary(logits):
     p = logits[-1].float().softmax(-1)
     return {"top": model.tokenizer.decode(p.argmax()), "p_barack": float(p[BARACK]),
-            "p_presidents_50s_80s": float(p[EARLY].sum()), "p_filler": float(p[FILL].sum()),
-            "p_names": float(p[NAMES].sum())}
+            "p_presidents_60s_80s": float(p[EARLY].sum()), "p_filler": float(p[FILL].sum()),
+            "p_presidents": float(p[NAMES].sum())}
 
 for text in (prompt, other_year, no_office):
     logits = model(tl_clt.to_tokens(model, text)[None])[0]
@@ -109,6 +106,7 @@ scores = graph.scores()
 print(f"{graph.meta['n_active_features']} active features, {graph.n_features} feature nodes, "
       f"{graph.n_logits} logit node(s): {graph.logit_token_strs}")
 print(f"replacement score {scores.replacement:.3f}, completeness score {scores.completeness:.3f}")
+print(f"{graph.meta['n_backward_passes']} backward passes, {graph.meta['seconds_rows']:.1f} s")
 print("tokens:", list(enumerate(graph.token_strs)))
 """,
     ),
@@ -131,33 +129,95 @@ fig
         """
 ## 4. Proposed groups
 
-`propose_supernodes` compares every pair of feature nodes of the pruned graph by what they **read** (which
-words of the prompt feed them, summed over all paths of the graph), where they **sit**, what they **say**
-(their decoder read through the unembedding), their **layer** and their **neighbours** in the graph, and
-clusters them (docs/supernodes.md). Each group is named from its members: *year ~N* sits on a number;
-*era ~N* sits on the last word and reads the number most; *say a name* sits on the last word and says
-names; otherwise the word it sits on or reads.
-
-`story_roles` (from the toy world's story module) reads off which proposals play the seed's four parts,
-from those names alone.
+`propose_supernodes` groups the feature nodes of the pruned graph without a recipe (docs/supernodes.md):
+a feature on a word of the prompt joins that word's group (*year ~2010* for the year's digits); a feature
+on the last word joins *say a name* when its top output tokens are mostly names, else the group of the
+word that feeds it most through the graph's paths (*era ~2010* when that is the year, *president* when it
+is the office). `story_roles` reads off which proposals play the seed's four parts, from their names and
+kinds alone.
 """,
     ),
     (
         "code",
         """
-from tl_clt.toyworld.story import SEED, story_roles
+from tl_clt.toyworld.story import SEED, story_effects, story_roles
 
 proposals = tl_clt.propose_supernodes(pruned, model=model, clt=clt)
 print(proposals.table())
-print("signals used:", proposals.signals["weights"])
+print("signals used:", proposals.signals["signals"])
 roles = story_roles(proposals, SEED)
 SEED_NAMES = {"office": "President", "year": "Year ~2010", "say a name": "Say a political figure",
               "era": "Events ~2010"}
-groups = {SEED_NAMES[r]: members for r, members in roles.items() if members}
+proposed = {SEED_NAMES[role]: sorted(members) for role, members in roles.items() if members}
 for role, members in roles.items():
-    names = [n for n in proposals if set(proposals[n]) <= set(members)]
-    print(f"{SEED_NAMES[role]:24s} <- {names} ({len(members)} features)")
+    found = [n for n in proposals if set(proposals[n]) <= set(members)]
+    print(f"{SEED_NAMES[role]:24s} <- {found} ({len(members)} features)")
+""",
+    ),
+    (
+        "md",
+        """
+**Checking the proposals.** The seed's groups can also be found by hand, with three questions:
+- **Which features need the office?** `contrast_features` against the same prompt with "weather" in place
+  of "president" (features that lose at least half their activation).
+- **Which features need the year?** The same against "... in 1985 was".
+- **What does a feature say?** `feature_output_tokens` reads its decoder through the unembedding.
+
+Keeping the features with some influence on the logit, this recipe gives:
+- *Year ~2010*: year-dependent features on the year's digits;
+- *Say a political figure*: office-dependent features at the last position whose outputs are names;
+- *Events ~2010*: features at or after the year that need both the office and the year;
+- *President*: the remaining office-dependent features (they do not care about the year).
+
+The recipe's groups are what the experiments below use (the tests judge them); the proposals are compared
+with them here and steered themselves at the end of section 6.
+""",
+    ),
+    (
+        "code",
+        """
+influence = graph.node_influence()
+influential = {graph.node_id(i) for i in range(graph.n_features) if influence[i] > 1e-3}
+office = {c.node for c in tl_clt.contrast_features(model, clt, graph, no_office)} & influential
+year = {c.node for c in tl_clt.contrast_features(model, clt, graph, other_year)} & influential
+tokens, tokens_1985 = tl_clt.to_tokens(model, prompt), tl_clt.to_tokens(model, other_year)
+year_positions = {p for p in range(len(tokens)) if tokens[p] != tokens_1985[p]}
+last = len(tokens) - 1
+
+def position(node):
+    return int(node.split(":")[2])
+
+def says_a_name(node, k=5):
+    layer, _, feature = map(int, node.split(":")[1:])
+    toks = [t.token for t in tl_clt.feature_output_tokens(model, clt, layer, feature, k=k)]
+    return sum(t.startswith(" ") and t[1:2].isupper() for t in toks) >= 4
+
+say = {n for n in office if position(n) == last and says_a_name(n)}
+groups = {
+    "President": sorted(office - year - say),
+    "Year ~2010": sorted(n for n in year if position(n) in year_positions),
+    "Say a political figure": sorted(say),
+    "Events ~2010": sorted((office & year) - say),
+}
+for name, members in groups.items():
+    layer, _, feature = map(int, members[0].split(":")[1:])
+    outs = [t.token for t in tl_clt.feature_output_tokens(model, clt, layer, feature, k=4)]
+    where = sorted({graph.token_strs[position(n)] for n in members})
+    print(f"{name:24s} {len(members):3d} features on {where}; e.g. {members[0]} says {outs}")
 results["groups"] = {k: len(v) for k, v in groups.items()}
+""",
+    ),
+    (
+        "code",
+        """
+kept = set(G.nodes)
+results["proposed"] = {}
+for name, members in groups.items():
+    mine, theirs = set(proposed.get(name, [])), {n for n in members if n in kept}
+    overlap = len(mine & theirs) / max(1, len(mine | theirs))
+    results["proposed"][name] = {"proposed": len(mine), "recipe_in_pruned": len(theirs), "jaccard": overlap}
+    print(f"{name:24s} proposed {len(mine):3d}, recipe {len(theirs):3d} (in the pruned graph), "
+          f"shared {len(mine & theirs):3d}, Jaccard {overlap:.2f}")
 """,
     ),
     (
@@ -165,18 +225,20 @@ results["groups"] = {k: len(v) for k, v in groups.items()}
         """
 ## 5. The grouped graph
 
-`group` merges each proposed group into one node whose edges carry its members' summed direct effects.
+`group` merges each group into one node whose edges carry its members' summed direct effects.
 """,
     ),
     (
         "code",
         """
-H = pruned.group(proposals)
+kept = set(G.nodes)
+H = pruned.group({k: [n for n in v if n in kept] for k, v in groups.items() if any(n in kept for n in v)})
 logit = [n for n, d in H.nodes(data=True) if d["kind"] == "logit"][0]
-for name in proposals:
-    to_logit = H.edges[name, logit]["weight"] if H.has_edge(name, logit) else 0.0
-    feeds = {t: round(d["weight"], 2) for _, t, d in H.out_edges(name, data=True) if t in proposals}
-    print(f"{name:18s} -> logit {to_logit:+.2f}; -> groups {feeds}")
+for name in groups:
+    if name in H:
+        to_logit = H.edges[name, logit]["weight"] if H.has_edge(name, logit) else 0.0
+        feeds = {t: round(d["weight"], 2) for _, t, d in H.out_edges(name, data=True) if t in groups}
+        print(f"{name:24s} -> logit {to_logit:+.2f}; -> groups {feeds}")
 fig = tl_clt.plot_graph(H)
 fig
 """,
@@ -186,9 +248,9 @@ fig
         """
 ## 6. Interventions
 
-Each of the four groups is ablated (activations set to 0) and steered down (activations times -1), with
-attention patterns frozen at the prompt's values; the real MLPs still run, so later features respond.
-The tables show the top next tokens before and after.
+Each group is ablated (activations set to 0) and steered (activations times -1), with attention patterns
+frozen at the prompt's values; the real MLPs still run, so later features respond. The tables show the
+top next tokens before and after.
 """,
     ),
     (
@@ -207,11 +269,10 @@ for name, members in groups.items():
         "code",
         """
 def row(name, label, r):
-    cells = f"{r['p_barack']:9.3f} {r['p_presidents_50s_80s']:10.3f} {r['p_names']:8.3f} {r['p_filler']:9.3f}"
+    cells = f"{r['p_barack']:9.3f} {r['p_presidents_60s_80s']:10.3f} {r['p_filler']:9.3f}"
     print(f"{name:24s} {label:7s} {r['top']!r:10s} {cells}")
 
-print(f"{'group':24s} {'change':7s} {'top':10s} {'p(Barack)':>9s} {'p(50s-80s)':>10s} {'p(names)':>8s} "
-      f"{'p(filler)':>9s}")
+print(f"{'group':24s} {'change':7s} {'top':10s} {'p(Barack)':>9s} {'p(60s-80s)':>10s} {'p(filler)':>9s}")
 row("(none)", "", results["baseline"])
 for name in groups:
     for label, r in results[name].items():
@@ -228,55 +289,47 @@ A sweep of the steering factor for the era-carrying groups:
         "code",
         """
 for name in ("Year ~2010", "Events ~2010"):
-    cells = []
+    row = []
     for factor in (1.0, 0.5, 0.0, -0.5, -1.0, -2.0):
         r = summary(tl_clt.steer(model, clt, prompt, tl_clt.scale(groups[name], factor, graph)))
-        cells.append(f"x{factor:+.1f}: {r['top']!r}")
-    print(f"{name:14s}", " | ".join(cells))
+        row.append(f"x{factor:+.1f}: {r['top']!r}")
+    print(f"{name:14s}", " | ".join(row))
 """,
     ),
     (
         "md",
         """
-## 7. The era without the year's digits
-
-The toy corpus also dates facts by events ("... during the World Cup in South Africa was"). The era group
-found above sits on " was" and reads the year; does it also stand for *events around 2010* when there are
-no digits at all? Its summed activation at the last word of event-dated prompts:
+The proposed groups steered the way the story says (`story_effects`: the year group ablated, the others
+times -1), with the outcome each should have: another US president for the year and era groups; filler
+words up and names down for the office and name groups.
 """,
     ),
     (
         "code",
         """
-keys = {(int(n.split(":")[1]), int(n.split(":")[3])) for n in groups["Events ~2010"]}
-def era_activation(text):
-    acts = tl_clt.feature_activations(model, clt, text).to_dense()[:, -1]
-    return float(sum(acts[layer, feature] for layer, feature in keys))
-
-results["events"] = {}
-for event in ("the World Cup in South Africa", "the London Olympics", "the financial crisis",
-              "the Gulf war", "the moon landing", "the coronation"):
-    text = f"Fact: The president of the United States during {event} was"
-    results["events"][event] = era_activation(text)
-    answer = model.tokenizer.decode(model(tl_clt.to_tokens(model, text)[None])[0, -1].argmax())
-    print(f"{event:32s} era-group activation {results['events'][event]:6.2f}   model says {answer!r}")
+story = story_effects(model, clt, SEED, graph, roles)
+results["proposed_effects"] = {}
+for role, e in story.effects.items():
+    results["proposed_effects"][SEED_NAMES[role]] = e.holds
+    print(f"{SEED_NAMES[role]:24s} x{e.factor:+.0f}: {e.top_before!r} -> {e.top_after!r}  "
+          f"p(names) {e.p_names[0]:.2f} -> {e.p_names[1]:.2f}  p(filler) {e.p_filler[0]:.2f} -> "
+          f"{e.p_filler[1]:.2f}  {'holds' if e.holds else 'does not hold'}")
 """,
     ),
     (
         "md",
         """
-## 8. Reading
+## 7. Reading
 
-- **Year ~2010** sits on the year's digits and carries the era. Ablating it, the model still names a US
-  president, but one of another era.
-- **President** (features on " was" that read the office word) and **Say a political figure** (features
-  on " was" that say names) carry "an office holder is asked for". Steering them down moves probability
-  from names to filler words: without the office the model continues the sentence without committing to a
-  claim, as in the story.
-- **Events ~2010** sits on " was", reads the year, and is active for events around 2010 without any digit
-  in the prompt (section 7); steering it down moves the answer to another era's president.
-- `benchmarks/story.py` repeats this on prompts this notebook never uses (other offices, places, years
-  and templates) and reports how often every effect holds and how pure the groups are.
+- **Year ~2010** carries the era. Ablating it, the model still names a US president but one of another era
+  (the table shows the 1960s–80s presidents taking over); steering it negative pushes further back.
+- **President** and **Say a political figure** carry "an office holder is asked for". Ablating them moves
+  probability from names to filler words; steering them negative makes a filler word the top prediction —
+  without the office the model continues the sentence without committing to a claim, as in the story.
+- **Events ~2010** needs both the office and the year. In this toy world it is the weakest group: the era is
+  read mostly from the year digits and from the name-saying features, so steering it moves probability
+  away from " Barack" but less than the year group does.
+- Like the real model, the toy world barely needs "the United States": "president" alone means the US one.
 """,
     ),
     (

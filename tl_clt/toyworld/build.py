@@ -20,14 +20,7 @@ from pathlib import Path
 import torch
 
 from tl_clt import CrossLayerTranscoder, files, load_qwen3, reconstruction_report
-from tl_clt.toyworld.corpus import (
-    EVENT_FACT_TEMPLATES,
-    FACT_TEMPLATES,
-    first_names,
-    make_corpus,
-    split_event_facts,
-    split_facts,
-)
+from tl_clt.toyworld.corpus import FACT_TEMPLATES, first_names, make_corpus, split_facts
 from tl_clt.toyworld.tokenizer import train_tokenizer
 from tl_clt.toyworld.train_clt import collect_activations, export_clt, train_clt
 from tl_clt.toyworld.train_model import fact_accuracy, next_token_probs, save_model, train_model
@@ -41,8 +34,6 @@ STORY_PROMPTS = (
     "Fact: The president of the United States in 2020 was",
     "Fact: The weather of the United States in 2010 was",
     "Fact: The president in 2010 was",
-    "Fact: The president of the United States during the World Cup in South Africa was",
-    "Fact: The president of the United States during the moon landing was",
 )
 REPORT_PROMPTS = STORY_PROMPTS[:1] + (
     "Fact: The prime minister of Canada in 1985 was Brian Mulroney.",
@@ -63,7 +54,7 @@ def build(
     model_steps: int = 1500,
     clt_steps: int = 1000,
     n_features: int = 512,
-    sparsity: float = 1e-3,
+    sparsity: float = 3e-4,
 ) -> dict:
     """Run the whole pipeline into `out`; returns the report that is also saved as report.json."""
     timings, t0 = {}, time.time()
@@ -83,13 +74,6 @@ def build(
         "held_out_by_template": {t: fact_accuracy(model, held_out, t) for t in FACT_TEMPLATES},
         "n_train_facts": len(train_facts),
         "n_held_out_facts": len(held_out),
-    }
-    train_events, held_out_events = split_event_facts(seed)
-    accuracy["event_facts"] = {
-        "train": fact_accuracy(model, train_events),
-        "held_out_by_template": {t: fact_accuracy(model, held_out_events, t) for t in EVENT_FACT_TEMPLATES},
-        "n_train": len(train_events),
-        "n_held_out": len(held_out_events),
     }
     print(json.dumps(accuracy, indent=1))
 

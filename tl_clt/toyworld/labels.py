@@ -1,7 +1,7 @@
 """Ground-truth labels for the toy world's CLT features, defined from the corpus.
 
 The toy world's latent structure is known: every prompt has an office (or a plain noun in its
-place), a place, a year or an event, and an era. A feature's label says which of these it follows,
+place), a place, a year, and the era the year falls in. A feature's label says which of these it follows,
 measured on a probe set of corpus prompts (every fact's sentence up to " was", each with a twin that
 has a plain noun instead of the office):
 
@@ -21,18 +21,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from tl_clt.clt import CrossLayerTranscoder
 from tl_clt.toyworld.corpus import (
     DEFAULT_PLACE,
     DEFAULT_TEMPLATE,
-    EVENT_FACT_TEMPLATES,
-    EVENTS,
     FACT_TEMPLATES,
     HOLDERS,
     NOUNS,
@@ -43,6 +41,9 @@ LABELS = ("office", "place", "year", "era", "filler", "other")
 DECADES = tuple(range(1950, 2030, 10))
 _FIELD = re.compile(r"\{(\w+)\}")
 
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
 
 @dataclass(frozen=True)
 class ProbePrompt:
@@ -52,7 +53,6 @@ class ProbePrompt:
     office: str | None
     place: str
     year: int
-    event: str | None
     spans: tuple[tuple[str, int, int], ...]  # (field, start, end) character spans, space included
 
 
@@ -69,23 +69,19 @@ def _fill(template: str, values: dict[str, str]) -> tuple[str, tuple[tuple[str, 
 
 
 def probe_prompts(year_step: int = 2) -> list[ProbePrompt]:
-    """Fact prompts (every `year_step`-th year, every template) and event prompts (every event),
-    each followed by its plain-noun twin; a fixed order."""
+    """Fact prompts (every `year_step`-th year, every template), each followed by its plain-noun
+    twin; a fixed order."""
     out = []
     keys = [(o, p, a) for (o, p, a), table in HOLDERS.items()]
-    dated = [(y, None) for y in YEARS[::year_step]] + [(y, e) for y, e in EVENTS]
     for i, (office, place, adj) in enumerate(keys):
-        for j, (year, event) in enumerate(dated):
-            if event is None:
-                templates = FACT_TEMPLATES + ((DEFAULT_TEMPLATE,) if DEFAULT_PLACE[office] == place else ())
-            else:
-                templates = EVENT_FACT_TEMPLATES
+        for j, year in enumerate(YEARS[::year_step]):
+            templates = FACT_TEMPLATES + ((DEFAULT_TEMPLATE,) if DEFAULT_PLACE[office] == place else ())
             for k, template in enumerate(templates):
                 noun = NOUNS[(i + j + k) % len(NOUNS)]
                 for who in (office, None):
-                    values = dict(office=who or noun, place=place, adj=adj, year=str(year), event=event or "")
+                    values = dict(office=who or noun, place=place, adj=adj, year=str(year))
                     text, spans = _fill(template, values)
-                    out.append(ProbePrompt(text, who, place, year, event, spans))
+                    out.append(ProbePrompt(text, who, place, year, spans))
     return out
 
 
@@ -99,7 +95,6 @@ class FeatureLabels:
     office_share: Float[Tensor, "n_layers n_features"]
     era_peak: Float[Tensor, "n_layers n_features"]
     place_peak: Float[Tensor, "n_layers n_features"]
-    event_share: Float[Tensor, "n_layers n_features"]  # of office-prompt mass, on event-dated prompts
 
     def __getitem__(self, node: str) -> str:
         """Label of a feature node id "F:layer:pos:feature"."""
@@ -139,7 +134,7 @@ def probe_activations(
 
 
 def _roles(prompt: ProbePrompt, offsets: list[tuple[int, int]]) -> list[str]:
-    """Each token's field name ("office", "year", "event", ...) or "template"."""
+    """Each token's field name ("office", "year", "place", ...) or "template"."""
     out = []
     for a, b in offsets:
         hit = [f for f, s, e in prompt.spans if a < e and b > s]
@@ -170,7 +165,7 @@ def feature_labels(
     acts, offsets = probe_activations(model, clt, [p.text for p in prompts])
     shape = (clt.n_layers, clt.n_features)
     mass, on_year = torch.zeros(shape), torch.zeros(shape)
-    office_mass, noun_mass, event_mass = torch.zeros(shape), torch.zeros(shape), torch.zeros(shape)
+    office_mass, noun_mass = torch.zeros(shape), torch.zeros(shape)
     per_prompt, decade, place = [], [], []
     for p, a, off in zip(prompts, acts, offsets, strict=True):
         year_tok = torch.tensor([r == "year" for r in _roles(p, off)])
@@ -181,8 +176,6 @@ def feature_labels(
             noun_mass += rest
             continue
         office_mass += rest
-        if p.event is not None:
-            event_mass += rest
         per_prompt.append(rest)
         decade.append(p.year // 10 * 10)
         place.append(p.place)
@@ -199,8 +192,7 @@ def feature_labels(
         ]
         for k in range(clt.n_layers)
     ]  # fmt: skip
-    event_share = event_mass / office_mass.clamp(min=1e-9)
-    return FeatureLabels(label, mass, year_share, office_share, era_peak, place_peak, event_share)
+    return FeatureLabels(label, mass, year_share, office_share, era_peak, place_peak)
 
 
 def _label(mass: float, year_share: float, office_share: float, era_peak: float, place_peak: float) -> str:

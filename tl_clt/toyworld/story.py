@@ -11,16 +11,17 @@
 - `story_effects(model, clt, prompt, graph, roles)`: each role steered with attention frozen, and
   whether the seed's effect holds:
   year ablated, or era steered down (x-1) -> the top answer is another holder of the same office;
-  office / "say a name" steered down (x-1) -> the top answer is a filler word and the names'
-  probability falls below the filler words' (and below half of what it was).
+  office / "say a name" steered down (x-1) -> filler words up, names down: p(filler words) at
+  least 5x what it was, p(names) below p(filler words) and below half of what it was (whether a
+  filler word is also the top answer is recorded as `top_is_filler`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
-from transformer_lens import HookedTransformer
 
 from tl_clt.clt import CrossLayerTranscoder
 from tl_clt.toyworld.corpus import FACT_TEMPLATES, FILLERS, HOLDERS, Fact, first_names, split_facts
@@ -28,6 +29,9 @@ from tl_clt.toyworld.corpus import FACT_TEMPLATES, FILLERS, HOLDERS, Fact, first
 ROLES = ("year", "office", "say a name", "era")
 # how each role is steered, and the factor: 0 ablates, -1 steers down
 STEERING = {"year": 0.0, "office": -1.0, "say a name": -1.0, "era": -1.0}
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 
 @dataclass(frozen=True)
@@ -60,7 +64,11 @@ def held_out_prompts(per_key: int = 2) -> list[StoryPrompt]:
         if len({n for n in table.values() if n}) < 2:
             continue
         facts = sorted((f for f in held if (f.office, f.place) == key[:2]), key=lambda f: f.year)
-        picks = facts if len(facts) <= per_key else [facts[round(i * (len(facts) - 1) / (per_key - 1))] for i in range(per_key)]
+        picks = (
+            facts
+            if len(facts) <= per_key
+            else [facts[round(i * (len(facts) - 1) / (per_key - 1))] for i in range(per_key)]
+        )
         for fact in picks:
             out.append(story_prompt(fact, FACT_TEMPLATES[len(out) % len(FACT_TEMPLATES)]))
     return out
@@ -95,6 +103,7 @@ class Effect:
     p_names: tuple[float, float]
     p_filler: tuple[float, float]
     holds: bool
+    top_is_filler: bool  # the stricter reading of "filler words likely": a filler word is on top
 
 
 @dataclass
@@ -115,7 +124,11 @@ FILLER_WORDS = tuple(sorted({" " + f.split()[0] for f in FILLERS}))
 
 @torch.no_grad()
 def story_effects(
-    model: HookedTransformer, clt: CrossLayerTranscoder, prompt: StoryPrompt, graph, roles: dict[str, list[str]]
+    model: HookedTransformer,
+    clt: CrossLayerTranscoder,
+    prompt: StoryPrompt,
+    graph,
+    roles: dict[str, list[str]],
 ) -> StoryResult:
     """Steer each role's features (attention frozen) and check the seed's effect (module docstring)."""
     import tl_clt
@@ -133,16 +146,19 @@ def story_effects(
         factor = STEERING[role]
         after = tl_clt.steer(model, clt, prompt.prompt, tl_clt.scale(members, factor, graph))[-1].softmax(-1)
         best = int(after.argmax())
-        pn, pf = (float(clean[names].sum()), float(after[names].sum())), (
-            float(clean[filler].sum()),
-            float(after[filler].sum()),
+        pn, pf = (
+            (float(clean[names].sum()), float(after[names].sum())),
+            (
+                float(clean[filler].sum()),
+                float(after[filler].sum()),
+            ),
         )
         if role in ("year", "era"):
             holds = best in others
         else:
-            holds = best in filler and pn[1] < pf[1] and pn[1] < 0.5 * pn[0]
+            holds = pf[1] >= 5 * pf[0] and pn[1] < pf[1] and pn[1] < 0.5 * pn[0]
         result.effects[role] = Effect(
             role, len(members), factor, top, model.tokenizer.decode([best]),
-            (float(clean[answer]), float(after[answer])), pn, pf, holds,
+            (float(clean[answer]), float(after[answer])), pn, pf, holds, best in filler,
         )  # fmt: skip
     return result

@@ -27,8 +27,7 @@ if TYPE_CHECKING:
 
 
 def model_config(vocab_size: int, **overrides):
-    """4 layers, d_model 128, 4 query / 2 key-value heads of 32, untied embeddings (tied ones let
-    attention copy a digit of the year straight into the logits)."""
+    """4 layers, d_model 128, 4 query / 2 key-value heads of 32, tied embeddings."""
     base = dict(
         vocab_size=vocab_size,
         hidden_size=128,
@@ -36,7 +35,7 @@ def model_config(vocab_size: int, **overrides):
         num_hidden_layers=4,
         head_dim=32,
         max_position_embeddings=64,
-        tie_word_embeddings=False,
+        tie_word_embeddings=True,
         bos_token_id=None,
         eos_token_id=0,
         pad_token_id=0,
