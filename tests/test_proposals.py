@@ -8,15 +8,28 @@ import itertools
 import networkx as nx
 import pytest
 import torch
+from graph_factory import make_graph
 
 import tl_clt
 from tl_clt import AttributionGraph
 from tl_clt.proposals import _graph_arrays, _reads, decoder_directions, logit_readout, word_spans
 from tl_clt.toyworld import load_toyworld
 
-from graph_factory import make_graph
-
-QWEN_TOKENS = ["<|endoftext|>", "Fact", ":", " The", " president", " of", " in", " ", "2", "0", "1", "0", " was"]
+QWEN_TOKENS = [
+    "<|endoftext|>",
+    "Fact",
+    ":",
+    " The",
+    " president",
+    " of",
+    " in",
+    " ",
+    "2",
+    "0",
+    "1",
+    "0",
+    " was",
+]
 
 
 def test_word_spans_keep_numbers_and_word_pieces_together():
@@ -24,7 +37,17 @@ def test_word_spans_keep_numbers_and_word_pieces_together():
     words = {}
     for tok, s in zip(QWEN_TOKENS, spans):
         words[s] = words.get(s, "") + tok
-    assert list(words.values()) == ["<|endoftext|>", "Fact", ":", " The", " president", " of", " in", " 2010", " was"]
+    assert list(words.values()) == [
+        "<|endoftext|>",
+        "Fact",
+        ":",
+        " The",
+        " president",
+        " of",
+        " in",
+        " 2010",
+        " was",
+    ]
     assert word_spans(["<|endoftext|>", " Gaul", "le", "!", " x"]) == [0, 1, 1, 2, 3]
 
 
@@ -97,28 +120,62 @@ def test_planted_groups_are_found_and_named_from_their_members():
     props = tl_clt.propose_supernodes(pruned, min_influence=0.0)
     assert sorted(sorted(m) for m in props.values()) == sorted([sorted(fam_a), sorted(fam_b)])
     by_members = {tuple(sorted(m)): name for name, m in props.items()}
+    # family A sits on " of" (not the last word): named after it
     info_a = props.info[by_members[tuple(sorted(fam_a))]]
-    assert info_a.sits == [" of"] and info_a.reads[0][0] == " alpha" and info_a.says[0] == "200"
-    assert props.info[by_members[tuple(sorted(fam_b))]].reads[0][0] == " beta"
-    assert set(props.signals["weights"]) == {"reads", "sits", "says", "layer", "neighbours"}
+    assert info_a.name == "of" and info_a.kind == "word"
+    assert info_a.sits == [" of"] and info_a.reads[0][0] == " alpha" and info_a.says[0] == " X"
+    # family B sits on the last word, says " Y" (not a name) and reads " beta" most: named after " beta"
+    info_b = props.info[by_members[tuple(sorted(fam_b))]]
+    assert info_b.name == "beta" and info_b.reads[0][0] == " beta" and info_b.sits == [" was"]
+    assert props.signals["signals"] == ["sits", "reads", "says"]
 
 
-def test_labels_are_a_signal():
+def test_labels_describe_groups_without_changing_them():
     pruned, fam_a, fam_b = planted_graph()
-    # labels that cut across the planted families, weighted heavily, change the grouping
-    labels = {(la, f): ("red" if f % 2 else "blue") for la, _, f in pruned.feature_keys.tolist()}
-    props = tl_clt.propose_supernodes(
-        pruned, labels=labels, weights={"labels": 10.0}, min_influence=0.0, max_distance=0.3
-    )
-    assert "labels" in props.signals["weights"]
-    for members in props.values():
-        assert len({int(m.split(":")[3]) % 2 for m in members}) == 1
+    plain = tl_clt.propose_supernodes(pruned, min_influence=0.0)
+    labels = {
+        (la, f): ("capital cities" if f < 3 else "colours") for la, _, f in pruned.feature_keys.tolist()
+    }
+    labelled = tl_clt.propose_supernodes(pruned, labels=labels, min_influence=0.0)
+    assert dict(labelled) == dict(plain) and "labels" in labelled.signals["signals"]
+    by_members = {tuple(sorted(m)): name for name, m in labelled.items()}
+    assert labelled.info[by_members[tuple(sorted(fam_a))]].label == "capital cities"
+    assert labelled.info[by_members[tuple(sorted(fam_b))]].label == "colours"
+    # a callable works the same, and missing labels are skipped
+    called = tl_clt.propose_supernodes(pruned, labels=lambda la, f: labels.get((la, f)) if f else None,
+                                       min_influence=0.0)  # fmt: skip
+    assert called.info[by_members[tuple(sorted(fam_a))]].label == "capital cities"
+
+
+def test_a_dashboards_attribute_on_the_clt_gives_labels():
+    """`clt.dashboards[layer, feature]` cards (as #10 attaches them) are read for labels."""
+    pruned, fam_a, _ = planted_graph()
+
+    class Card:
+        def __init__(self, f):
+            self.label = "first family" if f < 3 else None
+            self.top_logits = [" x", " y"]
+
+    class Dashboards:
+        def __getitem__(self, key):
+            return Card(key[1])
+
+    class FakeCLT:
+        dashboards = Dashboards()
+
+    from tl_clt.proposals import _feature_labels
+
+    keys = [(la, f) for la, _, f in pruned.feature_keys.tolist()]
+    text = _feature_labels(FakeCLT(), keys, None)
+    assert text == ["first family" if f < 3 else " x  y" for _, f in keys]
 
 
 @pytest.fixture(scope="module")
 def toy():
     model, clt = load_toyworld()
-    graph = tl_clt.attribute(model, clt, "Fact: The president of the United States in 2010 was", verbose=False)
+    graph = tl_clt.attribute(
+        model, clt, "Fact: The president of the United States in 2010 was", verbose=False
+    )
     return model, clt, graph, graph.prune(0.8, 0.98)
 
 
@@ -129,6 +186,65 @@ def test_says_is_the_unembedded_decoder(toy):
     for (layer, _, feature), row in zip(keys, says):
         top = [t.token_id for t in tl_clt.feature_output_tokens(model, clt, layer, feature, k=5)]
         assert row.topk(5).indices.tolist() == top
+
+
+def path_sums(G: nx.DiGraph) -> dict[str, dict[int, float]]:
+    """For every feature node, the sum over all paths token -> features -> it (dynamic programming in
+    topological order): the token's edge times each later edge per unit of its source's activation."""
+    out: dict[str, dict[int, float]] = {}
+    for v in nx.topological_sort(G):
+        if G.nodes[v]["kind"] != "feature":
+            continue
+        acc: dict[int, float] = {}
+        for u, _, w in G.in_edges(v, data="weight"):
+            kind = G.nodes[u]["kind"]
+            if kind == "token" and G.nodes[u]["pos"] > 0:
+                acc[G.nodes[u]["pos"]] = acc.get(G.nodes[u]["pos"], 0.0) + w
+            elif kind == "feature":
+                for pos, c in out[u].items():
+                    acc[pos] = acc.get(pos, 0.0) + w / G.nodes[u]["activation"] * c
+        out[v] = acc
+    return out
+
+
+def test_toy_groups_follow_the_rule_recomputed_independently(toy):
+    """Every member of every proposed group on the seed's prompt is where the documented rule puts it,
+    with what it says read by `feature_output_tokens` and what it reads summed over the graph's paths
+    here (dynamic programming, not the matrix solve of the module)."""
+    model, clt, graph, pruned = toy
+    props = tl_clt.propose_supernodes(pruned, model=model, clt=clt)
+    G = pruned.to_networkx()
+    reads = path_sums(G)
+    spans = word_spans(list(graph.token_strs))
+    words = {}
+    for tok, w in zip(graph.token_strs, spans):
+        words[w] = words.get(w, "") + tok
+    last = max(spans)
+    checked = set()
+    for name, members in props.items():
+        for node in members:
+            layer, pos, feature = map(int, node.split(":")[1:])
+            if spans[pos] != last:
+                word = words[spans[pos]].strip()
+                assert name.split(" #")[0] == (f"year ~{word}" if word.isdigit() else word), node
+                checked.add("sits")
+                continue
+            top = [t.token for t in tl_clt.feature_output_tokens(model, clt, layer, feature, k=8)]
+            n_names = sum(t.startswith(" ") and t[1:2].isupper() and t[2:3].islower() for t in top)
+            if n_names >= 4:
+                assert name == "say a name", (node, top)
+                checked.add("says")
+                continue
+            by_word: dict[int, float] = {}
+            for p, c in reads[node].items():
+                if spans[p] != last:
+                    by_word[spans[p]] = by_word.get(spans[p], 0.0) + c
+            best = max(by_word, key=by_word.get)
+            word = words[best].strip()
+            assert name.split(" #")[0] == (f"era ~{word}" if word.isdigit() else word), (node, by_word)
+            checked.add("reads")
+    assert checked == {"sits", "says", "reads"}
+    assert {"year ~2010", "say a name", "president", "era ~2010"} <= set(props)
 
 
 def test_proposals_are_deterministic_disjoint_and_usable(toy, tmp_path):
@@ -151,8 +267,9 @@ def test_proposals_are_deterministic_disjoint_and_usable(toy, tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "error", "excerpt"),
     [
-        (dict(weights={"colour": 1.0}), ValueError, "Unknown signal weights"),
-        (dict(max_distance=0.0), ValueError, "max_distance"),
+        (dict(name_share=0.0), ValueError, "name_share"),
+        (dict(top_k=0), ValueError, "top_k"),
+        (dict(model=object()), ValueError, "Give both model= and clt="),
     ],
 )
 def test_bad_arguments(kwargs, error, excerpt):

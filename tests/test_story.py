@@ -1,27 +1,28 @@
-"""The seed's story, found by `propose_supernodes` without a recipe, on the seed's prompt and on
-held-out prompts (other offices, places, years, templates): every effect is measured here, by
-steering the proposed groups in this process with attention frozen.
-
-Expected directions come from the seed: the year group ablated and the era group steered down move
-the answer to another holder of the same office; the office and "say a name" groups steered down
-make a filler word the answer and names less likely than filler. The held-out prompts are the
-first two of `held_out_prompts()` whose office differs from the seed's (a rule, not a pick);
-`benchmarks/story.py` measures all of them.
+"""The story measurement (`tl_clt.toyworld.story`, used by benchmarks/story.py and tutorial 01): its
+held-out prompts are held out, its roles come from the proposals' names, and the effects it reports are
+what an independent steering computation (tests/test_tutorials.py's Judge: raw safetensors tensors and
+plain TransformerLens hooks) measures. On the seed's prompt the year and office effects hold; the
+held-out fractions are measured by the benchmark, not asserted here.
 """
 
 from __future__ import annotations
 
 import pytest
-import torch
+from test_tutorials import Judge
 
 import tl_clt
 from tl_clt.toyworld import load_toyworld
-from tl_clt.toyworld.corpus import FILLERS, first_names
+from tl_clt.toyworld.corpus import FACT_TEMPLATES, fact_sentences, first_names, make_corpus
 from tl_clt.toyworld.labels import _fill, _roles
-from tl_clt.toyworld.story import SEED, held_out_prompts, story_roles
-
-OTHER_OFFICES = [p for p in held_out_prompts() if p.fact.office != SEED.fact.office][:2]
-PROMPTS = [SEED, *OTHER_OFFICES]
+from tl_clt.toyworld.story import (
+    FILLER_WORDS,
+    SEED,
+    STEERING,
+    held_out_prompts,
+    story_effects,
+    story_roles,
+    token_ids,
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,76 +30,68 @@ def world():
     return load_toyworld()
 
 
-def ids(model, words) -> list[int]:
-    return [model.tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in words]
+def test_held_out_prompts_are_held_out_and_varied(world):
+    prompts = held_out_prompts()
+    corpus = set(make_corpus(0))
+    assert not corpus & set(fact_sentences([p.fact for p in prompts]))
+    assert len({p.fact.office for p in prompts}) >= 5 and len({p.fact.place for p in prompts}) >= 5
+    assert {p.prompt for p in prompts}.isdisjoint({SEED.prompt})
+    used = {t for t in FACT_TEMPLATES if any(p.prompt == p.fact.prompt(t) for p in prompts)}
+    assert len(used) >= 3
+    for p in prompts:
+        assert p.answer not in p.other_holders and p.other_holders
 
 
-def probs_after(model, clt, prompt, members, factor, graph) -> torch.Tensor:
-    return tl_clt.steer(model, clt, prompt, tl_clt.scale(members, factor, graph))[-1].softmax(-1)
-
-
-@pytest.fixture(scope="module", params=PROMPTS, ids=lambda p: p.prompt)
-def case(request, world):
-    model, clt = world
-    sp = request.param
-    graph = tl_clt.attribute(model, clt, sp.prompt, verbose=False)
-    proposals = tl_clt.propose_supernodes(graph.prune(0.8, 0.98), model=model, clt=clt)
-    return sp, graph, proposals, story_roles(proposals, sp)
-
-
-def test_the_model_answers_right(world, case):
-    model, _ = world
-    sp, *_ = case
-    clean = model(tl_clt.to_tokens(model, sp.prompt)[None])[0, -1]
-    assert model.tokenizer.decode([int(clean.argmax())]) == sp.answer
-
-
-def test_all_four_roles_are_proposed(case):
-    _, _, proposals, roles = case
-    assert all(roles[r] for r in ("year", "office", "say a name", "era")), proposals.table()
-
-
-@pytest.mark.parametrize(("role", "factor"), [("year", 0.0), ("era", -1.0)])
-def test_year_and_era_groups_carry_the_era(world, case, role, factor):
-    model, clt = world
-    sp, graph, _, roles = case
-    after = probs_after(model, clt, sp.prompt, roles[role], factor, graph)
-    top = int(after.argmax())
-    assert top in ids(model, sp.other_holders), model.tokenizer.decode([top])
-
-
-@pytest.mark.parametrize("role", ["office", "say a name"])
-def test_office_groups_carry_saying_a_name(world, case, role):
-    model, clt = world
-    sp, graph, _, roles = case
-    after = probs_after(model, clt, sp.prompt, roles[role], -1.0, graph)
-    filler = ids(model, sorted({" " + f.split()[0] for f in FILLERS}))
-    names = ids(model, first_names())
-    assert int(after.argmax()) in filler, model.tokenizer.decode([int(after.argmax())])
-    assert after[names].sum() < after[filler].sum()
-
-
-def test_era_group_fires_on_events_of_its_era_without_digits(world):
-    """The seed's 'Events ~2010': the era group of the seed's prompt is more active on a prompt
-    dated by an event of 2010 than by an event of 1969 (no digits in either)."""
+@pytest.fixture(scope="module")
+def seed(world):
     model, clt = world
     graph = tl_clt.attribute(model, clt, SEED.prompt, verbose=False)
     proposals = tl_clt.propose_supernodes(graph.prune(0.8, 0.98), model=model, clt=clt)
-    era = story_roles(proposals, SEED)["era"]
-    keys = {(int(n.split(":")[1]), int(n.split(":")[3])) for n in era}
+    roles = story_roles(proposals, SEED)
+    return graph, proposals, roles, story_effects(model, clt, SEED, graph, roles)
 
-    def era_activation(prompt: str) -> float:
-        acts = tl_clt.feature_activations(model, clt, prompt).to_dense()[:, -1]  # at the last word
-        return float(sum(acts[layer, feature] for layer, feature in keys))
 
-    near = era_activation("Fact: The president of the United States during the World Cup in South Africa was")
-    far = era_activation("Fact: The president of the United States during the moon landing was")
-    assert near > 2 * far and near > 0
+def test_roles_are_read_from_the_proposals_names(seed):
+    _, proposals, roles, _ = seed
+    assert roles["year"] == proposals["year ~2010"] and roles["era"] == proposals["era ~2010"]
+    assert roles["say a name"] == proposals["say a name"] and roles["office"] == proposals["president"]
+
+
+def test_reported_effects_equal_an_independent_steering(world, seed):
+    model, _ = world
+    _, _, roles, result = seed
+    judge = Judge()
+    names = token_ids(model, first_names())
+    filler = token_ids(model, FILLER_WORDS)
+    others = token_ids(model, SEED.other_holders)
+    clean = judge.logits(SEED.prompt)[-1].softmax(-1)
+    assert result.answered == (model.tokenizer.decode([int(clean.argmax())]) == SEED.answer)
+    for role, effect in result.effects.items():
+        after = judge.steer(SEED.prompt, roles[role], STEERING[role])[-1].softmax(-1)
+        assert effect.n_features == len(roles[role])
+        assert effect.top_after == model.tokenizer.decode([int(after.argmax())])
+        assert effect.p_names[1] == pytest.approx(float(after[names].sum()), abs=2e-3)
+        assert effect.p_filler[1] == pytest.approx(float(after[filler].sum()), abs=2e-3)
+        pn0, pn1 = float(clean[names].sum()), float(after[names].sum())
+        pf0, pf1 = float(clean[filler].sum()), float(after[filler].sum())
+        if role in ("year", "era"):
+            expected = int(after.argmax()) in others
+        else:
+            expected = pf1 >= 5 * pf0 and pn1 < pf1 and pn1 < 0.5 * pn0
+        assert effect.holds == expected, role
+
+
+def test_on_the_seed_the_year_and_office_effects_hold(seed):
+    _, _, _, result = seed
+    assert result.answered
+    assert result.effects["year"].holds  # ablated: a president of another era
+    assert result.effects["office"].holds  # x-1: filler words up, names down
 
 
 def test_probe_prompts_know_where_each_field_is(world):
     model, _ = world
-    text, spans = _fill("Fact: The {office} of {place} in {year} was", dict(office="king", place="Spain", year="1977"))
+    template = "Fact: The {office} of {place} in {year} was"
+    text, spans = _fill(template, dict(office="king", place="Spain", year="1977"))
     assert text == "Fact: The king of Spain in 1977 was"
     offsets = model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     probe = type("P", (), {"spans": spans})()
