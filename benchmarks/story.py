@@ -1,6 +1,6 @@
 """The seed's story on prompts the tutorial never saw: automatic supernodes, measured on the toy world.
 
-    PYTHONPATH=$PWD python benchmarks/story.py [--per-key 2] [--json out.json]
+    PYTHONPATH=$PWD python benchmarks/story.py [--per-key 3] [--json out.json]
 
 For the seed's prompt and every held-out prompt (`tl_clt.toyworld.story.held_out_prompts`): check
 the model answers right, attribute, prune (0.8, 0.98), `propose_supernodes`, find the groups that
@@ -78,8 +78,8 @@ def report(rows: list[dict]) -> None:
             change = f"{e['top_before']!r} -> {e['top_after']!r}"
             print(
                 f"{r['prompt'][:58]:58s} {role:10s} {e['n_features']:3d} {e['factor']:+4.0f}  {change:26s} "
-                f"{e['p_names'][0]:.2f} -> {e['p_names'][1]:.2f}   {e['p_filler'][0]:.2f} -> {e['p_filler'][1]:.2f}"
-                f"   {'yes' if e['holds'] else 'NO'}"
+                f"{e['p_names'][0]:.2f} -> {e['p_names'][1]:.2f}   "
+                f"{e['p_filler'][0]:.2f} -> {e['p_filler'][1]:.2f}   {'yes' if e['holds'] else 'NO'}"
             )
     held = [r for r in rows[1:]]
     print(f"\nseed prompt: every effect holds: {rows[0]['holds']}")
@@ -92,15 +92,23 @@ def report(rows: list[dict]) -> None:
     for role in ROLES:
         vals = [r["role_purity"][role] for r in rows if role in r["role_purity"]]
         if vals:
-            print(f"  {role:10s} (expected {EXPECTED_LABEL[role]!r}): {sum(vals) / len(vals):.2f} over {len(vals)} prompts")
+            mean = sum(vals) / len(vals)
+            print(f"  {role:10s} (expected {EXPECTED_LABEL[role]!r}): {mean:.2f} over {len(vals)} prompts")
     n = sum(g["n"] for r in rows for g in r["groups"].values())
     maj = sum(g["n"] * g["purity"] for r in rows for g in r["groups"].values())
-    print(f"  all proposed groups, majority-label purity (member-weighted): {maj / max(1, n):.2f} over {n} features")
+    print(
+        f"  all proposed groups, majority-label purity (member-weighted): {maj / max(1, n):.2f} "
+        f"over {n} features"
+    )
+    strict = [
+        r["effects"][k]["top_is_filler"] for r in held for k in ("office", "say a name") if k in r["effects"]
+    ]
+    print(f"\nstricter reading (a filler word on top) for office / say a name: {sum(strict)}/{len(strict)}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--per-key", type=int, default=2)
+    ap.add_argument("--per-key", type=int, default=3)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_grad_enabled(False)

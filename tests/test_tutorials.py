@@ -262,18 +262,10 @@ def test_with_your_own_hooks(tmp_path, judge):
 
 # ------------------------------------------------------------------------ tutorial 03
 CANADA = "Fact: The prime minister of Canada in 1985 was"
-CANADIAN_PMS = [
-    " Louis",
-    " John",
-    " Lester",
-    " Pierre",
-    " Joe",
-    " Brian",
-    " Kim",
-    " Jean",
-    " Paul",
-    " Stephen",
-]
+CANADIAN_PMS = sorted(  # first names of the corpus' Canadian prime ministers
+    {" " + n.split()[0] for key, table in HOLDERS.items() if key[:2] == ("prime minister", "Canada")
+     for n in table.values() if n}
+)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
