@@ -206,6 +206,19 @@ def test_steering_events_down_moves_away_from_barack(president, judge, effects):
     assert steered["p_presidents"] > 0.5  # still a president, of another era
 
 
+def test_proposed_year_and_president_groups_have_the_story_effects(president, judge):
+    """The reading's claim about the proposals, recomputed with the Judge's steering."""
+    ns = president[0]
+    assert ns["results"]["proposed_effects"]["Year ~2010"] and ns["results"]["proposed_effects"]["President"]
+    base = judge.summary(judge.logits(PROMPT))
+    year = judge.summary(judge.steer(PROMPT, ns["proposed"]["Year ~2010"], 0.0))
+    assert year["top"] in PRESIDENTS_60S_80S and year["p_barack"] < 0.1 * base["p_barack"]
+    office = judge.summary(judge.steer(PROMPT, ns["proposed"]["President"], -1.0))
+    assert office["p_filler"] > 5 * base["p_filler"] and office["p_presidents"] < 0.5 * base["p_presidents"]
+    for name in ("President", "Year ~2010", "Say a political figure"):
+        assert ns["results"]["proposed"][name]["jaccard"] > 0.3
+
+
 def test_the_notebook_printed_what_was_measured(president, effects):
     results = president[0]["results"]
     for name, by_change in effects.items():

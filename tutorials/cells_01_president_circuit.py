@@ -330,6 +330,10 @@ for role, e in story.effects.items():
   read mostly from the year digits and from the name-saying features, so steering it moves probability
   away from " Barack" but less than the year group does.
 - Like the real model, the toy world barely needs "the United States": "president" alone means the US one.
+- **The proposals** (section 4) find the same four parts without a recipe, sharing about half their features
+  with the recipe's groups. Their *year* and *president* groups have the story's effects (section 6, last
+  table); their *say a name* group removes the names but leaves digits and " in" on top rather than corpus
+  filler, and their *era* group is small: on this toy world the era sits mostly in the name-saying features.
 """,
     ),
     (

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from tl_clt.clt import CrossLayerTranscoder
+from tl_clt.prompts import to_tokens
+from tl_clt.steering import scale, steer
 from tl_clt.toyworld.corpus import FACT_TEMPLATES, FILLERS, HOLDERS, Fact, first_names, split_facts
 
 ROLES = ("year", "office", "say a name", "era")
@@ -131,20 +133,18 @@ def story_effects(
     roles: dict[str, list[str]],
 ) -> StoryResult:
     """Steer each role's features (attention frozen) and check the seed's effect (module docstring)."""
-    import tl_clt
-
     names = token_ids(model, first_names())
     filler = token_ids(model, FILLER_WORDS)
     others = token_ids(model, prompt.other_holders)
     answer = token_ids(model, [prompt.answer])[0]
-    clean = model(tl_clt.to_tokens(model, prompt.prompt)[None])[0, -1].softmax(-1)
+    clean = model(to_tokens(model, prompt.prompt)[None])[0, -1].softmax(-1)
     top = model.tokenizer.decode([int(clean.argmax())])
     result = StoryResult(prompt, top, int(clean.argmax()) == answer)
     for role, members in roles.items():
         if not members:
             continue
         factor = STEERING[role]
-        after = tl_clt.steer(model, clt, prompt.prompt, tl_clt.scale(members, factor, graph))[-1].softmax(-1)
+        after = steer(model, clt, prompt.prompt, scale(members, factor, graph))[-1].softmax(-1)
         best = int(after.argmax())
         pn, pf = (
             (float(clean[names].sum()), float(after[names].sum())),
