@@ -14,19 +14,13 @@ from tl_clt.checks import as_int, as_number, check_k
 from tl_clt.clt import CrossLayerTranscoder
 from tl_clt.hooks import check_compatible
 from tl_clt.prompts import Prompt, to_tokens
-from tl_clt.steering import Intervention, check_interventions, plan_interventions, run_steered
-
-
-def _absolute(iv: Intervention, n_prompt: int) -> Intervention:
-    """Negative positions resolved against the prompt; an open-ended slice stays open-ended."""
-    pos = iv.pos
-    if isinstance(pos, int):
-        pos = pos % n_prompt
-    else:
-        start = pos.start + n_prompt if pos.start is not None and pos.start < 0 else pos.start
-        stop = pos.stop + n_prompt if pos.stop is not None and pos.stop < 0 else pos.stop
-        pos = slice(start, stop, pos.step)
-    return Intervention(iv.layer, pos, iv.feature, iv.value)
+from tl_clt.steering import (
+    Intervention,
+    check_interventions,
+    plan_interventions,
+    resolve_positions,
+    run_steered,
+)
 
 
 def _sample(
@@ -66,9 +60,12 @@ def generate(
     Each step is `steer(model, clt, tokens_so_far, interventions, freeze_attention=...)` on the full
     sequence (no KV cache); the interventions are checked and their decoder rows read once per call.
     Positions refer to the full sequence: ints and negative slice bounds are resolved against the
-    prompt once (pos=-1 is the prompt's last token), and an open-ended slice
-    `slice(k, None)` keeps acting on every generated token. `freeze_attention` defaults to False
-    here: with it, each step freezes patterns to an unsteered pass over the sequence so far.
+    prompt once (pos=-1 is the prompt's last token, never a generated one), an open-ended slice
+    `slice(k, None)` keeps acting on every generated token, pos="generated" acts on generated tokens
+    only (see `Intervention`). The same hooks inside TL's `model.generate` give the same tokens
+    (`steering_hooks(..., tokens=prompt, freeze_attention=False)`; docs/tl_generate.md).
+    `freeze_attention` defaults to False here: with it, each step freezes patterns to an unsteered
+    pass over the sequence so far.
     Returns the text (without the added sink token) for a str prompt or return_type="str", else
     the full token tensor (sink included).
     """
@@ -88,7 +85,7 @@ def generate(
     tokens = to_tokens(model, prompt)
     n_prompt = len(tokens)
     check_room(model, n_prompt, max_new_tokens)
-    ivs = [_absolute(iv, n_prompt) for iv in check_interventions(interventions, clt, n_prompt)]
+    ivs = [resolve_positions(iv, n_prompt) for iv in check_interventions(interventions, clt, n_prompt)]
     plans = plan_interventions(clt, ivs)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     eos = model.tokenizer.eos_token_id if model.tokenizer is not None else None

@@ -9,6 +9,12 @@ later layer l, at the chosen positions. The real MLPs still run, so later featur
   the unsteered prompt's values (so `a` is the clean activation), and only the steering deltas are
   added. The model is then the graph's frozen linear model: ablating a feature changes each
   de-meaned logit by minus the graph's edge from that feature to the logit.
+
+Positions are absolute positions in the sequence, also inside TransformerLens' own `model.generate`
+(with or without `use_past_kv_cache`): each forward pass reads its offset from the attention pattern
+(`k_len - q_len`: a KV-cache pass runs only the new tokens), so chunk position i is position
+offset + i. With `tokens=` (the prompt), negative positions count from the prompt's end. See
+`Intervention` for what each position spelling covers during generation (docs/tl_generate.md).
 """
 
 from __future__ import annotations
@@ -42,15 +48,22 @@ from tl_clt.sites import Sites
 if TYPE_CHECKING:
     from tl_clt.graph import AttributionGraph
 
-Position = int | slice
+Position = int | slice | str
+POSITION_NAMES = ("prompt", "generated", "all")  # the named positions (resolved against the prompt)
 
 
 @dataclass(frozen=True)
 class Intervention:
     """Set feature `feature` of layer `layer` at position(s) `pos` to activation `value`.
 
-    `value` is the new absolute activation (0 ablates). `pos`: an int, a negative int (from the end)
-    or a slice (`slice(k, None)` is open-ended: in `generate` it keeps acting on new tokens).
+    `value` is the new absolute activation (0 ablates). `pos`, against the prompt (`tl_clt.to_tokens`,
+    sink at 0) and in generation (`tl_clt.generate`, or TL's `model.generate` with `steering_hooks`):
+    - an int: that one position; a negative int counts from the prompt's end (-1: its last token).
+      Never a generated token: an intervention at the prompt's positions is not re-applied to new tokens;
+    - a slice: those positions, negative bounds counted from the prompt's end; open-ended
+      (`slice(k, None)`) it covers the prompt from k and every generated token;
+    - "prompt" (every prompt position, no generated one), "generated" (every generated token, no
+      prompt position; in `steer` it selects nothing), "all" (both).
     """
 
     layer: int
@@ -116,7 +129,9 @@ def check_intervention(iv: Intervention, clt: CrossLayerTranscoder, n_pos: int |
             f"{iv}: value is {value}; give the feature's new activation as a finite number "
             "(0 ablates, k * activation scales)."
         )
-    pos = iv.pos if isinstance(iv.pos, slice) else _int(iv.pos, "pos", iv)
+    pos = iv.pos if isinstance(iv.pos, (slice, str)) else _int(iv.pos, "pos", iv)
+    if isinstance(pos, str):
+        pos = _named_position(pos, iv, n_pos)
     if isinstance(pos, slice):
         _check_slice(pos, iv, n_pos)
     elif n_pos is not None and not -n_pos <= pos < n_pos:
@@ -125,6 +140,34 @@ def check_intervention(iv: Intervention, clt: CrossLayerTranscoder, n_pos: int |
             f"'<|endoftext|>' sink at 0); use 0..{n_pos - 1} or -{n_pos}..-1."
         )
     return Intervention(layer, pos, feature, value, iv.clt_fingerprint)
+
+
+def _named_position(name: str, iv: Intervention, n_pos: int | None) -> slice:
+    if name not in POSITION_NAMES:
+        raise ValueError(
+            f"{iv}: pos {name!r} is not a position; use an int, a slice, or one of {list(POSITION_NAMES)}."
+        )
+    if name == "all":
+        return slice(0, None)
+    if n_pos is None:
+        raise ValueError(
+            f"{iv}: pos {name!r} needs the prompt's length: pass tokens=tl_clt.to_tokens(model, prompt) "
+            "to steering_hooks."
+        )
+    return slice(0, n_pos) if name == "prompt" else slice(n_pos, None)
+
+
+def resolve_positions(iv: Intervention, n_prompt: int) -> Intervention:
+    """A checked `iv` with negative positions counted from the end of a prompt of `n_prompt` tokens
+    (an open-ended slice stays open-ended: it keeps acting on generated tokens)."""
+    pos = iv.pos
+    if isinstance(pos, int):
+        pos = pos % n_prompt
+    else:
+        start = pos.start + n_prompt if pos.start is not None and pos.start < 0 else pos.start
+        stop = pos.stop + n_prompt if pos.stop is not None and pos.stop < 0 else pos.stop
+        pos = slice(start, stop, pos.step)
+    return Intervention(iv.layer, pos, iv.feature, iv.value, iv.clt_fingerprint)
 
 
 def check_interventions(interventions, clt: CrossLayerTranscoder, n_pos: int | None) -> list[Intervention]:
@@ -155,13 +198,19 @@ def _check_slice(pos: slice, iv: Intervention, n_pos: int | None) -> None:
         )
 
 
-def positions(pos: Position, n_pos: int) -> Int[Tensor, " n"]:
+def positions(pos: int | slice, n_pos: int) -> Int[Tensor, " n"]:
     """The absolute positions `pos` selects in a sequence of `n_pos` tokens."""
     if isinstance(pos, slice):
         return torch.tensor(range(n_pos)[pos], dtype=torch.long)
     if not -n_pos <= pos < n_pos:
         raise ValueError(f"Intervention pos {pos} is out of range: the model ran on {n_pos} tokens.")
     return torch.tensor([pos % n_pos])
+
+
+def _counts_from_end(pos: int | slice) -> bool:
+    if isinstance(pos, int):
+        return pos < 0
+    return any(x is not None and x < 0 for x in (pos.start, pos.stop))
 
 
 # ------------------------------------------------------------------------ hooks
@@ -172,17 +221,25 @@ class LayerPlan:
     layer: int
     features: Int[Tensor, " m"]
     rows: Float[Tensor, "m n_out_layers d_model"]
-    items: list[tuple[Position, int, float]]  # (pos, column in `features`, value), in given order
+    items: list[tuple[int | slice, int, float]]  # (pos, column in `features`, value), in given order
 
-    def targets(self, n_pos: int) -> tuple[Tensor, Tensor]:
-        """Which (pos, feature column) are set, and to what. Later interventions win."""
+    def targets(self, n_pos: int, offset: int = 0) -> tuple[Tensor, Tensor]:
+        """Which (pos, feature column) are set, and to what, for positions offset..n_pos-1 of a sequence
+        of `n_pos` tokens (a KV-cache pass runs only those). Later interventions win."""
         mask = torch.zeros(n_pos, len(self.features), dtype=torch.bool)
         value = torch.zeros(n_pos, len(self.features), dtype=torch.float64)  # exact for any model dtype
         for pos, col, v in self.items:
+            if offset and _counts_from_end(pos):
+                raise ValueError(
+                    f"Intervention pos {pos} counts from the end, but these hooks were built without "
+                    f"tokens= and the model runs a KV-cache pass (positions {offset}..{n_pos - 1}, as "
+                    "in model.generate), so the prompt's end is unknown: build them with "
+                    "tokens=tl_clt.to_tokens(model, prompt)."
+                )
             p = positions(pos, n_pos)
             mask[p, col] = True
             value[p, col] = v
-        return mask, value
+        return mask[offset:], value[offset:]
 
 
 def plan_interventions(clt: CrossLayerTranscoder, interventions: list[Intervention]) -> list[LayerPlan]:
@@ -199,7 +256,8 @@ def plan_interventions(clt: CrossLayerTranscoder, interventions: list[Interventi
 
 
 class SteeringState:
-    """Per-forward-pass scratch space shared by the steering hooks."""
+    """Per-forward-pass scratch space shared by the steering hooks: where the pass sits in the sequence
+    (`offset`, `n_pos`: read from an attention pattern) and the decoder writes pending for later layers."""
 
     def __init__(
         self,
@@ -213,6 +271,8 @@ class SteeringState:
         self.first = min(self.plans, default=None)
         self.clean = clean  # set in direct-effect mode: activations and MLP outputs stay clean
         self.pending: dict[int, Tensor] = {}
+        self.offset: int | None = None  # absolute position of this pass's first token
+        self.n_pos: int | None = None  # tokens in the sequence so far (the pass's keys, cached ones included)
 
     def current(self, value: Tensor, layer: int) -> Float[Tensor, "... pos m"]:
         """Activations of the planned features: from this pass, or the clean pass (direct mode)."""
@@ -224,12 +284,18 @@ class SteeringState:
         return self.clt.encode(x, layer)[..., features]
 
     def reset(self) -> None:
-        self.pending = {}
+        self.pending, self.offset, self.n_pos = {}, None, None
+
+    def see_pattern(self, pattern: Float[Tensor, "batch head q_pos k_pos"], *, hook, layer: int) -> Tensor:
+        """Keys include the cached past: this pass runs positions k_pos - q_pos .. k_pos - 1."""
+        self.offset, self.n_pos = pattern.shape[-1] - pattern.shape[-2], pattern.shape[-1]
+        return pattern
 
     def read_input(self, value: Tensor, *, hook, layer: int) -> Tensor:
         plan = self.plans[layer]
         current = self.current(value, layer)
-        mask, target = (t.to(value.device) for t in plan.targets(value.shape[-2]))
+        offset = self.offset or 0
+        mask, target = (t.to(value.device) for t in plan.targets(offset + value.shape[-2], offset))
         delta = torch.where(mask, target.to(current.dtype) - current, 0)
         rows = plan.rows.to(value.device, value.dtype)
         add_from_layer(self.pending, layer, torch.einsum("...pm,mld->l...pd", delta, rows))
@@ -242,15 +308,32 @@ class SteeringState:
         return mlp_out if delta is None else mlp_out + delta
 
 
-def _length_guard(n_pos: int) -> Callable:
-    def hook_fn(embed: Float[Tensor, "batch pos d_model"], *, hook) -> Tensor:
-        if embed.shape[-2] != n_pos:
+def _length_guard(n_prompt: int, frozen: bool) -> Callable:
+    """A hook at block inputs and attention patterns: the pass fits hooks built for `n_prompt` tokens.
+
+    Unfrozen, any sequence of at least the prompt's length runs (generation extends it; a KV-cache pass
+    runs only the new tokens). Frozen, only the prompt itself: its held values exist for no other token.
+    """
+
+    def hook_fn(tensor: Tensor, *, hook) -> Tensor:
+        q_len = tensor.shape[-2]
+        n_pos = tensor.shape[-1] if tensor.ndim == 4 else q_len  # a pattern's keys include the cache
+        if frozen and (n_pos != n_prompt or q_len != n_prompt):
+            cached = f" ({n_pos} with the KV cache)" if q_len != n_pos else ""
             raise ValueError(
-                f"These steering hooks were built for tokens= of {n_pos} tokens, but the model "
-                f"ran on {embed.shape[-2]}. Build them with the tokens you run "
-                "(tl_clt.to_tokens(model, prompt) puts the '<|endoftext|>' sink in front)."
+                f"These steering hooks were built for tokens= of {n_prompt} tokens with frozen attention "
+                f"(freeze_attention=True or direct_effects=True), but a forward pass ran on {q_len} "
+                f"tokens{cached}: the frozen values exist only for the prompt's tokens. Run them on those; "
+                "to steer inside model.generate, build them with freeze_attention=False (as "
+                "tl_clt.generate does)."
             )
-        return embed
+        if n_pos < n_prompt:
+            raise ValueError(
+                f"These steering hooks were built for tokens= of {n_prompt} tokens, but the model "
+                f"ran on {n_pos}. Build them with the tokens you run (tl_clt.to_tokens(model, prompt) "
+                "puts the '<|endoftext|>' sink in front)."
+            )
+        return tensor
 
     return hook_fn
 
@@ -266,16 +349,23 @@ def build_steering_hooks(
     direct_effects: bool,
 ) -> HookList:
     """The hooks of `steering_hooks` from checked inputs: `sites` from `check_compatible`, `plans` from
-    `plan_interventions`, `tokens` from `to_tokens` (needed when freezing). Reads no decoder rows."""
-    hooks: HookList = [] if tokens is None else [(sites.embed, _length_guard(len(tokens)))]
-    clean = None
-    if freeze_attention or direct_effects:
+    `plan_interventions` (positions resolved against `tokens` if given), `tokens` from `to_tokens`
+    (needed when freezing). Reads no decoder rows."""
+    frozen = freeze_attention or direct_effects
+    st = SteeringState(model, clt, sites, plans, None)
+    hooks: HookList = PassStart(st.reset).hooks(sites, clt.n_layers)  # nothing kept between forward passes
+    pattern = sites.patterns[0]  # [batch, head, q_pos, k_pos]: its shape tells where the pass sits
+    if tokens is not None:
+        guard = _length_guard(len(tokens), frozen)
+        at = [sites.resid_pre] if frozen else []  # frozen scales fire before the first pattern
+        hooks += [(name.format(layer=layer), guard) for layer in range(clt.n_layers) for name in at]
+        hooks += [(pattern.format(layer=layer), guard) for layer in sorted({0, *st.plans})]
+    hooks += [(pattern.format(layer=layer), layer_hook(st.see_pattern, layer)) for layer in st.plans]
+    if frozen:
         with preserve(model), torch.no_grad():
             state = clean_pass(model, clt, tokens, sites)
         hooks += freeze_hooks(state.everything() if direct_effects else state.patterns())
-        clean = state if direct_effects else None
-    st = SteeringState(model, clt, sites, plans, clean)
-    hooks += PassStart(st.reset).hooks(sites, clt.n_layers)  # nothing kept between forward passes
+        st.clean = state if direct_effects else None
     for plan in plans:
         hook = sites.clt_input_hook(clt.feature_input_hook, plan.layer)
         hooks.append((hook, layer_hook(st.read_input, plan.layer)))
@@ -307,18 +397,23 @@ def steering_hooks(
     """TL forward hooks `[(hook_name, fn), ...]` that apply `interventions` (see module docstring).
 
     `tokens`: the prompt you will run (`tl_clt.to_tokens` convention). Needed for
-    `freeze_attention` / `direct_effects` (a clean pass over it gives the frozen values); optional
-    otherwise, where positions are resolved against whatever sequence the model runs on.
+    `freeze_attention` / `direct_effects` (a clean pass over it gives the frozen values), for negative
+    positions inside `model.generate` and for pos "prompt" / "generated"; without it, negative
+    positions count from the end of whatever sequence a forward pass runs on.
     `direct_effects=True` implies frozen attention. Use with `model.hooks(fwd_hooks=...)`; to steer
     the replacement model, put these after `replacement_hooks(...)` (both write `hook_mlp_out`).
+
+    Inside TL's `model.generate(tokens[None], ...)` (`freeze_attention=False`; with or without
+    `use_past_kv_cache`) the tokens equal `tl_clt.generate`'s with the same interventions. Unfrozen
+    hooks with `tokens=` run on any sequence that starts with the prompt (the prompt plus a
+    continuation); frozen ones only on the prompt.
     """
     sites = check_compatible(model, clt)
     _check_freeze_tokens(tokens, freeze_attention, direct_effects)
     toks = None if tokens is None else to_tokens(model, tokens)
     n_pos = None if toks is None else len(toks)
-    plans = plan_interventions(
-        clt, [check_intervention(iv, clt, n_pos) for iv in as_interventions(interventions)]
-    )
+    ivs = [check_intervention(iv, clt, n_pos) for iv in as_interventions(interventions)]
+    plans = plan_interventions(clt, ivs if n_pos is None else [resolve_positions(iv, n_pos) for iv in ivs])
     hooks = build_steering_hooks(
         model, clt, sites, plans, toks, freeze_attention=freeze_attention, direct_effects=direct_effects
     )
