@@ -27,6 +27,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tl_clt.graph import AttributionGraph
+from tl_clt.hooks import check_compatible
+from tl_clt.sites import sites_for
 
 _NAME_TOKEN = re.compile(r"^ [A-Z][a-z]")
 
@@ -155,10 +157,13 @@ def _graph_index(graph: AttributionGraph, attrs: dict) -> int:
     return graph.feature_index(attrs["layer"], attrs["pos"], attrs["feature"])
 
 
-def logit_readout(model) -> Float[Tensor, "d_model d_vocab"]:
+def logit_readout(model, sites=None) -> Float[Tensor, "d_model d_vocab"]:
     """`ln_final.w`-scaled unembedding, de-meaned over the vocabulary: a residual direction times
-    this is its direct effect on the de-meaned logits (as in `feature_output_tokens`)."""
-    W = model.W_U.detach().float() * model.ln_final.w.detach().float()[:, None]
+    this is its direct effect on the de-meaned logits (as in `feature_output_tokens`). Weights are
+    read through the model's `Sites` (`sites_for(model)` unless given)."""
+    sites = sites_for(model) if sites is None else sites
+    W_U = sites.weight(model, sites.W_U).detach().float()
+    W = W_U * sites.weight(model, sites.final_norm_weight).detach().float()[:, None]
     return W - W.mean(1, keepdim=True)
 
 
@@ -178,7 +183,7 @@ def _says(nodes: _Nodes, model, clt) -> tuple[Float[Tensor, "n_feat m"], list[in
     edges into the graph's logit nodes (token ids None: read `nodes.logits`)."""
     if model is not None and clt is not None:
         keys = [(nodes.attrs[i]["layer"], nodes.attrs[i]["feature"]) for i in nodes.features]
-        readout = logit_readout(model)
+        readout = logit_readout(model, check_compatible(model, clt))
         return decoder_directions(clt, keys).to(readout.device) @ readout, None
     acts = torch.tensor([nodes.attrs[i]["activation"] for i in nodes.features], dtype=nodes.W.dtype)
     direct = nodes.W[nodes.logits][:, nodes.features].T / acts.abs().clamp(min=1e-9)[:, None]
