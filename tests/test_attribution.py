@@ -121,11 +121,11 @@ def test_networkx_attributes_and_edges(setup):
 
 
 @pytest.mark.parametrize("input_hook", ["ln2.hook_normalized", "hook_resid_mid"])
-def test_other_input_hooks_are_exact(model_dir, tmp_path, input_hook):
+def test_other_input_hooks_are_exact(model_dir, tmp_path, input_hook, backend):
     """CLTs reading ln2's normalised value (no weight) or the residual stream are attributed exactly."""
     from tl_clt import synthetic
 
-    model = tl_clt.load_qwen3(model_dir)
+    model = tl_clt.load_qwen3(model_dir, backend=backend)
     cdir = synthetic.make_random_clt_folder(
         tmp_path / "c", 3, 64, 48, seed=3, feature_input_hook=input_hook, model_name=str(model_dir)
     )

@@ -10,7 +10,6 @@ from __future__ import annotations
 import builtins
 import contextlib
 import copy
-import inspect
 import json
 import math
 import os
@@ -21,7 +20,6 @@ import sys
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING
 from unittest import mock
 
 import cases_models
@@ -38,9 +36,6 @@ from tl_clt import AttributionGraph, CrossLayerTranscoder, Intervention, synthet
 from tl_clt.clt import CLTFileChangedError
 from tl_clt.hooks import ModelNameWarning
 from tl_clt.loading import _read_hf_weights, qwen3_state_dict, qwen3_tl_config, read_hf_config
-
-if TYPE_CHECKING:
-    from transformer_lens import HookedTransformer
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
 N_FEATURES = 16
@@ -125,21 +120,59 @@ def load(folder: Path, **kwargs) -> CrossLayerTranscoder:
     return CrossLayerTranscoder.from_pretrained(folder, **kwargs)
 
 
-def gpt2_model(tokenizer_of: HookedTransformer) -> HookedTransformer:
+def other_architecture(c, kind: str):
+    """A small model of another architecture on the case's backend: "gpt2" (LayerNorm, plain MLP) or
+    "gemma2" (RMSNorm and a gated MLP, like Qwen3, but not in the sites registry)."""
+    if c.backend == "bridge":
+        return _other_bridge(c, kind)
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-    cfg = HookedTransformerConfig(
-        n_layers=3,
-        d_model=64,
-        d_head=16,
-        n_heads=4,
-        d_mlp=128,
-        d_vocab=tokenizer_of.cfg.d_vocab,
-        n_ctx=64,
-        act_fn="gelu",
-        normalization_type="LN",
+    shape = dict(
+        n_layers=3, d_model=64, d_head=16, n_heads=4, d_mlp=128, d_vocab=c.model.cfg.d_vocab, n_ctx=64
     )
-    return HookedTransformer(cfg, tokenizer=tokenizer_of.tokenizer)
+    if kind == "gpt2":
+        cfg = HookedTransformerConfig(**shape, act_fn="gelu", normalization_type="LN")
+    else:
+        cfg = HookedTransformerConfig(
+            **shape,
+            act_fn="gelu_pytorch_tanh",
+            normalization_type="RMS",
+            gated_mlp=True,
+            positional_embedding_type="rotary",
+            original_architecture="Gemma2ForCausalLM",
+        )
+    return HookedTransformer(cfg, tokenizer=c.model.tokenizer)
+
+
+def _other_bridge(c, kind: str):
+    """A TransformerBridge booted from a small Hugging Face folder of that architecture (tokenizer: the
+    tiny Qwen3's)."""
+    import transformers
+    from transformer_lens.model_bridge import TransformerBridge
+
+    vocab = c.model.cfg.d_vocab
+    if kind == "gpt2":
+        hf = transformers.GPT2LMHeadModel(
+            transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=64, vocab_size=vocab)
+        )
+    else:
+        cfg = transformers.Gemma2Config(
+            num_hidden_layers=2,
+            hidden_size=64,
+            intermediate_size=128,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            vocab_size=vocab,
+            max_position_embeddings=64,
+        )
+        hf = transformers.Gemma2ForCausalLM(cfg)
+    folder = c.tmp / kind
+    hf.save_pretrained(folder)
+    for f in c.model_dir.iterdir():
+        if f.name.startswith(("tokenizer", "vocab", "merges", "special_tokens")):
+            shutil.copy(f, folder / f.name)
+    return TransformerBridge.boot_transformers(str(folder), device="cpu", dtype=torch.float32)
 
 
 def assert_graphs_close(a: AttributionGraph, b: AttributionGraph, rtol: float) -> None:
@@ -223,27 +256,11 @@ def case_folded_model(c):
 
 
 def case_gpt2_model(c):
-    tl_clt.attribute(gpt2_model(c.model), c.clt, PROMPT, verbose=False)
+    tl_clt.attribute(other_architecture(c, "gpt2"), c.clt, PROMPT, verbose=False)
 
 
 def case_gemma2_model(c):
-    from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: F401
-
-    cfg = HookedTransformerConfig(
-        n_layers=3,
-        d_model=64,
-        d_head=16,
-        n_heads=4,
-        d_mlp=128,
-        d_vocab=c.model.cfg.d_vocab,
-        n_ctx=64,
-        act_fn="gelu_pytorch_tanh",
-        normalization_type="RMS",
-        gated_mlp=True,
-        positional_embedding_type="rotary",
-        original_architecture="Gemma2ForCausalLM",
-    )
-    tl_clt.attribute(HookedTransformer(cfg, tokenizer=c.model.tokenizer), c.clt, PROMPT, verbose=False)
+    tl_clt.attribute(other_architecture(c, "gemma2"), c.clt, PROMPT, verbose=False)
 
 
 def case_processed_bridge(c):
@@ -459,9 +476,8 @@ def case_none_prompt(c):
 
 
 def case_no_tokenizer(c):
-    from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: F401
-
-    bare = HookedTransformer(copy.deepcopy(c.model.cfg), move_to_device=False)
+    bare = tl_clt.load_qwen3(c.model_dir, backend=c.backend)
+    bare.tokenizer = None
     tl_clt.to_tokens(bare, [5, 6, 7])
 
 
@@ -572,12 +588,20 @@ def case_output_tokens_feature(c):
     tl_clt.feature_output_tokens(c.model, c.clt, layer=0, feature=N_FEATURES)
 
 
+def case_output_tokens_feature_beyond_int64(c):
+    tl_clt.feature_output_tokens(c.model, c.clt, layer=0, feature=2**70)
+
+
+def case_output_tokens_feature_float(c):
+    tl_clt.feature_output_tokens(c.model, c.clt, layer=0, feature=1.0)
+
+
 def case_output_tokens_k(c):
     tl_clt.feature_output_tokens(c.model, c.clt, layer=0, feature=0, k=-1)
 
 
 def case_output_tokens_gpt2(c):
-    tl_clt.feature_output_tokens(gpt2_model(c.model), c.clt, layer=0, feature=0)
+    tl_clt.feature_output_tokens(other_architecture(c, "gpt2"), c.clt, layer=0, feature=0)
 
 
 def _logits(c):
@@ -681,6 +705,245 @@ def case_group_node_twice(c):
 
 def case_top_inputs_unknown_node(c):
     tl_clt.top_inputs(c.graph, "F:0:1:9999")
+
+
+# ------------------------------------------------------------------------ feature dashboards
+def _dash(c, **kwargs):
+    """A hand-made dashboards folder (3 layers, 16 features) in the case's temp folder, and its reader."""
+    from dashboard_writer import write_folder
+
+    write_folder(c.tmp / "features", n_layers=3, n_features=N_FEATURES, **kwargs)
+    return tl_clt.FeatureDashboards.from_pretrained(c.tmp / "features")
+
+
+def _write_index(c, entries) -> None:
+    import gzip
+    import json
+
+    (c.tmp / "features" / "index.json.gz").write_bytes(gzip.compress(json.dumps(entries).encode()))
+
+
+def _offsets(c, layer: int) -> list[int]:
+    return tl_clt.FeatureDashboards.from_pretrained(c.tmp / "features").index[layer][1]
+
+
+def case_dash_no_features(c):
+    tl_clt.FeatureDashboards.from_pretrained(c.tmp)
+
+
+def case_dash_no_such_path(c):
+    tl_clt.FeatureDashboards.from_pretrained(c.tmp / "absent")
+
+
+def case_dash_index_not_gzip(c):
+    _dash(c)
+    (c.tmp / "features" / "index.json.gz").write_bytes(b"junk")
+    tl_clt.FeatureDashboards.from_pretrained(c.tmp / "features")[0, 0]
+
+
+def case_dash_index_not_list(c):
+    _dash(c)
+    _write_index(c, {"a": 1})
+    tl_clt.FeatureDashboards.from_pretrained(c.tmp / "features")[0, 0]
+
+
+def case_dash_index_offsets(c):
+    _dash(c)
+    _write_index(c, [{"filename": "layer_0.bin", "offsets": [0, 50, 20]}])
+    tl_clt.FeatureDashboards.from_pretrained(c.tmp / "features")[0, 0]
+
+
+def case_dash_missing_layer_file(c):
+    dash = _dash(c)
+    (c.tmp / "features" / "layer_1.bin").unlink()
+    dash[1, 0]
+
+
+def case_dash_truncated_layer_file(c):
+    dash = _dash(c)
+    _cut(c.tmp / "features" / "layer_2.bin")
+    dash[2, N_FEATURES - 1]
+
+
+def _edit_record(c, layer: int, feature: int, fn) -> None:
+    path = c.tmp / "features" / f"layer_{layer}.bin"
+    start, end = _offsets(c, layer)[feature : feature + 2]
+    data = bytearray(path.read_bytes())
+    data[start:end] = fn(bytes(data[start:end]))
+    path.write_bytes(bytes(data))
+
+
+def case_dash_record_not_zlib(c):
+    dash = _dash(c)
+    _edit_record(c, 0, 3, lambda r: r[:4] + b"x" * (len(r) - 4))
+    dash[0, 3]
+
+
+def case_dash_record_length(c):
+    dash = _dash(c)
+    _edit_record(c, 0, 3, lambda r: (len(r) + 100).to_bytes(4, "little") + r[4:])
+    dash[0, 3]
+
+
+def case_dash_record_not_json(c):
+    import zlib
+
+    dash = _dash(c)
+    body = zlib.compress(b"not json")  # shorter than the record: the rest is zero padding
+    _edit_record(c, 0, 3, lambda r: (len(body).to_bytes(4, "little") + body).ljust(len(r), b"\0"))
+    dash[0, 3]
+
+
+def case_dash_layer_out_of_range(c):
+    _dash(c)[3, 0]
+
+
+def case_dash_feature_out_of_range(c):
+    _dash(c)[0, N_FEATURES]
+
+
+def case_dash_negative_feature(c):
+    _dash(c)[0, -1]
+
+
+def case_dash_float_feature(c):
+    _dash(c)[0, 1.5]
+
+
+def case_dash_token_node(c):
+    _dash(c)["T:3"]
+
+
+def case_feature_card_no_dashboards(c):
+    c.graph.feature_card(c.graph.node_id(0))
+
+
+def case_graph_folder_no_dashboards(c):
+    tl_clt.write_graph_folder({"g": c.graph}, c.tmp / "site", dashboards=True)
+
+
+def _build(c, texts, **kwargs):
+    from tl_clt.dashboards import build_feature_dashboards
+
+    kwargs.setdefault("context_len", 16)
+    return build_feature_dashboards(c.model, c.clt, texts, c.tmp / "out", progress=False, **kwargs)
+
+
+def case_build_empty_corpus(c):
+    _build(c, [])
+
+
+def case_build_not_strings(c):
+    _build(c, [1, 2])
+
+
+def case_build_dataset_column(c):
+    import datasets
+
+    _build(c, datasets.Dataset.from_dict({"body": ["hello world"]}))
+
+
+def case_build_jsonl_field(c):
+    (c.tmp / "c.jsonl").write_text('{"body": "hello world"}\n')
+    _build(c, c.tmp / "c.jsonl")
+
+
+def case_build_context_too_long(c):
+    _build(c, ["hello world"], context_len=c.model.cfg.n_ctx + 1)
+
+
+def case_build_bad_intervals(c):
+    _build(c, ["hello world"], n_intervals=3)
+
+
+def case_build_config_and_kwargs(c):
+    from tl_clt.dashboards import DashboardConfig
+
+    _build(c, ["hello world"], config=DashboardConfig(), n_top=5)
+
+
+def case_build_max_docs_0(c):
+    _build(c, ["hello world"], max_docs=0)
+
+
+def case_build_resume_other_build(c):
+    from tl_clt.dashboards import DashboardConfig, build_state
+
+    ckpt = c.tmp / "state.safetensors"
+    build_state(
+        c.model, c.clt, ["hello world"], DashboardConfig(context_len=16), checkpoint=ckpt, progress=False
+    )
+    build_state(
+        c.model, c.clt, ["hello world"], DashboardConfig(context_len=32), checkpoint=ckpt, progress=False
+    )
+
+
+def _states(c, config_b=None):
+    from tl_clt.dashboards import DashboardConfig, build_state
+
+    config = DashboardConfig(context_len=16)
+    a = build_state(c.model, c.clt, ["hello world", "the cat"], config, progress=False)
+    b = build_state(c.model, c.clt, ["hello world", "the cat"], config_b or config, start=1, progress=False)
+    return a, b
+
+
+def case_merge_overlapping(c):
+    a, b = _states(c)
+    a.merge(b)
+
+
+def case_merge_other_settings(c):
+    from tl_clt.dashboards import DashboardConfig
+
+    a, b = _states(c, DashboardConfig(context_len=32))
+    a.merge(b)
+
+
+def case_write_other_clt(c):
+    from tl_clt.dashboards import DashboardConfig, build_state, write_dashboards
+
+    state = build_state(c.model, c.clt, ["hello world"], DashboardConfig(context_len=16), progress=False)
+    other = CrossLayerTranscoder.from_pretrained(c.dir, dtype=torch.float32)
+    other.b_enc[0, 0] += 1
+    write_dashboards(state, c.model, other, ["hello world"], c.tmp / "out", progress=False)
+
+
+def case_write_corpus_changed(c):
+    from tl_clt.dashboards import DashboardConfig, build_state, write_dashboards
+
+    texts = ["Fact: The president of the United States in 2010 was Barack Obama."] * 2
+    state = build_state(c.model, c.clt, texts, DashboardConfig(context_len=32), progress=False)
+    write_dashboards(state, c.model, c.clt, ["Fact"] * 2, c.tmp / "out", progress=False)
+
+
+def case_state_junk(c):
+    from tl_clt.dashboards import DashboardState
+
+    (c.tmp / "s.safetensors").write_bytes(b"junk" * 20)
+    DashboardState.load(c.tmp / "s.safetensors")
+
+
+def case_build_out_is_file(c):
+    (c.tmp / "out").write_text("a file")
+    _build(c, _NotRead(["hello world"]))
+
+
+class _NotRead(list):
+    """A corpus that fails the case if it is read (the output folder is checked first)."""
+
+    def __iter__(self):
+        raise AssertionError("the corpus was read before the output folder was checked")
+
+    def __len__(self):
+        return 1
+
+
+def case_state_save_into_folder(c):
+    from tl_clt.dashboards import DashboardConfig, build_state
+
+    state = build_state(c.model, c.clt, ["hello world"], DashboardConfig(context_len=16), progress=False)
+    (c.tmp / "state").mkdir()
+    state.save(c.tmp / "state")
 
 
 # ------------------------------------------------------------------------ files from strangers (issue 15)
@@ -967,11 +1230,11 @@ def case_clt_int_decoder_on_disk(c):
 
 
 def case_model_int_dtype(c):
-    tl_clt.load_qwen3(c.model_dir, dtype=int)
+    tl_clt.load_qwen3(c.model_dir, dtype=int, backend=c.backend)
 
 
 def case_model_dtype_name(c):
-    model = tl_clt.load_qwen3(c.model_dir, dtype="bfloat16")
+    model = tl_clt.load_qwen3(c.model_dir, dtype="bfloat16", backend=c.backend)
     assert model.cfg.dtype == torch.bfloat16 and model.W_E.dtype == torch.bfloat16
     torch.testing.assert_close(model.W_E.float(), c.model.W_E.bfloat16().float(), rtol=0, atol=0)
 
@@ -1007,21 +1270,21 @@ def _model_copy(c) -> Path:
 def case_model_no_tokenizer(c):
     folder = _model_copy(c)
     (folder / "tokenizer.json").unlink()
-    tl_clt.load_qwen3(folder)
+    tl_clt.load_qwen3(folder, backend=c.backend)
 
 
 def case_model_n_ctx_0(c):
-    tl_clt.load_qwen3(c.model_dir, n_ctx=0)
+    tl_clt.load_qwen3(c.model_dir, n_ctx=0, backend=c.backend)
 
 
 def case_model_n_ctx_negative(c):
-    tl_clt.load_qwen3(c.model_dir, n_ctx=-5)
+    tl_clt.load_qwen3(c.model_dir, n_ctx=-5, backend=c.backend)
 
 
 def case_model_nan_weight(c):
     folder = _model_copy(c)
     edit_file(folder, "model.safetensors", _poison("model.layers.1.mlp.up_proj.weight", (2, 3), math.nan))
-    tl_clt.load_qwen3(folder)
+    tl_clt.load_qwen3(folder, backend=c.backend)
 
 
 # ------------------------------------------------------------------------ batch runs
@@ -1149,27 +1412,16 @@ def _message(err: BaseException) -> str:
     return str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
 
 
-# rows whose call takes the user's model (and builds no HookedTransformer) run on the bridge too, but
-# these, whose behaviour is HookedTransformer-only for now: recording the user's hooks (a bridge's hooks
-# are not found yet: a known gap, see the closing note of session 2) and SAELens (HookedSAETransformer);
-# and two that load a HookedTransformer or need Ray, which the transformer-lens 4.x CI venv has not;
-# and a KV-cache pass, which the bridge's generate does not run with transformers 5 (docs/tl_generate.md)
+# Rows that cannot apply to a TransformerBridge, and why; every other row runs on both backends.
 HOOKED_ONLY = {
-    "negative_pos_kv_cache_without_tokens",
-    "user_forward_hook",
-    "user_backward_hook",
-    "sae_without_error_term",
-    "model_dtype_name",
-    "batch_loaded_model_on_ray",
+    "folded_model": "fold_ln is a HookedTransformer loading option; a bridge's folded weights are "
+    "the processed_bridge row",
+    "negative_pos_kv_cache_without_tokens": "the bridge's generate does not pass a KV cache with "
+    "transformers 5 (docs/tl_generate.md)",
+    "sae_without_error_term": "SAELens attaches SAEs to a HookedSAETransformer, a HookedTransformer "
+    "(and SAELens needs transformer-lens < 4)",
 }
-BRIDGE_CASES = [
-    case
-    for case in TABLE
-    if case in CASES
-    and case not in HOOKED_ONLY
-    and re.search(r"c\.model\b|_attribute\(c\b|_bridge", inspect.getsource(CASES[case]))
-    and not re.search(r"HookedTransformer|gpt2_model", inspect.getsource(CASES[case]))
-]
+BRIDGE_CASES = [case for case in TABLE if case in CASES and case not in HOOKED_ONLY]
 
 
 @pytest.mark.hooked
@@ -1184,8 +1436,9 @@ def test_bad_input_on_bridge(bridge_ctx, case):
     check_bad_input(bridge_ctx, case)
 
 
-def test_bridge_runs_the_model_rows():
-    assert len(BRIDGE_CASES) > 20
+def test_bridge_runs_every_row_but_the_hooked_only_ones():
+    assert set(HOOKED_ONLY) <= set(TABLE) and all(HOOKED_ONLY.values())
+    assert sorted(BRIDGE_CASES) == sorted(set(TABLE) - set(HOOKED_ONLY))
 
 
 def check_bad_input(ctx, case):

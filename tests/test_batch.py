@@ -21,7 +21,7 @@ from conftest import PROMPT
 
 import tl_clt
 from tl_clt import AttributionGraph
-from tl_clt.batch import read_prompts
+from tl_clt.batch import manifest, read_prompts
 from tl_clt.batch.attribute_job import AttributeOptions
 from tl_clt.batch.layout import RunDir, write_atomic
 from tl_clt.batch.sources import file_stem
@@ -170,6 +170,7 @@ def test_local_matches_attribute_and_records_a_bad_prompt(loaded, reference, tmp
     prompts_by_id = {r["id"]: r["prompt"] for r in rows}
     assert check_run(out, prompts_by_id, reference).manifest.equals(tables.manifest)
     m = tables.manifest.set_index("id")
+    assert set(tables.manifest.columns) == manifest.FIELDS | {"year"}  # what sources refuse as extra fields
     assert m.loc["empty", "status"] == "failed" and "The prompt is empty" in m.loc["empty", "error"]
     for row in rows:
         if not row["prompt"]:

@@ -8,16 +8,19 @@ frontend's assets folder).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import glob
 import http.server
+import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import threading
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import pytest
 from conftest import PROMPT
@@ -70,34 +73,75 @@ def tools() -> dict:
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
-    """Frontend files from `directory`; /data/ and /graph_data/ from the graph folder."""
+    """Frontend files from `directory`; /data/ and /graph_data/ from the graph folder (sub-folders
+    included, as circuit-tracer's local server does); /hf/ from `server.hf_dir` (a stand-in for a hub
+    repo's features/). Answers HTTP Range requests (206), which the frontend sends for feature records
+    and python's http.server does not."""
 
     def __init__(self, *args, data_dir: Path, **kwargs):
         self.data_dir = data_dir
         super().__init__(*args, **kwargs)
 
     def translate_path(self, path: str) -> str:
-        clean = path.split("?", 1)[0].split("#", 1)[0]
-        for prefix in ("/data/", "/graph_data/"):
-            if clean.startswith(prefix):
-                return str(self.data_dir / Path(clean[len(prefix) :]).name)
+        clean = unquote(path.split("?", 1)[0].split("#", 1)[0])
+        roots = {
+            "/data/": self.data_dir,
+            "/graph_data/": self.data_dir,
+            "/hf/": getattr(self.server, "hf_dir", None),
+        }
+        for prefix, root in roots.items():
+            if clean.startswith(prefix) and root is not None:
+                target = (root / clean[len(prefix) :]).resolve()
+                return str(target) if target.is_relative_to(root.resolve()) else str(root / "absent")
         return super().translate_path(path)
+
+    def send_head(self):
+        header = self.headers.get("Range")
+        path = self.translate_path(self.path)
+        if not header or not os.path.isfile(path):
+            return super().send_head()
+        size = os.path.getsize(path)
+        match = re.fullmatch(r"bytes=(\d+)-(\d*)", header.strip())
+        start = int(match[1]) if match else size
+        end = min(int(match[2]) if match and match[2] else size - 1, size - 1)
+        self.server.ranges.append((self.path, header))
+        if start >= size or end < start:
+            self.send_error(416)
+            return None
+        with open(path, "rb") as f:
+            f.seek(start)
+            body = f.read(end - start + 1)
+        self.send_response(206)
+        self.send_header("Content-Type", self.guess_type(path))
+        self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        return io.BytesIO(body)
 
     def log_message(self, *args) -> None:
         pass
 
 
-@pytest.fixture(scope="module")
-def server(tools, tmp_path_factory):
+@contextlib.contextmanager
+def _serving(assets: Path, data_dir: Path, hf_dir: Path | None = None):
     """Serve on 127.0.0.1: the frontend sends ./data/ to a remote CDN when the host is localhost."""
-    data_dir = tmp_path_factory.mktemp("graph_data")
-    handler = functools.partial(_Handler, directory=str(tools["assets"]), data_dir=data_dir)
+    handler = functools.partial(_Handler, directory=str(assets), data_dir=data_dir)
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.hf_dir, httpd.ranges = hf_dir, []
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", data_dir
-    httpd.shutdown()
-    httpd.server_close()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", httpd
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def server(tools, tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("graph_data")
+    with _serving(tools["assets"], data_dir) as (url, _):
+        yield url, data_dir
 
 
 def _render(tools, urls: list[str], tmp_path: Path) -> list[dict]:
@@ -154,3 +198,96 @@ def test_exported_graph_renders_in_the_frontend(tools, server, model_dir, clt, t
     # takes supernodes from the URL (an empty URL list replaces the file's), so give it ours there
     assert plain["subgraphNodes"] == 2
     assert grouped["subgraphNodes"] == 1 and grouped["subgraphLabels"] == ["group"]
+
+
+# ------------------------------------------------------------------------ feature dashboards
+TOY_STORY = "Fact: The president of the United States in 2010 was"
+PANEL = ".feature-detail .feature-examples-container"
+
+
+def _feature_spec(url: str, record: dict, root: str, **extra) -> dict:
+    """What to wait for and measure on a page that shows one feature's examples."""
+    return {
+        "url": url,
+        "waitFor": f"{root} .feature-example-list .ctx-container",
+        "counts": {"examples": f"{root} .feature-example-list .ctx-container"},
+        "texts": {
+            "quantiles": f"{root} .quantile-title",
+            "logits": f"{root} .feature-example-logits .ctx-container .token",
+            "title": ".feature-detail .feature-title",
+        },
+        **extra,
+    }
+
+
+def _check_feature_page(report: dict, record: dict) -> None:
+    _clean(report)
+    groups = record["examples_quantiles"]
+    assert report["counts"]["examples"] == sum(len(g["examples"]) for g in groups)
+    assert [t.strip() for t in report["texts"]["quantiles"]] == [g["quantile_name"] for g in groups]
+    assert report["texts"]["logits"] == (record["top_logits"] + record["bottom_logits"])[:20]
+
+
+@pytest.fixture(scope="module")
+def toy_story():
+    from tl_clt.toyworld import load_toyworld
+
+    model, clt = load_toyworld()
+    graph = tl_clt.attribute(model, clt, TOY_STORY, verbose=False).prune(0.8, 0.98)
+    return clt, graph
+
+
+def test_toy_world_dashboards_render_in_the_frontend(tools, toy_story, tmp_path):
+    """The graph page's feature panel shows a clicked feature's examples, read (a) from the
+    per-feature JSON files `write_graph_folder(dashboards=...)` lays out (offline, any circuit-tracer
+    frontend), (b) from the binary index + layer files with HTTP Range requests, as from a hub repo;
+    and circuit-tracer's feature-view.html shows the same record."""
+    clt, graph = toy_story
+    data_dir = tmp_path / "data"
+    tl_clt.write_graph_folder({"toy-story": graph}, data_dir, dashboards=True)
+    tl_clt.write_graph_folder({"toy-story-hub": graph}, data_dir, scan="tl-clt/toyworld-clt")
+    data = json.loads((data_dir / "toy-story.json").read_text())
+    node = max(
+        (n for n in data["nodes"] if n["feature_type"] == "cross layer transcoder"),
+        key=lambda n: n["activation"],
+    )
+    layer, feature = int(node["layer"]), int(node["node_id"].split("_")[1])
+    record = clt.dashboards.record(layer, feature)
+    name = data["metadata"]["scan"].removeprefix("./data/features/")
+    hub = "https://huggingface.co/tl-clt/toyworld-clt/resolve/main/features/"
+    cdn = "https://d1fk9w8oratjix.cloudfront.net/features/"
+    with _serving(tools["assets"], data_dir, hf_dir=clt.path / "features") as (url, httpd):
+        pages = [
+            _feature_spec(f"{url}/index.html?slug=toy-story&clickedId={node['node_id']}", record, PANEL),
+            _feature_spec(
+                f"{url}/index.html?slug=toy-story-hub&clickedId={node['node_id']}",
+                record,
+                PANEL,
+                routes=[[hub, f"{url}/hf/"]],
+            ),
+            _feature_spec(
+                f"{url}/feature-view.html?model={name}&featureId={node['feature']}",
+                record,
+                ".features-container",
+                routes=[[cdn, f"{url}/data/features/"]],
+            ),
+        ]
+        local, from_hub, view = _render(tools, pages, tmp_path)
+        ranges = list(httpd.ranges)
+    print(json.dumps([{k: v for k, v in r.items() if k != "aborted"} for r in (local, from_hub, view)]))
+    for report in (local, from_hub, view):
+        _check_feature_page(report, record)
+    for report in (local, from_hub):
+        assert report["linkGraphNodes"] == len(data["nodes"])
+        # the histogram read quantile_values and activation_frequency: "Act: a.aa NNpct, Freq: f%"
+        title = " ".join(report["texts"]["title"])
+        assert f"Freq: {100 * record['activation_frequency']:.3f}%" in title and "pct" in title
+    assert local["routed"] == [] and view["routed"]  # (a) read nothing from outside
+    assert ranges and all(path.startswith("/hf/layer_") for path, _ in ranges)  # ranges only for (b)
+    # from the "hub": the index, then this feature's record by a Range request of exactly its bytes
+    offsets = clt.dashboards.index[layer][1]
+    bins = [r for r in from_hub["routed"] if r["url"].endswith(".bin")]
+    assert bins and all(r["status"] == 206 for r in bins)
+    assert {r["range"] for r in bins} == {f"bytes={offsets[feature]}-{offsets[feature + 1]}"}
+    assert any(r["url"].endswith("index.json.gz") and r["method"] == "HEAD" for r in from_hub["routed"])
+    assert view["routed"] and all(r["url"].endswith(f"/{node['feature']}.json") for r in view["routed"])

@@ -161,6 +161,24 @@ def test_missing_subcommand_and_broken_model_folder(tmp_path, clt_dir, capsys):
     assert "No config.json" in capsys.readouterr().err
 
 
+def test_clt_file_changed_during_a_run_is_one_line_and_exit_1(
+    model_dir, clt_dir, tmp_path, capsys, monkeypatch
+):
+    import tl_clt
+    from tl_clt.clt import CLTFileChangedError
+
+    def changed(*args, **kwargs):
+        raise CLTFileChangedError("W_dec_1.safetensors changed on disk since the CLT was loaded; reload it")
+
+    monkeypatch.setattr(tl_clt, "attribute", changed)
+    code = main(_args(model_dir, clt_dir, tmp_path / "g.json", "-q"))
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert err.strip() == (
+        "tl-clt attribute: error: W_dec_1.safetensors changed on disk since the CLT was loaded; reload it"
+    )
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

@@ -141,3 +141,103 @@ def test_every_writer_in_the_package_goes_through_files():
         if direct.search(line) and "os.devnull" not in line
     ]
     assert not found, found
+
+
+# ------------------------------------------------------------------------ feature dashboards' writers
+DASH_TEXTS = ["Fact: The president of the United States in 2010 was Barack Obama.", "The cat sleeps."]
+
+
+@pytest.fixture(scope="module")
+def dash_state(model_dir, clt):
+    from tl_clt.dashboards import DashboardConfig, build_state
+
+    model = tl_clt.load_qwen3(model_dir)
+    config = DashboardConfig(context_len=16, batch_size=2, n_top=2, n_intervals=2, n_bins=4, bin_resolution=4)
+    return model, clt, build_state(model, clt, DASH_TEXTS, config, progress=False)
+
+
+def _dash_writers(dash_state, tmp_path):
+    """name -> function writing `folder/<name>`: each file the dashboards code writes."""
+    from tl_clt.cli import main
+    from tl_clt.dashboards import write_dashboards
+    from tl_clt.dashboards.format import write_feature_json
+
+    model, clt, state = dash_state
+    record = {"index": 0, "examples_quantiles": []}
+
+    def html(path):
+        write_dashboards(state, model, clt, DASH_TEXTS, tmp_path / "src", progress=False)
+        args = ["dashboards", "show", "--dashboards", str(tmp_path / "src"), "0", "1", "--html", str(path)]
+        assert main(args) == 0
+
+    return {
+        "state.safetensors": lambda p: state.save(p),
+        "feature.json": lambda p: write_feature_json(record, p),
+        "layer_0.bin": lambda p: write_dashboards(state, model, clt, DASH_TEXTS, p.parent, progress=False),
+        "index.json.gz": lambda p: write_dashboards(state, model, clt, DASH_TEXTS, p.parent, progress=False),
+        "card.html": html,
+    }
+
+
+DASH_FILES = ["state.safetensors", "feature.json", "layer_0.bin", "index.json.gz", "card.html"]
+
+
+@pytest.mark.parametrize("name", DASH_FILES)
+def test_dashboards_writers_replace_a_symlink_and_leave_no_temp_file(dash_state, tmp_path, name):
+    victim = tmp_path / "elsewhere" / "victim"
+    victim.parent.mkdir()
+    victim.write_bytes(b"precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / name).symlink_to(victim)
+    _dash_writers(dash_state, tmp_path)[name](out / name)
+    assert victim.read_bytes() == b"precious"
+    assert not (out / name).is_symlink() and (out / name).stat().st_size > 10
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("name", ["state.safetensors", "feature.json", "index.json.gz"])
+def test_a_failed_dashboards_write_keeps_the_old_file(dash_state, tmp_path, monkeypatch, name):
+    writers = _dash_writers(dash_state, tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / name).write_bytes(b"old")
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        writers[name](out / name)
+    assert (out / name).read_bytes() == b"old"
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_graph_folder_feature_files_stay_inside_and_replace_symlinks(dash_state, tmp_path, graph):
+    """write_graph_folder(dashboards=...) writes features/<name>/<id>.json through tl_clt.files."""
+    from tl_clt.dashboards import FeatureDashboards, write_dashboards
+
+    model, clt, state = dash_state
+    write_dashboards(state, model, clt, DASH_TEXTS, tmp_path / "features", progress=False)
+    dash = FeatureDashboards.from_pretrained(tmp_path / "features")
+    site = tmp_path / "site"
+    tl_clt.write_graph_folder({"g": graph}, site, dashboards=dash)
+    written = sorted((site / "features").rglob("*.json"))
+    assert written and all(p.resolve().is_relative_to(site.resolve()) for p in written)
+    victim = tmp_path / "victim.json"
+    victim.write_text("precious")
+    written[0].unlink()
+    written[0].symlink_to(victim)
+    tl_clt.write_graph_folder({"g": graph}, site, dashboards=dash)
+    assert victim.read_text() == "precious" and not written[0].is_symlink()
+
+
+def test_the_corpus_spill_file_is_made_by_files_and_removed(tmp_path):
+    from tl_clt.dashboards.corpus import StreamCorpus
+
+    corpus = StreamCorpus(iter(["a", "b", "c"]), spill_dir=tmp_path)
+    assert dict(corpus.iter_docs()) == {0: "a", 1: "b", 2: "c"} and corpus.get([2, 0]) == {0: "a", 2: "c"}
+    (spill,) = tmp_path.iterdir()
+    assert spill == corpus.spill and spill.stat().st_mode & 0o077 == 0  # private to this user
+    del corpus
+    assert not list(tmp_path.iterdir())

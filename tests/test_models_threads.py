@@ -155,7 +155,14 @@ def _saved(graph):
 
 
 # ------------------------------------------------------------------------ the user's hooks
-def test_user_forward_hook_is_warned_about_and_recorded(model, clt):
+@pytest.fixture(scope="module")
+def any_model(model_dir, backend):
+    """The tiny Qwen3 on each TransformerLens backend (a bridge lists aliased hook points twice)."""
+    return tl_clt.load_qwen3(model_dir, backend=backend)
+
+
+def test_user_forward_hook_is_warned_about_and_recorded(any_model, clt):
+    model = any_model
     calls = []
     model.add_hook("blocks.1.hook_attn_out", lambda t, hook: calls.append(1))
     try:
@@ -167,7 +174,8 @@ def test_user_forward_hook_is_warned_about_and_recorded(model, clt):
     assert _attr(model, clt, PROMPT).meta["user_hooks"] == []
 
 
-def test_user_backward_hook_is_switched_off_during_our_passes_and_kept(model, clt):
+def test_user_backward_hook_is_switched_off_during_our_passes_and_kept(any_model, clt):
+    model = any_model
     expected = _attr(model, clt, PROMPT)
     calls = []
     model.add_hook("blocks.1.hook_resid_mid", lambda g, hook: calls.append(1), dir="bwd")

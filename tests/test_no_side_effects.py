@@ -177,11 +177,25 @@ CALLS = {
     "to_tokens": ("to_tokens", False, lambda m, c: tl_clt.to_tokens(m, PROMPT)),
     "sites_for": ("sites_for", False, lambda m, c: tl_clt.sites_for(m)),
     "preserve": ("preserve", True, lambda m, c: _preserve_body(m)),
+<<<<<<< HEAD
     "propose_supernodes": (
         "propose_supernodes",
         False,
         lambda m, c: tl_clt.propose_supernodes(
             tl_clt.attribute(m, c, PROMPT, verbose=False).prune(), model=m, clt=c
+=======
+    "build_feature_dashboards": (
+        "build_feature_dashboards",
+        True,
+        lambda m, c: tl_clt.build_feature_dashboards(
+            m,
+            c,
+            [PROMPT, "the cat sat"] * 3,
+            tempfile.mkdtemp(),
+            context_len=16,
+            batch_size=2,
+            progress=False,
+>>>>>>> main
         ),
     ),
 }
@@ -242,7 +256,15 @@ def test_call_interrupted_inside_a_forward_pass_leaves_nothing(user, name, where
 
 
 @pytest.mark.parametrize(
-    "name", ["attribute", "steer", "generate", "replacement_hooks", "feature_output_tokens"]
+    "name",
+    [
+        "attribute",
+        "steer",
+        "generate",
+        "replacement_hooks",
+        "feature_output_tokens",
+        "build_feature_dashboards",
+    ],
 )
 @pytest.mark.parametrize("exc", [OSError, KeyboardInterrupt])
 def test_call_failing_while_reading_the_clt_leaves_nothing(user, name, exc, monkeypatch):

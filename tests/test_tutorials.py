@@ -183,6 +183,24 @@ def test_the_prediction_and_the_four_groups(president, judge):
     assert "Traceback" not in printed
 
 
+def test_the_cards_the_notebook_printed(president):
+    """Each group's strongest feature (by influence recomputed here) and its card, read here from the
+    shipped dashboards folder by a fresh reader, are what the notebook printed."""
+    from tl_clt.dashboards.reader import FeatureDashboards, LocalSource
+
+    ns, printed = president
+    graph = ns["graph"]
+    influence = graph.node_influence()
+    dash = FeatureDashboards(LocalSource(toyworld_paths()[1] / "features"))
+    for name, members in ns["groups"].items():
+        keys = [tuple(int(x) for x in n.split(":")[1:]) for n in members]
+        layer, pos, feature = max(keys, key=lambda k: float(influence[graph.feature_index(*k)]))
+        card = dash[layer, feature]
+        assert card.label and ns["results"]["cards"][name] == card.label
+        assert f"{name}: F:{layer}:{pos}:{feature}  {card.label}" in printed
+        assert card.top_examples[0].text(72) in printed
+
+
 def test_ablating_the_year_gives_presidents_of_other_decades(president, judge, effects):
     base = judge.summary(judge.logits(PROMPT))
     ablated, steered = effects["Year ~2010"]["ablate"], effects["Year ~2010"]["x-1"]

@@ -66,9 +66,11 @@ def test_the_view_works_in_a_browser(browser, toy, tmp_path, as_shown):
 
     node_id, index = report["target"]["id"], report["target"]["index"]
     assert node_id in report["hover"] and "activation" in report["hover"] and "top tokens" in report["hover"]
+    assert node_id.startswith("F:") and "dashboard:" in report["hover"]  # the toy world ships dashboards
 
     clicked = report["clicked"]
     assert clicked["selected"] == node_id and node_id in clicked["panel"]
+    assert "dashboard:" in clicked["panel"] and "Top outputs" in clicked["panel"]  # the full card
     assert clicked["inputs"] == sum(e["t"] == index for e in data["edges"])
     assert clicked["outputs"] == sum(e["s"] == index for e in data["edges"])
     assert report["unclicked"]["selected"] == "" and report["unclicked"]["inputs"] == 0

@@ -4,6 +4,7 @@ from tl_clt.attribution import attribute
 from tl_clt.batch import BatchTables, attribute_many, load_batch, recurring_features
 from tl_clt.circuit import plot_circuit
 from tl_clt.clt import CrossLayerTranscoder
+from tl_clt.dashboards import FeatureCard, FeatureDashboards, build_feature_dashboards
 from tl_clt.export import graph_to_dict, validate_graph_json
 from tl_clt.fingerprints import GraphMismatchWarning
 from tl_clt.frontend import write_graph_folder
@@ -44,6 +45,8 @@ __all__ = [
     "BatchTables",
     "Candidate",
     "CrossLayerTranscoder",
+    "FeatureCard",
+    "FeatureDashboards",
     "GraphScores",
     "Intervention",
     "PredictionTable",
@@ -53,6 +56,7 @@ __all__ = [
     "TokenScore",
     "ablate",
     "attribute",
+    "build_feature_dashboards",
     "Direction",
     "LogitDiff",
     "TargetError",

@@ -21,7 +21,7 @@ import textwrap
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -167,6 +167,7 @@ def plot_circuit(
     title: str | None = None,
     fontsize: float = 9.0,
     dpi: int = 150,
+    dashboards: Any = None,
 ) -> Figure:
     """Draw the circuit of `supernodes` ({name: [node ids or (layer, pos, feature) keys]}) in `graph`.
 
@@ -177,6 +178,9 @@ def plot_circuit(
     largest are left out. `n_logits` top logits are shown above. `errors` / `others`: "aggregate"
     draws all MLP error nodes / all ungrouped features as one box each. Returns a matplotlib Figure
     that displays itself in Jupyter; `path` also saves it (PNG, SVG, PDF, ... by extension).
+    With feature dashboards, each group's box also quotes the dashboard label of its most influential
+    feature: `dashboards` is a FeatureDashboards, folder or hub id; None uses a local `features/` next
+    to the graph's CLT if there is one; False quotes nothing.
     """
     if errors not in ("hide", "aggregate") or others not in ("hide", "aggregate"):
         raise ValueError(f"errors and others must be 'hide' or 'aggregate', got {errors!r}, {others!r}.")
@@ -201,7 +205,8 @@ def plot_circuit(
 
     renderer = FigureCanvasAgg(fig).get_renderer()
     layout = _Layout(graph, fig, renderer, fontsize)
-    boxes = layout.place(groups, extra, min(n_logits, graph.n_logits))
+    quotes = _group_labels(graph, groups, dashboards)
+    boxes = layout.place(groups, extra, min(n_logits, graph.n_logits), quotes)
     arrows = _arrows(graph, boxes, layout.tokens, layout.logits, min_share)
     _draw(fig, layout, boxes, arrows, title, graph, errors, others, min_share)
     if path is not None:
@@ -259,7 +264,13 @@ class _Layout:
             list(rows),
         )
 
-    def place(self, groups: dict[str, list[int]], extra: dict[str, list[int]], n_logits: int) -> list[_Box]:
+    def place(
+        self,
+        groups: dict[str, list[int]],
+        extra: dict[str, list[int]],
+        n_logits: int,
+        quotes: Mapping[str, str] | None = None,
+    ) -> list[_Box]:
         g = self.graph
         weights = g.influence if g.influence is not None else g.node_influence()
         boxes, cells = [], []
@@ -271,6 +282,8 @@ class _Layout:
             span = f"L{layers[0]}" if len(layers) == 1 else f"L{layers[0]}–{layers[-1]}"
             noun = "node" if len(rows) == 1 else "nodes"
             label = f"{name}\n{len(rows)} {noun}, {span}"
+            if (quotes or {}).get(name):
+                label += f"\n“{quotes[name]}”"
             color = GROUP_COLORS[k % len(GROUP_COLORS)] if kind == "group" else "#f2f2f2"
             boxes.append(
                 self._box(name, label, self.x_of(pos), self.y_of(layer), kind, color, rows, bold=True)
@@ -311,6 +324,28 @@ class _Layout:
         for b in self.logits:
             b.x = x + b.w / 2
             x += b.w + GAP
+
+
+def _group_labels(graph: AttributionGraph, groups: dict[str, list[int]], dashboards: Any) -> dict[str, str]:
+    """Group name -> the dashboard label of its most influential feature (shortened), when there are
+    dashboards (see plot_circuit's `dashboards`)."""
+    from tl_clt.dashboards.reader import dashboards_for_graph, open_dashboards
+
+    if dashboards is False:
+        return {}
+    dash = dashboards_for_graph(graph, local_only=True) if dashboards is None else open_dashboards(dashboards)
+    if dash is None:
+        return {}
+    weights = graph.influence if graph.influence is not None else graph.node_influence()
+    out = {}
+    for name, rows in groups.items():
+        features = [i for i in rows if i < graph.n_features]
+        if features:
+            info = graph.node_info(max(features, key=lambda i: abs(float(weights[i]))))
+            text = dash[info["layer"], info["feature"]].label
+            if text:
+                out[name] = text if len(text) <= 28 else text[:27] + "…"
+    return out
 
 
 @dataclass

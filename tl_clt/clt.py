@@ -169,6 +169,7 @@ class CrossLayerTranscoder(torch.nn.Module):
         self.feature_output_hook = feature_output_hook
         self.model_name = model_name
         self.path = path
+        self.dashboards = None  # FeatureDashboards when the folder / hub repo has features/ (from_pretrained)
 
     # ---------------------------------------------------------------- loading
     @classmethod
@@ -207,6 +208,9 @@ class CrossLayerTranscoder(torch.nn.Module):
             model_name=config.get("model_name"),
             path=folder,
         )
+        from tl_clt.dashboards.reader import dashboards_for
+
+        clt.dashboards = dashboards_for(name_or_path, folder)
         return clt.to(device) if device is not None else clt
 
     def _apply(self, fn, recurse=True):

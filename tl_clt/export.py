@@ -235,6 +235,7 @@ def graph_to_dict(
     clicked_id: NodeLike | None = None,
     clerps: Mapping[NodeLike, str] | None = None,
     extra_metadata: Mapping[str, Any] | None = None,
+    dashboards: Any = None,
 ) -> dict:
     """The frontend's graph dict of `graph`, pruned by `graph.prune` unless it already is.
 
@@ -245,6 +246,9 @@ def graph_to_dict(
     (Neuronpedia reads it as the model id; default the graph's model name); `extra_metadata` is merged
     into `metadata` (a slug it sets must be a safe file name too). Nodes may be given in any spelling
     of `tl_clt.nodes` (Python id, JSON id, (layer, pos, feature) tuple).
+    Features without a clerp are labelled from feature dashboards (`FeatureCard.label`): `dashboards`
+    is a FeatureDashboards, folder or hub id; None uses the local `features/` next to the graph's CLT
+    if there is one; False labels nothing.
     """
     check_slug(slug)
     if not torch.isfinite(graph.adjacency).all():
@@ -252,8 +256,16 @@ def graph_to_dict(
     pruned, settings = _pruned(graph, node_threshold, edge_threshold)
     nodes, links, ids = graph_nodes_and_links(pruned)
     by_id = {n["node_id"]: n for n in nodes}
+    labelled = set()
     for node, label in (clerps or {}).items():
-        by_id[exported_id(node, ids, graph.n_layers, "clerps")]["clerp"] = str(label)
+        js_id = exported_id(node, ids, graph.n_layers, "clerps")
+        by_id[js_id]["clerp"] = str(label)
+        labelled.add(js_id)
+    dash = _dashboards(graph, dashboards)
+    if dash is not None:
+        for our_id, js_id in ids.items():
+            if our_id.startswith("F:") and js_id not in labelled:
+                by_id[js_id]["clerp"] = dash[our_id].label
     metadata = {
         "slug": slug,
         "scan": scan or _default_scan(graph),
@@ -270,6 +282,17 @@ def graph_to_dict(
         check_slug(metadata["slug"])  # extra_metadata replaced it: the slug names a file
     qparams = _q_params(ids, graph.n_layers, supernodes, pinned_ids, clicked_id)
     return {"metadata": metadata, "qParams": qparams, "nodes": nodes, "links": links}
+
+
+def _dashboards(graph: AttributionGraph, dashboards: Any):
+    """The FeatureDashboards to label a graph's features with (see graph_to_dict), or None."""
+    from tl_clt.dashboards.reader import dashboards_for_graph, open_dashboards
+
+    if dashboards is False:
+        return None
+    if dashboards is None or dashboards is True:
+        return dashboards_for_graph(graph, local_only=dashboards is None)
+    return open_dashboards(dashboards)
 
 
 def _slider_threshold(nodes: list[dict], node_threshold: float) -> float:

@@ -132,3 +132,12 @@ def write_bytes(path: str | os.PathLike, data: bytes, *, what: str = "file") -> 
 def write_text(path: str | os.PathLike, text: str, *, what: str = "file") -> Path:
     """Write `text` (UTF-8) to `path` atomically; returns the path."""
     return write_bytes(path, text.encode("utf-8"), what=what)
+
+
+def scratch_file(
+    *, prefix: str, suffix: str = "", folder: str | os.PathLike | None = None
+) -> tuple[BinaryIO, Path]:
+    """A new private temp file for scratch data (not an output: the caller reads it back and removes
+    it), opened for binary writing, and its path; in `folder` or the system's temp folder."""
+    fd, path = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
+    return os.fdopen(fd, "wb"), Path(path)

@@ -203,6 +203,21 @@ class AttributionGraph:
             self, path, slug=slug, node_threshold=node_threshold, edge_threshold=edge_threshold, **kwargs
         )
 
+    def feature_card(self, node, dashboards=None):
+        """The FeatureCard (what the feature does) of a feature node: an id `"F:12:5:847"`, a
+        `(layer, pos, feature)` key or a `(layer, feature)` pair. `dashboards`: a FeatureDashboards, a
+        folder or a hub id; default: the dashboards next to the CLT the graph was made with."""
+        from tl_clt.dashboards.format import DashboardsNotFoundError
+        from tl_clt.dashboards.reader import dashboards_for_graph, feature_of, open_dashboards
+
+        dash = open_dashboards(dashboards) if dashboards is not None else dashboards_for_graph(self)
+        if dash is None:
+            raise DashboardsNotFoundError(
+                f"The graph's CLT ({self.clt_name}) has no features/ dashboards: pass dashboards= (a "
+                "FeatureDashboards, folder or hub id), or build them with tl_clt.build_feature_dashboards."
+            )
+        return dash[feature_of(node)]
+
     def plot(self, path: str | Path | None = None, *, supernodes: dict | None = None, **kwargs):
         """matplotlib Figure: the pruned graph (`tl_clt.plot_graph`), or with `supernodes`
         ({name: [node ids]}) the circuit diagram of those groups (`tl_clt.plot_circuit`)."""

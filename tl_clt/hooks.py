@@ -15,10 +15,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from jaxtyping import Float
 from torch import Tensor
 
 from tl_clt.clt import CrossLayerTranscoder
-from tl_clt.sites import Sites, sites_for
+from tl_clt.sites import Sites, hook_points, sites_for
 
 HookList = list[tuple[str, Callable]]
 # start of the TransformerBridge's UserWarning when a hook returns a new norm scale (freezing does)
@@ -32,13 +33,6 @@ def layer_hook(fn: Callable, layer: int) -> Callable:
         return fn(tensor, hook=hook, layer=layer)
 
     return hook_fn
-
-
-def add_from_layer(pending: dict[int, Tensor], first: int, contributions: Tensor) -> None:
-    """`pending[first + i] += contributions[i]`: what a layer's features write to it and later layers."""
-    for i, contrib in enumerate(contributions):
-        prev = pending.get(first + i)
-        pending[first + i] = contrib if prev is None else prev + contrib
 
 
 class PassStart:
@@ -72,6 +66,47 @@ class PassStart:
             out.append((sites.resid_pre.format(layer=layer), layer_hook(self.block_in, layer)))
             out.append((sites.resid_post.format(layer=layer), layer_hook(self.block_out, layer)))
         return out
+
+
+class CrossLayerWrites:
+    """Hooks that splice CLT features into a forward pass: `read_input` (at a layer's CLT input) adds what
+    that layer's features write to it and every later layer (`add`); `write_output` (at a layer's MLP
+    output) takes what was written to that layer (`take`). The writes live within one forward pass
+    (`PassStart`). Subclasses define `read_input` and `write_output` (TL hook functions with `layer=`)."""
+
+    def __init__(self):
+        self.pending: dict[int, Tensor] = {}
+
+    def reset(self) -> None:
+        self.pending = {}
+
+    def add(self, first: int, contributions: Float[Tensor, "n_later ..."]) -> None:
+        """Layer `first`'s features write `contributions[i]` to layer `first + i`."""
+        for i, contrib in enumerate(contributions):
+            prev = self.pending.get(first + i)
+            self.pending[first + i] = contrib if prev is None else prev + contrib
+
+    def take(self, layer: int) -> Tensor | None:
+        """What was written to `layer` in this pass (None: nothing)."""
+        return self.pending.pop(layer, None)
+
+    def read_input(self, value: Tensor, *, hook, layer: int) -> Tensor:
+        raise NotImplementedError
+
+    def write_output(self, mlp_out: Tensor, *, hook, layer: int) -> Tensor:
+        raise NotImplementedError
+
+    def hooks(self, sites: Sites, clt: CrossLayerTranscoder, read_layers, write_layers) -> HookList:
+        """The pass-start hooks, then `read_input` at the CLT inputs of `read_layers` and `write_output`
+        at the MLP outputs of `write_layers`."""
+        hooks: HookList = PassStart(self.reset).hooks(sites, clt.n_layers)  # nothing kept between passes
+        for layer in read_layers:
+            hooks.append(
+                (sites.clt_input_hook(clt.feature_input_hook, layer), layer_hook(self.read_input, layer))
+            )
+        for layer in write_layers:
+            hooks.append((sites.mlp_out_hook(layer), layer_hook(self.write_output, layer)))
+        return hooks
 
 
 class ModelNameWarning(UserWarning):
@@ -167,7 +202,7 @@ def model_lock(model) -> threading.RLock:
 
 def _hook_handles(model) -> dict[str, tuple[int, ...]]:
     out = {}
-    for name, hp in model.hook_dict.items():
+    for name, hp in hook_points(model).items():
         out[name] = tuple(id(h) for h in hp.fwd_hooks) + tuple(id(h) for h in hp.bwd_hooks)
     return out
 
@@ -231,10 +266,12 @@ def _restore_saes(model, swapped: list[tuple[str, Any]]) -> None:
 
 
 def _user_hooks(model) -> tuple[list[str], list[str]]:
-    """Hook points holding the user's forward / backward hooks (SAELens' own input hooks left out)."""
+    """Hook points holding the user's forward / backward hooks (SAELens' own input hooks left out), each
+    once under its TransformerLens name (`sites.hook_points`)."""
     sae_inputs = set(getattr(model, "_transcoder_output_hooks", None) or {})
-    fwd = [n for n, hp in model.hook_dict.items() if hp.fwd_hooks and n not in sae_inputs]
-    bwd = [n for n, hp in model.hook_dict.items() if hp.bwd_hooks]
+    points = hook_points(model)
+    fwd = [n for n, hp in points.items() if hp.fwd_hooks and n not in sae_inputs]
+    bwd = [n for n, hp in points.items() if hp.bwd_hooks]
     return fwd, bwd
 
 
@@ -330,7 +367,7 @@ def _restored(model) -> Iterator[None]:
         yield
     finally:
         quiet.__exit__(None, None, None)
-        for name, hp in model.hook_dict.items():
+        for name, hp in hook_points(model).items():
             keep = set(handles.get(name, ()))
             for h in [h for h in hp.fwd_hooks + hp.bwd_hooks if id(h) not in keep]:
                 h.hook.remove()

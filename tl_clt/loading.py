@@ -271,5 +271,8 @@ def _boot_bridge(folder: Path, *, name: str, device: str, dtype: torch.dtype, n_
 
     bridge = TransformerBridge.boot_transformers(str(folder), device=device, dtype=dtype, n_ctx=n_ctx)
     bridge.cfg.model_name = name
+    # under the checkpoint's own names (`model.layers.1.mlp.up_proj.weight`; the bridge wraps each module)
+    weights = {n.replace("_original_component.", ""): p for n, p in bridge.original_model.named_parameters()}
+    _check_weights(weights, folder, dtype=dtype if dtype == torch.float16 else None)
     bridge.eval()
     return bridge

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 from collections import defaultdict
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import networkx as nx
@@ -328,8 +329,11 @@ def _prompt_tokens(G: nx.DiGraph, n_pos: int) -> list[str]:
     return [found.get(p, str(p)) for p in range(n_pos)]
 
 
-def _label_nodes(ax: Axes, G: nx.DiGraph, xy: dict, label_features: bool) -> list:
-    """Logit, supernode and (with `label_features`) feature labels, most important first."""
+def _label_nodes(
+    ax: Axes, G: nx.DiGraph, xy: dict, label_features: bool, texts: Mapping[str, str] | None = None
+) -> list:
+    """Logit, supernode and (with `label_features`) feature labels (from `texts` when given, node id ->
+    text), most important first."""
     labels = []
     for node, d in G.nodes(data=True):
         kind, (x, y) = d.get("kind"), xy[node]
@@ -352,6 +356,7 @@ def _label_nodes(ax: Axes, G: nx.DiGraph, xy: dict, label_features: bool) -> lis
             labels.append((0, -(prob or 0.0), t, False))
         elif kind == "supernode" or (label_features and kind == "feature"):
             text = str(node) if kind == "supernode" else f"{d.get('feature')}"
+            text = (texts or {}).get(node, text)
             t = ax.annotate(
                 text,
                 (x, y),
@@ -366,6 +371,21 @@ def _label_nodes(ax: Axes, G: nx.DiGraph, xy: dict, label_features: bool) -> lis
             labels.append((1 if kind == "supernode" else 2, -abs(d.get("influence") or 0.0), t, True))
     labels.sort(key=lambda item: item[:2])
     return [(t, movable) for *_, t, movable in labels]
+
+
+def _card_labels(graph, G: nx.DiGraph, dashboards: Any) -> dict[str, str] | None:
+    """Short dashboard labels of the drawn features, when dashboards are given or next to the CLT."""
+    from tl_clt.dashboards.reader import dashboards_for_graph, open_dashboards
+
+    dash = open_dashboards(dashboards) if dashboards is not None else dashboards_for_graph(graph)
+    if dash is None:
+        return None
+    out = {}
+    for node, d in G.nodes(data=True):
+        if d.get("kind") == "feature":
+            text = dash[d["layer"], d["feature"]].label
+            out[node] = text if len(text) <= 24 else text[:23] + "…"
+    return out
 
 
 LABEL_SPOTS = (  # (dx, dy) in points, ha, va: below, above, right, left, then further away
@@ -500,16 +520,19 @@ def plot_graph(
     figsize: tuple[float, float] | None = None,
     ax: Axes | None = None,
     dpi: int = 150,
+    labels: Mapping[str, str] | None = None,
+    dashboards: Any = None,
 ) -> Figure:
     """Draw a graph (an nx.DiGraph from `to_networkx()` / grouping, or an AttributionGraph, pruned
     with the thresholds unless it already is) and return the matplotlib Figure.
 
     Edges drawn: each node's `max_in_edges` strongest incoming edges, then the `max_edges` strongest
     of those (None: no limit); the title says how many of the graph's edges are shown.
-    `label_features` writes feature indices next to their markers; labels never overlap (a label
-    with no free spot near its node is left out and counted in the title). `path` saves the picture
-    (PNG, SVG, PDF, ... by extension; checked before anything is drawn, written atomically); `ax`
-    draws into existing axes. The Figure shows itself in
+    `label_features` writes a label next to each feature marker: from `labels` (node id -> text), else
+    its dashboard card's label (`dashboards`, or those next to an AttributionGraph's CLT), else its
+    index; labels never overlap (a label with no free spot near its node is left out and counted in
+    the title). `path` saves the picture (PNG, SVG, PDF, ... by extension; checked before anything is
+    drawn, written atomically); `ax` draws into existing axes. The Figure shows itself in
     Jupyter without `%matplotlib inline` (it has `_repr_png_` and is not registered with pyplot).
     For groups of features as labelled boxes, see `tl_clt.plot_circuit`.
     """
@@ -531,7 +554,9 @@ def plot_graph(
         fig = ax.figure
     n_edges = _draw_edges(ax, G, xy, max_edges, max_in_edges)
     n_nodes = _draw_nodes(ax, G, xy)
-    labels = _label_nodes(ax, G, xy, label_features)
+    if label_features and labels is None:
+        labels = _card_labels(graph, G, dashboards)
+    labels = _label_nodes(ax, G, xy, label_features, labels)
     tokens = _prompt_tokens(G, n_pos)
     _style_axes(ax, n_layers, centers, widths, tokens)
     _legend(ax)

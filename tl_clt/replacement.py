@@ -12,57 +12,42 @@ from torch import Tensor
 from tl_clt.clt import CrossLayerTranscoder
 from tl_clt.display import as_feature_activations
 from tl_clt.frozen import all_activations, clean_pass
-from tl_clt.hooks import (
-    HookList,
-    PassStart,
-    add_from_layer,
-    check_compatible,
-    layer_hook,
-    preserve,
-    refuse_saes_at,
-)
+from tl_clt.hooks import CrossLayerWrites, HookList, check_compatible, preserve, refuse_saes_at
 from tl_clt.prompts import SINK_POS, Prompt, to_tokens, tokens_after_sink
 from tl_clt.sites import Sites
 
 
-class ReplacementState:
-    """Per-forward-pass scratch space shared by the replacement hooks."""
+class ReplacementState(CrossLayerWrites):
+    """The replacement hooks: every layer's active features write their decoder rows; each MLP output is
+    replaced by what was written to it (plus the detached error, with `use_error_term`)."""
 
     def __init__(self, model, clt: CrossLayerTranscoder, sites: Sites, use_error_term: bool):
+        super().__init__()
         self.model, self.clt, self.sites, self.use_error_term = model, clt, sites, use_error_term
-        self.pending: dict[int, Tensor] = {}
-
-    def reset(self) -> None:
-        self.pending = {}
 
     def read_input(self, value: Tensor, *, hook, layer: int) -> Tensor:
         x = self.sites.to_clt_input(self.model, self.clt.feature_input_hook, layer, value)
         acts = self.clt.encode(x, layer)
         active = acts.reshape(-1, acts.shape[-1]).abs().sum(0).nonzero().squeeze(-1)
         rows = self.clt.decoder_rows(layer, active).to(acts.dtype)  # [n, L-layer, d]
-        add_from_layer(self.pending, layer, torch.einsum("...n,nld->l...d", acts[..., active], rows))
+        self.add(layer, torch.einsum("...n,nld->l...d", acts[..., active], rows))
         return value
 
     def write_output(self, mlp_out: Tensor, *, hook, layer: int) -> Tensor:
         recon = self.clt.b_dec[layer].to(mlp_out.dtype)
-        if layer in self.pending:
-            recon = self.pending[layer] + recon
+        written = self.take(layer)
+        if written is not None:
+            recon = written + recon
         recon = recon.expand_as(mlp_out)
         if self.use_error_term:
-            return recon + (mlp_out - recon).detach()
-        return recon
+            recon = recon + (mlp_out - recon).detach()
+        return recon.to(mlp_out.dtype)  # a float32 CLT on a bfloat16 model: the model's dtype goes on
 
 
 def build_replacement_hooks(model, clt: CrossLayerTranscoder, sites: Sites, use_error_term: bool) -> HookList:
     """`replacement_hooks` for a model and CLT already checked (`sites` from `check_compatible`)."""
-    state = ReplacementState(model, clt, sites, use_error_term)
-    hooks: HookList = PassStart(state.reset).hooks(sites, clt.n_layers)  # nothing kept between passes
-    for layer in range(clt.n_layers):
-        hooks.append(
-            (sites.clt_input_hook(clt.feature_input_hook, layer), layer_hook(state.read_input, layer))
-        )
-        hooks.append((sites.mlp_out_hook(layer), layer_hook(state.write_output, layer)))
-    return hooks
+    layers = range(clt.n_layers)
+    return ReplacementState(model, clt, sites, use_error_term).hooks(sites, clt, layers, layers)
 
 
 def replacement_hooks(model, clt: CrossLayerTranscoder, *, use_error_term: bool = False) -> HookList:

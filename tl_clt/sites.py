@@ -217,6 +217,21 @@ def backend_of(model) -> str | None:
     return next((name for name, is_backend in BACKENDS.items() if is_backend(model)), None)
 
 
+def hook_points(model) -> dict[str, Any]:
+    """{name: HookPoint}, each of the model's hook points once, under its TransformerLens name.
+
+    A TransformerBridge lists an aliased hook point twice in `hook_dict`: under its own name
+    (`blocks.0.ln2.hook_in`, the point's `.name`) and under the HookedTransformer name it stands for
+    (`blocks.0.hook_resid_mid`); the HookedTransformer name is kept, so both backends name a hook alike.
+    """
+    names: dict[int, str] = {}
+    points: dict[int, Any] = {}
+    for name, hp in model.hook_dict.items():
+        if id(hp) not in names or name != hp.name:  # an alias wins over the point's own name
+            names[id(hp)], points[id(hp)] = name, hp
+    return {names[key]: points[key] for key in names}
+
+
 def _supported() -> str:
     return ", ".join(f"{b} + {a}" for b, a in REGISTRY)
 

@@ -32,15 +32,7 @@ from tl_clt.checks import as_int, as_number
 from tl_clt.clt import CrossLayerTranscoder
 from tl_clt.fingerprints import check_clt
 from tl_clt.frozen import PromptState, clean_pass, freeze_hooks
-from tl_clt.hooks import (
-    HookList,
-    PassStart,
-    add_from_layer,
-    check_compatible,
-    layer_hook,
-    preserve,
-    refuse_saes_at,
-)
+from tl_clt.hooks import CrossLayerWrites, HookList, check_compatible, layer_hook, preserve, refuse_saes_at
 from tl_clt.nodes import NodeLike, as_node_list, feature_key
 from tl_clt.prompts import Prompt, to_tokens
 from tl_clt.sites import Sites
@@ -255,9 +247,10 @@ def plan_interventions(clt: CrossLayerTranscoder, interventions: list[Interventi
     return plans
 
 
-class SteeringState:
-    """Per-forward-pass scratch space shared by the steering hooks: where the pass sits in the sequence
-    (`offset`, `n_pos`: read from an attention pattern) and the decoder writes pending for later layers."""
+class SteeringState(CrossLayerWrites):
+    """The steering hooks: each planned feature writes (target - current activation) times its decoder
+    rows; every MLP output from the first steered layer on gets what was written to it. Also where the
+    pass sits in the sequence (`offset`, `n_pos`: read from an attention pattern)."""
 
     def __init__(
         self,
@@ -267,10 +260,11 @@ class SteeringState:
         plans: list[LayerPlan],
         clean: PromptState | None,
     ):
+        super().__init__()
         self.model, self.clt, self.sites, self.plans = model, clt, sites, {p.layer: p for p in plans}
         self.first = min(self.plans, default=None)
         self.clean = clean  # set in direct-effect mode: activations and MLP outputs stay clean
-        self.pending: dict[int, Tensor] = {}
+        super().__init__()
         self.offset: int | None = None  # absolute position of this pass's first token
         self.n_pos: int | None = None  # tokens in the sequence so far (the pass's keys, cached ones included)
 
@@ -284,7 +278,8 @@ class SteeringState:
         return self.clt.encode(x, layer)[..., features]
 
     def reset(self) -> None:
-        self.pending, self.offset, self.n_pos = {}, None, None
+        super().reset()
+        self.offset, self.n_pos = None, None
 
     def see_pattern(self, pattern: Float[Tensor, "batch head q_pos k_pos"], *, hook, layer: int) -> Tensor:
         """Keys include the cached past: this pass runs positions k_pos - q_pos .. k_pos - 1."""
@@ -298,14 +293,14 @@ class SteeringState:
         mask, target = (t.to(value.device) for t in plan.targets(offset + value.shape[-2], offset))
         delta = torch.where(mask, target.to(current.dtype) - current, 0)
         rows = plan.rows.to(value.device, value.dtype)
-        add_from_layer(self.pending, layer, torch.einsum("...pm,mld->l...pd", delta, rows))
+        self.add(layer, torch.einsum("...pm,mld->l...pd", delta, rows))
         return value
 
     def write_output(self, mlp_out: Tensor, *, hook, layer: int) -> Tensor:
         if self.clean is not None:
             mlp_out = self.clean.mlp_out[layer].to(mlp_out.dtype).expand_as(mlp_out)
-        delta = self.pending.pop(layer, None)
-        return mlp_out if delta is None else mlp_out + delta
+        delta = self.take(layer)
+        return mlp_out if delta is None else mlp_out + delta.to(mlp_out.dtype)  # the model's dtype goes on
 
 
 def _length_guard(n_prompt: int, frozen: bool) -> Callable:
@@ -353,7 +348,10 @@ def build_steering_hooks(
     (needed when freezing). Reads no decoder rows."""
     frozen = freeze_attention or direct_effects
     st = SteeringState(model, clt, sites, plans, None)
-    hooks: HookList = PassStart(st.reset).hooks(sites, clt.n_layers)  # nothing kept between forward passes
+    first_out = 0 if direct_effects else st.first
+    write_layers = range(first_out, clt.n_layers) if first_out is not None else []
+    # pass-start hooks first (nothing kept between forward passes), then reads and writes
+    hooks: HookList = st.hooks(sites, clt, [plan.layer for plan in plans], write_layers)
     pattern = sites.patterns[0]  # [batch, head, q_pos, k_pos]: its shape tells where the pass sits
     if tokens is not None:
         guard = _length_guard(len(tokens), frozen)
@@ -366,13 +364,6 @@ def build_steering_hooks(
             state = clean_pass(model, clt, tokens, sites)
         hooks += freeze_hooks(state.everything() if direct_effects else state.patterns())
         st.clean = state if direct_effects else None
-    for plan in plans:
-        hook = sites.clt_input_hook(clt.feature_input_hook, plan.layer)
-        hooks.append((hook, layer_hook(st.read_input, plan.layer)))
-    first_out = 0 if direct_effects else st.first
-    if first_out is not None:
-        for layer in range(first_out, clt.n_layers):
-            hooks.append((sites.mlp_out_hook(layer), layer_hook(st.write_output, layer)))
     return hooks
 
 

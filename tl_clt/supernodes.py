@@ -20,7 +20,7 @@ import networkx as nx
 import torch
 from torch import Tensor
 
-from tl_clt.checks import as_number, check_k
+from tl_clt.checks import as_int, as_number, check_k
 from tl_clt.clt import CrossLayerTranscoder
 from tl_clt.fingerprints import check_clt, check_model
 from tl_clt.hooks import check_compatible
@@ -308,7 +308,8 @@ def feature_output_tokens(
     """
     sites = check_compatible(model, clt)
     k = check_k(k, what="how many tokens")
-    rows = clt.decoder_rows(layer, torch.tensor([feature]))[0]  # [n_layers - layer, d_model]
+    feature = as_int(feature, "feature")
+    rows = clt.decoder_rows(layer, [feature])[0]  # [n_layers - layer, d_model]; range checked there
     if read == "sum":
         direction = rows.sum(0)
     elif read == "last":

@@ -9,8 +9,9 @@ carrying a given share of the influence.
 
 Positions are those of `tl_clt.plot_graph` (token position across, layer up). A node's hover card
 shows its kind, layer, position and token, activation, influence, its top output tokens (when
-`model` and `clt` are given) and, when the CLT has dashboards (`clt.dashboards[layer, feature]`),
-the dashboard's label and top examples.
+`model` and `clt` are given) and, when the CLT has dashboards (`clt.dashboards[layer, feature]`, or
+without `clt` a local `features/` next to the CLT the graph was made with), the dashboard's label and
+top examples.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import networkx as nx
 
 from tl_clt import files
 from tl_clt.display import visible_token
+from tl_clt.influence import EDGE_THRESHOLD, NODE_THRESHOLD
 from tl_clt.plot import (
     KIND_STYLE,
     NEGATIVE,
@@ -84,9 +86,21 @@ class GraphView:
 
 
 # ------------------------------------------------------------------------ cards
-def _dashboard_card(clt, layer: int, feature: int):
-    """The dashboard card of a feature when the CLT has dashboards, else None (never raises)."""
-    dashboards = getattr(clt, "dashboards", None)
+def _dashboards(graph, clt):
+    """The CLT's dashboards (`clt.dashboards`), else those in a local `features/` next to the CLT an
+    AttributionGraph was made with, else None."""
+    if clt is not None:
+        return getattr(clt, "dashboards", None)
+    from tl_clt.dashboards.reader import dashboards_for_graph
+
+    try:
+        return dashboards_for_graph(graph, local_only=True)
+    except (OSError, ValueError):
+        return None
+
+
+def _dashboard_card(dashboards, layer: int, feature: int):
+    """The dashboard card of a feature when there are dashboards, else None (never raises)."""
     if dashboards is None:
         return None
     try:
@@ -165,12 +179,16 @@ def view_data(
     *,
     model=None,
     clt=None,
-    node_threshold: float = 0.8,
-    edge_threshold: float = 0.98,
+    node_threshold: float = NODE_THRESHOLD,
+    edge_threshold: float = EDGE_THRESHOLD,
     max_in_edges: int | None = 3,
     top_tokens: int = 5,
 ) -> dict:
-    """Everything the page draws, as plain JSON-able data (nodes with positions and cards, edges)."""
+    """Everything the page draws, as plain JSON-able data (nodes with positions and cards, edges).
+
+    `model` and `clt`: each feature's top `top_tokens` output tokens on its card (and the CLT's
+    dashboards); the thresholds prune `graph` unless it already is; `max_in_edges`: each node's strongest
+    inputs drawn (None: all)."""
     G = as_networkx(graph, node_threshold, edge_threshold)
     if G.number_of_nodes() == 0:
         raise ValueError("The graph has no nodes to show.")
@@ -178,14 +196,15 @@ def view_data(
     xy, centers, _ = node_positions(G, n_layers, n_pos)
     tokens = list(G.graph.get("prompt_tokens") or [])
     cum = _cumulative(G)
+    dashboards = _dashboards(graph, clt)
     nodes, index = [], {}
     for i, (node, d) in enumerate(G.nodes(data=True)):
         kind = d.get("kind") if d.get("kind") in KIND_STYLE else "feature"
         extra = {}
         if kind == "feature" and model is not None and clt is not None and top_tokens:
             extra["top_tokens"] = _top_tokens(model, clt, d["layer"], d["feature"], top_tokens)
-        if kind == "feature" and clt is not None:
-            extra["card"] = _dashboard_card(clt, d["layer"], d["feature"])
+        if kind == "feature" and dashboards is not None:
+            extra["card"] = _dashboard_card(dashboards, d["layer"], d["feature"])
         hover, full = _card(node, d, tokens, cum.get(node), extra)
         index[node] = i
         nodes.append(
@@ -399,35 +418,19 @@ HELP = (
 )
 
 
-def show(
-    graph: AttributionGraph | nx.DiGraph,
-    *,
-    model=None,
-    clt=None,
-    node_threshold: float = 0.8,
-    edge_threshold: float = 0.98,
-    max_in_edges: int | None = 3,
-    top_tokens: int = 5,
-    height: int = 620,
-) -> GraphView:
+def show(graph: AttributionGraph | nx.DiGraph, *, height: int = 620, **options) -> GraphView:
     """Interactive view of `graph` (pruned with the thresholds unless it already is, or a grouped
-    nx.DiGraph). `model` and `clt` add each feature's top output tokens to its card (and the CLT's
-    dashboards, when it has them). Edges drawn: each node's `max_in_edges` strongest inputs (None:
-    all); a click shows all of a node's edges. Returns a GraphView: it displays itself in Jupyter,
+    nx.DiGraph), `height` pixels high. `options` are `view_data`'s: `model` and `clt` add each feature's
+    top output tokens to its card; feature dashboards (`clt.dashboards`, or without `clt` a local
+    `features/` next to the graph's CLT) add their label and top examples; `node_threshold`,
+    `edge_threshold`; edges drawn: each node's `max_in_edges` strongest inputs (None: all; a click shows
+    all of a node's edges); `top_tokens`. Returns a GraphView: it displays itself in Jupyter,
     `.save("graph.html")` writes a standalone page. Needs plotly (`pip install "tl-clt[viz]"`)."""
     try:
         import plotly
     except ImportError as err:
         raise ImportError('graph.show() needs plotly, an optional extra: pip install "tl-clt[viz]".') from err
-    data = view_data(
-        graph,
-        model=model,
-        clt=clt,
-        node_threshold=node_threshold,
-        edge_threshold=edge_threshold,
-        max_in_edges=max_in_edges,
-        top_tokens=top_tokens,
-    )
+    data = view_data(graph, **options)
     data["help"] = html.escape(HELP)
     fig = _figure(data, height)
     script = VIEW_JS % {"bins": json.dumps([lo for lo, _ in EDGE_BINS])}

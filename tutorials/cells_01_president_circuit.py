@@ -223,6 +223,32 @@ for name, members in groups.items():
     (
         "md",
         """
+### What the cards say
+
+The toy world's CLT ships feature dashboards built from its own corpus (`clt.dashboards`, the format
+BluelightAI publishes next to its CLTs): each feature's top activating sentences, sampled activation
+intervals and output tokens. The card of each group's most influential feature, read with
+`graph.feature_card`, shows where it fires and what it says (the label is *top activating tokens → top
+outputs*; each example shows its activation and the context, the token that fired in «»):
+""",
+    ),
+    (
+        "code",
+        """
+def strongest(members):
+    return max(members, key=lambda n: float(influence[graph.feature_index(*map(int, n.split(":")[1:]))]))
+
+for name, members in groups.items():
+    card = graph.feature_card(strongest(members))
+    print(f"{name}: {strongest(members)}  {card.label}")
+    for example in card.top_examples[:2]:
+        print(f"    {example.act:5.2f}  {example.text(72)}")
+results["cards"] = {name: graph.feature_card(strongest(m)).label for name, m in groups.items()}
+""",
+    ),
+    (
+        "md",
+        """
 ## 5. The grouped graph
 
 `group` merges each group into one node whose edges carry its members' summed direct effects.

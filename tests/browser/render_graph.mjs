@@ -1,7 +1,10 @@
 // Open the circuit-tracer frontend in headless Chromium and report what it rendered, as JSON.
 // usage: node render_graph.mjs CONFIG.json
 //   CONFIG: {urls: [...], chromium, nodeModules, timeoutMs, screenshotPrefix}; prints a list of
-//   reports, one per url, each page in a fresh context.
+//   reports, one per url, each page in a fresh context. A url may be an object {url, waitFor (a CSS
+//   selector to wait for instead of the graph's nodes), routes ([[prefix, localBase], ...]: requests
+//   to prefix... are answered by localBase..., request headers such as Range kept), counts / texts
+//   ({name: selector}: how many elements match / their first texts)}.
 // The page's CDN scripts are answered locally: d3 v7 + d3-jetpack (npm d3-jetpack@2.3.0) with two
 // bridges for what the page expects of Anthropic's own jetpack build, dagre@0.8.5, pako@2.1.0;
 // the npy reader and the hot-reload client get empty scripts. Every other outside request is
@@ -58,8 +61,11 @@ const browser = await chromium.launch({
     "--disable-background-networking", "--disable-component-update", "--disable-sync"],
 });
 
-async function render(url, screenshot) {
-  const report = { url, pageErrors: [], consoleErrors: [], failedLocal: [], aborted: [], served: [] };
+async function render(target, screenshot) {
+  const spec = typeof target === "string" ? { url: target } : target;
+  const url = spec.url;
+  const report = { url, pageErrors: [], consoleErrors: [], failedLocal: [], aborted: [], served: [],
+    routed: [] };
   const context = await browser.newContext({ viewport: { width: 1400, height: 1000 } });
   const page = await context.newPage();
   const local = new URL(url).origin;
@@ -67,6 +73,17 @@ async function render(url, screenshot) {
     report.aborted.push(route.request().url());
     return route.abort();
   });
+  for (const [prefix, base] of spec.routes || []) {
+    await page.route((u) => u.href.startsWith(prefix), async (route) => {
+      const req = route.request();
+      const cors = { "access-control-allow-origin": "*", "access-control-allow-headers": "range" };
+      if (req.method() === "OPTIONS") return route.fulfill({ status: 204, headers: cors });
+      const response = await route.fetch({ url: base + req.url().slice(prefix.length) });
+      report.routed.push({ url: req.url(), method: req.method(), range: req.headers()["range"] || null,
+        status: response.status() });
+      return route.fulfill({ response, headers: { ...response.headers(), ...cors } });
+    });
+  }
   await page.route((u) => u.origin !== local && Object.keys(scripts).some(
     (k) => u.href.endsWith(k)), (route) => {
     const key = Object.keys(scripts).find((k) => route.request().url().endsWith(k));
@@ -84,12 +101,17 @@ async function render(url, screenshot) {
   await page.goto(url, { waitUntil: "load" });
   try {
     await page.waitForFunction(
-      () => document.querySelectorAll(".link-graph text.node").length > 0,
-      null, { timeout: config.timeoutMs || 20000 });
+      (sel) => document.querySelectorAll(sel).length > 0,
+      spec.waitFor || ".link-graph text.node", { timeout: config.timeoutMs || 20000 });
   } catch (err) {
     report.waitError = String(err);
   }
   await page.waitForTimeout(500);
+  report.counts = await page.evaluate((q) => Object.fromEntries(Object.entries(q).map(
+    ([k, sel]) => [k, document.querySelectorAll(sel).length])), spec.counts || {});
+  report.texts = await page.evaluate((q) => Object.fromEntries(Object.entries(q).map(
+    ([k, sel]) => [k, [...document.querySelectorAll(sel)].slice(0, 20).map((e) => e.textContent)])),
+    spec.texts || {});
   Object.assign(report, await page.evaluate(() => ({
     title: document.title,
     linkGraphNodes: document.querySelectorAll(".link-graph text.node").length,
@@ -108,9 +130,9 @@ async function render(url, screenshot) {
 
 const reports = [];
 try {
-  for (const [i, url] of config.urls.entries()) {
+  for (const [i, target] of config.urls.entries()) {
     const shot = config.screenshotPrefix ? `${config.screenshotPrefix}${i}.png` : null;
-    reports.push(await render(url, shot));
+    reports.push(await render(target, shot));
   }
 } finally {
   await browser.close();

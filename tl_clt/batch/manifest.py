@@ -17,6 +17,42 @@ from tl_clt import files
 
 DONE, FAILED = "done", "failed"
 
+# A record's fields (one manifest line): INT_FIELDS are whole numbers (absent for a failed prompt).
+INT_FIELDS = (
+    "n_tokens",
+    "n_active_features",
+    "n_feature_rows",
+    "n_pruned_features",
+    "n_pruned_nodes",
+    "n_pruned_edges",
+    "n_logits",
+    "top_token_id",
+    "attempts",
+    "worker_pid",
+)
+FIELDS = frozenset(
+    {
+        "id",
+        "prompt",
+        "status",
+        "error",
+        "traceback",
+        "graph",
+        "json",
+        "features",
+        "worker",
+        "finished_at",
+        "seconds_attribute",
+        "seconds_total",
+        "cpu_seconds",
+        "top_token",
+        "top_probability",
+        "replacement_score",
+        "completeness_score",
+        *INT_FIELDS,
+    }
+)
+
 
 def _clean(value):
     """JSON-safe: NaN/inf -> None (the manifest is strict JSON, so DuckDB and others read it too)."""

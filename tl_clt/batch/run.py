@@ -80,10 +80,10 @@ def attribute_many(
         node_threshold=node_threshold,
         edge_threshold=edge_threshold,
     )
+    _check_sources(model, clt, getattr(engine, "name", engine), dtype, device)  # before Ray is imported
     runner = make_engine(
         engine, workers, address=address, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker
     )
-    _check_sources(model, clt, runner.name, dtype, device)
     items = read_prompts(prompts, column=column, id_column=id_column, split=split)
     run = RunDir(out_dir)
     run.create()

@@ -17,38 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Manifest columns: extra fields of a JSONL row or dataset may not reuse these names.
-RESERVED = frozenset(
-    {
-        "id",
-        "prompt",
-        "status",
-        "error",
-        "traceback",
-        "graph",
-        "json",
-        "features",
-        "attempts",
-        "worker",
-        "worker_pid",
-        "finished_at",
-        "seconds_attribute",
-        "seconds_total",
-        "cpu_seconds",
-        "n_tokens",
-        "n_active_features",
-        "n_feature_rows",
-        "n_pruned_features",
-        "n_pruned_nodes",
-        "n_pruned_edges",
-        "n_logits",
-        "top_token",
-        "top_token_id",
-        "top_probability",
-        "replacement_score",
-        "completeness_score",
-    }
-)
+from tl_clt.batch.manifest import FIELDS
+
 _SAFE_STEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,79}")
 
 
@@ -187,11 +157,11 @@ def _as_id(value, where: str) -> str:
 
 
 def _check_extra(extra: dict, where: str) -> None:
-    clash = sorted(set(extra) & RESERVED)
+    clash = sorted(set(extra) & FIELDS)  # extra fields may not reuse manifest names
     if clash:
         raise ValueError(
             f"{where}: the field(s) {clash} clash with a manifest column of the same name; rename them "
-            f"(reserved: {sorted(RESERVED)})."
+            f"(reserved: {sorted(FIELDS)})."
         )
 
 

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tl_clt.batch.layout import RunDir, write_atomic
-from tl_clt.batch.manifest import DONE, Manifest
+from tl_clt.batch.manifest import DONE, INT_FIELDS, Manifest
 
 FEATURE_SCHEMA = pa.schema(
     [
@@ -48,18 +48,6 @@ FEATURE_SCHEMA = pa.schema(
     ]
 )
 MANIFEST_COLUMNS = ["id", "prompt", "status", "error"]
-INT_COLUMNS = (
-    "n_tokens",
-    "n_active_features",
-    "n_feature_rows",
-    "n_pruned_features",
-    "n_pruned_nodes",
-    "n_pruned_edges",
-    "n_logits",
-    "top_token_id",
-    "attempts",
-    "worker_pid",
-)
 
 
 def feature_table(graph, pruned, prompt_id: str) -> pa.Table:
@@ -120,7 +108,7 @@ def manifest_frame(records: list[dict]):
     for column in MANIFEST_COLUMNS:
         if column not in frame:
             frame[column] = pd.Series(dtype=object)
-    for column in INT_COLUMNS:  # missing for failed prompts: nullable ints, not floats
+    for column in INT_FIELDS:  # missing for failed prompts: nullable ints, not floats
         if column in frame:
             frame[column] = frame[column].astype("Int64")
     return frame

@@ -5,6 +5,7 @@
     tl-clt attribute --model Qwen/Qwen3-1.7B-Base --clt bluelightai/clt-qwen3-1.7b-base-20k \\
         --prompt "The capital of France is" -o graph.json --png graph.png
     tl-clt steer --model ... --clt ... --prompt "..." --set 12:-1:847=0
+    tl-clt dashboards build --model ... --clt ... --texts corpus.txt -o out/features
 
 Progress and messages go to stderr; results (paths written, tables) go to stdout.
 """
@@ -18,8 +19,13 @@ from collections.abc import Callable, Sequence
 from tl_clt.cli.attribute import add_attribute_parser
 from tl_clt.cli.batch import add_batch_parser
 from tl_clt.cli.common import PROG, CLIError
+from tl_clt.cli.dashboards import add_dashboards_parser
 from tl_clt.cli.demo import add_demo_parser
 from tl_clt.cli.steer import add_steer_parser
+from tl_clt.clt import CLTFileChangedError
+
+# what bad input raises (files, arguments, a CLT file changed on disk while in use): one line, exit 1
+INPUT_ERRORS = (OSError, ValueError, IndexError, KeyError, NotImplementedError, CLTFileChangedError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_attribute_parser(commands)
     add_batch_parser(commands)
     add_steer_parser(commands)
+    add_dashboards_parser(commands)
     return parser
 
 
@@ -47,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = func(args)
     except CLIError as err:
         args.parser.error(str(err))  # exits with status 2
-    except (OSError, ValueError, IndexError, KeyError, NotImplementedError) as err:
+    except INPUT_ERRORS as err:
         print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
         return 1
     for line in results or []:

@@ -108,21 +108,17 @@ def add_attribution_arguments(p) -> None:
 
 def add_pruning_arguments(p) -> None:
     """--node-threshold, --edge-threshold."""
+    from tl_clt.influence import EDGE_THRESHOLD, NODE_THRESHOLD
+
     prune = p.add_argument_group("pruning (fractions of influence on the logits, in [0, 1])")
-    prune.add_argument(
-        "--node-threshold",
-        type=unit_interval,
-        default=0.8,
-        metavar="T",
-        help="keep the nodes that carry this share of the influence (default: %(default)s)",
-    )
-    prune.add_argument(
-        "--edge-threshold",
-        type=unit_interval,
-        default=0.98,
-        metavar="T",
-        help="keep the edges that carry this share of the influence (default: %(default)s)",
-    )
+    for what, default in (("node", NODE_THRESHOLD), ("edge", EDGE_THRESHOLD)):
+        prune.add_argument(
+            f"--{what}-threshold",
+            type=unit_interval,
+            default=default,
+            metavar="T",
+            help=f"keep the {what}s that carry this share of the influence (default: %(default)s)",
+        )
 
 
 def attribution_settings(args) -> dict:

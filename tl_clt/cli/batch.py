@@ -118,31 +118,38 @@ def run_batch(args) -> list[Path]:
         raise SystemExit(130) from None
 
 
+# command-line options passed on to `tl_clt.attribute_many` under the same name
+PASSED_ON = [
+    "engine",
+    "workers",
+    "address",
+    "cpus_per_worker",
+    "gpus_per_worker",
+    "node_threshold",
+    "edge_threshold",
+    "scan",
+    "dtype",
+    "device",
+    "column",
+    "id_column",
+    "split",
+    "retry_failed",
+]
+
+
 def _batch(args) -> list[Path]:
     import tl_clt
 
     say(args, f"batch: {args.prompts} -> {args.output} ({args.engine}, {args.workers} worker(s))")
+    same_names = {name: getattr(args, name) for name in PASSED_ON}  # options named as attribute_many's
     tables = tl_clt.attribute_many(
         args.model,
         args.clt,
         args.prompts,
         args.output,
-        engine=args.engine,
-        workers=args.workers,
-        address=args.address,
-        cpus_per_worker=args.cpus_per_worker,
-        gpus_per_worker=args.gpus_per_worker,
+        **same_names,
         **attribution_settings(args),
-        node_threshold=args.node_threshold,
-        edge_threshold=args.edge_threshold,
         save_graphs=not args.no_pt,
-        scan=args.scan,
-        dtype=args.dtype,
-        device=args.device,
-        column=args.column,
-        id_column=args.id_column,
-        split=args.split,
-        retry_failed=args.retry_failed,
         verbose=not args.quiet,
     )
     failed = tables.manifest[tables.manifest["status"] != "done"]

@@ -3,7 +3,8 @@
     python -m tl_clt.toyworld.build --out tl_clt/data/toyworld
 
 writes `model/` (HF folder: config.json, model.safetensors, tokenizer files), `clt/` (BluelightAI
-split format, bf16) and `report.json` (accuracies, FVU/L0, story probabilities, timings). Seeded
+split format, bf16, with the feature dashboards in `clt/features/`, see `tl_clt.toyworld.dashboards`)
+and `report.json` (accuracies, FVU/L0, story probabilities, timings). Seeded
 and single-threaded by default, so a rebuild with the same arguments gives the same files.
 It took 9-10 minutes on one core of a shared 2-core machine (about 6 for the model, 2.5 for
 the CLT).
@@ -21,6 +22,7 @@ import torch
 
 from tl_clt import CrossLayerTranscoder, files, load_qwen3, reconstruction_report
 from tl_clt.toyworld.corpus import FACT_TEMPLATES, first_names, make_corpus, split_facts
+from tl_clt.toyworld.dashboards import build_toyworld_dashboards
 from tl_clt.toyworld.tokenizer import train_tokenizer
 from tl_clt.toyworld.train_clt import collect_activations, export_clt, train_clt
 from tl_clt.toyworld.train_model import fact_accuracy, next_token_probs, save_model, train_model
@@ -86,6 +88,9 @@ def build(
     export_clt(clt, s_in, s_out, out / "clt", MODEL_NAME)
     timings["clt_s"] = round(time.time() - t1)
     loaded = CrossLayerTranscoder.from_pretrained(out / "clt")
+    t2 = time.time()
+    build_toyworld_dashboards(model, loaded, out / "clt" / "features", seed=seed)
+    timings["dashboards_s"] = round(time.time() - t2)
     recon = {p: vars(reconstruction_report(model, loaded, p)) for p in REPORT_PROMPTS}
     for p, r in recon.items():
         print(p, json.dumps(r))
