@@ -1321,6 +1321,18 @@ def case_batch_prompts_missing(c):
     _many(c, c.tmp / "no-such-prompts.txt")
 
 
+def case_dash_engine_one_shot_corpus(c):
+    from tl_clt.dashboards import build_feature_dashboards
+
+    out = c.tmp / "features"
+    try:
+        build_feature_dashboards(
+            str(c.model_dir), str(c.clt_src), iter(["a"]), out, engine="ray", progress=False
+        )
+    finally:
+        assert not out.exists()  # refused before anything is written
+
+
 def _jsonl(c, text: str):
     path = c.tmp / "prompts.jsonl"
     path.write_text(text)

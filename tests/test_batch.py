@@ -13,11 +13,11 @@ import json
 import os
 import signal
 import sys
-import time
 
 import pytest
 import torch
 from conftest import PROMPT
+from ray_helpers import local_ray, wait_gone
 
 import tl_clt
 from tl_clt import AttributionGraph
@@ -378,51 +378,7 @@ def test_loaded_model_is_not_shipped_to_ray(loaded, small_clt_dir, tmp_path):
 
 
 # ------------------------------------------------------------------------ Ray
-def _ray_children() -> list:
-    import psutil
-
-    procs = []
-    for p in psutil.Process().children(recursive=True):
-        try:
-            cmd = " ".join(p.cmdline())
-        except psutil.Error:
-            continue
-        if "ray" in cmd or "raylet" in p.name() or "gcs_server" in p.name():
-            procs.append(p)
-    return procs
-
-
-def _wait_gone(pids, timeout=90.0) -> list[int]:
-    import psutil
-
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        alive = [
-            p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
-        ]
-        if not alive:
-            return []
-        time.sleep(0.2)
-    return alive
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        object_store_memory=100 * 2**20,
-    )
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-        left = _wait_gone([p.pid for p in _ray_children()])
-        assert not left, f"Ray processes left running: {left}"
+ray_cluster = pytest.fixture(scope="module")(local_ray)
 
 
 @pytest.fixture(scope="module")
@@ -447,7 +403,7 @@ def test_ray_two_workers_match_attribute(ray_cluster, model_dir, small_clt_dir, 
     assert m["year"].to_dict() == {r["id"]: r["year"] for r in rows}  # extra fields kept
     pids = set(m["worker_pid"])
     assert len(pids) == 2 and os.getpid() not in pids  # two workers, neither of them this process
-    assert not _wait_gone(pids)  # the engine stopped its workers
+    assert not wait_gone(pids)  # the engine stopped its workers
 
 
 def test_ray_more_workers_than_cpus_is_refused(ray_cluster, model_dir, small_clt_dir, tmp_path):
@@ -517,6 +473,6 @@ def test_ray_ctrl_c_stops_the_workers(ray_engine, model_dir, small_clt_dir, tmp_
             verbose=False,
             on_record=interrupt,
         )
-    assert len(pids) >= 2 and not _wait_gone(pids)  # no worker goes on with a prompt
+    assert len(pids) >= 2 and not wait_gone(pids)  # no worker goes on with a prompt
     assert tl_clt.load_batch(out).manifest["id"].tolist() == [seen[0]["id"]]
     assert not [p for p in (out / "graphs").iterdir() if p.name.startswith(".")]

@@ -159,6 +159,25 @@ class AttributePrompt:
         }
 
 
+def check_sources(model, clt, engine: str, dtype: str | None, device: str | None) -> None:
+    """dtype is a known name; on Ray the model and the CLT are paths / hub ids; dtype and device only
+    with something to load."""
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES} (a name), got {dtype!r}.")
+    for name, obj in (("model", model), ("clt", clt)):
+        is_path = isinstance(obj, (str, os.PathLike))
+        if engine == "ray" and not is_path:
+            raise TypeError(
+                f'engine="ray" loads the {name} in each worker: pass the {name} as a path or hub id (the '
+                f"folder or name you loaded it from), not a loaded {type(obj).__name__}."
+            )
+        if not is_path and (dtype is not None or device is not None):
+            raise ValueError(
+                f"dtype= and device= apply when the {name} is loaded from a path or hub id; this {name} is "
+                "already loaded: convert it yourself, or pass its path."
+            )
+
+
 def source_name(obj) -> str:
     """How the run file names a model or CLT: its path / hub id, or a loaded object's name."""
     if isinstance(obj, (str, os.PathLike)):

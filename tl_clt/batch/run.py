@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 
 from tqdm.auto import tqdm
 
-from tl_clt.batch.attribute_job import DTYPES, AttributeOptions, AttributePrompt, Loader, source_name
+from tl_clt.batch.attribute_job import AttributeOptions, AttributePrompt, Loader, check_sources, source_name
 from tl_clt.batch.engines import TaskResult, make_engine
 from tl_clt.batch.layout import RunDir
 from tl_clt.batch.manifest import DONE, FAILED, Manifest
@@ -80,7 +80,7 @@ def attribute_many(
         node_threshold=node_threshold,
         edge_threshold=edge_threshold,
     )
-    _check_sources(model, clt, getattr(engine, "name", engine), dtype, device)  # before Ray is imported
+    check_sources(model, clt, getattr(engine, "name", engine), dtype, device)  # before Ray is imported
     runner = make_engine(
         engine, workers, address=address, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker
     )
@@ -142,23 +142,6 @@ def _open_run(
     run.remove_temp_files()
     skip = {DONE} if retry_failed else {DONE, FAILED}
     return manifest, [item for item in items if finished.get(item.id, {}).get("status") not in skip]
-
-
-def _check_sources(model, clt, engine, dtype, device) -> None:
-    if dtype is not None and dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES} (a name), got {dtype!r}.")
-    for name, obj in (("model", model), ("clt", clt)):
-        is_path = isinstance(obj, (str, os.PathLike))
-        if engine == "ray" and not is_path:
-            raise TypeError(
-                f'engine="ray" loads the {name} in each worker: pass the {name} as a path or hub id (the '
-                f"folder or name you loaded it from), not a loaded {type(obj).__name__}."
-            )
-        if not is_path and (dtype is not None or device is not None):
-            raise ValueError(
-                f"dtype= and device= apply when the {name} is loaded from a path or hub id; this {name} is "
-                "already loaded: convert it yourself, or pass its path."
-            )
 
 
 def _check_same_prompts(items: list[PromptItem], finished: dict[str, dict], run: RunDir) -> None:

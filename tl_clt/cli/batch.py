@@ -8,10 +8,11 @@ from pathlib import Path
 from tl_clt.cli.attribute import add_attribution_arguments, add_pruning_arguments, attribution_settings
 from tl_clt.cli.common import (
     CLIError,
+    add_engine_arguments,
     add_model_arguments,
     add_running_arguments,
+    check_engine_arguments,
     check_local_path,
-    positive_int,
     quiet_stdout,
     say,
 )
@@ -56,31 +57,7 @@ def add_batch_parser(commands):
     add_attribution_arguments(p)
     add_pruning_arguments(p)
 
-    eng = p.add_argument_group("engine")
-    eng.add_argument(
-        "--engine",
-        choices=("local", "ray"),
-        default="local",
-        help="local: this process, one prompt at a time; ray: Ray workers (default: %(default)s)",
-    )
-    eng.add_argument(
-        "--address", help="Ray cluster to join ('auto', 'ray://host:10001'; default: start one here)"
-    )
-    eng.add_argument("--workers", type=positive_int, default=1, metavar="N", help="Ray workers (default: 1)")
-    eng.add_argument(
-        "--cpus-per-worker",
-        type=positive_int,
-        default=1,
-        metavar="C",
-        help="CPUs per Ray worker (default: 1)",
-    )
-    eng.add_argument(
-        "--gpus-per-worker",
-        type=float,
-        default=0,
-        metavar="G",
-        help="GPUs per Ray worker, e.g. 1 for one worker per GPU (default: 0)",
-    )
+    add_engine_arguments(p, "one prompt at a time")
     add_running_arguments(p)
     p.set_defaults(func=run_batch, parser=p)
     return p
@@ -92,17 +69,7 @@ def _prepare(args) -> None:
     check_local_path(args.clt, "--clt")
     if args.column is None and not Path(args.prompts).is_file():
         raise CLIError(f"PROMPTS {args.prompts}: no such file (for a dataset, name its column with --column)")
-    if args.engine == "local" and (args.workers != 1 or args.address or args.gpus_per_worker):
-        raise CLIError("--workers, --address and --gpus-per-worker need --engine ray")
-    if args.gpus_per_worker < 0:
-        raise CLIError(f"--gpus-per-worker must be >= 0, got {args.gpus_per_worker:g}")
-    if args.engine == "ray":
-        from tl_clt.batch.engines import require_ray
-
-        try:
-            require_ray()
-        except ImportError as err:
-            raise CLIError(str(err)) from None
+    check_engine_arguments(args)
 
 
 def run_batch(args) -> list[Path]:

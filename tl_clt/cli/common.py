@@ -111,6 +111,63 @@ def add_running_arguments(p) -> None:
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bars or messages")
 
 
+def add_engine_arguments(p, what: str):
+    """--engine, --address, --workers, --cpus-per-worker, --gpus-per-worker (see tl_clt.batch.engines);
+    returns their argument group."""
+    eng = p.add_argument_group("engine")
+    eng.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help=f"local: this process, {what}; ray: Ray workers (default: %(default)s)",
+    )
+    eng.add_argument(
+        "--address", help="Ray cluster to join ('auto', 'ray://host:10001'; default: start one here)"
+    )
+    eng.add_argument("--workers", type=positive_int, default=1, metavar="N", help="Ray workers (default: 1)")
+    eng.add_argument(
+        "--cpus-per-worker",
+        type=positive_int,
+        default=1,
+        metavar="C",
+        help="CPUs per Ray worker (default: 1)",
+    )
+    eng.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=0,
+        metavar="G",
+        help="GPUs per Ray worker, e.g. 1 for one worker per GPU (default: 0)",
+    )
+    return eng
+
+
+def check_engine_arguments(args) -> None:
+    """The engine options fit together, and Ray imports when asked for (before any model is loaded)."""
+    if args.engine == "local" and (args.workers != 1 or args.address or args.gpus_per_worker):
+        raise CLIError("--workers, --address and --gpus-per-worker need --engine ray")
+    if args.gpus_per_worker < 0:
+        raise CLIError(f"--gpus-per-worker must be >= 0, got {args.gpus_per_worker:g}")
+    if args.engine == "ray":
+        from tl_clt.batch.engines import require_ray
+
+        try:
+            require_ray()
+        except ImportError as err:
+            raise CLIError(str(err)) from None
+
+
+def engine_options(args) -> dict:
+    """The engine keywords of attribute_many / build_feature_dashboards from the parsed arguments."""
+    return dict(
+        engine=args.engine,
+        workers=args.workers,
+        address=args.address,
+        cpus_per_worker=args.cpus_per_worker,
+        gpus_per_worker=args.gpus_per_worker,
+    )
+
+
 def load(args):
     """(model, clt) from --model/--clt/--dtype/--device, with messages on stderr."""
     import torch

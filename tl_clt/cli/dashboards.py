@@ -1,6 +1,7 @@
 """`tl-clt dashboards`: build feature dashboards from a corpus, or show one feature's card.
 
 tl-clt dashboards build --model M --clt C --texts corpus.txt -o out/features
+tl-clt dashboards build --model M --clt C --texts corpus.txt -o out/features --engine ray --workers 2
 tl-clt dashboards show --clt C 12 847
 """
 
@@ -11,9 +12,12 @@ from pathlib import Path
 from tl_clt import files
 from tl_clt.cli.common import (
     CLIError,
+    add_engine_arguments,
     add_model_arguments,
     add_running_arguments,
+    check_engine_arguments,
     check_local_path,
+    engine_options,
     load,
     positive_int,
     quiet_stdout,
@@ -92,6 +96,13 @@ def _add_build(sub):
         help="seconds between checkpoints (%(default)s)",
     )
     opts.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
+    eng = add_engine_arguments(p, "the corpus in one piece")
+    eng.add_argument(
+        "--shards",
+        type=positive_int,
+        metavar="S",
+        help="with --engine ray: document ranges built on the workers (default: 4 per worker)",
+    )
     add_running_arguments(p)
     p.set_defaults(func=run_build, parser=p)
 
@@ -128,6 +139,9 @@ def run_build(args) -> list[Path]:
     check_local_path(args.clt, "--clt")
     if args.output.exists() and not args.output.is_dir():
         raise CLIError(f"-o {args.output}: a file, not a folder")
+    check_engine_arguments(args)
+    if args.engine == "local" and args.shards is not None:
+        raise CLIError("--shards needs --engine ray")
     return quiet_stdout(args, _build)
 
 
@@ -145,8 +159,12 @@ def _build(args) -> list[Path]:
     except (TypeError, ValueError) as err:
         raise CLIError(str(err)) from None
     texts = _corpus(args)
-    model, clt = load(args)
-    say(args, f"building dashboards into {args.output}")
+    if args.engine == "local":
+        model, clt, running = *load(args), {}
+    else:  # each worker loads them, and this process once the shards are merged
+        model, clt = args.model, args.clt
+        running = dict(dtype=args.dtype, device=args.device, shards=args.shards, **engine_options(args))
+    say(args, f"building dashboards into {args.output} ({args.engine}, {args.workers} worker(s))")
     dash = build_feature_dashboards(
         model,
         clt,
@@ -159,6 +177,7 @@ def _build(args) -> list[Path]:
         checkpoint_every=args.checkpoint_every,
         transcoder_id=args.transcoder_id,
         progress=not args.quiet,
+        **running,
     )
     say(args, f"{dash}")
     return [args.output]

@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -583,55 +582,3 @@ def write_dashboards(
     index = encode_index([entries[layer] for layer in range(state.n_layers)])
     files.write_bytes(out / INDEX_FILE, index, what="dashboards index")
     return out
-
-
-# ------------------------------------------------------------------------ all in one
-def build_feature_dashboards(
-    model,
-    clt,
-    texts: Any,
-    out_dir: str | os.PathLike,
-    *,
-    column: str = "text",
-    max_docs: int | None = None,
-    config: DashboardConfig | None = None,
-    resume: bool = True,
-    checkpoint_every: float = 300.0,
-    transcoder_id: str | None = None,
-    progress: bool = True,
-    **config_kwargs,
-):
-    """Build dashboards of every feature of `clt` from `texts` into `out_dir`; returns FeatureDashboards.
-
-    `texts`: a list of strings, a text file (one document per line; `.jsonl` with `column`), a
-    `datasets.Dataset` and its `column`, or any iterable of strings; `max_docs` documents at most.
-    Options of `DashboardConfig` can be given as keywords (`context_len=64, n_top=20, ...`). The
-    build checkpoints into `out_dir/.checkpoint/` and resumes from it when interrupted
-    (`resume=False` starts over); the checkpoint is removed when the files are written.
-    """
-    from tl_clt.dashboards.reader import FeatureDashboards
-
-    if config is not None and config_kwargs:
-        raise TypeError("Pass either config=DashboardConfig(...) or its fields as keywords, not both.")
-    config = config or DashboardConfig(**config_kwargs)
-    if max_docs is not None and (isinstance(max_docs, bool) or not isinstance(max_docs, int) or max_docs < 1):
-        raise ValueError(f"max_docs must be None or an int >= 1, got {max_docs!r}.")
-    out = files.check_output_folder(out_dir, what="dashboards folder")
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = out / CHECKPOINT_DIR
-    ckpt_dir.mkdir(exist_ok=True)
-    corpus = open_corpus(texts, column)
-    state = build_state(
-        model,
-        clt,
-        corpus,
-        config,
-        stop=max_docs,
-        checkpoint=ckpt_dir / "state.safetensors",
-        checkpoint_every=checkpoint_every,
-        resume=resume,
-        progress=progress,
-    )
-    write_dashboards(state, model, clt, corpus, out, transcoder_id=transcoder_id, progress=progress)
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
-    return FeatureDashboards.from_pretrained(out)
