@@ -67,3 +67,22 @@ def test_demo_refuses_a_file_as_output_folder(tmp_path):
     with pytest.raises(SystemExit) as info:
         main(["demo", "-o", str(tmp_path / "f"), "-q"])
     assert info.value.code == 2
+
+
+def test_demo_prints_the_proposed_groups(tmp_path, capsys):
+    """With this version's own propose_supernodes: the groups it proposes on the pruned graph are printed,
+    each with its size, and drawn as the circuit."""
+    assert main(["demo", "-o", str(tmp_path), "-q"]) == 0
+    out = capsys.readouterr().out
+    from tl_clt.toyworld import load_toyworld
+
+    model, clt = load_toyworld()
+    prompt = "Fact: The president of the United States in 2010 was"
+    pruned = tl_clt.attribute(model, clt, prompt, verbose=False).prune(0.8, 0.98)
+    proposals = tl_clt.propose_supernodes(pruned, model=model, clt=clt)
+    assert "groups (tl_clt.propose_supernodes):" in out and "year ~2010" in proposals
+    printed = dict(members_of(out))
+    assert set(printed) == set(proposals)
+    for name, members in proposals.items():
+        assert printed[name].startswith(f"{len(members)} nodes, e.g. {members[0]}")
+    assert (tmp_path / "circuit.png").read_bytes()[:4] == b"\x89PNG"

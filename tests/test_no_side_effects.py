@@ -177,6 +177,13 @@ CALLS = {
     "to_tokens": ("to_tokens", False, lambda m, c: tl_clt.to_tokens(m, PROMPT)),
     "sites_for": ("sites_for", False, lambda m, c: tl_clt.sites_for(m)),
     "preserve": ("preserve", True, lambda m, c: _preserve_body(m)),
+    "propose_supernodes": (
+        "propose_supernodes",
+        False,
+        lambda m, c: tl_clt.propose_supernodes(
+            tl_clt.attribute(m, c, PROMPT, verbose=False).prune(), model=m, clt=c
+        ),
+    ),
     "build_feature_dashboards": (
         "build_feature_dashboards",
         True,

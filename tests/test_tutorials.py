@@ -23,6 +23,7 @@ from test_steering import RawCLT, reference_steer
 
 import tl_clt
 from tl_clt.toyworld import load_toyworld, toyworld_paths
+from tl_clt.toyworld.corpus import HOLDERS
 
 TUTORIALS = Path(__file__).resolve().parents[1] / "tutorials"
 PRESIDENTS_60S_80S = [" Lyndon", " Richard", " Gerald", " Jimmy", " Ronald"]
@@ -223,6 +224,19 @@ def test_steering_events_down_moves_away_from_barack(president, judge, effects):
     assert steered["p_presidents"] > 0.5  # still a president, of another era
 
 
+def test_proposed_year_and_president_groups_have_the_story_effects(president, judge):
+    """The reading's claim about the proposals, recomputed with the Judge's steering."""
+    ns = president[0]
+    assert ns["results"]["proposed_effects"]["Year ~2010"] and ns["results"]["proposed_effects"]["President"]
+    base = judge.summary(judge.logits(PROMPT))
+    year = judge.summary(judge.steer(PROMPT, ns["proposed"]["Year ~2010"], 0.0))
+    assert year["top"] in PRESIDENTS_60S_80S and year["p_barack"] < 0.1 * base["p_barack"]
+    office = judge.summary(judge.steer(PROMPT, ns["proposed"]["President"], -1.0))
+    assert office["p_filler"] > 5 * base["p_filler"] and office["p_presidents"] < 0.5 * base["p_presidents"]
+    for name in ("President", "Year ~2010", "Say a political figure"):
+        assert ns["results"]["proposed"][name]["jaccard"] > 0.3
+
+
 def test_the_notebook_printed_what_was_measured(president, effects):
     results = president[0]["results"]
     for name, by_change in effects.items():
@@ -275,3 +289,44 @@ def test_with_your_own_hooks(tmp_path, judge):
     assert ns["results"]["feature_patch_moved"] == pytest.approx(moved, abs=1e-3)
     assert ns["results"]["feature_patch_prediction"] == prediction
     assert "Traceback" not in printed
+
+
+# ------------------------------------------------------------------------ tutorial 03
+CANADA = "Fact: The prime minister of Canada in 1985 was"
+CANADIAN_PMS = sorted(  # first names of the corpus' Canadian prime ministers
+    {" " + n.split()[0] for key, table in HOLDERS.items() if key[:2] == ("prime minister", "Canada")
+     for n in table.values() if n}
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def second(tmp_path_factory):
+    return execute_in_process("03_second_prompt", tmp_path_factory.mktemp("t03"))
+
+
+def test_second_prompt_numbers_are_what_an_independent_steering_measures(second, judge):
+    ns, printed = second
+    results = ns["results"]
+    a, b = judge.ids([" Brian", " Pierre"])
+    clean = judge.logits(CANADA)
+    assert judge.model.tokenizer.decode(clean[-1].argmax()) == " Brian" == results["top"]
+    assert results["diff"] == pytest.approx(float(clean[-1, a] - clean[-1, b]), abs=1e-3)
+    assert results["target"] == ["logit_diff( Brian,  Pierre)"]
+    assert set(results["groups"]) == set(ns["proposals"]) and len(results["groups"]) >= 3
+    for name, r in results["groups"].items():
+        for label, factor in (("ablate", 0.0), ("x-1", -1.0)):
+            steered = judge.steer(CANADA, r["members"], factor)
+            assert r[label]["diff"] == pytest.approx(float(steered[-1, a] - steered[-1, b]), abs=2e-3), name
+            assert r[label]["top"] == judge.model.tokenizer.decode(steered[-1].argmax()), name
+    assert "Traceback" not in printed
+
+
+def test_second_prompt_reading_is_true(second):
+    """The claims of the notebook's reading, checked on its own (independently verified) numbers."""
+    results = second[0]["results"]
+    groups = results["groups"]
+    assert groups["say a name"]["ablate"]["diff"] < 0.5 * results["diff"]
+    year = next(v for k, v in groups.items() if k.startswith("year ~1985"))
+    assert year["x-1"]["diff"] < 0 and year["x-1"]["top"] in CANADIAN_PMS and year["x-1"]["top"] != " Brian"
+    assert groups["prime"]["x-1"]["top"] not in CANADIAN_PMS
+    assert not all(results["effects"].values())

@@ -15,6 +15,7 @@ from tl_clt.loading import load_qwen3
 from tl_clt.nodes import Node, from_json_id, node_id, parse_node, to_json_id
 from tl_clt.plot import plot_graph
 from tl_clt.prompts import to_tokens
+from tl_clt.proposals import SupernodeInfo, SupernodeProposals, propose_supernodes
 from tl_clt.replacement import (
     ReconstructionReport,
     feature_activations,
@@ -50,6 +51,8 @@ __all__ = [
     "Intervention",
     "PredictionTable",
     "ReconstructionReport",
+    "SupernodeInfo",
+    "SupernodeProposals",
     "TokenScore",
     "ablate",
     "attribute",
@@ -73,6 +76,7 @@ __all__ = [
     "plot_circuit",
     "plot_graph",
     "prediction_table",
+    "propose_supernodes",
     "preserve",
     "reconstruction_report",
     "recurring_features",

@@ -11,7 +11,8 @@ traced it with their CLTs and found four groups of features whose paths lead to 
 *Year ~2010*, *Say a political figure* and *Events ~2010* — and showed that ablating or steering a group
 changes the prediction the way the story predicts. This notebook does the whole analysis with tl_clt:
 
-1. the prediction; 2. the attribution graph; 3. the pruned graph; 4. candidate groups; 5. the grouped graph;
+1. the prediction; 2. the attribution graph; 3. the pruned graph; 4. groups proposed by
+`tl_clt.propose_supernodes` (no hand-written recipe); 5. the grouped graph;
 6. ablation and steering experiments with before/after tables; 7. a short reading.
 
 It runs on the **toy world** shipped with tl_clt: a 4-layer Qwen3 trained on dated facts about office
@@ -126,19 +127,50 @@ fig
     (
         "md",
         """
-## 4. Candidate groups
+## 4. Proposed groups
 
-No feature dashboard is needed to find the groups; three questions do it:
+`propose_supernodes` groups the feature nodes of the pruned graph without a recipe (docs/supernodes.md):
+a feature on a word of the prompt joins that word's group (*year ~2010* for the year's digits); a feature
+on the last word joins *say a name* when its top output tokens are mostly names, else the group of the
+word that feeds it most through the graph's paths (*era ~2010* when that is the year, *president* when it
+is the office). `story_roles` reads off which proposals play the seed's four parts, from their names and
+kinds alone.
+""",
+    ),
+    (
+        "code",
+        """
+from tl_clt.toyworld.story import SEED, story_effects, story_roles
+
+proposals = tl_clt.propose_supernodes(pruned, model=model, clt=clt)
+print(proposals.table())
+print("signals used:", proposals.signals["signals"])
+roles = story_roles(proposals, SEED)
+SEED_NAMES = {"office": "President", "year": "Year ~2010", "say a name": "Say a political figure",
+              "era": "Events ~2010"}
+proposed = {SEED_NAMES[role]: sorted(members) for role, members in roles.items() if members}
+for role, members in roles.items():
+    found = [n for n in proposals if set(proposals[n]) <= set(members)]
+    print(f"{SEED_NAMES[role]:24s} <- {found} ({len(members)} features)")
+""",
+    ),
+    (
+        "md",
+        """
+**Checking the proposals.** The seed's groups can also be found by hand, with three questions:
 - **Which features need the office?** `contrast_features` against the same prompt with "weather" in place
   of "president" (features that lose at least half their activation).
 - **Which features need the year?** The same against "... in 1985 was".
 - **What does a feature say?** `feature_output_tokens` reads its decoder through the unembedding.
 
-Keeping the features with some influence on the logit, the four groups are:
+Keeping the features with some influence on the logit, this recipe gives:
 - *Year ~2010*: year-dependent features on the year's digits;
 - *Say a political figure*: office-dependent features at the last position whose outputs are names;
 - *Events ~2010*: features at or after the year that need both the office and the year;
 - *President*: the remaining office-dependent features (they do not care about the year).
+
+The recipe's groups are what the experiments below use (the tests judge them); the proposals are compared
+with them here and steered themselves at the end of section 6.
 """,
     ),
     (
@@ -176,6 +208,19 @@ results["groups"] = {k: len(v) for k, v in groups.items()}
 """,
     ),
     (
+        "code",
+        """
+kept = set(G.nodes)
+results["proposed"] = {}
+for name, members in groups.items():
+    mine, theirs = set(proposed.get(name, [])), {n for n in members if n in kept}
+    overlap = len(mine & theirs) / max(1, len(mine | theirs))
+    results["proposed"][name] = {"proposed": len(mine), "recipe_in_pruned": len(theirs), "jaccard": overlap}
+    print(f"{name:24s} proposed {len(mine):3d}, recipe {len(theirs):3d} (in the pruned graph), "
+          f"shared {len(mine & theirs):3d}, Jaccard {overlap:.2f}")
+""",
+    ),
+    (
         "md",
         """
 ### What the cards say
@@ -206,8 +251,7 @@ results["cards"] = {name: graph.feature_card(strongest(m)).label for name, m in 
         """
 ## 5. The grouped graph
 
-`group` merges each group into one node whose edges carry its members' summed direct effects. Groups are
-taken on the pruned graph (members that survived pruning).
+`group` merges each group into one node whose edges carry its members' summed direct effects.
 """,
     ),
     (
@@ -281,6 +325,26 @@ for name in ("Year ~2010", "Events ~2010"):
     (
         "md",
         """
+The proposed groups steered the way the story says (`story_effects`: the year group ablated, the others
+times -1), with the outcome each should have: another US president for the year and era groups; filler
+words up and names down for the office and name groups.
+""",
+    ),
+    (
+        "code",
+        """
+story = story_effects(model, clt, SEED, graph, roles)
+results["proposed_effects"] = {}
+for role, e in story.effects.items():
+    results["proposed_effects"][SEED_NAMES[role]] = e.holds
+    print(f"{SEED_NAMES[role]:24s} x{e.factor:+.0f}: {e.top_before!r} -> {e.top_after!r}  "
+          f"p(names) {e.p_names[0]:.2f} -> {e.p_names[1]:.2f}  p(filler) {e.p_filler[0]:.2f} -> "
+          f"{e.p_filler[1]:.2f}  {'holds' if e.holds else 'does not hold'}")
+""",
+    ),
+    (
+        "md",
+        """
 ## 7. Reading
 
 - **Year ~2010** carries the era. Ablating it, the model still names a US president but one of another era
@@ -292,6 +356,10 @@ for name in ("Year ~2010", "Events ~2010"):
   read mostly from the year digits and from the name-saying features, so steering it moves probability
   away from " Barack" but less than the year group does.
 - Like the real model, the toy world barely needs "the United States": "president" alone means the US one.
+- **The proposals** (section 4) find the same four parts without a recipe, sharing about half their features
+  with the recipe's groups. Their *year* and *president* groups have the story's effects (section 6, last
+  table); their *say a name* group removes the names but leaves digits and " in" on top rather than corpus
+  filler, and their *era* group is small: on this toy world the era sits mostly in the name-saying features.
 """,
     ),
     (

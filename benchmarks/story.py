@@ -1,0 +1,128 @@
+"""The seed's story on prompts the tutorial never saw: automatic supernodes, measured on the toy world.
+
+    PYTHONPATH=$PWD python benchmarks/story.py [--per-key 3] [--json out.json]
+
+For the seed's prompt and every held-out prompt (`tl_clt.toyworld.story.held_out_prompts`): check
+the model answers right, attribute, prune (0.8, 0.98), `propose_supernodes`, find the groups that
+play the seed's four roles by their names, steer each with attention frozen and check its effect
+(year ablated / era steered down -> another holder of the office; office / "say a name" steered
+down -> filler). Prints one row per prompt and role, the fraction of prompts where every effect
+holds, and the purity of the proposed groups against the corpus-defined feature labels
+(`tl_clt.toyworld.labels`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import Counter
+
+import torch
+from tqdm import tqdm
+
+import tl_clt
+from tl_clt.toyworld import load_toyworld
+from tl_clt.toyworld.labels import feature_labels
+from tl_clt.toyworld.story import ROLES, SEED, held_out_prompts, story_effects, story_roles
+
+EXPECTED_LABEL = {"year": "year", "era": "era", "say a name": "office", "office": "office"}
+
+
+def purity(members: list[str], labels) -> tuple[str, float, Counter]:
+    """(majority label, its share, label counts) of a group."""
+    counts = Counter(labels[m] for m in members)
+    label, n = counts.most_common(1)[0]
+    return label, n / len(members), counts
+
+
+def run_prompt(model, clt, sp, labels) -> dict:
+    t0 = time.time()
+    graph = tl_clt.attribute(model, clt, sp.prompt, verbose=False)
+    pruned = graph.prune(0.8, 0.98)
+    proposals = tl_clt.propose_supernodes(pruned, model=model, clt=clt)
+    roles = story_roles(proposals, sp)
+    result = story_effects(model, clt, sp, graph, roles)
+    groups = {}
+    for name, members in proposals.items():
+        label, share, counts = purity(members, labels)
+        groups[name] = dict(kind=proposals.info[name].kind, n=len(members), majority=label, purity=share,
+                            labels=dict(counts))  # fmt: skip
+    role_purity = {}
+    for role, members in roles.items():
+        if members:
+            role_purity[role] = sum(labels[m] == EXPECTED_LABEL[role] for m in members) / len(members)
+    return dict(
+        prompt=sp.prompt,
+        answer=sp.answer,
+        top=result.top,
+        answered=result.answered,
+        holds=result.holds,
+        effects={r: vars(e) for r, e in result.effects.items()},
+        missing=[r for r in ROLES if r not in result.effects],
+        groups=groups,
+        role_purity=role_purity,
+        seconds=round(time.time() - t0, 1),
+    )
+
+
+def report(rows: list[dict]) -> None:
+    print(f"\n{'prompt':58s} {'role':10s} {'n':>3s} {'x':>4s}  {'top before -> after':26s} "
+          f"{'p(names)':>15s} {'p(filler)':>15s} holds")  # fmt: skip
+    for r in rows:
+        for role in ROLES:
+            e = r["effects"].get(role)
+            if e is None:
+                print(f"{r['prompt'][:58]:58s} {role:10s}  -- no group proposed")
+                continue
+            change = f"{e['top_before']!r} -> {e['top_after']!r}"
+            print(
+                f"{r['prompt'][:58]:58s} {role:10s} {e['n_features']:3d} {e['factor']:+4.0f}  {change:26s} "
+                f"{e['p_names'][0]:.2f} -> {e['p_names'][1]:.2f}   "
+                f"{e['p_filler'][0]:.2f} -> {e['p_filler'][1]:.2f}   {'yes' if e['holds'] else 'NO'}"
+            )
+    held = [r for r in rows[1:]]
+    print(f"\nseed prompt: every effect holds: {rows[0]['holds']}")
+    print(f"held-out prompts: answered right {sum(r['answered'] for r in held)}/{len(held)}, "
+          f"every effect holds {sum(r['holds'] for r in held)}/{len(held)}")  # fmt: skip
+    for role in ROLES:
+        ok = [r["effects"][role]["holds"] for r in held if role in r["effects"]]
+        print(f"  {role:10s}: group proposed {len(ok)}/{len(held)}, effect holds {sum(ok)}/{len(held)}")
+    print("\npurity (share of a role's features whose corpus label is the expected one), mean over prompts:")
+    for role in ROLES:
+        vals = [r["role_purity"][role] for r in rows if role in r["role_purity"]]
+        if vals:
+            mean = sum(vals) / len(vals)
+            print(f"  {role:10s} (expected {EXPECTED_LABEL[role]!r}): {mean:.2f} over {len(vals)} prompts")
+    n = sum(g["n"] for r in rows for g in r["groups"].values())
+    maj = sum(g["n"] * g["purity"] for r in rows for g in r["groups"].values())
+    print(
+        f"  all proposed groups, majority-label purity (member-weighted): {maj / max(1, n):.2f} "
+        f"over {n} features"
+    )
+    strict = [
+        r["effects"][k]["top_is_filler"] for r in held for k in ("office", "say a name") if k in r["effects"]
+    ]
+    print(f"\nstricter reading (a filler word on top) for office / say a name: {sum(strict)}/{len(strict)}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--per-key", type=int, default=3)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    torch.set_grad_enabled(False)
+    model, clt = load_toyworld()
+    t0 = time.time()
+    labels = feature_labels(model, clt)
+    print(f"feature labels from the corpus ({time.time() - t0:.0f} s): {labels.counts()}")
+    prompts = [SEED] + held_out_prompts(args.per_key)
+    rows = [run_prompt(model, clt, sp, labels) for sp in tqdm(prompts, desc="prompts")]
+    report(rows)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

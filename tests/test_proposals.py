@@ -1,0 +1,278 @@
+"""propose_supernodes: its signals against brute force / independent code, planted groups are found,
+the result is deterministic and goes straight into group() and the JSON export."""
+
+from __future__ import annotations
+
+import itertools
+
+import networkx as nx
+import pytest
+import torch
+from graph_factory import make_graph
+
+import tl_clt
+from tl_clt import AttributionGraph
+from tl_clt.proposals import _graph_arrays, _reads, decoder_directions, logit_readout, word_spans
+from tl_clt.toyworld import load_toyworld
+
+QWEN_TOKENS = [
+    "<|endoftext|>",
+    "Fact",
+    ":",
+    " The",
+    " president",
+    " of",
+    " in",
+    " ",
+    "2",
+    "0",
+    "1",
+    "0",
+    " was",
+]
+
+
+def test_word_spans_keep_numbers_and_word_pieces_together():
+    spans = word_spans(QWEN_TOKENS)
+    words = {}
+    for tok, s in zip(QWEN_TOKENS, spans):
+        words[s] = words.get(s, "") + tok
+    assert list(words.values()) == [
+        "<|endoftext|>",
+        "Fact",
+        ":",
+        " The",
+        " president",
+        " of",
+        " in",
+        " 2010",
+        " was",
+    ]
+    assert word_spans(["<|endoftext|>", " Gaul", "le", "!", " x"]) == [0, 1, 1, 2, 3]
+
+
+def brute_force_reads(graph: AttributionGraph, G: nx.DiGraph, feature: str) -> dict[int, float]:
+    """Sum over every path token -> f1 -> ... -> feature of the token's edge times, for each later
+    edge, its weight per unit of its source's activation; then scaled to unit L1 norm."""
+    out: dict[int, float] = {}
+    for t, d in G.nodes(data=True):
+        if d["kind"] != "token" or d["pos"] == 0:
+            continue
+        for path in nx.all_simple_paths(G, t, feature):
+            if any(G.nodes[n]["kind"] != "feature" for n in path[1:]):
+                continue
+            prod = G.edges[path[0], path[1]]["weight"]
+            for u, v in itertools.pairwise(path[1:]):
+                prod *= G.edges[u, v]["weight"] / G.nodes[u]["activation"]
+            out[d["pos"]] = out.get(d["pos"], 0.0) + prod
+    total = sum(abs(v) for v in out.values())
+    return {p: v / total for p, v in out.items()}
+
+
+def test_reads_are_signed_path_sums_over_the_pruned_graph():
+    keys = [(0, 1, 3), (0, 2, 5), (1, 2, 7), (1, 3, 2), (2, 3, 9), (2, 4, 1)]
+    graph = make_graph(keys, n_layers=3, n_pos=5, density=0.8).prune(0.95, 0.99)
+    G = graph.to_networkx()
+    nodes = _graph_arrays(G)
+    reads = _reads(graph, nodes, list(range(graph.n_pos)))  # one token per word
+    checked = 0
+    for row, i in enumerate(nodes.features):
+        expected = brute_force_reads(graph, G, nodes.ids[i])
+        got = {p: float(reads[row, p]) for p in range(1, graph.n_pos) if reads[row, p] != 0}
+        assert got.keys() == {p for p, v in expected.items() if v != 0}
+        assert all(abs(got[p] - expected[p]) < 1e-5 for p in got)
+        checked += len(got) > 0 and any(G.nodes[u]["kind"] == "feature" for u in G.predecessors(nodes.ids[i]))
+    assert checked >= 2  # features reached through other features, not only directly
+
+
+def planted_graph() -> tuple[AttributionGraph, list[str], list[str]]:
+    """Two families of features: A (layer 0/1, position 2) reads token 1 and pushes logit 0; B
+    (layer 0/1, position 4) reads token 3 and pushes logit 1. Each family also feeds itself."""
+    n_layers, n_pos, n_logits = 2, 5, 2
+    keys = [(0, 2, 0), (0, 2, 1), (1, 2, 2), (0, 4, 3), (0, 4, 4), (1, 4, 5)]
+    n_f = len(keys)
+    n = n_f + (n_layers + 1) * n_pos + n_logits
+    tok = n_f + n_layers * n_pos
+    A = torch.zeros(n, n)
+    for i, (layer, pos, _) in enumerate(keys):
+        A[i, tok + (1 if pos == 2 else 3)] = 1.0 + 0.1 * i
+        if layer == 1:
+            A[i, [j for j, k in enumerate(keys) if k[1] == pos and k[0] == 0]] = 0.5
+        A[n - n_logits + (0 if pos == 2 else 1), i] = 1.0 + 0.05 * i
+    graph = AttributionGraph(
+        tokens=torch.arange(100, 105),
+        token_strs=["<|endoftext|>", " alpha", " of", " beta", " was"],
+        active_features=torch.tensor(keys),
+        activation_values=torch.ones(n_f),
+        selected_features=torch.arange(n_f),
+        logit_tokens=torch.tensor([200, 201]),
+        logit_probabilities=torch.tensor([0.6, 0.4]),
+        logit_token_strs=[" X", " Y"],
+        adjacency=A,
+        n_layers=n_layers,
+    )
+    ids = [f"F:{la}:{p}:{f}" for la, p, f in keys]
+    return graph.prune(1.0, 1.0), ids[:3], ids[3:]
+
+
+def test_planted_groups_are_found_and_named_from_their_members():
+    pruned, fam_a, fam_b = planted_graph()
+    props = tl_clt.propose_supernodes(pruned, min_influence=0.0)
+    assert sorted(sorted(m) for m in props.values()) == sorted([sorted(fam_a), sorted(fam_b)])
+    by_members = {tuple(sorted(m)): name for name, m in props.items()}
+    # family A sits on " of" (not the last word): named after it
+    info_a = props.info[by_members[tuple(sorted(fam_a))]]
+    assert info_a.name == "of" and info_a.kind == "word"
+    assert info_a.sits == [" of"] and info_a.reads[0][0] == " alpha" and info_a.says[0] == " X"
+    # family B sits on the last word, says " Y" (not a name) and reads " beta" most: named after " beta"
+    info_b = props.info[by_members[tuple(sorted(fam_b))]]
+    assert info_b.name == "beta" and info_b.reads[0][0] == " beta" and info_b.sits == [" was"]
+    assert props.signals["signals"] == ["sits", "reads", "says"]
+
+
+def test_labels_describe_groups_without_changing_them():
+    pruned, fam_a, fam_b = planted_graph()
+    plain = tl_clt.propose_supernodes(pruned, min_influence=0.0)
+    labels = {
+        (la, f): ("capital cities" if f < 3 else "colours") for la, _, f in pruned.feature_keys.tolist()
+    }
+    labelled = tl_clt.propose_supernodes(pruned, labels=labels, min_influence=0.0)
+    assert dict(labelled) == dict(plain) and "labels" in labelled.signals["signals"]
+    by_members = {tuple(sorted(m)): name for name, m in labelled.items()}
+    assert labelled.info[by_members[tuple(sorted(fam_a))]].label == "capital cities"
+    assert labelled.info[by_members[tuple(sorted(fam_b))]].label == "colours"
+    # a callable works the same, and missing labels are skipped
+    called = tl_clt.propose_supernodes(pruned, labels=lambda la, f: labels.get((la, f)) if f else None,
+                                       min_influence=0.0)  # fmt: skip
+    assert called.info[by_members[tuple(sorted(fam_a))]].label == "capital cities"
+
+
+def test_a_dashboards_attribute_on_the_clt_gives_labels():
+    """`clt.dashboards[layer, feature]` cards (as #10 attaches them) are read for labels."""
+    pruned, fam_a, _ = planted_graph()
+
+    class Card:
+        def __init__(self, f):
+            self.label = "first family" if f < 3 else None
+            self.top_logits = [" x", " y"]
+
+    class Dashboards:
+        def __getitem__(self, key):
+            return Card(key[1])
+
+    class FakeCLT:
+        dashboards = Dashboards()
+
+    from tl_clt.proposals import _feature_labels
+
+    keys = [(la, f) for la, _, f in pruned.feature_keys.tolist()]
+    text = _feature_labels(FakeCLT(), keys, None)
+    assert text == ["first family" if f < 3 else " x  y" for _, f in keys]
+
+
+@pytest.fixture(scope="module")
+def toy():
+    model, clt = load_toyworld()
+    graph = tl_clt.attribute(
+        model, clt, "Fact: The president of the United States in 2010 was", verbose=False
+    )
+    return model, clt, graph, graph.prune(0.8, 0.98)
+
+
+def test_says_is_the_unembedded_decoder(toy):
+    model, clt, _, pruned = toy
+    keys = [tuple(k) for k in pruned.feature_keys[:5].tolist()]
+    says = decoder_directions(clt, [(la, f) for la, _, f in keys]) @ logit_readout(model)
+    for (layer, _, feature), row in zip(keys, says):
+        top = [t.token_id for t in tl_clt.feature_output_tokens(model, clt, layer, feature, k=5)]
+        assert row.topk(5).indices.tolist() == top
+
+
+def path_sums(G: nx.DiGraph) -> dict[str, dict[int, float]]:
+    """For every feature node, the sum over all paths token -> features -> it (dynamic programming in
+    topological order): the token's edge times each later edge per unit of its source's activation."""
+    out: dict[str, dict[int, float]] = {}
+    for v in nx.topological_sort(G):
+        if G.nodes[v]["kind"] != "feature":
+            continue
+        acc: dict[int, float] = {}
+        for u, _, w in G.in_edges(v, data="weight"):
+            kind = G.nodes[u]["kind"]
+            if kind == "token" and G.nodes[u]["pos"] > 0:
+                acc[G.nodes[u]["pos"]] = acc.get(G.nodes[u]["pos"], 0.0) + w
+            elif kind == "feature":
+                for pos, c in out[u].items():
+                    acc[pos] = acc.get(pos, 0.0) + w / G.nodes[u]["activation"] * c
+        out[v] = acc
+    return out
+
+
+def test_toy_groups_follow_the_rule_recomputed_independently(toy):
+    """Every member of every proposed group on the seed's prompt is where the documented rule puts it,
+    with what it says read by `feature_output_tokens` and what it reads summed over the graph's paths
+    here (dynamic programming, not the matrix solve of the module)."""
+    model, clt, graph, pruned = toy
+    props = tl_clt.propose_supernodes(pruned, model=model, clt=clt)
+    G = pruned.to_networkx()
+    reads = path_sums(G)
+    spans = word_spans(list(graph.token_strs))
+    words = {}
+    for tok, w in zip(graph.token_strs, spans):
+        words[w] = words.get(w, "") + tok
+    last = max(spans)
+    checked = set()
+    for name, members in props.items():
+        for node in members:
+            layer, pos, feature = map(int, node.split(":")[1:])
+            if spans[pos] != last:
+                word = words[spans[pos]].strip()
+                assert name.split(" #")[0] == (f"year ~{word}" if word.isdigit() else word), node
+                checked.add("sits")
+                continue
+            top = [t.token for t in tl_clt.feature_output_tokens(model, clt, layer, feature, k=8)]
+            n_names = sum(t.startswith(" ") and t[1:2].isupper() and t[2:3].islower() for t in top)
+            if n_names >= 4:
+                assert name == "say a name", (node, top)
+                checked.add("says")
+                continue
+            by_word: dict[int, float] = {}
+            for p, c in reads[node].items():
+                if spans[p] != last:
+                    by_word[spans[p]] = by_word.get(spans[p], 0.0) + c
+            best = max(by_word, key=by_word.get)
+            word = words[best].strip()
+            assert name.split(" #")[0] == (f"era ~{word}" if word.isdigit() else word), (node, by_word)
+            checked.add("reads")
+    assert checked == {"sits", "says", "reads"}
+    assert {"year ~2010", "say a name", "president", "era ~2010"} <= set(props)
+
+
+def test_proposals_are_deterministic_disjoint_and_usable(toy, tmp_path):
+    model, clt, graph, pruned = toy
+    a = tl_clt.propose_supernodes(pruned, model=model, clt=clt)
+    b = tl_clt.propose_supernodes(pruned, model=model, clt=clt)
+    assert dict(a) == dict(b) and list(a) == list(b)
+    members = [m for v in a.values() for m in v]
+    assert len(members) == len(set(members)) > 0
+    G = pruned.to_networkx()
+    assert all(G.nodes[m]["kind"] == "feature" for m in members)
+    H = pruned.group(a)
+    assert all(H.nodes[name]["kind"] == "supernode" for name in a)
+    path = graph.to_json(tmp_path / "g.json", slug="story", supernodes=a)
+    tl_clt.validate_graph_json(path)
+    # an unpruned graph is pruned with the defaults first
+    assert dict(tl_clt.propose_supernodes(graph, model=model, clt=clt)) == dict(a)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "excerpt"),
+    [
+        (dict(name_share=0.0), ValueError, "name_share"),
+        (dict(top_k=0), ValueError, "top_k"),
+        (dict(model=object()), ValueError, "Give both model= and clt="),
+    ],
+)
+def test_bad_arguments(kwargs, error, excerpt):
+    pruned, _, _ = planted_graph()
+    with pytest.raises(error, match=excerpt):
+        tl_clt.propose_supernodes(pruned, **kwargs)

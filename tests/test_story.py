@@ -1,0 +1,101 @@
+"""The story measurement (`tl_clt.toyworld.story`, used by benchmarks/story.py and tutorial 01): its
+held-out prompts are held out, its roles come from the proposals' names, and the effects it reports are
+what an independent steering computation (tests/test_tutorials.py's Judge: raw safetensors tensors and
+plain TransformerLens hooks) measures. On the seed's prompt the year and office effects hold; the
+held-out fractions are measured by the benchmark, not asserted here.
+"""
+
+from __future__ import annotations
+
+import pytest
+from test_tutorials import Judge
+
+import tl_clt
+from tl_clt.toyworld import load_toyworld
+from tl_clt.toyworld.corpus import FACT_TEMPLATES, fact_sentences, first_names, make_corpus
+from tl_clt.toyworld.labels import _fill, _roles
+from tl_clt.toyworld.story import (
+    FILLER_WORDS,
+    SEED,
+    STEERING,
+    held_out_prompts,
+    story_effects,
+    story_roles,
+    token_ids,
+)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return load_toyworld()
+
+
+def test_held_out_prompts_are_held_out_and_varied(world):
+    prompts = held_out_prompts()
+    corpus = set(make_corpus(0))
+    assert not corpus & set(fact_sentences([p.fact for p in prompts]))
+    assert len({p.fact.office for p in prompts}) >= 5 and len({p.fact.place for p in prompts}) >= 5
+    assert {p.prompt for p in prompts}.isdisjoint({SEED.prompt})
+    used = {t for t in FACT_TEMPLATES if any(p.prompt == p.fact.prompt(t) for p in prompts)}
+    assert len(used) >= 3
+    for p in prompts:
+        assert p.answer not in p.other_holders and p.other_holders
+
+
+@pytest.fixture(scope="module")
+def seed(world):
+    model, clt = world
+    graph = tl_clt.attribute(model, clt, SEED.prompt, verbose=False)
+    proposals = tl_clt.propose_supernodes(graph.prune(0.8, 0.98), model=model, clt=clt)
+    roles = story_roles(proposals, SEED)
+    return graph, proposals, roles, story_effects(model, clt, SEED, graph, roles)
+
+
+def test_roles_are_read_from_the_proposals_names(seed):
+    _, proposals, roles, _ = seed
+    assert roles["year"] == proposals["year ~2010"] and roles["era"] == proposals["era ~2010"]
+    assert roles["say a name"] == proposals["say a name"] and roles["office"] == proposals["president"]
+
+
+def test_reported_effects_equal_an_independent_steering(world, seed):
+    model, _ = world
+    _, _, roles, result = seed
+    judge = Judge()
+    names = token_ids(model, first_names())
+    filler = token_ids(model, FILLER_WORDS)
+    others = token_ids(model, SEED.other_holders)
+    clean = judge.logits(SEED.prompt)[-1].softmax(-1)
+    assert result.answered == (model.tokenizer.decode([int(clean.argmax())]) == SEED.answer)
+    for role, effect in result.effects.items():
+        after = judge.steer(SEED.prompt, roles[role], STEERING[role])[-1].softmax(-1)
+        assert effect.n_features == len(roles[role])
+        assert effect.top_after == model.tokenizer.decode([int(after.argmax())])
+        assert effect.p_names[1] == pytest.approx(float(after[names].sum()), abs=2e-3)
+        assert effect.p_filler[1] == pytest.approx(float(after[filler].sum()), abs=2e-3)
+        pn0, pn1 = float(clean[names].sum()), float(after[names].sum())
+        pf0, pf1 = float(clean[filler].sum()), float(after[filler].sum())
+        if role in ("year", "era"):
+            expected = int(after.argmax()) in others
+        else:
+            expected = pf1 >= 5 * pf0 and pn1 < pf1 and pn1 < 0.5 * pn0
+        assert effect.holds == expected, role
+
+
+def test_on_the_seed_the_year_and_office_effects_hold(seed):
+    _, _, _, result = seed
+    assert result.answered
+    assert result.effects["year"].holds  # ablated: a president of another era
+    assert result.effects["office"].holds  # x-1: filler words up, names down
+
+
+def test_probe_prompts_know_where_each_field_is(world):
+    model, _ = world
+    template = "Fact: The {office} of {place} in {year} was"
+    text, spans = _fill(template, dict(office="king", place="Spain", year="1977"))
+    assert text == "Fact: The king of Spain in 1977 was"
+    offsets = model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    probe = type("P", (), {"spans": spans})()
+    roles = _roles(probe, offsets)
+    pieces = [text[a:b] for a, b in offsets]
+    assert [p for p, r in zip(pieces, roles) if r == "year"] == [" ", "1", "9", "7", "7"]
+    assert [p for p, r in zip(pieces, roles) if r == "office"] == [" king"]

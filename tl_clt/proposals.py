@@ -1,0 +1,398 @@
+"""Automatic supernodes: named groups of feature nodes proposed from a pruned attribution graph.
+
+`propose_supernodes(graph, model=..., clt=...)` puts each feature node of a pruned graph in a group
+by three signals (docs/supernodes.md):
+
+- where it *sits*: a feature on a word of the prompt other than the last one joins that word's
+  group ("year ~2010" for a number word, else the word: "president");
+- what it *says*: a feature on the last word (where the answer is read) whose top output tokens
+  (decoder through the unembedding) are mostly names joins "say a name";
+- what it *reads*: any other feature on the last word joins the group of the word whose token
+  embeddings feed it most through the graph's paths: "era ~2010" for a number word, else that
+  word's group (features on " president" and the last-word features that read it are one group).
+
+Dashboard labels, where the CLT has them, describe the groups. Deterministic.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import networkx as nx
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from tl_clt.graph import AttributionGraph
+from tl_clt.hooks import check_compatible
+from tl_clt.sites import sites_for
+
+_NAME_TOKEN = re.compile(r"^ [A-Z][a-z]")
+
+
+@dataclass(frozen=True)
+class SupernodeInfo:
+    """How a proposed group looks: where it sits, what it reads and says, and why it has its name."""
+
+    name: str
+    kind: str  # "year" | "era" | "say a name" | "word" | "says"
+    members: list[str]
+    sits: list[str]  # the prompt's words the members are on, most influential first
+    reads: list[tuple[str, float]]  # prompt words feeding the group, with their share
+    says: list[str]  # top output tokens of the group's summed logit effect
+    layers: list[int]
+    influence: float  # summed node influence of the members
+    label: str | None = None  # the members' most common dashboard / given label, if any
+
+
+class SupernodeProposals(dict):
+    """`{name: [node id, ...]}` (pass it to `graph.group(...)` or `to_json(supernodes=...)`), with
+    `.info[name]` (a `SupernodeInfo`) and `.signals` (the signals used)."""
+
+    def __init__(self, groups: Mapping[str, list[str]], info: dict[str, SupernodeInfo], signals: dict):
+        super().__init__(groups)
+        self.info, self.signals = info, signals
+
+    def by_kind(self, kind: str) -> list[str]:
+        """Names of the groups of one kind, most influential first."""
+        return [n for n, i in self.info.items() if i.kind == kind]
+
+    def table(self) -> str:
+        """One line per group: name, size, layers, where it sits, what it reads and says."""
+        lines = []
+        for name, i in self.info.items():
+            reads = ", ".join(f"{w!r} {s:.2f}" for w, s in i.reads[:3])
+            lines.append(
+                f"{name:18s} {len(i.members):3d} features  layers {i.layers}  on {i.sits[:4]}  "
+                f"reads {reads}  says {i.says[:4]}" + (f"  label {i.label!r}" if i.label else "")
+            )
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------ the prompt's words
+def word_spans(token_strs: list[str]) -> list[int]:
+    """Word index of each token: a token continues the previous word when it does not start with
+    whitespace and both touch as letters/digits, or when the previous token is bare whitespace
+    (Qwen writes " 2010" as " ", "2", "0", "1", "0"). Position 0 (the sink) is word 0."""
+    out, word = [0], 0
+    for prev, tok in zip(token_strs, token_strs[1:]):
+        joined = prev.strip() == "" and prev != "" and tok[:1].isalnum()
+        glued = tok[:1].isalnum() and prev[-1:].isalnum() and not tok[:1].isspace()
+        if len(out) == 1 or not (joined or glued):
+            word += 1
+        out.append(word)
+    return out
+
+
+def _word_texts(token_strs: list[str], spans: list[int]) -> list[str]:
+    texts = [""] * (max(spans) + 1)
+    for tok, w in zip(token_strs, spans):
+        texts[w] += tok
+    return texts
+
+
+def _is_number(text: str) -> bool:
+    return text.strip().isdigit()
+
+
+# ------------------------------------------------------------------------ signals
+@dataclass
+class _Nodes:
+    """The pruned graph as dense arrays over its present nodes (rows = targets, columns = sources)."""
+
+    ids: list[str]
+    attrs: list[dict]
+    W: Float[Tensor, "n n"]  # signed edge weights
+    features: list[int]  # indices (into ids) of the feature nodes
+    tokens: dict[int, int]  # position -> index of its token node
+    logits: list[int]
+
+    @property
+    def A(self) -> Float[Tensor, "n n"]:
+        """|W| with each row scaled to sum to 1."""
+        a = self.W.abs()
+        return a / a.sum(1, keepdim=True).clamp(min=1e-30)
+
+
+def _graph_arrays(G: nx.DiGraph) -> _Nodes:
+    ids = list(G.nodes)
+    index = {n: i for i, n in enumerate(ids)}
+    W = torch.zeros(len(ids), len(ids), dtype=torch.float64)
+    for u, v, w in G.edges(data="weight"):
+        W[index[v], index[u]] = w
+    attrs = [G.nodes[n] for n in ids]
+    kinds = [a["kind"] for a in attrs]
+    features = [i for i, k in enumerate(kinds) if k == "feature"]
+    tokens = {a["pos"]: i for i, a in enumerate(attrs) if a["kind"] == "token"}
+    logits = [i for i, k in enumerate(kinds) if k == "logit"]
+    return _Nodes(ids, attrs, W, features, tokens, logits)
+
+
+def _reads(graph: AttributionGraph, nodes: _Nodes, spans: list[int]) -> Float[Tensor, "n_feat n_words"]:
+    """Signed share of each feature's input that each word's token embeddings make, through every
+    path of feature nodes in `nodes` (the pruned graph's features).
+
+    An edge s -> t is `a_s * d(pre_t)/d(a_s)` in the frozen linear model, so per unit of source
+    activation it is `J = edge / a_s`, and the total contribution of the tokens through all paths is
+    `C = (I - J)^-1 E` (E: the direct token edges). Rows are scaled to unit L1 norm.
+    """
+    rows = [_graph_index(graph, nodes.attrs[i]) for i in nodes.features]
+    rows_t = torch.tensor(rows, dtype=torch.long)
+    adjacency = graph.adjacency.double()
+    acts = graph.activation_values[graph.selected_features].double()[rows_t]
+    J = adjacency[rows_t][:, rows_t] / acts.abs().clamp(min=1e-12)[None, :]
+    first = graph.token_index(0)
+    E = adjacency[rows_t, first : first + graph.n_pos]
+    C = torch.linalg.solve(torch.eye(len(rows), dtype=J.dtype) - J, E)  # [n_feat, n_pos]
+    out = torch.zeros(len(rows), max(spans) + 1, dtype=C.dtype)
+    for pos in range(1, graph.n_pos):
+        out[:, spans[pos]] += C[:, pos]
+    return (out / out.abs().sum(1, keepdim=True).clamp(min=1e-30)).float()
+
+
+def _graph_index(graph: AttributionGraph, attrs: dict) -> int:
+    return graph.feature_index(attrs["layer"], attrs["pos"], attrs["feature"])
+
+
+def logit_readout(model, sites=None) -> Float[Tensor, "d_model d_vocab"]:
+    """`ln_final.w`-scaled unembedding, de-meaned over the vocabulary: a residual direction times
+    this is its direct effect on the de-meaned logits (as in `feature_output_tokens`). Weights are
+    read through the model's `Sites` (`sites_for(model)` unless given)."""
+    sites = sites_for(model) if sites is None else sites
+    W_U = sites.weight(model, sites.W_U).detach().float()
+    W = W_U * sites.weight(model, sites.final_norm_weight).detach().float()[:, None]
+    return W - W.mean(1, keepdim=True)
+
+
+def decoder_directions(clt, keys: list[tuple[int, int]]) -> Float[Tensor, "n d_model"]:
+    """Sum of each (layer, feature)'s decoder rows over the layers it writes to."""
+    out = torch.zeros(len(keys), clt.d_model)
+    for layer in sorted({k[0] for k in keys}):
+        rows = [i for i, k in enumerate(keys) if k[0] == layer]
+        feats = torch.tensor([keys[i][1] for i in rows])
+        out[rows] = clt.decoder_rows(layer, feats).float().sum(1).cpu()
+    return out
+
+
+def _says(nodes: _Nodes, model, clt) -> tuple[Float[Tensor, "n_feat m"], list[int] | None]:
+    """Each feature's effect on the logits per unit activation, and the token ids of its columns:
+    through the unembedding (all tokens) when the model and CLT are given, otherwise its direct
+    edges into the graph's logit nodes (token ids None: read `nodes.logits`)."""
+    if model is not None and clt is not None:
+        keys = [(nodes.attrs[i]["layer"], nodes.attrs[i]["feature"]) for i in nodes.features]
+        readout = logit_readout(model, check_compatible(model, clt))
+        return decoder_directions(clt, keys).to(readout.device) @ readout, None
+    acts = torch.tensor([nodes.attrs[i]["activation"] for i in nodes.features], dtype=nodes.W.dtype)
+    direct = nodes.W[nodes.logits][:, nodes.features].T / acts.abs().clamp(min=1e-9)[:, None]
+    return direct.float(), [nodes.attrs[i]["token_id"] for i in nodes.logits]
+
+
+def _feature_labels(clt, keys: list[tuple[int, int]], labels) -> list[str | None] | None:
+    """Text labels of the features: from `labels` (a mapping or a callable of (layer, feature)),
+    else from `clt.dashboards` where the CLT has them; None when neither is there."""
+    if labels is None:
+        dash = getattr(clt, "dashboards", None) if clt is not None else None
+        if dash is None:
+            return None
+
+        def labels(layer: int, feature: int) -> str | None:
+            return _card_text(dash[layer, feature])
+
+    get = labels if callable(labels) else (lambda layer, feature: labels.get((layer, feature)))
+    return [get(layer, feature) for layer, feature in keys]
+
+
+def _card_text(card) -> str | None:
+    """A dashboard card's text: its label / explanation / description, else its top tokens."""
+    for attr in ("label", "explanation", "description"):
+        text = getattr(card, attr, None)
+        if isinstance(text, str) and text.strip():
+            return text
+    for attr in ("top_tokens", "top_logits"):
+        tokens = getattr(card, attr, None)
+        if tokens:
+            return " ".join(map(str, tokens[:3]))
+    return None
+
+
+# ------------------------------------------------------------------------ grouping
+def _is_name(token: str) -> bool:
+    return bool(_NAME_TOKEN.match(token))
+
+
+def _keys(nodes: _Nodes, spans: list[int], words: list[str], reads: Tensor, says_strs: list[list[str]],
+          name_share: float) -> list[tuple]:  # fmt: skip
+    """Each feature's group key (module docstring): ("word", w) for a feature on word w (not the
+    last one); on the last word ("say",) when names make up `name_share` of its top output tokens,
+    else ("era", w) / ("word", w) for the word w (number / other) it reads most, else ("last",)."""
+    last = max(spans)
+    keys = []
+    for row, i in enumerate(nodes.features):
+        sits = spans[nodes.attrs[i]["pos"]]
+        if sits != last:
+            keys.append(("word", sits))
+            continue
+        toks = says_strs[row]
+        if toks and sum(map(_is_name, toks)) >= name_share * len(toks):
+            keys.append(("say",))
+            continue
+        r = reads[row].clone()
+        r[0] = r[last] = 0.0
+        w = int(torch.argmax(r))
+        if r[w] <= 0:
+            keys.append(("last",))
+        else:
+            keys.append(("era", w) if _is_number(words[w]) else ("word", w))
+    return keys
+
+
+def propose_supernodes(
+    graph: AttributionGraph,
+    *,
+    model=None,
+    clt=None,
+    labels: Mapping[tuple[int, int], str] | Callable[[int, int], str | None] | None = None,
+    name_share: float = 0.5,
+    top_k: int = 8,
+    min_size: int = 2,
+    min_influence: float = 0.02,
+    max_groups: int | None = 8,
+) -> SupernodeProposals:
+    """Named groups of the feature nodes of a pruned graph: `{name: [node id, ...]}`.
+
+    `graph`: a pruned graph (`graph.prune(...)`); an unpruned one is pruned with the defaults.
+    `model`, `clt`: give both to read what each feature says through the unembedding (all tokens);
+    without them its direct edges into the graph's logit nodes are used. A feature on the last word
+    whose top `top_k` output tokens are at least `name_share` names (" Barack") joins "say a name".
+    `labels`: text labels per (layer, feature) (a mapping or a callable), e.g. dashboard labels; by
+    default `clt.dashboards` is read where it exists. Labels describe groups (`info[name].label`)
+    and name the groups that have no word of their own; they do not change the grouping.
+    Groups with fewer than `min_size` members or less than `min_influence` of the features' summed
+    influence are left out; at most `max_groups` are kept, most influential first. Deterministic.
+    Returns a `SupernodeProposals` (a dict with `.info`). See docs/supernodes.md.
+    """
+    if (model is None) != (clt is None):
+        raise ValueError("Give both model= and clt= (to read what features say), or neither.")
+    if not 0 < name_share <= 1:
+        raise ValueError(f"name_share is a share in (0, 1], got {name_share}.")
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}.")
+    pruned = graph if graph.node_mask is not None else graph.prune()
+    nodes = _graph_arrays(pruned.to_networkx())
+    token_strs = list(graph.token_strs)
+    spans = word_spans(token_strs)
+    words = _word_texts(token_strs, spans)
+    if not nodes.features:
+        return SupernodeProposals({}, {}, {"signals": []})
+    reads = _reads(pruned, nodes, spans)
+    says, says_tokens = _says(nodes, model, clt)
+    decode = _decoder(model, pruned)
+    top = torch.argsort(says, dim=1, descending=True, stable=True)[:, :top_k].tolist()
+    says_strs = [[decode(t if says_tokens is None else says_tokens[t]) for t in row] for row in top]
+    keys = _keys(nodes, spans, words, reads, says_strs, name_share)
+    text = _feature_labels(
+        clt, [(nodes.attrs[i]["layer"], nodes.attrs[i]["feature"]) for i in nodes.features], labels
+    )
+    infl = torch.tensor([float(nodes.attrs[i].get("influence") or 0.0) for i in nodes.features])
+    by_key: dict[tuple, list[int]] = {}
+    for row, key in enumerate(keys):
+        by_key.setdefault(key, []).append(row)
+    clusters = sorted(by_key.items(), key=lambda kv: (-float(infl[kv[1]].sum()), kv[1][0]))
+    total = float(infl.sum()) or 1.0
+    kept = [
+        (k, c) for k, c in clusters if len(c) >= min_size and float(infl[c].sum()) >= min_influence * total
+    ]
+    kept = kept[:max_groups] if max_groups is not None else kept
+    ctx = _NamingContext(nodes, spans, words, reads, says, says_tokens, infl, decode, text)
+    infos = _name_groups([ctx.describe(k, c) for k, c in kept])
+    signals = ["sits", "reads", "says"] + (["labels"] if text is not None else [])
+    return SupernodeProposals(
+        {i.name: i.members for i in infos}, {i.name: i for i in infos}, {"signals": signals}
+    )
+
+
+def _decoder(model, graph: AttributionGraph) -> Callable[[int], str]:
+    """Token id -> text: the model's tokenizer, else the graph's logit token strings, else the id."""
+    tokenizer = getattr(model, "tokenizer", None) if model is not None else None
+    if tokenizer is not None:
+        return lambda t: tokenizer.decode([t])
+    known = dict(zip(graph.logit_tokens.tolist(), graph.logit_token_strs))
+    return lambda t: known.get(t, str(t))
+
+
+# ------------------------------------------------------------------------ naming
+@dataclass
+class _NamingContext:
+    nodes: _Nodes
+    spans: list[int]
+    words: list[str]
+    reads: Tensor
+    says: Tensor
+    says_tokens: list[int] | None
+    infl: Tensor
+    decode: Callable[[int], str]
+    labels: list[str | None] | None
+
+    def describe(self, key: tuple, rows: list[int]) -> SupernodeInfo:
+        attrs = [self.nodes.attrs[self.nodes.features[r]] for r in rows]
+        w = self.infl[rows] + 1e-12
+        sit_weight: dict[int, float] = {}
+        for a, wi in zip(attrs, w.tolist()):
+            sit_weight[self.spans[a["pos"]]] = sit_weight.get(self.spans[a["pos"]], 0.0) + wi
+        sits = sorted(sit_weight, key=lambda s: (-sit_weight[s], s))
+        read = (self.reads[rows] * w[:, None]).sum(0) / w.sum()
+        order = [int(i) for i in torch.argsort(read, descending=True, stable=True) if read[i] > 0]
+        acts = torch.tensor([a["activation"] for a in attrs])
+        total = (self.says[rows].float() * acts[:, None].to(self.says.device)).sum(0).cpu()
+        top = torch.argsort(total, descending=True, stable=True)[:10].tolist()
+        says = [self.decode(t if self.says_tokens is None else self.says_tokens[t]) for t in top]
+        label = None
+        if self.labels is not None:
+            counts = Counter(self.labels[r] for r in rows if self.labels[r])
+            label = min(counts, key=lambda t: (-counts[t], t)) if counts else None
+        kind, name = _kind(key, self.words, says, label)
+        return SupernodeInfo(
+            name=name,
+            kind=kind,
+            members=[self.nodes.ids[self.nodes.features[r]] for r in rows],
+            sits=[self.words[s] for s in sits],
+            reads=[(self.words[i], round(float(read[i]), 3)) for i in order[:5]],
+            says=says,
+            layers=sorted({a["layer"] for a in attrs}),
+            influence=float(self.infl[rows].sum()),
+            label=label,
+        )
+
+
+def _number_name(text: str) -> str:
+    n = text.strip()
+    return f"year ~{n}" if len(n) == 4 and n[0] in "12" else f"number ~{n}"
+
+
+def _kind(key: tuple, words: list[str], says: list[str], label: str | None) -> tuple[str, str]:
+    """(kind, name) of a group from its key (see `_keys`)."""
+    if key[0] == "say":
+        return "say a name", "say a name"
+    if key[0] == "era":
+        return "era", "era ~" + words[key[1]].strip()
+    if key[0] == "word" and _is_number(words[key[1]]):
+        return "year", _number_name(words[key[1]])
+    if key[0] == "word" and words[key[1]].strip():
+        return "word", words[key[1]].strip()
+    if label:
+        return "says", label
+    return "says", "say " + ", ".join(repr(t) for t in says[:2])
+
+
+def _name_groups(infos: list[SupernodeInfo]) -> list[SupernodeInfo]:
+    """Give repeated names a suffix (" #2", " #3", ...) in the order given."""
+    seen: dict[str, int] = {}
+    out = []
+    for info in infos:
+        seen[info.name] = seen.get(info.name, 0) + 1
+        name = info.name if seen[info.name] == 1 else f"{info.name} #{seen[info.name]}"
+        out.append(SupernodeInfo(**{**info.__dict__, "name": name}))
+    return out

@@ -1,0 +1,164 @@
+"""The seed's story as a measurement on the toy world: prompts, roles of proposed groups, effects.
+
+- `SEED`: the seed's prompt; `held_out_prompts()`: prompts the tutorial never uses, defined from
+  the corpus: facts held out of training (years never seen for that office), two per (office,
+  place) with more than one holder (the earliest and the latest held-out year), the templates taken
+  in turn, so other offices, places, years and templates.
+- `story_roles(proposals, prompt)`: which proposed groups (from `tl_clt.propose_supernodes`) play
+  the seed's four parts, read from the names and kinds the proposals gave them: "year" (sits on
+  the year), "era" (at the answer, reads the year), "say a name" (at the answer, says names) and the
+  office (named after the office's word).
+- `story_effects(model, clt, prompt, graph, roles)`: each role steered with attention frozen, and
+  whether the seed's effect holds:
+  year ablated, or era steered down (x-1) -> the top answer is another holder of the same office;
+  office / "say a name" steered down (x-1) -> filler words up, names down: p(filler words) at
+  least 5x what it was, p(names) below p(filler words) and below half of what it was (whether a
+  filler word is also the top answer is recorded as `top_is_filler`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from tl_clt.clt import CrossLayerTranscoder
+from tl_clt.prompts import to_tokens
+from tl_clt.steering import scale, steer
+from tl_clt.toyworld.corpus import FACT_TEMPLATES, FILLERS, HOLDERS, Fact, first_names, split_facts
+
+ROLES = ("year", "office", "say a name", "era")
+# how each role is steered, and the factor: 0 ablates, -1 steers down
+STEERING = {"year": 0.0, "office": -1.0, "say a name": -1.0, "era": -1.0}
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
+
+@dataclass(frozen=True)
+class StoryPrompt:
+    """A fact prompt with what the model should answer and the other holders of its office."""
+
+    prompt: str
+    fact: Fact
+    answer: str  # first-name token, e.g. " Barack"
+    other_holders: tuple[str, ...]  # first-name tokens of the office's other holders
+    office_words: tuple[str, ...]  # the office's words, e.g. ("prime", "minister")
+
+
+def story_prompt(fact: Fact, template: str = FACT_TEMPLATES[0]) -> StoryPrompt:
+    table = HOLDERS[next(k for k in HOLDERS if k[:2] == (fact.office, fact.place))]
+    answer = " " + fact.name.split()[0]
+    others = sorted({" " + n.split()[0] for n in table.values() if n} - {answer})
+    return StoryPrompt(fact.prompt(template), fact, answer, tuple(others), tuple(fact.office.split()))
+
+
+SEED = story_prompt(Fact("president", "the United States", "US", 2010, "Barack Obama"))
+
+
+def held_out_prompts(per_key: int = 2) -> list[StoryPrompt]:
+    """Held-out facts of every office with more than one holder: the earliest and the latest
+    held-out year of each (per_key=2), templates in turn; a fixed order."""
+    _, held = split_facts(0)
+    out: list[StoryPrompt] = []
+    for key, table in HOLDERS.items():
+        if len({n for n in table.values() if n}) < 2:
+            continue
+        facts = sorted((f for f in held if (f.office, f.place) == key[:2]), key=lambda f: f.year)
+        picks = (
+            facts
+            if len(facts) <= per_key
+            else [facts[round(i * (len(facts) - 1) / (per_key - 1))] for i in range(per_key)]
+        )
+        for fact in picks:
+            out.append(story_prompt(fact, FACT_TEMPLATES[len(out) % len(FACT_TEMPLATES)]))
+    return out
+
+
+def story_roles(proposals, prompt: StoryPrompt) -> dict[str, list[str]]:
+    """{role: member node ids} for the seed's four roles; groups of one role are joined."""
+    roles: dict[str, list[str]] = {r: [] for r in ROLES}
+    for name, info in proposals.info.items():
+        if info.kind in ("year", "era", "say a name"):
+            roles[info.kind] += list(proposals[name])
+        elif info.kind == "word" and name.split(" #")[0] in prompt.office_words:
+            roles["office"] += list(proposals[name])
+    return roles
+
+
+def token_ids(model: HookedTransformer, words) -> list[int]:
+    """First token id of each word (a leading space included)."""
+    return [model.tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in words]
+
+
+@dataclass
+class Effect:
+    """One role steered: top answers and probabilities before and after, and whether it holds."""
+
+    role: str
+    n_features: int
+    factor: float
+    top_before: str
+    top_after: str
+    p_answer: tuple[float, float]
+    p_names: tuple[float, float]
+    p_filler: tuple[float, float]
+    holds: bool
+    top_is_filler: bool  # the stricter reading of "filler words likely": a filler word is on top
+
+
+@dataclass
+class StoryResult:
+    prompt: StoryPrompt
+    top: str
+    answered: bool
+    effects: dict[str, Effect] = field(default_factory=dict)
+
+    @property
+    def holds(self) -> bool:
+        """The model answers right and every role exists and has its effect."""
+        return self.answered and all(r in self.effects and self.effects[r].holds for r in ROLES)
+
+
+FILLER_WORDS = tuple(sorted({" " + f.split()[0] for f in FILLERS}))
+
+
+@torch.no_grad()
+def story_effects(
+    model: HookedTransformer,
+    clt: CrossLayerTranscoder,
+    prompt: StoryPrompt,
+    graph,
+    roles: dict[str, list[str]],
+) -> StoryResult:
+    """Steer each role's features (attention frozen) and check the seed's effect (module docstring)."""
+    names = token_ids(model, first_names())
+    filler = token_ids(model, FILLER_WORDS)
+    others = token_ids(model, prompt.other_holders)
+    answer = token_ids(model, [prompt.answer])[0]
+    clean = model(to_tokens(model, prompt.prompt)[None])[0, -1].softmax(-1)
+    top = model.tokenizer.decode([int(clean.argmax())])
+    result = StoryResult(prompt, top, int(clean.argmax()) == answer)
+    for role, members in roles.items():
+        if not members:
+            continue
+        factor = STEERING[role]
+        after = steer(model, clt, prompt.prompt, scale(members, factor, graph))[-1].softmax(-1)
+        best = int(after.argmax())
+        pn, pf = (
+            (float(clean[names].sum()), float(after[names].sum())),
+            (
+                float(clean[filler].sum()),
+                float(after[filler].sum()),
+            ),
+        )
+        if role in ("year", "era"):
+            holds = best in others
+        else:
+            holds = pf[1] >= 5 * pf[0] and pn[1] < pf[1] and pn[1] < 0.5 * pn[0]
+        result.effects[role] = Effect(
+            role, len(members), factor, top, model.tokenizer.decode([best]),
+            (float(clean[answer]), float(after[answer])), pn, pf, holds, best in filler,
+        )  # fmt: skip
+    return result
