@@ -280,7 +280,10 @@ def build_feature_dashboards(
     from tl_clt.batch.attribute_job import Loader, check_sources
     from tl_clt.batch.engines import make_engine
 
-    check_sources(model, clt, getattr(engine, "name", engine), dtype, device)  # before Ray is imported
+    engine_name = getattr(engine, "name", engine)
+    check_sources(model, clt, engine_name, dtype, device)  # these checks run before Ray is imported
+    if engine != "local":
+        _indexable(open_corpus(texts, column), engine_name)
     runner = make_engine(
         engine, workers, address=address, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker
     )
