@@ -131,12 +131,12 @@ def _new_shards(pieces: list[tuple[int, int, Path]], n_docs: int, n_shards: int)
 def build_sharded(
     model,
     clt,
-    texts,
+    corpus: Corpus,
+    n_docs: int,
     out: Path,
     *,
     runner,
     config: DashboardConfig,
-    column: str,
     max_docs: int | None,
     shards: int | None,
     resume: bool,
@@ -152,8 +152,6 @@ def build_sharded(
 
     if shards is not None and (isinstance(shards, bool) or not isinstance(shards, int) or shards < 1):
         raise ValueError(f"shards must be None or an int >= 1, got {shards!r}.")
-    corpus = open_corpus(texts, column)
-    n_docs = _indexable(corpus, runner.name)
     if max_docs is not None:
         n_docs = min(n_docs, max_docs)
     if n_docs < 1:
@@ -282,8 +280,9 @@ def build_feature_dashboards(
 
     engine_name = getattr(engine, "name", engine)
     check_sources(model, clt, engine_name, dtype, device)  # these checks run before Ray is imported
-    if engine != "local":
-        _indexable(open_corpus(texts, column), engine_name)
+    if engine != "local":  # the corpus, opened once, is read by index on the workers
+        corpus = open_corpus(texts, column)
+        n_docs = _indexable(corpus, engine_name)
     runner = make_engine(
         engine, workers, address=address, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker
     )
@@ -292,11 +291,11 @@ def build_feature_dashboards(
         return build_sharded(
             model,
             clt,
-            texts,
+            corpus,
+            n_docs,
             out,
             runner=runner,
             config=config,
-            column=column,
             max_docs=max_docs,
             shards=shards,
             resume=resume,
