@@ -96,6 +96,12 @@ class FrozenReference:
         (source = pos). Returns (adjacency column of the source, measured changes in the order
         [feature rows..., logit rows...]); in the linear frozen model the changes equal the edges.
         """
+        col, pre, logits = self.source_deltas(graph, kind, source)
+        return col, torch.cat([pre[graph.selected_features], logits[graph.logit_tokens]])
+
+    def source_deltas(self, graph, kind, source):
+        """Double one source of `graph` (as in `double_source`); returns (adjacency column of the source,
+        change of every selected feature's pre-activation, change of every de-meaned logit [d_vocab])."""
         pre0, logits0 = self.run()
         if kind == "feature":
             values = self.values.clone()
@@ -112,9 +118,7 @@ class FrozenReference:
             embed[source] *= 2
             pre, logits = self.run(embed=embed)
             col = graph.token_index(source)
-        feat = (pre - pre0)[graph.selected_features]
-        logit = (logits - logits0)[graph.logit_tokens]
-        return col, torch.cat([feat, logit])
+        return col, pre - pre0, logits - logits0
 
 
 def target_rows(graph):

@@ -91,7 +91,6 @@ def test_logit_diff_edges_equal_measured_interventions(setup, clt):
     (a_id, a), (b_id, b) = pairs[:2]
     low = int(ref.clean_logits.argmin())  # a token far outside the top logits
     g = tl_clt.attribute(model, clt, PROMPT, targets=[tl_clt.logit_diff(a, b), low], verbose=False)
-    _, logits0 = ref.run()
     gen = torch.Generator().manual_seed(0)
     checked, worst = 0, 0.0
     scale = float(g.adjacency[g.logit_index(0)].abs().max())
@@ -99,22 +98,7 @@ def test_logit_diff_edges_equal_measured_interventions(setup, clt):
     sources += [("error", (layer, p)) for layer in range(g.n_layers) for p in (1, g.n_pos - 1)]
     sources += [("token", p) for p in range(g.n_pos)]
     for kind, s in sources:
-        if kind == "feature":
-            values = ref.values.clone()
-            values[g.selected_features[s]] *= 2
-            _, logits = ref.run(values=values)
-            col = s
-        elif kind == "error":
-            errors = ref.errors.clone()
-            errors[s] *= 2
-            _, logits = ref.run(errors=errors)
-            col = g.error_index(*s)
-        else:
-            embed = ref.embed.clone()
-            embed[s] *= 2
-            _, logits = ref.run(embed=embed)
-            col = g.token_index(s)
-        delta = logits - logits0
+        col, _, delta = ref.source_deltas(g, kind, s)
         measured = torch.stack([delta[a_id] - delta[b_id], delta[low]])
         edges = g.adjacency[[g.logit_index(0), g.logit_index(1)], col]
         worst = max(worst, float((edges - measured).abs().max()))
