@@ -346,6 +346,17 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _vs_float64(r: dict) -> dict:
+    """The time and the edge differences against the float64 graph of one dtype / compute-dtype run."""
+    return dict(
+        time=_best(r),
+        same_active_as_f64=r.get("vs64_same_active", ""),
+        max_edge_diff_vs_f64=f"{r['vs64_max_abs_diff']:.2e}" if "vs64_max_abs_diff" in r else "",
+        relative=f"{r['vs64_rel_max_diff']:.2e}" if "vs64_rel_max_diff" in r else "",
+        **{f"rel from {k}": f"{v:.1e}" for k, v in r.get("vs64_rel_by_source", {}).items()},
+    )
+
+
 def tables(results: list[dict]) -> str:
     _attach_flops(results)
     out = []
@@ -376,11 +387,7 @@ def tables(results: list[dict]) -> str:
         dict(
             engine=ENGINES[r["engine"]],
             dtype=r["dtype"],
-            time=_best(r),
-            same_active_as_f64=r.get("vs64_same_active", ""),
-            max_edge_diff_vs_f64=f"{r['vs64_max_abs_diff']:.2e}" if "vs64_max_abs_diff" in r else "",
-            relative=f"{r['vs64_rel_max_diff']:.2e}" if "vs64_rel_max_diff" in r else "",
-            **{f"rel from {k}": f"{v:.1e}" for k, v in r.get("vs64_rel_by_source", {}).items()},
+            **_vs_float64(r),
         )
         for r in results
         if r["section"] == "dtype"
@@ -391,11 +398,7 @@ def tables(results: list[dict]) -> str:
         dict(
             model="bfloat16",
             compute_dtype=r["compute"],
-            time=_best(r),
-            same_active_as_f64=r.get("vs64_same_active", ""),
-            max_edge_diff_vs_f64=f"{r['vs64_max_abs_diff']:.2e}" if "vs64_max_abs_diff" in r else "",
-            relative=f"{r['vs64_rel_max_diff']:.2e}" if "vs64_rel_max_diff" in r else "",
-            **{f"rel from {k}": f"{v:.1e}" for k, v in r.get("vs64_rel_by_source", {}).items()},
+            **_vs_float64(r),
         )
         for r in results
         if r["section"] == "compute"
