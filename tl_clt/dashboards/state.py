@@ -462,9 +462,8 @@ class DashboardState:
 
     # ---------------------------------------------------------------- files (no pickle)
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the state to one safetensors file (atomically, through `tl_clt.files`)."""
-        import safetensors.torch
-
+        """Write the state to one safetensors file (atomically, through `tl_clt.files`; streamed from
+        the state's tensors, so saving a checkpoint needs no second copy of the state in memory)."""
         meta = {
             "format": STATE_FORMAT,
             "config": self.config.to_dict(),
@@ -475,11 +474,10 @@ class DashboardState:
             "next_doc": self.next_doc,
             "info": self.info,
         }
-        data = safetensors.torch.save(
-            {n: getattr(self, n).contiguous() for n in _TENSORS}, metadata={"state": json.dumps(meta)}
+        tensors = {n: getattr(self, n).contiguous() for n in _TENSORS}
+        return files.write_safetensors(
+            path, tensors, metadata={"state": json.dumps(meta)}, what="dashboard state"
         )
-        path = files.write_bytes(path, data, what="dashboard state")
-        return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> DashboardState:
