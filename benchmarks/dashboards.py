@@ -308,6 +308,31 @@ def remote_bytes(folder: Path, keys) -> dict:
     return fetched
 
 
+def child_state(args) -> dict:
+    """Seconds per `update_layer` of one batch (32 contexts x 64 tokens x 20480 features, 0.66% active,
+    activations uniform in [0, 5)) once the state has seen 12 batches: the builder's cost beyond the
+    forward pass and the encoders, at the real shape's width."""
+    from tl_clt.dashboards import DashboardConfig
+    from tl_clt.dashboards.state import DashboardState
+
+    torch.manual_seed(0)
+    B, T, F, L = 32, 64, 20480, 2
+    state = DashboardState(DashboardConfig(), L, F)
+    acts = [torch.where(torch.rand(B, T, F) < 0.0066, 5 * torch.rand(B, T, F), 0.0) for _ in range(3)]
+    lengths, ctx = torch.full((B,), T), torch.arange(B) << 16
+
+    def batch(i: int) -> None:
+        for layer in range(L):
+            state.update_layer(layer, acts[i % 3].roll(i, 0), ctx + ((i * B) << 16), lengths)
+
+    for i in range(12):
+        batch(i)
+    t0 = time.perf_counter()
+    for i in range(12, 16):
+        batch(i)
+    return {"update_s": (time.perf_counter() - t0) / (4 * L), "shape": [B, T, F]}
+
+
 def run_child(name: str, args, **extra) -> dict:
     cmd = [sys.executable, __file__, "--child", name, "--size", extra.get("size", args.size or "medium")]
     for flag in ("docs", "mem_docs", "rounds", "batch_size", "threads", "dtype", "cards"):
@@ -320,31 +345,7 @@ def run_child(name: str, args, **extra) -> dict:
 
 
 # ------------------------------------------------------------------------ tables
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--sizes", default="medium", help="comma-separated: medium, real (default: medium)")
-    p.add_argument("--docs", type=int, default=200, help="documents for the throughput runs")
-    p.add_argument("--mem-docs", type=int, default=40, help="documents of the smaller memory run (then 10x)")
-    p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--cards", type=int, default=200)
-    p.add_argument("--json", type=Path, help="also save the raw results here")
-    p.add_argument("--child", help=argparse.SUPPRESS)
-    p.add_argument("--size", help=argparse.SUPPRESS)
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    if args.child:
-        fn = {"throughput": child_throughput, "memory": child_memory, "cards": child_cards}[args.child]
-        print(json.dumps(fn(args)))
-        return
-
-    results = {}
-    print(
-        f"# Feature dashboards benchmark ({args.threads} thread(s), {args.dtype}, "
-        f"batch {args.batch_size} x 64)\n"
-    )
+def _throughput(args, results: dict) -> None:
     print(
         "## Builder throughput next to a bare forward pass "
         "(same tokens, same padded batches, best of rounds)\n"
@@ -364,6 +365,9 @@ def main() -> None:
         )
         ratio = [tps["builder"][i] / tps["bare"][i] for i in (0, 1)]
         print(f"| {size} | {r['n_tokens']} | {cells} | {ratio[0]:.2f} / {ratio[1]:.2f} |")
+
+
+def _memory(args, results: dict) -> None:
     print("\n## Peak RSS as the corpus grows 10x (fresh process each; corpus streamed from a generator)\n")
     print("| size | documents | tokens | seconds | RSS after loading MiB | peak RSS MiB | state MiB |")
     print("|---|---|---|---|---|---|---|")
@@ -374,6 +378,9 @@ def main() -> None:
                 f"| {size} | {docs} | {r['n_tokens']} | {r['seconds']:.0f} | {r['rss_after_load_mib']:.0f} | "
                 f"{r['peak_rss_mib']:.0f} | {r['state_mib']:.1f} |"
             )
+
+
+def _cards(args, results: dict) -> None:
     print("\n## Reading cards (medium dashboards, random features, no cache)\n")
     r = results["cards"] = run_child("cards", args, size="medium")
     ms = sorted(1000 * t for t in r["card_s"])
@@ -394,6 +401,50 @@ def main() -> None:
     )
     print(f"| remote: card bytes / record bytes | {remote['cards'] / sum(rec):.3f} |")
     print(f"| remote: requests (index + cards) | {remote['requests']} for {len(rec)} cards |")
+
+
+def _state(args, results: dict) -> None:
+    r = results["state"] = run_child("state", args, size="medium")
+    print("\n## One state update (`update_layer`) at the real shape's width, after 12 batches\n")
+    shape = " x ".join(map(str, r["shape"]))
+    print(f"{r['update_s'] * 1000:.0f} ms per layer for a batch of {shape} activations")
+
+
+SECTIONS = {"throughput": _throughput, "memory": _memory, "cards": _cards, "state": _state}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument(
+        "--sections", default="throughput,memory,cards,state", help=f"comma-separated: {', '.join(SECTIONS)}"
+    )
+    p.add_argument("--sizes", default="medium", help="comma-separated: medium, real (default: medium)")
+    p.add_argument("--docs", type=int, default=200, help="documents for the throughput runs")
+    p.add_argument("--mem-docs", type=int, default=40, help="documents of the smaller memory run (then 10x)")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--cards", type=int, default=200)
+    p.add_argument("--json", type=Path, help="also save the raw results here")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--size", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.child:
+        children = dict(
+            throughput=child_throughput, memory=child_memory, cards=child_cards, state=child_state
+        )
+        print(json.dumps(children[args.child](args)))
+        return
+
+    results = {}
+    print(
+        f"# Feature dashboards benchmark ({args.threads} thread(s), {args.dtype}, "
+        f"batch {args.batch_size} x 64)\n"
+    )
+    for name in args.sections.split(","):
+        SECTIONS[name](args, results)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1))
