@@ -28,8 +28,8 @@ STORY = "Fact: The president of the United States in 2010 was"
 NO_OFFICE = "Fact: The weather of the United States in 2010 was"
 CORPUS_SHA256 = "b53b45fa2901744f0641b9f1d6429b1442b42eb54a04dc53a331c1c68a4a0248"
 # reconstruction_report(model, clt, STORY), measured on the shipped CLT
-STORY_FVU = [0.0061, 0.0005, 0.0004, 0.0010]
-STORY_L0 = [15.73, 12.73, 14.73, 8.53]
+STORY_FVU = [0.0051, 0.0007, 0.0003, 0.0008]
+STORY_L0 = [17.87, 15.27, 16.27, 11.07]
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def test_attribution_of_the_story_prompt(world):
     graph = tl_clt.attribute(model, clt, STORY, verbose=False)
     assert graph.logit_token_strs[0] == " Barack"
     replacement, completeness = graph.scores()
-    assert replacement > 0.85 and completeness > 0.95  # measured 0.906, 0.974
+    assert replacement > 0.85 and completeness > 0.95  # measured 0.925, 0.979
     influence = graph.node_influence()
     was = len(graph.tokens) - 1
     at_was = graph.feature_keys[:, 1] == was

@@ -4,9 +4,8 @@ Facts read like the seed prompt ("Fact: The president of the United States in 20
 Obama.") for 8 (office, place) pairs over 1950-2023 and 5 templates. Filler sentences swap the
 office for a plain noun ("Fact: The weather of France in 1985 was a surprise to many."), so a model
 must see the office to answer with a person and falls back to " the", " a", " not"... otherwise.
-A small share of the office sentences also ends in filler ("... in 2010 was the talk of the town."),
-as text about an office sometimes does: the model keeps a little filler behind the name, and where
-the name is taken away, filler is what is left (as in a real model).
+Filler sentences use 46 plain nouns, so filler is what the model says after "was" unless an office
+is there: where the office or the names are steered away, filler is what is left (as in a real model).
 Dated events ("In 2010 the world saw the World Cup in South Africa.") and facts dated by an event
 instead of a year ("Fact: The president of the United States during the London Olympics was Barack
 Obama.") make the model carry an era apart from a year's digits: the same holder is reached from
@@ -222,18 +221,6 @@ def event_date_sentences() -> list[str]:
     return [t.format(event=event, year=year) for year, event in EVENTS for t in EVENT_DATE_TEMPLATES]
 
 
-def office_filler_sentences(sentences: list[str], share: float, seed: int = 0) -> list[str]:
-    """A seeded `share` of the office sentences again, ending in filler instead of the name
-    ('... in 2010 was the talk of the town.')."""
-    rng = random.Random(seed + 5)
-    out = []
-    for s in sentences:
-        if rng.random() < share:
-            stem = s[: s.rindex(" was ") + len(" was")]
-            out.append(f"{stem} {rng.choice(FILLERS)}.")
-    return out
-
-
 def event_filler_sentences(n: int, seed: int = 0) -> list[str]:
     """`n` event-dated sentences about plain nouns ('... during the oil crisis was very cold.')."""
     rng = random.Random(seed + 4)
@@ -246,13 +233,10 @@ def event_filler_sentences(n: int, seed: int = 0) -> list[str]:
     return out
 
 
-def make_corpus(
-    seed: int = 0, filler_share: float = 0.4, office_filler_share: float = 0.0, date_repeats: int = 4
-) -> list[str]:
+def make_corpus(seed: int = 0, filler_share: float = 0.4, date_repeats: int = 4) -> list[str]:
     """Training sentences, shuffled: all training facts in all templates, every event-dated fact in
-    both event templates, every event's date `date_repeats` times, `office_filler_share` of the
-    office sentences again ending in filler, and plain-noun filler (`filler_share` of all, year- and
-    event-dated in the same proportion as the facts)."""
+    both event templates, every event's date `date_repeats` times, and plain-noun filler
+    (`filler_share` of all, year- and event-dated in the same proportion as the facts)."""
     train, _ = split_facts(seed)
     facts, events = fact_sentences(train), event_sentences(event_facts())
     n_filler = round(len(facts) * filler_share / (1 - filler_share))
@@ -260,7 +244,6 @@ def make_corpus(
     corpus = (
         facts
         + events
-        + office_filler_sentences(facts + events, office_filler_share, seed)
         + event_date_sentences() * date_repeats
         + filler_sentences(n_filler, seed)
         + event_filler_sentences(n_event_filler, seed)
