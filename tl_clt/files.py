@@ -78,28 +78,42 @@ def _file_mode() -> int:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, *, what: str = "file") -> Iterator[BinaryIO]:
-    """`with atomic_write(path) as f: f.write(...)`: the file appears at `path` complete, or not at all.
-
-    A symlink at `path` is replaced (not followed); an existing file keeps its permissions.
+def atomic_path(path: str | os.PathLike, *, what: str = "file") -> Iterator[Path]:
+    """`with atomic_path(path) as tmp: writer(tmp)`: for writers that take a file name (e.g.
+    `safetensors.torch.save_file`, which streams tensors to disk without a copy in memory). `tmp` is
+    a new empty file next to `path`; when the block ends without error it is synced and renamed to
+    `path`, so the file appears complete or not at all. A symlink at `path` is replaced (not
+    followed); an existing file keeps its permissions.
     """
     path = check_output_path(path, what=what)
     try:
         mode = path.lstat().st_mode & 0o7777 if path.is_file() and not path.is_symlink() else _file_mode()
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
     except OSError as err:
         raise type(err)(err.errno, f"Cannot write the {what} {path}: {err.strerror}") from err
     try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_folder(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, *, what: str = "file") -> Iterator[BinaryIO]:
+    """`with atomic_write(path) as f: f.write(...)`: the file appears at `path` complete, or not at all
+    (see `atomic_path`)."""
+    with atomic_path(path, what=what) as tmp, open(tmp, "wb") as f:
+        yield f
+        f.flush()
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -126,6 +140,18 @@ def write_bytes(path: str | os.PathLike, data: bytes, *, what: str = "file") -> 
     """Write `data` to `path` atomically; returns the path."""
     with atomic_write(path, what=what) as f:
         f.write(data)
+    return Path(path)
+
+
+def write_safetensors(
+    path: str | os.PathLike, tensors: dict, *, metadata: dict | None = None, what: str = "file"
+) -> Path:
+    """Write `tensors` (name -> contiguous CPU tensor) to a safetensors file atomically, streamed from
+    the tensors' memory (no second copy of them is built); returns the path."""
+    import safetensors.torch
+
+    with atomic_path(path, what=what) as tmp:
+        safetensors.torch.save_file(tensors, tmp, metadata=metadata)
     return Path(path)
 
 

@@ -282,7 +282,7 @@ class DashboardState:
         if not keep.any():
             return
         b, t, f, band, key, values = b[keep], t[keep], f[keep], band[keep], key[keep], values[keep]
-        win = self._window(acts, lengths, b, t, f)
+        win = _Windows(self, acts, lengths, b, t, f)  # made only for the occurrences that are kept
         self._insert_samples(layer, f, key, values, ctx[b], t.to(torch.int32), win)
 
     def _top_batch(self, layer, acts, ctx, lengths, b, t, f, values) -> None:
@@ -297,12 +297,13 @@ class DashboardState:
         first = torch.full((size,), 2**62, dtype=torch.long).scatter_reduce_(0, key[idx], t[idx], "amin")
         idx = idx[t[idx] == first[key[idx]]]
         b, t, f = b[idx], t[idx], f[idx]
-        win = self._window(acts, lengths, b, t, f)
+        win = _Windows(self, acts, lengths, b, t, f)  # made only for the examples that are kept
         self._insert_top(layer, f, values[idx], ctx[b], t.to(torch.int32), win)
 
     # ---------------------------------------------------------------- kept examples
     def _insert_top(self, layer, f, act, ctx, pos, win) -> None:
-        """Offer entries to the top examples of their features; keep the n_top best of each."""
+        """Offer entries to the top examples of their features; keep the n_top best of each. `win`: the
+        entries' windows, a tensor or a `_Windows` (made for the kept entries only)."""
         feats = torch.unique(f)
         old_ctx = self.top_ctx[layer, feats]
         fi, ki = (old_ctx >= 0).nonzero(as_tuple=True)
@@ -310,9 +311,9 @@ class DashboardState:
         act = torch.cat([self.top_act[layer, feats][fi, ki], act])
         ctx = torch.cat([old_ctx[fi, ki], ctx])
         pos = torch.cat([self.top_pos[layer, feats][fi, ki], pos])
-        win = torch.cat([self.top_win[layer, feats][fi, ki], win])
         major = (group << 32) | float_order(-act)  # (feature, activation desc)
         kept, rank = select_per_group(major, (ctx << 16) | pos.long(), 32, self.config.n_top)
+        win = _kept_windows(self.top_win[layer, feats][fi, ki], win, kept)
         self.top_act[layer, feats] = 0.0
         self.top_ctx[layer, feats] = -1
         self.top_pos[layer, feats] = 0
@@ -321,7 +322,7 @@ class DashboardState:
         self.top_act[layer, g, rank] = act[kept]
         self.top_ctx[layer, g, rank] = ctx[kept]
         self.top_pos[layer, g, rank] = pos[kept]
-        self.top_win[layer, g, rank] = win[kept]
+        self.top_win[layer, g, rank] = win
 
     def _insert_samples(self, layer, f, key, act, ctx, pos, win) -> None:
         """Offer occurrences to the interval samples (interval from act at the current level)."""
@@ -338,8 +339,8 @@ class DashboardState:
         act = torch.cat([self.res_act[layer, tf_i, tb_i, ki], act])
         ctx = torch.cat([self.res_ctx[layer, tf_i, tb_i, ki], ctx])
         pos = torch.cat([self.res_pos[layer, tf_i, tb_i, ki], pos])
-        win = torch.cat([self.res_win[layer, tf_i, tb_i, ki], win])
         kept, rank = select_per_group((group << 32) | key, (ctx << 16) | pos.long(), 32, c.n_per_interval)
+        win = _kept_windows(self.res_win[layer, tf_i, tb_i, ki], win, kept)
         self._clear_samples(layer, tf, tb)
         g = group[kept]
         gf, gb = g // c.n_intervals, g % c.n_intervals
@@ -347,7 +348,7 @@ class DashboardState:
         self.res_act[layer, gf, gb, rank] = act[kept]
         self.res_ctx[layer, gf, gb, rank] = ctx[kept]
         self.res_pos[layer, gf, gb, rank] = pos[kept]
-        self.res_win[layer, gf, gb, rank] = win[kept]
+        self.res_win[layer, gf, gb, rank] = win
 
     def _clear_samples(self, layer, feats, bands=None) -> None:
         index = (layer, feats) if bands is None else (layer, feats, bands)
@@ -462,9 +463,8 @@ class DashboardState:
 
     # ---------------------------------------------------------------- files (no pickle)
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the state to one safetensors file (atomically, through `tl_clt.files`)."""
-        import safetensors.torch
-
+        """Write the state to one safetensors file (atomically, through `tl_clt.files`; streamed from
+        the state's tensors, so saving a checkpoint needs no second copy of the state in memory)."""
         meta = {
             "format": STATE_FORMAT,
             "config": self.config.to_dict(),
@@ -475,11 +475,10 @@ class DashboardState:
             "next_doc": self.next_doc,
             "info": self.info,
         }
-        data = safetensors.torch.save(
-            {n: getattr(self, n).contiguous() for n in _TENSORS}, metadata={"state": json.dumps(meta)}
+        tensors = {n: getattr(self, n).contiguous() for n in _TENSORS}
+        return files.write_safetensors(
+            path, tensors, metadata={"state": json.dumps(meta)}, what="dashboard state"
         )
-        path = files.write_bytes(path, data, what="dashboard state")
-        return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> DashboardState:
@@ -543,6 +542,29 @@ class DashboardState:
             quantile_values=((qbins + 1) * width).tolist(),
             frequency=freq,
         )
+
+
+class _Windows:
+    """The windows of a batch's entries (b, t, f), made on demand for a subset (`take(index)`)."""
+
+    def __init__(self, state: DashboardState, acts, lengths, b, t, f):
+        self.state, self.acts, self.lengths, self.b, self.t, self.f = state, acts, lengths, b, t, f
+
+    def take(self, index: Tensor) -> Tensor:
+        i = index
+        return self.state._window(self.acts, self.lengths, self.b[i], self.t[i], self.f[i])
+
+
+def _kept_windows(old: Tensor, new: Tensor | _Windows, kept: Tensor) -> Tensor:
+    """Windows of the kept entries of cat([old entries, new entries]) (in `kept`'s order)."""
+    if isinstance(new, Tensor):
+        return torch.cat([old, new])[kept]
+    n_old = len(old)
+    out = torch.empty(len(kept), *old.shape[1:], dtype=old.dtype)
+    from_old = kept < n_old
+    out[from_old] = old[kept[from_old]]
+    out[~from_old] = new.take(kept[~from_old] - n_old)
+    return out
 
 
 def same_info(a: dict, b: dict) -> bool:
