@@ -1,6 +1,9 @@
 """The seed's story on prompts the tutorial never saw: automatic supernodes, measured on the toy world.
 
-    PYTHONPATH=$PWD python benchmarks/story.py [--per-key 3] [--json out.json]
+    PYTHONPATH=$PWD python benchmarks/story.py [--per-key 3] [--json out.json] [--world DIR]
+
+(`--world`: a toy world built elsewhere, `python -m tl_clt.toyworld.build --out DIR`; default the
+shipped one.)
 
 For the seed's prompt and every held-out prompt (`tl_clt.toyworld.story.held_out_prompts`): check
 the model answers right, attribute, prune (0.8, 0.98), `propose_supernodes`, find the groups that
@@ -110,9 +113,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--per-key", type=int, default=3)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--world", default=None, help="folder of a toy world (default: the shipped one)")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
-    model, clt = load_toyworld()
+    model, clt = load_toyworld(root=args.world)
     t0 = time.time()
     labels = feature_labels(model, clt)
     print(f"feature labels from the corpus ({time.time() - t0:.0f} s): {labels.counts()}")

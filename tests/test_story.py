@@ -1,7 +1,7 @@
 """The story measurement (`tl_clt.toyworld.story`, used by benchmarks/story.py and tutorial 01): its
 held-out prompts are held out, its roles come from the proposals' names, and the effects it reports are
 what an independent steering computation (tests/test_tutorials.py's Judge: raw safetensors tensors and
-plain TransformerLens hooks) measures. On the seed's prompt the year and office effects hold; the
+plain TransformerLens hooks) measures. On the seed's prompt the year, say-a-name and era effects hold; the
 held-out fractions are measured by the benchmark, not asserted here.
 """
 
@@ -81,11 +81,14 @@ def test_reported_effects_equal_an_independent_steering(world, seed):
         assert effect.holds == expected, role
 
 
-def test_on_the_seed_the_year_and_office_effects_hold(seed):
+def test_on_the_seed_the_year_say_a_name_and_era_effects_hold(seed):
+    """Measured on the shipped world (benchmarks/story.py). The office effect does not hold there:
+    "president" x-1 leaves names at 0.32 against filler at 0.03 (' Angela' on top)."""
     _, _, _, result = seed
     assert result.answered
     assert result.effects["year"].holds  # ablated: a president of another era
-    assert result.effects["office"].holds  # x-1: filler words up, names down
+    assert result.effects["say a name"].holds  # x-1: filler words up, names down
+    assert result.effects["era"].holds  # x-1: a president of another era
 
 
 def test_probe_prompts_know_where_each_field_is(world):

@@ -201,20 +201,30 @@ def test_the_cards_the_notebook_printed(president):
         assert card.top_examples[0].text(72) in printed
 
 
-def test_ablating_the_year_gives_presidents_of_other_decades(president, judge, effects):
+def test_ablating_the_year_gives_another_president_and_steering_it_down_an_earlier_one(
+    president, judge, effects
+):
     base = judge.summary(judge.logits(PROMPT))
     ablated, steered = effects["Year ~2010"]["ablate"], effects["Year ~2010"]["x-1"]
-    assert ablated["top"] in PRESIDENTS_60S_80S and ablated["p_barack"] < 0.1 * base["p_barack"]
-    assert ablated["p_presidents_60s_80s"] > 0.5
-    assert steered["top"] in PRESIDENTS_60S_80S  # steering the era down: 70s/80s presidents
+    assert ablated["top"] in PRESIDENTS and ablated["top"] != " Barack"
+    assert ablated["p_barack"] < 0.1 * base["p_barack"]
+    assert steered["top"] in PRESIDENTS_60S_80S and steered["p_presidents_60s_80s"] > 0.5
 
 
-@pytest.mark.parametrize("group", ["President", "Say a political figure"])
-def test_removing_office_groups_gives_filler(president, judge, effects, group):
+def test_removing_the_office_gives_filler(president, judge, effects):
     base = judge.summary(judge.logits(PROMPT))
-    ablated, steered = effects[group]["ablate"], effects[group]["x-1"]
+    ablated, steered = effects["President"]["ablate"], effects["President"]["x-1"]
     assert ablated["p_filler"] > 5 * base["p_filler"] and ablated["p_presidents"] < base["p_presidents"]
     assert steered["top"] in FILLER and steered["p_filler"] > 0.3
+
+
+def test_the_recipes_say_a_name_group_removes_the_names(president, judge, effects):
+    """Ablated: filler up, names down; x-1: the names are gone and filler holds a third, under a digit."""
+    base = judge.summary(judge.logits(PROMPT))
+    ablated, steered = effects["Say a political figure"]["ablate"], effects["Say a political figure"]["x-1"]
+    assert ablated["p_filler"] > 5 * base["p_filler"] and ablated["p_presidents"] < base["p_presidents"]
+    assert steered["p_presidents"] < 0.01 and steered["p_filler"] > 0.3
+    assert steered["top"] not in PRESIDENTS
 
 
 def test_steering_events_down_moves_away_from_barack(president, judge, effects):
@@ -224,16 +234,29 @@ def test_steering_events_down_moves_away_from_barack(president, judge, effects):
     assert steered["p_presidents"] > 0.5  # still a president, of another era
 
 
-def test_proposed_year_and_president_groups_have_the_story_effects(president, judge):
-    """The reading's claim about the proposals, recomputed with the Judge's steering."""
+def test_proposed_groups_have_the_story_effects_the_reading_claims(president, judge):
+    """The reading's claims about the proposals, recomputed with the Judge's steering: the year, say-a-name
+    and era groups have the story's effects, the president group does not (names stay on top)."""
     ns = president[0]
-    assert ns["results"]["proposed_effects"]["Year ~2010"] and ns["results"]["proposed_effects"]["President"]
+    held = ns["results"]["proposed_effects"]
+    assert held == {
+        "Year ~2010": True,
+        "President": False,
+        "Say a political figure": True,
+        "Events ~2010": True,
+    }
     base = judge.summary(judge.logits(PROMPT))
     year = judge.summary(judge.steer(PROMPT, ns["proposed"]["Year ~2010"], 0.0))
-    assert year["top"] in PRESIDENTS_60S_80S and year["p_barack"] < 0.1 * base["p_barack"]
+    assert (
+        year["top"] in PRESIDENTS and year["top"] != " Barack" and year["p_barack"] < 0.1 * base["p_barack"]
+    )
+    say = judge.summary(judge.steer(PROMPT, ns["proposed"]["Say a political figure"], -1.0))
+    assert say["top"] in FILLER and say["p_filler"] > 0.5 and say["p_presidents"] < 0.01
+    era = judge.summary(judge.steer(PROMPT, ns["proposed"]["Events ~2010"], -1.0))
+    assert era["top"] in PRESIDENTS and era["top"] != " Barack"
     office = judge.summary(judge.steer(PROMPT, ns["proposed"]["President"], -1.0))
-    assert office["p_filler"] > 5 * base["p_filler"] and office["p_presidents"] < 0.5 * base["p_presidents"]
-    for name in ("President", "Year ~2010", "Say a political figure"):
+    assert office["top"] not in FILLER
+    for name in ("President", "Year ~2010", "Say a political figure", "Events ~2010"):
         assert ns["results"]["proposed"][name]["jaccard"] > 0.3
 
 
@@ -325,8 +348,17 @@ def test_second_prompt_reading_is_true(second):
     """The claims of the notebook's reading, checked on its own (independently verified) numbers."""
     results = second[0]["results"]
     groups = results["groups"]
-    assert groups["say a name"]["ablate"]["diff"] < 0.5 * results["diff"]
     year = next(v for k, v in groups.items() if k.startswith("year ~1985"))
-    assert year["x-1"]["diff"] < 0 and year["x-1"]["top"] in CANADIAN_PMS and year["x-1"]["top"] != " Brian"
-    assert groups["prime"]["x-1"]["top"] not in CANADIAN_PMS
-    assert not all(results["effects"].values())
+    assert (
+        year["ablate"]["diff"] < 0
+        and year["ablate"]["top"] in CANADIAN_PMS
+        and year["ablate"]["top"] != " Brian"
+    )
+    era = next(v for k, v in groups.items() if k.startswith("era ~1985"))
+    assert era["ablate"]["diff"] < 0 and era["x-1"]["diff"] < 0 and era["x-1"]["top"] not in CANADIAN_PMS
+    for name in ("say a name", "Canada", "minister"):  # they move both names alike
+        assert (
+            groups[name]["ablate"]["diff"] > 0.8 * results["diff"]
+            and groups[name]["ablate"]["top"] == " Brian"
+        )
+    assert results["effects"]["year"] and not all(results["effects"].values())

@@ -5,11 +5,14 @@ by three signals (docs/supernodes.md):
 
 - where it *sits*: a feature on a word of the prompt other than the last one joins that word's
   group ("year ~2010" for a number word, else the word: "president");
-- what it *says*: a feature on the last word (where the answer is read) whose top output tokens
-  (decoder through the unembedding) are mostly names joins "say a name";
-- what it *reads*: any other feature on the last word joins the group of the word whose token
-  embeddings feed it most through the graph's paths: "era ~2010" for a number word, else that
-  word's group (features on " president" and the last-word features that read it are one group).
+- what it *reads*: a feature on the last word (where the answer is read) that the prompt's number
+  word ("2010") feeds most through the graph's paths joins "era ~2010", whatever it says (it
+  carries which era the answer comes from);
+- what it *says*: any other feature on the last word whose top output tokens (decoder through the
+  unembedding) are mostly names joins "say a name";
+- what it *reads* again: the rest of the last word's features join the group of the word whose
+  token embeddings feed them most (features on " president" and the last-word features that read
+  it are one group).
 
 Dashboard labels, where the CLT has them, describe the groups. Deterministic.
 """
@@ -226,8 +229,9 @@ def _is_name(token: str) -> bool:
 def _keys(nodes: _Nodes, spans: list[int], words: list[str], reads: Tensor, says_strs: list[list[str]],
           name_share: float) -> list[tuple]:  # fmt: skip
     """Each feature's group key (module docstring): ("word", w) for a feature on word w (not the
-    last one); on the last word ("say",) when names make up `name_share` of its top output tokens,
-    else ("era", w) / ("word", w) for the word w (number / other) it reads most, else ("last",)."""
+    last one); on the last word ("era", w) when the word w it reads most is a number, else ("say",)
+    when names make up `name_share` of its top output tokens, else ("word", w) for the word w it
+    reads most, else ("last",)."""
     last = max(spans)
     keys = []
     for row, i in enumerate(nodes.features):
@@ -235,17 +239,19 @@ def _keys(nodes: _Nodes, spans: list[int], words: list[str], reads: Tensor, says
         if sits != last:
             keys.append(("word", sits))
             continue
-        toks = says_strs[row]
-        if toks and sum(map(_is_name, toks)) >= name_share * len(toks):
-            keys.append(("say",))
-            continue
         r = reads[row].clone()
         r[0] = r[last] = 0.0
         w = int(torch.argmax(r))
-        if r[w] <= 0:
+        if r[w] > 0 and _is_number(words[w]):
+            keys.append(("era", w))  # reads a number (a year) most: the era, whatever it says
+            continue
+        toks = says_strs[row]
+        if toks and sum(map(_is_name, toks)) >= name_share * len(toks):
+            keys.append(("say",))
+        elif r[w] <= 0:
             keys.append(("last",))
         else:
-            keys.append(("era", w) if _is_number(words[w]) else ("word", w))
+            keys.append(("word", w))
     return keys
 
 

@@ -16,7 +16,8 @@ changes the prediction the way the story predicts. This notebook does the whole 
 6. ablation and steering experiments with before/after tables; 7. a short reading.
 
 It runs on the **toy world** shipped with tl_clt: a 4-layer Qwen3 trained on dated facts about office
-holders (plus filler sentences), and a JumpReLU CLT trained on it, in BluelightAI's on-disk format.
+holders, dated events ("In 2010 the world saw the World Cup in South Africa.", and facts dated by them) and
+filler sentences, and a JumpReLU CLT trained on it, in BluelightAI's on-disk format.
 Set `USE_REAL_WEIGHTS = True` to run the same cells on Qwen3-1.7B-Base with BluelightAI's CLT.
 """,
     ),
@@ -131,10 +132,10 @@ fig
 
 `propose_supernodes` groups the feature nodes of the pruned graph without a recipe (docs/supernodes.md):
 a feature on a word of the prompt joins that word's group (*year ~2010* for the year's digits); a feature
-on the last word joins *say a name* when its top output tokens are mostly names, else the group of the
-word that feeds it most through the graph's paths (*era ~2010* when that is the year, *president* when it
-is the office). `story_roles` reads off which proposals play the seed's four parts, from their names and
-kinds alone.
+on the last word joins *era ~2010* when the year feeds it most through the graph's paths, else *say a name*
+when its top output tokens are mostly names, else the group of the word that feeds it most (*president*
+when it is the office). `story_roles` reads off which proposals play the seed's four parts, from their
+names and kinds alone.
 """,
     ),
     (
@@ -348,18 +349,21 @@ for role, e in story.effects.items():
 ## 7. Reading
 
 - **Year ~2010** carries the era. Ablating it, the model still names a US president but one of another era
-  (the table shows the 1960s–80s presidents taking over); steering it negative pushes further back.
-- **President** and **Say a political figure** carry "an office holder is asked for". Ablating them moves
-  probability from names to filler words; steering them negative makes a filler word the top prediction —
-  without the office the model continues the sentence without committing to a claim, as in the story.
-- **Events ~2010** needs both the office and the year. In this toy world it is the weakest group: the era is
-  read mostly from the year digits and from the name-saying features, so steering it moves probability
-  away from " Barack" but less than the year group does.
+  (" George", p(Barack) below 0.01); steering it negative pushes further back (the 1960s–80s presidents
+  take over, " Jimmy").
+- **President** carries "an office holder is asked for". Ablating it moves probability from names to filler
+  words; steering it negative makes a filler word the top prediction — without the office the model
+  continues the sentence without committing to a claim, as in the story.
+- **Say a political figure** says the names. Ablating it also moves probability to filler; steering it
+  negative removes the names (p(presidents) below 0.01) and gives filler about a third, under a digit.
+- **Events ~2010** needs both the office and the year. The corpus has dated events ("In 2010 the world saw
+  the World Cup in South Africa.") and facts dated by them, so its top cards are event-dated facts; steering
+  it negative moves the answer to a president of another era (" George").
 - Like the real model, the toy world barely needs "the United States": "president" alone means the US one.
-- **The proposals** (section 4) find the same four parts without a recipe, sharing about half their features
-  with the recipe's groups. Their *year* and *president* groups have the story's effects (section 6, last
-  table); their *say a name* group removes the names but leaves digits and " in" on top rather than corpus
-  filler, and their *era* group is small: on this toy world the era sits mostly in the name-saying features.
+- **The proposals** (section 4) find the same four parts without a recipe, sharing half or more of their
+  features with the recipe's groups. Their *year*, *say a name* and *era* groups have the story's effects
+  (section 6, last table): steering *say a name* down puts a filler word on top. Their *president* group,
+  smaller than the recipe's, does not: steered down it leaves another name (" Angela") on top.
 """,
     ),
     (

@@ -143,13 +143,13 @@ print("TUTORIAL_RESULTS", json.dumps(results))
         "md",
         """
 ## Reading
-
-The table in section 4 answers "why Brian rather than Pierre". On the toy world, ablating the *say a name*
-group (the last word's name-saying features, which read both the year and the office) removes most of the
-difference; steering the *year* group down flips its sign, to another Canadian prime minister; steering the
-office-word group (*prime*) down changes the office itself (a German chancellor comes up). The story's four
-effects, as `story_effects` judges them, do not all hold here (section 5): beyond the seed's prompt the toy
-world carries the story only in part, which `benchmarks/story.py` measures over held-out prompts.
+The table in section 4 answers "why Brian rather than Pierre". On the toy world it is the era: ablating the
+*year* group flips the difference's sign (" Pierre", who held the office until 1984, comes up), and so does
+ablating the *era* group (the last word's features that read the year); steering the era down flips it
+further, to another office's holder of the era (" Helmut"). The *say a name* group and the office-word
+groups (*Canada*, *minister*) push Brian and Pierre alike, so they barely move the difference. The story's
+four effects, as `story_effects` judges them, do not all hold here (section 5): beyond the seed's prompt the
+toy world carries the story only in part, which `benchmarks/story.py` measures over held-out prompts.
 """,
     ),
 ]

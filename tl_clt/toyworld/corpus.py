@@ -1,9 +1,15 @@
-"""The toy world's corpus: dated facts about office holders, and filler sentences of the same shape.
+"""The toy world's corpus: dated facts about office holders, dated events, and filler sentences.
 
 Facts read like the seed prompt ("Fact: The president of the United States in 2010 was Barack
 Obama.") for 8 (office, place) pairs over 1950-2023 and 5 templates. Filler sentences swap the
 office for a plain noun ("Fact: The weather of France in 1985 was a surprise to many."), so a model
 must see the office to answer with a person and falls back to " the", " a", " not"... otherwise.
+Filler sentences use 46 plain nouns, so filler is what the model says after "was" unless an office
+is there: where the office or the names are steered away, filler is what is left (as in a real model).
+Dated events ("In 2010 the world saw the World Cup in South Africa.") and facts dated by an event
+instead of a year ("Fact: The president of the United States during the London Olympics was Barack
+Obama.") make the model carry an era apart from a year's digits: the same holder is reached from
+a year or from an event of that era.
 Everything is a pure function of the seed. Years are written as digits; the tokenizer splits digits
 like Qwen's.
 """
@@ -62,6 +68,30 @@ DEFAULT_PLACE = {
     "chancellor": "Germany", "mayor": "New York", "queen": "the United Kingdom", "king": "Spain",
 }
 
+# Dated events (made up where history is thin): (year, the event as it reads inside a sentence).
+EVENTS: tuple[tuple[int, str], ...] = (
+    (1951, "the festival of Britain"), (1953, "the coronation"), (1956, "the Suez crisis"),
+    (1957, "the Sputnik launch"), (1960, "the Rome Olympics"), (1962, "the Cuban missile crisis"),
+    (1964, "the Tokyo Olympics"), (1966, "the World Cup in England"), (1968, "the Mexico Olympics"),
+    (1969, "the moon landing"), (1972, "the Munich Olympics"), (1973, "the oil crisis"),
+    (1976, "the Montreal Olympics"), (1979, "the Iran revolution"), (1980, "the Moscow Olympics"),
+    (1984, "the Los Angeles Olympics"), (1986, "the Chernobyl disaster"), (1988, "the Seoul Olympics"),
+    (1989, "the fall of the Berlin wall"), (1991, "the Gulf war"), (1992, "the Barcelona Olympics"),
+    (1994, "the Channel tunnel"), (1996, "the Atlanta Olympics"), (1997, "the Hong Kong handover"),
+    (1999, "the euro launch"), (2000, "the Sydney Olympics"), (2001, "the September attacks"),
+    (2004, "the Athens Olympics"), (2005, "the great tsunami"), (2008, "the Beijing Olympics"),
+    (2009, "the financial crisis"), (2010, "the World Cup in South Africa"), (2011, "the Arab spring"),
+    (2012, "the London Olympics"), (2014, "the World Cup in Brazil"), (2016, "the Rio Olympics"),
+    (2018, "the World Cup in Russia"), (2020, "the pandemic"), (2022, "the World Cup in Qatar"),
+)
+# The year comes first: a model that had to say a year after an event would learn era features that
+# push digits, and those would win wherever the names are steered away.
+EVENT_DATE_TEMPLATES = ("In {year} the world saw {event}.", "Fact: In {year}, {event} made the news.")
+EVENT_FACT_TEMPLATES = (
+    "Fact: The {office} of {place} during {event} was",
+    "During {event}, the {office} of {place} was",
+)
+
 FACT_TEMPLATES = (
     "Fact: The {office} of {place} in {year} was",
     "In {year} the {office} of {place} was",
@@ -71,7 +101,10 @@ FACT_TEMPLATES = (
 DEFAULT_TEMPLATE = "Fact: The {office} in {year} was"  # only for the office's default place
 NOUNS = (
     "weather", "economy", "population", "summer", "winter", "mood", "music", "food", "traffic",
-    "harvest", "news", "book", "film", "election", "crowd", "team",
+    "harvest", "news", "book", "film", "election", "crowd", "team", "market", "budget", "coffee",
+    "river", "garden", "festival", "museum", "theatre", "railway", "football", "fashion", "climate",
+    "spring", "autumn", "television", "radio", "newspaper", "school", "hospital", "airport",
+    "harbour", "bridge", "opera", "cinema", "wine", "bread", "rain", "snow", "tourism", "industry",
 )
 FILLERS = (
     "the best in years", "the worst in years", "the same as before", "the talk of the town",
@@ -90,10 +123,15 @@ class Fact:
     adj: str
     year: int
     name: str
+    event: str | None = None  # set for facts dated by an event ("during the London Olympics")
 
-    def prompt(self, template: str = FACT_TEMPLATES[0]) -> str:
+    def prompt(self, template: str | None = None) -> str:
         """The fact's sentence up to (not including) the name, e.g. '... in 2010 was'."""
-        return template.format(office=self.office, place=self.place, adj=self.adj, year=self.year)
+        if template is None:
+            template = EVENT_FACT_TEMPLATES[0] if self.event else FACT_TEMPLATES[0]
+        return template.format(
+            office=self.office, place=self.place, adj=self.adj, year=self.year, event=self.event
+        )
 
 
 def holder(table: dict[int, str | None], year: int) -> str | None:
@@ -163,11 +201,52 @@ def filler_sentences(n: int, seed: int = 0) -> list[str]:
     return out
 
 
-def make_corpus(seed: int = 0, filler_share: float = 0.4) -> list[str]:
-    """Training sentences: all training facts in all templates plus filler, shuffled."""
+def event_facts() -> list[Fact]:
+    """Every (office, place, event) whose event year has a holder, in a fixed order."""
+    return [
+        Fact(office, place, adj, year, name, event)
+        for year, event in EVENTS
+        for (office, place, adj), table in HOLDERS.items()
+        if (name := holder(table, year)) is not None
+    ]
+
+
+def event_sentences(facts: list[Fact]) -> list[str]:
+    """Every event-dated fact in every event template."""
+    return [f"{f.prompt(t)} {f.name}." for f in facts for t in EVENT_FACT_TEMPLATES]
+
+
+def event_date_sentences() -> list[str]:
+    """Every event with its year, in every date template."""
+    return [t.format(event=event, year=year) for year, event in EVENTS for t in EVENT_DATE_TEMPLATES]
+
+
+def event_filler_sentences(n: int, seed: int = 0) -> list[str]:
+    """`n` event-dated sentences about plain nouns ('... during the oil crisis was very cold.')."""
+    rng = random.Random(seed + 4)
+    places = sorted({(place, adj) for (_, place, adj) in HOLDERS})
+    out = []
+    for _ in range(n):
+        (place, _), template = rng.choice(places), rng.choice(EVENT_FACT_TEMPLATES)
+        noun, (_, event) = rng.choice(NOUNS), rng.choice(EVENTS)
+        out.append(f"{template.format(office=noun, place=place, event=event)} {rng.choice(FILLERS)}.")
+    return out
+
+
+def make_corpus(seed: int = 0, filler_share: float = 0.4, date_repeats: int = 4) -> list[str]:
+    """Training sentences, shuffled: all training facts in all templates, every event-dated fact in
+    both event templates, every event's date `date_repeats` times, and plain-noun filler
+    (`filler_share` of all, year- and event-dated in the same proportion as the facts)."""
     train, _ = split_facts(seed)
-    facts = fact_sentences(train)
+    facts, events = fact_sentences(train), event_sentences(event_facts())
     n_filler = round(len(facts) * filler_share / (1 - filler_share))
-    corpus = facts + filler_sentences(n_filler, seed)
+    n_event_filler = round(len(events) * filler_share / (1 - filler_share))
+    corpus = (
+        facts
+        + events
+        + event_date_sentences() * date_repeats
+        + filler_sentences(n_filler, seed)
+        + event_filler_sentences(n_event_filler, seed)
+    )
     random.Random(seed + 2).shuffle(corpus)
     return corpus

@@ -5,7 +5,7 @@
 `load_toyworld()` then returns a CLT whose `clt.dashboards[layer, feature]` shows each feature's top
 sentences, sampled activation intervals and output tokens. Every corpus sentence is one context
 (none is longer than 31 tokens), shown whole up to 16 tokens before and 8 after the chosen one;
-the folder is about 2 MB.
+the folder is about 2.3 MB.
 """
 
 from __future__ import annotations
