@@ -7,6 +7,8 @@ held-out fractions are measured by the benchmark, not asserted here.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from test_tutorials import Judge
 
@@ -18,7 +20,9 @@ from tl_clt.toyworld.story import (
     FILLER_WORDS,
     SEED,
     STEERING,
+    event_reachable,
     held_out_prompts,
+    reaching_events,
     story_effects,
     story_roles,
     token_ids,
@@ -40,6 +44,37 @@ def test_held_out_prompts_are_held_out_and_varied(world):
     assert len(used) >= 3
     for p in prompts:
         assert p.answer not in p.other_holders and p.other_holders
+
+
+def test_event_reachable_prompts_match_a_scan_of_the_corpus():
+    """A held-out prompt is event-reachable when the corpus has a sentence dating an event in the
+    prompt's year and a sentence naming the prompt's holder during that event; found here by reading
+    the corpus' sentences with regular expressions, not from the corpus code."""
+    corpus = make_corpus(0)
+    year_of: dict[str, set[int]] = {}
+    for pattern in (r"In (\d{4}) the world saw (.+)\.", r"Fact: In (\d{4}), (.+) made the news\."):
+        for s in corpus:
+            if m := re.fullmatch(pattern, s):
+                year_of.setdefault(m[2], set()).add(int(m[1]))
+    during = []  # (office, place, event, name)
+    for s in corpus:
+        if m := re.fullmatch(r"Fact: The (.+?) of (.+?) during (.+) was (.+)\.", s):
+            during.append((m[1], m[2], m[3], m[4]))
+        elif m := re.fullmatch(r"During (.+), the (.+?) of (.+?) was (.+)\.", s):
+            during.append((m[2], m[3], m[1], m[4]))
+    assert during and year_of
+    prompts = held_out_prompts(3)
+    for p in prompts:
+        f = p.fact
+        found = sorted(
+            {e for o, pl, e, name in during if (o, pl) == (f.office, f.place) and f.year in year_of.get(e, ())}
+        )
+        assert sorted(reaching_events(p)) == found, p.prompt
+        assert event_reachable(p) == bool(found)
+        names = {name for o, pl, e, name in during if (o, pl) == (f.office, f.place) and e in found}
+        assert names <= {f.name}  # the event leads to the prompt's own holder
+    reach = [p for p in prompts if event_reachable(p)]
+    assert 0 < len(reach) < len(prompts)  # both kinds are there to be reported apart
 
 
 @pytest.fixture(scope="module")
