@@ -66,12 +66,11 @@ def test_event_reachable_prompts_match_a_scan_of_the_corpus():
     prompts = held_out_prompts(3)
     for p in prompts:
         f = p.fact
-        found = sorted(
-            {e for o, pl, e, name in during if (o, pl) == (f.office, f.place) and f.year in year_of.get(e, ())}
-        )
+        here = [(e, name) for o, pl, e, name in during if (o, pl) == (f.office, f.place)]
+        found = sorted({e for e, _ in here if f.year in year_of.get(e, ())})
         assert sorted(reaching_events(p)) == found, p.prompt
         assert event_reachable(p) == bool(found)
-        names = {name for o, pl, e, name in during if (o, pl) == (f.office, f.place) and e in found}
+        names = {name for e, name in here if e in found}
         assert names <= {f.name}  # the event leads to the prompt's own holder
     reach = [p for p in prompts if event_reachable(p)]
     assert 0 < len(reach) < len(prompts)  # both kinds are there to be reported apart
