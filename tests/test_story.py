@@ -1,5 +1,6 @@
 """The story measurement (`tl_clt.toyworld.story`, used by benchmarks/story.py and tutorial 01): its
-held-out prompts are held out, its roles come from the proposals' names, and the effects it reports are
+held-out prompts are held out (and which of them the corpus reaches through an event of their year is what a
+scan of the corpus' sentences finds), its roles come from the proposals' names, and the effects it reports are
 what an independent steering computation (tests/test_tutorials.py's Judge: raw safetensors tensors and
 plain TransformerLens hooks) measures. On the seed's prompt the year, say-a-name and era effects hold; the
 held-out fractions are measured by the benchmark, not asserted here.
@@ -117,7 +118,7 @@ def test_reported_effects_equal_an_independent_steering(world, seed):
 
 def test_on_the_seed_the_year_say_a_name_and_era_effects_hold(seed):
     """Measured on the shipped world (benchmarks/story.py). The office effect does not hold there:
-    "president" x-1 leaves names at 0.32 against filler at 0.03 (' Angela' on top)."""
+    "president" (10 features) x-1 leaves names at 0.28 against filler at 0.03 (' in' on top)."""
     _, _, _, result = seed
     assert result.answered
     assert result.effects["year"].holds  # ablated: a president of another era
