@@ -10,8 +10,9 @@ the model answers right, attribute, prune (0.8, 0.98), `propose_supernodes`, fin
 play the seed's four roles by their names, steer each with attention frozen and check its effect
 (year ablated / era steered down -> another holder of the office; office / "say a name" steered
 down -> filler). Prints one row per prompt and role, the fraction of prompts where every effect
-holds, and the purity of the proposed groups against the corpus-defined feature labels
-(`tl_clt.toyworld.labels`).
+holds (over all held-out prompts, and apart for those whose holder the corpus reaches through an event
+of the prompt's year, `tl_clt.toyworld.story.event_reachable`, and the others), and the purity of the
+proposed groups against the corpus-defined feature labels (`tl_clt.toyworld.labels`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,14 @@ from tqdm import tqdm
 import tl_clt
 from tl_clt.toyworld import load_toyworld
 from tl_clt.toyworld.labels import feature_labels
-from tl_clt.toyworld.story import ROLES, SEED, held_out_prompts, story_effects, story_roles
+from tl_clt.toyworld.story import (
+    ROLES,
+    SEED,
+    held_out_prompts,
+    reaching_events,
+    story_effects,
+    story_roles,
+)
 
 EXPECTED_LABEL = {"year": "year", "era": "era", "say a name": "office", "office": "office"}
 
@@ -58,6 +66,7 @@ def run_prompt(model, clt, sp, labels) -> dict:
     return dict(
         prompt=sp.prompt,
         answer=sp.answer,
+        events=list(reaching_events(sp)),
         top=result.top,
         answered=result.answered,
         holds=result.holds,
@@ -86,11 +95,19 @@ def report(rows: list[dict]) -> None:
             )
     held = [r for r in rows[1:]]
     print(f"\nseed prompt: every effect holds: {rows[0]['holds']}")
-    print(f"held-out prompts: answered right {sum(r['answered'] for r in held)}/{len(held)}, "
-          f"every effect holds {sum(r['holds'] for r in held)}/{len(held)}")  # fmt: skip
-    for role in ROLES:
-        ok = [r["effects"][role]["holds"] for r in held if role in r["effects"]]
-        print(f"  {role:10s}: group proposed {len(ok)}/{len(held)}, effect holds {sum(ok)}/{len(held)}")
+    reach = [r for r in held if r["events"]]
+    subsets = (
+        ("held-out prompts", held),
+        ("  event-reachable (an event of the year leads to the holder in the corpus)", reach),
+        ("  not event-reachable", [r for r in held if not r["events"]]),
+    )
+    for title, subset in subsets:
+        n = len(subset)
+        print(f"{title}: answered right {sum(r['answered'] for r in subset)}/{n}, "
+              f"every effect holds {sum(r['holds'] for r in subset)}/{n}")  # fmt: skip
+        for role in ROLES:
+            ok = [r["effects"][role]["holds"] for r in subset if role in r["effects"]]
+            print(f"  {role:10s}: group proposed {len(ok)}/{n}, effect holds {sum(ok)}/{n}")
     print("\npurity (share of a role's features whose corpus label is the expected one), mean over prompts:")
     for role in ROLES:
         vals = [r["role_purity"][role] for r in rows if role in r["role_purity"]]

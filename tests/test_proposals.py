@@ -85,9 +85,10 @@ def test_reads_are_signed_path_sums_over_the_pruned_graph():
     assert checked >= 2  # features reached through other features, not only directly
 
 
-def planted_graph() -> tuple[AttributionGraph, list[str], list[str]]:
-    """Two families of features: A (layer 0/1, position 2) reads token 1 and pushes logit 0; B
-    (layer 0/1, position 4) reads token 3 and pushes logit 1. Each family also feeds itself."""
+def planted_graph(own: float = 0.0) -> tuple[AttributionGraph, list[str], list[str]]:
+    """Two families of features: A (layer 0/1, position 2) reads token 1 (and its own token 2 with
+    weight `own`) and pushes logit 0; B (layer 0/1, position 4) reads token 3 and pushes logit 1.
+    Each family also feeds itself."""
     n_layers, n_pos, n_logits = 2, 5, 2
     keys = [(0, 2, 0), (0, 2, 1), (1, 2, 2), (0, 4, 3), (0, 4, 4), (1, 4, 5)]
     n_f = len(keys)
@@ -96,6 +97,8 @@ def planted_graph() -> tuple[AttributionGraph, list[str], list[str]]:
     A = torch.zeros(n, n)
     for i, (layer, pos, _) in enumerate(keys):
         A[i, tok + (1 if pos == 2 else 3)] = 1.0 + 0.1 * i
+        if pos == 2:
+            A[i, tok + 2] = own
         if layer == 1:
             A[i, [j for j, k in enumerate(keys) if k[1] == pos and k[0] == 0]] = 0.5
         A[n - n_logits + (0 if pos == 2 else 1), i] = 1.0 + 0.05 * i
@@ -120,10 +123,14 @@ def test_planted_groups_are_found_and_named_from_their_members():
     props = tl_clt.propose_supernodes(pruned, min_influence=0.0)
     assert sorted(sorted(m) for m in props.values()) == sorted([sorted(fam_a), sorted(fam_b)])
     by_members = {tuple(sorted(m)): name for name, m in props.items()}
-    # family A sits on " of" (not the last word): named after it
+    # family A sits on " of" (not the last word) but only " alpha" feeds it: it carries " alpha"
     info_a = props.info[by_members[tuple(sorted(fam_a))]]
-    assert info_a.name == "of" and info_a.kind == "word"
+    assert info_a.name == "alpha" and info_a.kind == "word"
     assert info_a.sits == [" of"] and info_a.reads[0][0] == " alpha" and info_a.says[0] == " X"
+    # fed more by its own word than by " alpha", family A is named after the word it sits on
+    mine = tl_clt.propose_supernodes(planted_graph(own=3.0)[0], min_influence=0.0)
+    info_own = mine.info[{tuple(sorted(m)): n for n, m in mine.items()}[tuple(sorted(fam_a))]]
+    assert info_own.name == "of" and info_own.reads[0][0] == " of"
     # family B sits on the last word, says " Y" (not a name) and reads " beta" most: named after " beta"
     info_b = props.info[by_members[tuple(sorted(fam_b))]]
     assert info_b.name == "beta" and info_b.reads[0][0] == " beta" and info_b.sits == [" was"]
@@ -225,9 +232,21 @@ def test_toy_groups_follow_the_rule_recomputed_independently(toy):
         for node in members:
             layer, pos, feature = map(int, node.split(":")[1:])
             if spans[pos] != last:
-                word = words[spans[pos]].strip()
+                sits = spans[pos]
+                own: dict[int, float] = {}
+                for p, c in reads[node].items():
+                    own[spans[p]] = own.get(spans[p], 0.0) + c
+                earlier = {w: c for w, c in own.items() if 0 < w < sits}
+                best = max(earlier, key=earlier.get) if earlier else None
+                carried = (
+                    best is not None
+                    and earlier[best] > max(0.0, own.get(sits, 0.0))
+                    and not words[best].strip().isdigit()
+                    and not words[sits].strip().isdigit()
+                )
+                word = words[best if carried else sits].strip()
                 assert name.split(" #")[0] == (f"year ~{word}" if word.isdigit() else word), node
-                checked.add("sits")
+                checked.add("reads an earlier word" if carried else "sits")
                 continue
             by_word: dict[int, float] = {}
             for p, c in reads[node].items():
@@ -247,7 +266,7 @@ def test_toy_groups_follow_the_rule_recomputed_independently(toy):
                 continue
             assert name.split(" #")[0] == word, (node, by_word)
             checked.add("reads")
-    assert checked == {"sits", "reads a number", "says", "reads"}
+    assert checked == {"sits", "reads an earlier word", "reads a number", "says", "reads"}
     assert {"year ~2010", "say a name", "president", "era ~2010"} <= set(props)
 
 

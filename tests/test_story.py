@@ -1,11 +1,14 @@
 """The story measurement (`tl_clt.toyworld.story`, used by benchmarks/story.py and tutorial 01): its
-held-out prompts are held out, its roles come from the proposals' names, and the effects it reports are
+held-out prompts are held out (and which of them the corpus reaches through an event of their year is what a
+scan of the corpus' sentences finds), its roles come from the proposals' names, and the effects it reports are
 what an independent steering computation (tests/test_tutorials.py's Judge: raw safetensors tensors and
 plain TransformerLens hooks) measures. On the seed's prompt the year, say-a-name and era effects hold; the
 held-out fractions are measured by the benchmark, not asserted here.
 """
 
 from __future__ import annotations
+
+import re
 
 import pytest
 from test_tutorials import Judge
@@ -18,7 +21,9 @@ from tl_clt.toyworld.story import (
     FILLER_WORDS,
     SEED,
     STEERING,
+    event_reachable,
     held_out_prompts,
+    reaching_events,
     story_effects,
     story_roles,
     token_ids,
@@ -40,6 +45,36 @@ def test_held_out_prompts_are_held_out_and_varied(world):
     assert len(used) >= 3
     for p in prompts:
         assert p.answer not in p.other_holders and p.other_holders
+
+
+def test_event_reachable_prompts_match_a_scan_of_the_corpus():
+    """A held-out prompt is event-reachable when the corpus has a sentence dating an event in the
+    prompt's year and a sentence naming the prompt's holder during that event; found here by reading
+    the corpus' sentences with regular expressions, not from the corpus code."""
+    corpus = make_corpus(0)
+    year_of: dict[str, set[int]] = {}
+    for pattern in (r"In (\d{4}) the world saw (.+)\.", r"Fact: In (\d{4}), (.+) made the news\."):
+        for s in corpus:
+            if m := re.fullmatch(pattern, s):
+                year_of.setdefault(m[2], set()).add(int(m[1]))
+    during = []  # (office, place, event, name)
+    for s in corpus:
+        if m := re.fullmatch(r"Fact: The (.+?) of (.+?) during (.+) was (.+)\.", s):
+            during.append((m[1], m[2], m[3], m[4]))
+        elif m := re.fullmatch(r"During (.+), the (.+?) of (.+?) was (.+)\.", s):
+            during.append((m[2], m[3], m[1], m[4]))
+    assert during and year_of
+    prompts = held_out_prompts(3)
+    for p in prompts:
+        f = p.fact
+        here = [(e, name) for o, pl, e, name in during if (o, pl) == (f.office, f.place)]
+        found = sorted({e for e, _ in here if f.year in year_of.get(e, ())})
+        assert sorted(reaching_events(p)) == found, p.prompt
+        assert event_reachable(p) == bool(found)
+        names = {name for e, name in here if e in found}
+        assert names <= {f.name}  # the event leads to the prompt's own holder
+    reach = [p for p in prompts if event_reachable(p)]
+    assert 0 < len(reach) < len(prompts)  # both kinds are there to be reported apart
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +118,7 @@ def test_reported_effects_equal_an_independent_steering(world, seed):
 
 def test_on_the_seed_the_year_say_a_name_and_era_effects_hold(seed):
     """Measured on the shipped world (benchmarks/story.py). The office effect does not hold there:
-    "president" x-1 leaves names at 0.32 against filler at 0.03 (' Angela' on top)."""
+    "president" (10 features) x-1 leaves names at 0.28 against filler at 0.03 (' in' on top)."""
     _, _, _, result = seed
     assert result.answered
     assert result.effects["year"].holds  # ablated: a president of another era

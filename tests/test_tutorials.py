@@ -23,7 +23,8 @@ from test_steering import RawCLT, reference_steer
 
 import tl_clt
 from tl_clt.toyworld import load_toyworld, toyworld_paths
-from tl_clt.toyworld.corpus import HOLDERS
+from tl_clt.toyworld.corpus import HOLDERS, first_names
+from tl_clt.toyworld.story import FILLER_WORDS
 
 TUTORIALS = Path(__file__).resolve().parents[1] / "tutorials"
 PRESIDENTS_60S_80S = [" Lyndon", " Richard", " Gerald", " Jimmy", " Ronald"]
@@ -236,7 +237,7 @@ def test_steering_events_down_moves_away_from_barack(president, judge, effects):
 
 def test_proposed_groups_have_the_story_effects_the_reading_claims(president, judge):
     """The reading's claims about the proposals, recomputed with the Judge's steering: the year, say-a-name
-    and era groups have the story's effects, the president group does not (names stay on top)."""
+    and era groups have the story's effects, the president group does not (names keep more than filler)."""
     ns = president[0]
     held = ns["results"]["proposed_effects"]
     assert held == {
@@ -254,8 +255,12 @@ def test_proposed_groups_have_the_story_effects_the_reading_claims(president, ju
     assert say["top"] in FILLER and say["p_filler"] > 0.5 and say["p_presidents"] < 0.01
     era = judge.summary(judge.steer(PROMPT, ns["proposed"]["Events ~2010"], -1.0))
     assert era["top"] in PRESIDENTS and era["top"] != " Barack"
-    office = judge.summary(judge.steer(PROMPT, ns["proposed"]["President"], -1.0))
-    assert office["top"] not in FILLER
+    # the president group x-1: every holder's first name together keeps more probability than the corpus'
+    # filler words (the story's criterion fails), and a template word, not a filler word, is on top
+    office = judge.steer(PROMPT, ns["proposed"]["President"], -1.0)[-1].float().softmax(-1)
+    p_names, p_filler = (float(office[judge.ids(list(w))].sum()) for w in (first_names(), FILLER_WORDS))
+    assert p_names > p_filler
+    assert judge.model.tokenizer.decode(office.argmax()) not in FILLER_WORDS
     for name in ("President", "Year ~2010", "Say a political figure", "Events ~2010"):
         assert ns["results"]["proposed"][name]["jaccard"] > 0.3
 

@@ -4,7 +4,9 @@
 by three signals (docs/supernodes.md):
 
 - where it *sits*: a feature on a word of the prompt other than the last one joins that word's
-  group ("year ~2010" for a number word, else the word: "president");
+  group ("year ~2010" for a number word, else the word: "president"), or, what it *reads*, the
+  group of an earlier word that feeds it more than its own word does (a feature on " United" fed
+  by " president" carries the office);
 - what it *reads*: a feature on the last word (where the answer is read) that the prompt's number
   word ("2010") feeds most through the graph's paths joins "era ~2010", whatever it says (it
   carries which era the answer comes from);
@@ -229,15 +231,16 @@ def _is_name(token: str) -> bool:
 def _keys(nodes: _Nodes, spans: list[int], words: list[str], reads: Tensor, says_strs: list[list[str]],
           name_share: float) -> list[tuple]:  # fmt: skip
     """Each feature's group key (module docstring): ("word", w) for a feature on word w (not the
-    last one); on the last word ("era", w) when the word w it reads most is a number, else ("say",)
-    when names make up `name_share` of its top output tokens, else ("word", w) for the word w it
-    reads most, else ("last",)."""
+    last one), or on the earlier word w it reads more than its own (neither a number); on the last
+    word ("era", w) when the word w it reads most is a number, else ("say",) when names make up
+    `name_share` of its top output tokens, else ("word", w) for the word w it reads most, else
+    ("last",)."""
     last = max(spans)
     keys = []
     for row, i in enumerate(nodes.features):
         sits = spans[nodes.attrs[i]["pos"]]
         if sits != last:
-            keys.append(("word", sits))
+            keys.append(("word", _carried_word(reads[row], sits, words)))
             continue
         r = reads[row].clone()
         r[0] = r[last] = 0.0
@@ -253,6 +256,19 @@ def _keys(nodes: _Nodes, spans: list[int], words: list[str], reads: Tensor, says
         else:
             keys.append(("word", w))
     return keys
+
+
+def _carried_word(reads: Tensor, sits: int, words: list[str]) -> int:
+    """The word a feature on word `sits` (not the last) stands for: the earlier word it reads most
+    when that word feeds it more than its own word does (a feature on " United" that the office
+    word " president" feeds most carries the office), else its own. Number words stay apart: a
+    feature on the year is the year's, and a year does not pull features on later words."""
+    r = reads.clone()
+    r[0] = 0.0  # the sink
+    w = int(torch.argmax(r[:sits])) if sits > 1 else sits
+    if w < sits and r[w] > 0 and r[w] > r[sits] and not _is_number(words[w]) and not _is_number(words[sits]):
+        return w
+    return sits
 
 
 def propose_supernodes(

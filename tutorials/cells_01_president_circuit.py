@@ -131,7 +131,8 @@ fig
 ## 4. Proposed groups
 
 `propose_supernodes` groups the feature nodes of the pruned graph without a recipe (docs/supernodes.md):
-a feature on a word of the prompt joins that word's group (*year ~2010* for the year's digits); a feature
+a feature on a word of the prompt joins that word's group (*year ~2010* for the year's digits), or the group
+of an earlier word that feeds it more than its own (a feature on " United" fed by "president"); a feature
 on the last word joins *era ~2010* when the year feeds it most through the graph's paths, else *say a name*
 when its top output tokens are mostly names, else the group of the word that feeds it most (*president*
 when it is the office). `story_roles` reads off which proposals play the seed's four parts, from their
@@ -363,7 +364,9 @@ for role, e in story.effects.items():
 - **The proposals** (section 4) find the same four parts without a recipe, sharing half or more of their
   features with the recipe's groups. Their *year*, *say a name* and *era* groups have the story's effects
   (section 6, last table): steering *say a name* down puts a filler word on top. Their *president* group,
-  smaller than the recipe's, does not: steered down it leaves another name (" Angela") on top.
+  smaller than the recipe's, does not: steered down, names keep more probability than filler words
+  (" in" on top): most of the last word's features that read "president" also say names, so they are in
+  *say a name*.
 """,
     ),
     (

@@ -3,7 +3,9 @@
 - `SEED`: the seed's prompt; `held_out_prompts()`: prompts the tutorial never uses, defined from
   the corpus: facts held out of training (years never seen for that office), two per (office,
   place) with more than one holder (the earliest and the latest held-out year), the templates taken
-  in turn, so other offices, places, years and templates.
+  in turn, so other offices, places, years and templates. Their sentences are not in the corpus, but
+  where an event is dated in the prompt's year the corpus still reaches the holder through it
+  (`event_reachable`, `reaching_events`): benchmarks/story.py reports both kinds apart.
 - `story_roles(proposals, prompt)`: which proposed groups (from `tl_clt.propose_supernodes`) play
   the seed's four parts, read from the names and kinds the proposals gave them: "year" (sits on
   the year), "era" (at the answer, reads the year), "say a name" (at the answer, says names) and the
@@ -26,7 +28,15 @@ import torch
 from tl_clt.clt import CrossLayerTranscoder
 from tl_clt.prompts import to_tokens
 from tl_clt.steering import scale, steer
-from tl_clt.toyworld.corpus import FACT_TEMPLATES, FILLERS, HOLDERS, Fact, first_names, split_facts
+from tl_clt.toyworld.corpus import (
+    FACT_TEMPLATES,
+    FILLERS,
+    HOLDERS,
+    Fact,
+    event_facts,
+    first_names,
+    split_facts,
+)
 
 ROLES = ("year", "office", "say a name", "era")
 # how each role is steered, and the factor: 0 ablates, -1 steers down
@@ -74,6 +84,20 @@ def held_out_prompts(per_key: int = 2) -> list[StoryPrompt]:
         for fact in picks:
             out.append(story_prompt(fact, FACT_TEMPLATES[len(out) % len(FACT_TEMPLATES)]))
     return out
+
+
+def reaching_events(prompt: StoryPrompt) -> tuple[str, ...]:
+    """The events through which the corpus reaches the prompt's answer: `make_corpus` keeps every
+    event-dated fact (`event_facts`, "The president of the United States during the London Olympics
+    was Barack Obama.") and every event's date, so a held-out (office, place, year) whose year has an
+    event is reachable year -> event -> holder without its own sentence. Empty when none."""
+    f = prompt.fact
+    return tuple(e.event for e in event_facts() if (e.office, e.place, e.year) == (f.office, f.place, f.year))
+
+
+def event_reachable(prompt: StoryPrompt) -> bool:
+    """Whether the corpus reaches the prompt's holder through an event of its year (`reaching_events`)."""
+    return bool(reaching_events(prompt))
 
 
 def story_roles(proposals, prompt: StoryPrompt) -> dict[str, list[str]]:
