@@ -199,3 +199,49 @@ def test_engine_option_is_checked(model_dir, clt):
         tl_clt.attribute(model, clt, PROMPT, engine="fast", verbose=False)
     with pytest.raises(ValueError, match="decoder_cache_bytes"):
         tl_clt.attribute(model, clt, PROMPT, decoder_cache_bytes=-1, verbose=False)
+
+
+def test_the_sweep_buffer_is_what_buffer_bytes_says(world):
+    """The gradient buffer G a run of rows allocates equals the sweep part of `buffer_bytes` (n_sources=0
+    leaves out the edge rows and the influence matrix), for a sweep of 4 sub-batches and for fewer rows."""
+    from tl_clt.transpose import buffer_bytes
+
+    model, clt, state, active, _ = world
+    fr = FrozenRows(model, clt, state, batch_size=3, compute_dtype=None, decoder_cache_bytes=0)
+    fr.edges.gradient_bytes = 1  # sweeps of 4 sub-batches
+    top, last = clt.n_layers - 1, len(state.tokens) - 1
+    for n in (20, 5):  # more rows than one sweep, then fewer
+        sites, positions = torch.full((n,), top), torch.full((n,), last)
+        readouts = torch.randn(n, model.cfg.d_model)
+        fr.edges.scratch = type(fr.edges.scratch)()
+        fr.fill_rows(sites, positions, readouts, out=torch.zeros(n, fr.n_sources))
+        G = fr.edges.scratch._buffers["G"]
+        expected = buffer_bytes(
+            n_pos=len(state.tokens), n_layers=top, d_model=model.cfg.d_model, n_sources=0, n_rows=n,
+            batch_size=3, dtype=fr.dtype, gradient_bytes=1,
+        )  # fmt: skip
+        assert G.numel() * G.element_size() == expected
+
+
+def test_the_default_decoder_budget_leaves_room_for_the_graphs_buffers(world, monkeypatch):
+    """With no decoder_cache_bytes, the budget is half of the available memory beyond what the rows,
+    influence and a sweep's gradients will take, at most 8 GiB."""
+    from tl_clt import attribution, transpose
+
+    model, clt, state, active, _ = world
+    monkeypatch.setattr(transpose, "available_bytes", lambda device: 10 << 30)
+    assert transpose.default_decoder_cache_bytes("cpu") == 5 << 30
+    assert transpose.default_decoder_cache_bytes("cpu", 4 << 30) == 3 << 30
+    assert transpose.default_decoder_cache_bytes("cpu", 11 << 30) == 0
+    monkeypatch.setattr(transpose, "available_bytes", lambda device: 100 << 30)
+    assert transpose.default_decoder_cache_bytes("cpu", 1 << 30) == 8 << 30
+    seen = []
+    monkeypatch.setattr(attribution, "default_decoder_cache_bytes", lambda d, r: seen.append(r) or 1 << 30)
+    graph = tl_clt.attribute(
+        model, clt, PROMPT, max_feature_nodes=7, max_n_logits=3, batch_size=4, verbose=False
+    )
+    n_active, P, L = int(graph.meta["n_active_features"]), len(state.tokens), clt.n_layers
+    n_sources, n_rows = n_active + (L + 1) * P, 3 + 7
+    per_row = P * L * model.cfg.d_model * 4  # float32 compute on CPU
+    sweep_rows = min(n_rows, max(4 * 4, transpose.GRADIENT_BYTES // per_row))  # 4 sub-batches of 4 rows
+    assert seen == [sweep_rows * per_row + 2 * n_rows * n_sources * 4]

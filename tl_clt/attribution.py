@@ -40,6 +40,7 @@ from tl_clt.transpose import (
     DecoderRows,
     EdgeRows,
     TransposedModel,
+    buffer_bytes,
     default_compute_dtype,
     default_decoder_cache_bytes,
     layouts,
@@ -334,8 +335,8 @@ def attribute(
     Transposed engine only: `compute_dtype`, the dtype of the rows' arithmetic (default: float32 on a
     CPU, float64 for a float64 model, the model's dtype on a GPU; the model is not changed; autograd
     computes in the model's dtype), and `decoder_cache_bytes`, memory for the active features' decoder
-    rows, read once per graph (default min(8 GiB, half the available memory)); layers beyond it are read
-    again from the CLT files when used.
+    rows, read once per graph (default min(8 GiB, half the memory available beyond the graph's other
+    buffers, `transpose.buffer_bytes`)); layers beyond it are read again from the CLT files when used.
     """
     max_n_logits, desired_logit_prob, max_feature_nodes, batch_size, update_interval = _check_args(
         max_n_logits, desired_logit_prob, max_feature_nodes, batch_size, update_interval
@@ -362,7 +363,8 @@ def attribute(
             chosen = _choose_engine(engine, guard.user_hooks)
             state = clean_pass(model, clt, tokens, sites)
             if chosen == "transposed":
-                lin = FrozenRows(model, clt, state, batch_size, compute_dtype, decoder_cache_bytes)
+                max_rows = None if max_feature_nodes is None else max_n_logits + max_feature_nodes
+                lin = FrozenRows(model, clt, state, batch_size, compute_dtype, decoder_cache_bytes, max_rows)
             else:
                 lin = LinearReplacement(model, clt, state, find_active_features(clt, state), batch_size)
                 lin.run_forward()
@@ -421,7 +423,9 @@ class FrozenRows:
     stream. Same interface as `LinearReplacement` for `_build_graph`.
     """
 
-    def __init__(self, model, clt, state: PromptState, batch_size, compute_dtype, decoder_cache_bytes):
+    def __init__(
+        self, model, clt, state: PromptState, batch_size, compute_dtype, decoder_cache_bytes, max_rows=None
+    ):
         device = state.mlp_in.device
         self.model, self.clt, self.state = model, clt, state
         self.dtype = compute_dtype or default_compute_dtype(state.mlp_in.dtype, device)
@@ -434,7 +438,15 @@ class FrozenRows:
         acts[:, SINK_POS] = 0  # the attention sink is not explained by features
         index = acts.nonzero()
         values = acts[index[:, 0], index[:, 1], index[:, 2]]
-        budget = default_decoder_cache_bytes(device) if decoder_cache_bytes is None else decoder_cache_bytes
+        budget = decoder_cache_bytes
+        if budget is None:  # leave room for the graph's other buffers (max_rows: targets + feature nodes)
+            n_sources = len(values) + (L + 1) * self.n_pos
+            n_rows = len(values) + L * self.n_pos if max_rows is None else max_rows
+            reserve = buffer_bytes(
+                n_pos=self.n_pos, n_layers=L, d_model=clt.d_model, n_sources=n_sources,
+                n_rows=min(n_rows, n_sources), batch_size=batch_size, dtype=self.dtype,
+            )  # fmt: skip
+            budget = default_decoder_cache_bytes(device, reserve)
         self.decoder = DecoderRows(clt, layouts(index, L), int(budget), device)
         recon = reconstruction(clt, list(acts), self.decoder, self.n_pos, acts.dtype)
         del acts

@@ -40,18 +40,45 @@ def default_compute_dtype(model_dtype: torch.dtype, device: torch.device | str) 
     return model_dtype
 
 
-def default_decoder_cache_bytes(device: torch.device | str) -> int:
-    """min(8 GiB, half the memory available now): the budget for active features' decoder rows."""
+GRADIENT_BYTES = 64 << 20  # a sweep's gradient buffer beyond its minimum of 4 sub-batches
+
+
+def available_bytes(device: torch.device | str) -> int:
+    """Memory free for a graph now: the GPU's free memory, or MemAvailable on Linux (8 GiB if unknown)."""
     device = torch.device(device)
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return min(8 << 30, free // 2)
+        return torch.cuda.mem_get_info(device)[0]
     try:
         with open("/proc/meminfo") as f:
             info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
-        return min(8 << 30, info["MemAvailable"] // 2)
+        return info["MemAvailable"]
     except (OSError, KeyError, ValueError):
-        return 4 << 30
+        return 8 << 30
+
+
+def buffer_bytes(
+    *,
+    n_pos: int,
+    n_layers: int,
+    d_model: int,
+    n_sources: int,
+    n_rows: int,
+    batch_size: int,
+    dtype: torch.dtype,
+    gradient_bytes: int = GRADIENT_BYTES,
+) -> int:
+    """Bytes of a graph's large buffers besides the decoder rows (the memory model in benchmarks/README):
+    one sweep's gradients at the MLP outputs (`EdgeRows.rows`), the float32 edge rows of `n_rows` targets,
+    and the influence matrix over them (as large as the rows)."""
+    per_row = n_pos * n_layers * d_model * torch.finfo(dtype).bits // 8
+    sweep_rows = min(n_rows, max(4 * batch_size, gradient_bytes // max(per_row, 1)))
+    return sweep_rows * per_row + 2 * n_rows * n_sources * 4
+
+
+def default_decoder_cache_bytes(device: torch.device | str, reserve_bytes: int = 0) -> int:
+    """min(8 GiB, half of what is available now beyond `reserve_bytes`): the budget for the active
+    features' decoder rows; `reserve_bytes`: what the graph's other buffers will take (`buffer_bytes`)."""
+    return min(8 << 30, max(0, available_bytes(device) - reserve_bytes) // 2)
 
 
 class Scratch:
@@ -306,7 +333,7 @@ class EdgeRows:
         errors: Float[Tensor, "n_layers pos d_model"],
         embed: Float[Tensor, "pos d_model"],
         batch_size: int,
-        gradient_bytes: int = 64 << 20,
+        gradient_bytes: int = GRADIENT_BYTES,
         out_dtype: torch.dtype = torch.float32,
         block_bytes: int = 256 << 20,
         band_rows: int = 128,
