@@ -3,6 +3,7 @@ hub cache, and any fsspec file system; cards match hand-made records written by 
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import shutil
@@ -77,6 +78,8 @@ def test_text_and_html(folder):
     assert card.label == "2004 / In → up1_4, Obama"  # chosen tokens of the top examples → top logits
     html = card._repr_html_()
     assert "café" in html and "up1_4" in html and "<svg" in html and "&lt;" not in card.label
+    control = dataclasses.replace(card, top_logits=["\x19", " a\x7fb", "\t"])  # byte-level tokens
+    assert control.label == "2004 / In → \\x19, a\\x7fb" and control.label.isprintable()
     evil = FeatureDashboards.from_pretrained(root)[0, 0]
     evil.groups[0].examples[0].tokens[0] = "<script>"
     assert "<script>" not in evil._repr_html_() and "&lt;script&gt;" in evil._repr_html_()

@@ -59,8 +59,12 @@ def _examples(group: dict) -> list[Example]:
 
 
 def _show(token: str) -> str:
-    """A token for a one-line label: stripped, or its repr when it is only whitespace."""
-    return token.strip() or repr(token)
+    """A token for a one-line label: stripped, or its repr when it is only whitespace; characters that
+    do not print (control bytes of byte-level tokens) are written as escapes (`\\x19`)."""
+    text = token.strip()
+    if not text:
+        return repr(token)
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 @dataclass(frozen=True, repr=False)
