@@ -237,7 +237,8 @@ class CrossLayerTranscoder(torch.nn.Module):
     def pre_activations(self, x: Float[Tensor, "... d_model"], layer: int) -> Float[Tensor, "... n_features"]:
         """`W_enc_l x + b_enc_l`, computed in x's dtype."""
         W = self.W_enc[layer].to(x.dtype)
-        return x @ W.T + self.b_enc[layer].to(x.dtype)
+        pre = x @ W.T
+        return pre.add_(self.b_enc[layer].to(x.dtype))  # in place: the same values, one [..., F] tensor less
 
     def activation_fn(self, pre: Tensor, layer: int) -> Tensor:
         """JumpReLU (`pre * (pre > threshold)`) when thresholds exist, else ReLU."""
