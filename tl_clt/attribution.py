@@ -363,8 +363,10 @@ def attribute(
             chosen = _choose_engine(engine, guard.user_hooks)
             state = clean_pass(model, clt, tokens, sites)
             if chosen == "transposed":
-                max_rows = None if max_feature_nodes is None else max_n_logits + max_feature_nodes
-                lin = FrozenRows(model, clt, state, batch_size, compute_dtype, decoder_cache_bytes, max_rows)
+                lin = FrozenRows(
+                    model, clt, state, batch_size, compute_dtype, decoder_cache_bytes,
+                    n_targets=max_n_logits, max_feature_nodes=max_feature_nodes,
+                )  # fmt: skip
             else:
                 lin = LinearReplacement(model, clt, state, find_active_features(clt, state), batch_size)
                 lin.run_forward()
@@ -424,7 +426,15 @@ class FrozenRows:
     """
 
     def __init__(
-        self, model, clt, state: PromptState, batch_size, compute_dtype, decoder_cache_bytes, max_rows=None
+        self,
+        model,
+        clt,
+        state: PromptState,
+        batch_size,
+        compute_dtype,
+        decoder_cache_bytes,
+        n_targets: int = 0,
+        max_feature_nodes: int | None = None,
     ):
         device = state.mlp_in.device
         self.model, self.clt, self.state = model, clt, state
@@ -439,12 +449,12 @@ class FrozenRows:
         index = acts.nonzero()
         values = acts[index[:, 0], index[:, 1], index[:, 2]]
         budget = decoder_cache_bytes
-        if budget is None:  # leave room for the graph's other buffers (max_rows: targets + feature nodes)
+        if budget is None:  # leave room for the graph's other buffers: rows of the targets and features
+            n_features = len(values) if max_feature_nodes is None else min(len(values), max_feature_nodes)
             n_sources = len(values) + (L + 1) * self.n_pos
-            n_rows = len(values) + L * self.n_pos if max_rows is None else max_rows
             reserve = buffer_bytes(
                 n_pos=self.n_pos, n_layers=L, d_model=clt.d_model, n_sources=n_sources,
-                n_rows=min(n_rows, n_sources), batch_size=batch_size, dtype=self.dtype,
+                n_rows=n_targets + n_features, batch_size=batch_size, dtype=self.dtype,
             )  # fmt: skip
             budget = default_decoder_cache_bytes(device, reserve)
         self.decoder = DecoderRows(clt, layouts(index, L), int(budget), device)

@@ -71,8 +71,15 @@ def buffer_bytes(
     one sweep's gradients at the MLP outputs (`EdgeRows.rows`), the float32 edge rows of `n_rows` targets,
     and the influence matrix over them (as large as the rows)."""
     per_row = n_pos * n_layers * d_model * torch.finfo(dtype).bits // 8
-    sweep_rows = min(n_rows, max(4 * batch_size, gradient_bytes // max(per_row, 1)))
-    return sweep_rows * per_row + 2 * n_rows * n_sources * 4
+    sweep = min(n_rows, sweep_rows(per_row, batch_size, gradient_bytes))
+    return sweep * per_row + 2 * n_rows * n_sources * 4
+
+
+def sweep_rows(per_row_bytes: int, batch_size: int, gradient_bytes: int) -> int:
+    """Rows contracted together (`EdgeRows.rows`): at least 4 sub-batches (the contraction's products get
+    wide enough); beyond that, `gradient_bytes` of gradients (a small buffer is cheaper: it is touched
+    once per graph, then reused)."""
+    return max(4 * batch_size, gradient_bytes // max(per_row_bytes, 1))
 
 
 def default_decoder_cache_bytes(device: torch.device | str, reserve_bytes: int = 0) -> int:
@@ -415,11 +422,9 @@ class EdgeRows:
         self.stats.flops_decoder += flops_decoder
         order = torch.argsort(positions.cpu(), stable=True)
         per_row = self.n_pos * self.n_layers * self.d_model * torch.finfo(self.dtype).bits // 8
-        # at least 4 sub-batches per sweep (the contraction's products get wide enough); beyond that,
-        # `gradient_bytes` (a small buffer is cheaper: it is touched once per graph, then reused)
-        sweep_rows = max(4 * self.batch_size, self.gradient_bytes // max(per_row, 1))
+        n_sweep = sweep_rows(per_row, self.batch_size, self.gradient_bytes)
         sites_c, positions_c = sites.cpu(), positions.cpu()
-        for chunk in order.split(sweep_rows):
+        for chunk in order.split(n_sweep):
             t0 = time.perf_counter()
             sweep = Sweep(sites_c[chunk], positions_c[chunk], self.batch_size, self.n_layers, self.band_rows)
             # the gradients at the MLP outputs; not zeroed: what the contraction reads is written
