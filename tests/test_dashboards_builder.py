@@ -406,3 +406,33 @@ def test_a_transformer_bridge_builds_the_same_state(tiny, model_dir):
     listed = ours.top_ctx >= 0
     same = (bridge.top_ctx == ours.top_ctx) & (bridge.top_pos == ours.top_pos)
     assert listed.sum() > 100 and (~same & listed).sum() <= 0.01 * listed.sum()
+
+
+def test_update_from_pre_activations_equals_update_from_activations():
+    """The builder's path (pre-activations at the counted positions only, JumpReLU read where needed)
+    gives the state that masked activations over the whole batch give, windows included; thresholds
+    below zero too (there a small negative activation is kept in windows but never counted)."""
+    torch.manual_seed(0)
+    B, T, F = 5, 12, 40
+    pre = torch.randn(B, T, F) * 2
+    threshold = torch.rand(F) * 2 - 0.3  # some thresholds < 0
+    acts = pre.masked_fill(pre <= threshold, 0.0)
+    lengths = torch.tensor([12, 7, 3, 1, 9])
+    ctx = torch.tensor([0, 1, 2, -1, 3 << 16])
+    pos = torch.arange(T)[None, :]
+    valid = (pos >= 1) & (pos < lengths[:, None])
+    positions = valid.nonzero(as_tuple=True)
+    dense, compact, given = (DashboardState(CONFIG, 2, F) for _ in range(3))
+    for layer in range(2):
+        dense.update_layer(layer, acts * (layer + 1), ctx, lengths)
+        rows = pre[positions] * (layer + 1)
+        compact.update_layer(layer, rows, ctx, lengths, threshold=threshold * (layer + 1), positions=positions)
+        fires = rows > (threshold * (layer + 1)).clamp_min(0.0)
+        given.update_layer(
+            layer, rows, ctx, lengths, threshold=threshold * (layer + 1), fires=fires, positions=positions
+        )
+    assert int(dense.n_active.sum()) == int(((acts > 0) & valid[..., None]).sum()) * 2 > 0
+    assert bool((threshold < 0).any()) and bool(((acts < 0) & valid[..., None]).any())
+    assert torch.isfinite(dense.top_win.float()).any()
+    for state in (compact, given):
+        assert_states_equal(state, dense)

@@ -191,16 +191,60 @@ def _batches(
     yield from _flush(buckets, last + 1)
 
 
-def _encode(clt, x: torch.Tensor, layer: int) -> torch.Tensor:
-    """`clt.encode(x, layer)` without its temporaries: the same values (a zero may be +0 for -0)."""
-    pre = clt.pre_activations(x, layer)
-    if clt.threshold is None:
-        return pre.clamp_min_(0.0)
-    return pre.masked_fill_(pre <= clt.threshold[layer].to(pre.dtype), 0.0)
+ROW_STEP = 64  # the encoders' products have a multiple of this many rows
+
+
+class _Encoder:
+    """A CLT's encoders for the builder: pre-activations at the counted positions only, and where
+    features fire there.
+
+    Sink, padding and dummy rows are never encoded (at the real shape the encoders cost more than the
+    model). The products are written into buffers kept from batch to batch (a fresh 168 MB tensor per
+    layer costs a page fault per 4 KiB, about a tenth of the product), and the JumpReLU is never applied
+    to the whole tensor: the state reads an activation as `pre` where `pre > threshold`, else 0, only
+    where it needs one (the values of `clt.encode`, except that a zero may be +0 for -0). A row's
+    product does not depend on the other rows of the batch as long as no product takes a BLAS's
+    small-matrix path (MKL sums differently below 12 rows): rows are padded to a multiple of `ROW_STEP`
+    (checked bit for bit on CPU: shards merge exactly)."""
+
+    def __init__(self, clt):
+        self.clt = clt
+        F = clt.n_features
+        zeros = torch.zeros(clt.n_layers, F, device=clt.b_enc.device)
+        self.threshold = clt.threshold if clt.threshold is not None else zeros
+        self.cut = self.threshold.clamp_min(0.0)  # fires: pre > threshold and the activation > 0
+        self._buffers: dict = {}
+
+    def _buffer(self, name: str, n: int, dtype, device) -> torch.Tensor:
+        buf = self._buffers.get(name)
+        if buf is None or buf.numel() < n or buf.dtype != dtype or buf.device != device:
+            buf = self._buffers[name] = torch.empty(n, dtype=dtype, device=device)
+        return buf[:n]
+
+    def __call__(self, x: torch.Tensor, layer: int, b: torch.Tensor, t: torch.Tensor):
+        """(pre-activations [n, F], fires [n, F] bool, threshold [F]) of `x[b, t]` at `layer`."""
+        clt, F, n = self.clt, self.clt.n_features, len(b)
+        m = -(-max(n, 1) // ROW_STEP) * ROW_STEP
+        rows = self._buffer("rows", m * x.shape[-1], x.dtype, x.device).view(m, x.shape[-1])
+        torch.index_select(x.reshape(-1, x.shape[-1]), 0, (b * x.shape[1] + t).to(x.device), out=rows[:n])
+        rows[n:] = 0.0
+        pre = self._buffer("pre", m * F, x.dtype, x.device).view(m, F)
+        torch.mm(rows, clt.W_enc[layer].to(x.device, x.dtype).T, out=pre)
+        pre = pre[:n].add_(
+            clt.b_enc[layer].to(x.device, x.dtype)
+        )  # the same operations as clt.pre_activations
+        fires = self._buffer("fires", pre.numel(), torch.bool, x.device).view(len(b), F)
+        torch.gt(pre, self.cut[layer].to(x.device, x.dtype), out=fires)
+        return pre.cpu(), fires.cpu(), self.threshold[layer].to(x.dtype).cpu()
 
 
 def _run_batch(
-    model, clt, sites: Sites, state: DashboardState, batch: list[tuple[int, list[int]]], pad: int
+    model,
+    encoder: _Encoder,
+    sites: Sites,
+    state: DashboardState,
+    batch: list[tuple[int, list[int]]],
+    pad: int,
 ) -> int:
     """Forward one batch through the model (to the last layer) and the CLT encoders; update the state.
 
@@ -220,13 +264,14 @@ def _run_batch(
     ctx = torch.full((rows,), -1, dtype=torch.int64)
     ctx[: len(batch)] = torch.tensor([c for c, _ in batch], dtype=torch.int64)
 
-    valid = ~invalid
+    clt = encoder.clt
+    counted = (~invalid).nonzero(as_tuple=True)
 
     def make_hook(layer: int):
         def hook_fn(value, *, hook):
             x = sites.to_clt_input(model, clt.feature_input_hook, layer, value)
-            acts = _encode(clt, x, layer).float().cpu()
-            state.update_layer(layer, acts, ctx, lengths, valid)
+            pre, fires, threshold = encoder(x, layer, *counted)
+            state.update_layer(layer, pre, ctx, lengths, threshold=threshold, fires=fires, positions=counted)
             return value
 
         return hook_fn
@@ -319,11 +364,12 @@ def build_state(
         return path is not None and time.time() - last_save[0] > checkpoint_every
 
     batches = _batches(corpus, model.tokenizer, sink, config, state.next_doc, stop, flush_due)
+    encoder = _Encoder(clt)
     try:
         with preserve(model):
             for batch, next_doc in batches:
                 if batch:
-                    n_tok += _run_batch(model, clt, sites, state, batch, sink)
+                    n_tok += _run_batch(model, encoder, sites, state, batch, sink)
                     bar.set_postfix(tok_s=f"{n_tok / max(time.time() - t0, 1e-9):.0f}", refresh=False)
                     bar.update(max((batch[-1][0] >> PIECE_BITS) - start - bar.n, 0))
                 if next_doc is not None:

@@ -229,23 +229,40 @@ class DashboardState:
     def update_layer(
         self,
         layer: int,
-        acts: Float[Tensor, "batch pos n_features"],
+        acts: Float[Tensor, "batch pos n_features"] | Float[Tensor, "n n_features"],
         ctx: Int[Tensor, " batch"],
         lengths: Int[Tensor, " batch"],
         valid: Bool[Tensor, "batch pos"] | None = None,
+        *,
+        threshold: Float[Tensor, " n_features"] | None = None,
+        fires: Bool[Tensor, "n n_features"] | None = None,
+        positions: tuple[Int[Tensor, " n"], Int[Tensor, " n"]] | None = None,
     ) -> None:
         """Add one layer's activations of a batch of contexts. Only positions where `valid` is true
-        count (default: 1 <= pos < lengths[b]; position 0 is the attention sink)."""
+        count (default: 1 <= pos < lengths[b]; position 0 is the attention sink).
+
+        The builder's path: `positions` (b, t) [n] are the counted positions and `acts` [n, F] holds
+        the values there only (in (b, t) order); with `threshold`, `acts` are pre-activations and a
+        feature's activation is `acts` where `acts > threshold`, else 0 (the masked tensor is never
+        written); `fires` [n, F]: where the activation is positive, if the caller has it already."""
         c = self.config
-        if valid is None:
-            pos = torch.arange(acts.shape[1])[None, :]
-            valid = (pos >= 1) & (pos < lengths[:, None])
-        active = acts > 0
-        active &= valid[..., None]
-        b, t, f = active.nonzero(as_tuple=True)
+        if positions is None:
+            n_batch, n_pos = acts.shape[:2]
+            if valid is None:
+                pos = torch.arange(n_pos)[None, :]
+                valid = (pos >= 1) & (pos < lengths[:, None])
+            positions = valid.nonzero(as_tuple=True)
+            acts = acts[positions]
+            fires = None
+        else:
+            n_batch, n_pos = len(lengths), int(lengths.max())
+        if fires is None:
+            fires = acts > (0.0 if threshold is None else threshold.clamp_min(0.0))
+        row, f = fires.nonzero(as_tuple=True)
         if len(f) == 0:
             return
-        values = acts[b, t, f].float()
+        b, t = positions[0][row], positions[1][row]
+        values = acts[row, f].float()
         batch_max = torch.zeros(self.n_features).scatter_reduce_(0, f, values, "amax")
         fired = (batch_max > 0).nonzero().squeeze(-1)
         need = levels_needed(batch_max[fired], c.n_fine).to(torch.int32)
@@ -260,20 +277,25 @@ class DashboardState:
             raise OverflowError(
                 "A histogram bin passed 2**31 - 2**24 counts; build on fewer tokens per state."
             )
-        self._sample_batch(layer, acts, ctx, lengths, b, t, f, values, bins)
-        self._top_batch(layer, acts, ctx, lengths, b, t, f, values)
+        row_of = torch.zeros(n_batch, n_pos, dtype=torch.int64)
+        row_of[positions] = torch.arange(len(positions[0]))
+        batch = _Batch(acts, row_of, lengths, threshold)
+        self._sample_batch(layer, batch, ctx, b, t, f, values, bins)
+        self._top_batch(layer, batch, ctx, b, t, f, values)
 
-    def _window(self, acts: Tensor, lengths: Tensor, b: Tensor, t: Tensor, f: Tensor) -> Tensor:
+    def _window(self, batch: _Batch, b: Tensor, t: Tensor, f: Tensor) -> Tensor:
         """[n, window] float16 activations of feature f around (b, t); NaN outside the context."""
         c = self.config
-        n_pos, n_feat = acts.shape[1], acts.shape[2]
         pos = t[:, None] + torch.arange(-c.before, c.after + 1)
-        outside = (pos < 1) | (pos >= lengths[b][:, None])
-        flat = (b[:, None] * n_pos + pos.clamp_(0, n_pos - 1)) * n_feat + f[:, None]
-        vals = acts.reshape(-1)[flat].clamp_(-65504.0, 65504.0).to(torch.float16)
+        outside = (pos < 1) | (pos >= batch.lengths[b][:, None])
+        rows = batch.row_of[b[:, None], pos.clamp_(0, batch.row_of.shape[1] - 1)]
+        vals = batch.acts.reshape(-1)[rows * batch.acts.shape[1] + f[:, None]]
+        if batch.threshold is not None:
+            vals = torch.where(vals > batch.threshold[f][:, None], vals, 0.0)
+        vals = vals.float().clamp_(-65504.0, 65504.0).to(torch.float16)
         return vals.masked_fill_(outside, float("nan"))
 
-    def _sample_batch(self, layer, acts, ctx, lengths, b, t, f, values, bins) -> None:
+    def _sample_batch(self, layer, batch, ctx, b, t, f, values, bins) -> None:
         c = self.config
         band = bins // self.band_width
         key = sample_keys(c.seed, layer, f, ctx[b], t)
@@ -282,10 +304,10 @@ class DashboardState:
         if not keep.any():
             return
         b, t, f, band, key, values = b[keep], t[keep], f[keep], band[keep], key[keep], values[keep]
-        win = _Windows(self, acts, lengths, b, t, f)  # made only for the occurrences that are kept
+        win = _Windows(self, batch, b, t, f)  # made only for the occurrences that are kept
         self._insert_samples(layer, f, key, values, ctx[b], t.to(torch.int32), win)
 
-    def _top_batch(self, layer, acts, ctx, lengths, b, t, f, values) -> None:
+    def _top_batch(self, layer, batch, ctx, b, t, f, values) -> None:
         """Each context's best token per feature (the first on ties) is offered to the top examples."""
         key = b * self.n_features + f
         size = len(ctx) * self.n_features
@@ -297,7 +319,7 @@ class DashboardState:
         first = torch.full((size,), 2**62, dtype=torch.long).scatter_reduce_(0, key[idx], t[idx], "amin")
         idx = idx[t[idx] == first[key[idx]]]
         b, t, f = b[idx], t[idx], f[idx]
-        win = _Windows(self, acts, lengths, b, t, f)  # made only for the examples that are kept
+        win = _Windows(self, batch, b, t, f)  # made only for the examples that are kept
         self._insert_top(layer, f, values[idx], ctx[b], t.to(torch.int32), win)
 
     # ---------------------------------------------------------------- kept examples
@@ -544,15 +566,26 @@ class DashboardState:
         )
 
 
+@dataclass
+class _Batch:
+    """One layer's tensors of a batch: activations (or pre-activations, with `threshold`) [rows, F] of
+    the counted positions, the row of each (b, t) (any row where it is not counted), the lengths."""
+
+    acts: Tensor
+    row_of: Tensor
+    lengths: Tensor
+    threshold: Tensor | None
+
+
 class _Windows:
     """The windows of a batch's entries (b, t, f), made on demand for a subset (`take(index)`)."""
 
-    def __init__(self, state: DashboardState, acts, lengths, b, t, f):
-        self.state, self.acts, self.lengths, self.b, self.t, self.f = state, acts, lengths, b, t, f
+    def __init__(self, state: DashboardState, batch: _Batch, b, t, f):
+        self.state, self.batch, self.b, self.t, self.f = state, batch, b, t, f
 
     def take(self, index: Tensor) -> Tensor:
         i = index
-        return self.state._window(self.acts, self.lengths, self.b[i], self.t[i], self.f[i])
+        return self.state._window(self.batch, self.b[i], self.t[i], self.f[i])
 
 
 def _kept_windows(old: Tensor, new: Tensor | _Windows, kept: Tensor) -> Tensor:
