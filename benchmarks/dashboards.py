@@ -155,6 +155,20 @@ def documents(n: int, words: int = 180, seed: int = 0):
         )
 
 
+def full_documents(tokenizer, n: int, pieces: int = 4, piece_len: int = 63) -> list[str]:
+    """n documents of exactly `pieces` contexts of `piece_len` tokens each (no padding: every batch but
+    the last is full and every position but the sinks counts; the builder's steady state)."""
+    out, want = [], pieces * piece_len
+    for text in documents(4 * n + 16, words=260):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"][:want]
+        cut = tokenizer.decode(ids)
+        if len(tokenizer(cut, add_special_tokens=False)["input_ids"]) == want:
+            out.append(cut)
+        if len(out) == n:
+            return out
+    raise RuntimeError(f"Could not make {n} documents of {want} tokens.")
+
+
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -179,13 +193,8 @@ def child_throughput(args) -> dict:
     model, clt = load(args.size, args.dtype)
     config = DashboardConfig(context_len=64, batch_size=args.batch_size)
     sink = _sink_id(model)
-    batches = [
-        b
-        for b, _ in _batches(
-            open_corpus(list(documents(args.docs))), model.tokenizer, sink, config, 0, None, bool
-        )
-        if b
-    ]
+    texts = full_documents(model.tokenizer, args.docs) if args.full else list(documents(args.docs))
+    batches = [b for b, _ in _batches(open_corpus(texts), model.tokenizer, sink, config, 0, None, bool) if b]
     n_tokens = sum(len(ids) - 1 for b in batches for _, ids in b)
 
     def bare(stop_at_layer=None) -> tuple[float, float]:
@@ -204,7 +213,7 @@ def child_throughput(args) -> dict:
 
     def builder() -> tuple[float, float]:
         t0, c0 = time.perf_counter(), time.process_time()
-        state = build_state(model, clt, documents(args.docs), config, progress=False)
+        state = build_state(model, clt, texts, config, progress=False)
         assert state.n_tokens == n_tokens, (state.n_tokens, n_tokens)
         return time.perf_counter() - t0, time.process_time() - c0
 
@@ -338,6 +347,8 @@ def run_child(name: str, args, **extra) -> dict:
     for flag in ("docs", "mem_docs", "rounds", "batch_size", "threads", "dtype", "cards"):
         value = extra.get(flag, getattr(args, flag))
         cmd += [f"--{flag.replace('_', '-')}", str(value)]
+    if args.full:
+        cmd.append("--full")
     run = subprocess.run(cmd, capture_output=True, text=True, env={**__import__("os").environ})
     if run.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{run.stderr[-3000:]}")
@@ -423,6 +434,11 @@ def main() -> None:
     p.add_argument("--mem-docs", type=int, default=40, help="documents of the smaller memory run (then 10x)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="throughput on documents of exactly 4 x 63 tokens (full batches, no padding)",
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--cards", type=int, default=200)
