@@ -425,14 +425,14 @@ def test_update_from_pre_activations_equals_update_from_activations():
     dense, compact, given = (DashboardState(CONFIG, 2, F) for _ in range(3))
     for layer in range(2):
         dense.update_layer(layer, acts * (layer + 1), ctx, lengths)
-        rows = pre[positions] * (layer + 1)
-        compact.update_layer(layer, rows, ctx, lengths, threshold=threshold * (layer + 1), positions=positions)
-        fires = rows > (threshold * (layer + 1)).clamp_min(0.0)
-        given.update_layer(
-            layer, rows, ctx, lengths, threshold=threshold * (layer + 1), fires=fires, positions=positions
-        )
+        rows, cut = pre[positions] * (layer + 1), threshold * (layer + 1)
+        compact.update_layer(layer, rows, ctx, lengths, threshold=cut, positions=positions)
+        fires = rows > cut.clamp_min(0.0)
+        given.update_layer(layer, rows, ctx, lengths, threshold=cut, fires=fires, positions=positions)
     assert int(dense.n_active.sum()) == int(((acts > 0) & valid[..., None]).sum()) * 2 > 0
     assert bool((threshold < 0).any()) and bool(((acts < 0) & valid[..., None]).any())
     assert torch.isfinite(dense.top_win.float()).any()
     for state in (compact, given):
         assert_states_equal(state, dense)
+    with pytest.raises(ValueError, match="goes with `positions`"):
+        dense.update_layer(0, acts, ctx, lengths, fires=acts > 0)

@@ -247,13 +247,14 @@ class DashboardState:
         written); `fires` [n, F]: where the activation is positive, if the caller has it already."""
         c = self.config
         if positions is None:
+            if fires is not None:
+                raise ValueError("`fires` [n, F] goes with `positions` (the counted positions); pass both.")
             n_batch, n_pos = acts.shape[:2]
             if valid is None:
                 pos = torch.arange(n_pos)[None, :]
                 valid = (pos >= 1) & (pos < lengths[:, None])
             positions = valid.nonzero(as_tuple=True)
             acts = acts[positions]
-            fires = None
         else:
             n_batch, n_pos = len(lengths), int(lengths.max())
         if fires is None:
