@@ -44,6 +44,7 @@ from tl_clt.transpose import (
     default_compute_dtype,
     default_decoder_cache_bytes,
     layouts,
+    n_source_columns,
     reconstruction,
 )
 
@@ -177,7 +178,7 @@ class LinearReplacement:
 
     @property
     def n_sources(self) -> int:
-        return len(self.active.values) + (self.n_layers + 1) * self.n_pos
+        return n_source_columns(len(self.active.values), self.n_layers, self.n_pos)
 
     def fill_rows(self, site_layers: Tensor, positions: Tensor, readouts: Tensor, out: Tensor) -> None:
         """`rows` for any number of targets, `batch_size` per backward pass, written into `out`."""
@@ -451,9 +452,9 @@ class FrozenRows:
         budget = decoder_cache_bytes
         if budget is None:  # leave room for the graph's other buffers: rows of the targets and features
             n_features = len(values) if max_feature_nodes is None else min(len(values), max_feature_nodes)
-            n_sources = len(values) + (L + 1) * self.n_pos
             reserve = buffer_bytes(
-                n_pos=self.n_pos, n_layers=L, d_model=clt.d_model, n_sources=n_sources,
+                n_pos=self.n_pos, n_layers=L, d_model=clt.d_model,
+                n_sources=n_source_columns(len(values), L, self.n_pos),
                 n_rows=n_targets + n_features, batch_size=batch_size, dtype=self.dtype,
             )  # fmt: skip
             budget = default_decoder_cache_bytes(device, reserve)

@@ -70,9 +70,20 @@ def buffer_bytes(
     """Bytes of a graph's large buffers besides the decoder rows (the memory model in benchmarks/README):
     one sweep's gradients at the MLP outputs (`EdgeRows.rows`), the float32 edge rows of `n_rows` targets,
     and the influence matrix over them (as large as the rows)."""
-    per_row = n_pos * n_layers * d_model * torch.finfo(dtype).bits // 8
+    per_row = gradient_row_bytes(n_pos, n_layers, d_model, dtype)
     sweep = min(n_rows, sweep_rows(per_row, batch_size, gradient_bytes))
     return sweep * per_row + 2 * n_rows * n_sources * 4
+
+
+def n_source_columns(n_features: int, n_layers: int, n_pos: int) -> int:
+    """Columns of an edge row: the active features, then an error node per (layer, position), then a
+    token per position."""
+    return n_features + (n_layers + 1) * n_pos
+
+
+def gradient_row_bytes(n_pos: int, n_layers: int, d_model: int, dtype: torch.dtype) -> int:
+    """Bytes of one row's gradients at every layer's MLP output (a column of a sweep's buffer G)."""
+    return n_pos * n_layers * d_model * torch.finfo(dtype).bits // 8
 
 
 def sweep_rows(per_row_bytes: int, batch_size: int, gradient_bytes: int) -> int:
@@ -364,7 +375,7 @@ class EdgeRows:
 
     @property
     def n_sources(self) -> int:
-        return self.n_active + (self.n_layers + 1) * self.n_pos
+        return n_source_columns(self.n_active, self.n_layers, self.n_pos)
 
     def _decoder_flops_table(self) -> Tensor:
         """T[s, q] = 2 * d_model * sum over active features at layer k < s, position <= q of (s - k)."""
@@ -421,7 +432,7 @@ class EdgeRows:
         self.stats.flops_ideal += flops
         self.stats.flops_decoder += flops_decoder
         order = torch.argsort(positions.cpu(), stable=True)
-        per_row = self.n_pos * self.n_layers * self.d_model * torch.finfo(self.dtype).bits // 8
+        per_row = gradient_row_bytes(self.n_pos, self.n_layers, self.d_model, self.dtype)
         n_sweep = sweep_rows(per_row, self.batch_size, self.gradient_bytes)
         sites_c, positions_c = sites.cpu(), positions.cpu()
         for chunk in order.split(n_sweep):
