@@ -319,7 +319,8 @@ def remote_bytes(folder: Path, keys) -> dict:
 
 def child_state(args) -> dict:
     """Seconds per `update_layer` of one batch (32 contexts x 64 tokens x 20480 features, 0.66% active,
-    activations uniform in [0, 5)) once the state has seen 12 batches: the builder's cost beyond the
+    activations uniform in [0, 5)) once the state has seen 12 batches, given as the builder's encoder
+    gives them (the counted positions' rows and where they fire): the builder's cost beyond the
     forward pass and the encoders, at the real shape's width."""
     from tl_clt.dashboards import DashboardConfig
     from tl_clt.dashboards.state import DashboardState
@@ -329,16 +330,23 @@ def child_state(args) -> dict:
     state = DashboardState(DashboardConfig(), L, F)
     acts = [torch.where(torch.rand(B, T, F) < 0.0066, 5 * torch.rand(B, T, F), 0.0) for _ in range(3)]
     lengths, ctx = torch.full((B,), T), torch.arange(B) << 16
+    positions = (torch.arange(T) >= 1).expand(B, T).nonzero(as_tuple=True)  # the builder's counted rows
 
-    def batch(i: int) -> None:
+    def rows(i: int) -> tuple[torch.Tensor, torch.Tensor]:  # what the builder's encoder hands over
+        values = acts[i % 3].roll(i, 0)[positions]
+        return values, values > 0
+
+    def batch(i: int, values: torch.Tensor, fires: torch.Tensor) -> None:
         for layer in range(L):
-            state.update_layer(layer, acts[i % 3].roll(i, 0), ctx + ((i * B) << 16), lengths)
+            c = ctx + ((i * B) << 16)
+            state.update_layer(layer, values, c, lengths, fires=fires, positions=positions)
 
     for i in range(12):
-        batch(i)
+        batch(i, *rows(i))
+    timed = {i: rows(i) for i in range(12, 16)}
     t0 = time.perf_counter()
     for i in range(12, 16):
-        batch(i)
+        batch(i, *timed[i])
     return {"update_s": (time.perf_counter() - t0) / (4 * L), "shape": [B, T, F]}
 
 
