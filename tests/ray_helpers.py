@@ -16,23 +16,29 @@ def ray_children() -> list:
     procs = []
     for p in psutil.Process().children(recursive=True):
         try:
-            cmd = " ".join(p.cmdline())
-        except psutil.Error:
+            cmd, name = " ".join(p.cmdline()), p.name()
+        except psutil.Error:  # it ended while we looked
             continue
-        if "ray" in cmd or "raylet" in p.name() or "gcs_server" in p.name():
+        if "ray" in cmd or "raylet" in name or "gcs_server" in name:
             procs.append(p)
     return procs
 
 
-def wait_gone(pids, timeout=90.0) -> list[int]:
-    """The pids still alive after `timeout` seconds (zombies count as gone)."""
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs and is not a zombie; a process that ends while we look is gone."""
     import psutil
 
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def wait_gone(pids, timeout=90.0) -> list[int]:
+    """The pids still alive after `timeout` seconds (zombies count as gone)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        alive = [
-            p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
-        ]
+        alive = [p for p in pids if _alive(p)]
         if not alive:
             return []
         time.sleep(0.2)
