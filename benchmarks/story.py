@@ -1,6 +1,6 @@
 """The seed's story on prompts the tutorial never saw: automatic supernodes, measured on the toy world.
 
-    PYTHONPATH=$PWD python benchmarks/story.py [--per-key 3] [--json out.json] [--world DIR]
+    PYTHONPATH=$PWD python benchmarks/story.py [--per-key 3] [--json out.json] [--world DIR] [--mechanism]
 
 (`--world`: a toy world built elsewhere, `python -m tl_clt.toyworld.build --out DIR`; default the
 shipped one.)
@@ -13,6 +13,13 @@ down -> filler). Prints one row per prompt and role, the fraction of prompts whe
 holds (over all held-out prompts, and apart for those whose holder the corpus reaches through an event
 of the prompt's year, `tl_clt.toyworld.story.event_reachable`, and the others), and the purity of the
 proposed groups against the corpus-defined feature labels (`tl_clt.toyworld.labels`).
+
+`--mechanism` (instead of the proposals): where each prompt's name-or-filler decision is carried,
+measured without any grouping. Per prompt: p(names) / p(filler) clean; with every CLT feature on the
+office's words ablated and steered x-1 (attention frozen); with the model's own MLP outputs there
+zeroed (no CLT); with the office words' embeddings replaced by a plain noun's (the control: the
+decision is read from those positions); with every feature on the last word ablated; and the most
+attention a layer-0 head pays from the last word to an office word.
 """
 
 from __future__ import annotations
@@ -26,15 +33,20 @@ import torch
 from tqdm import tqdm
 
 import tl_clt
+from tl_clt.prompts import to_tokens
+from tl_clt.steering import Intervention
 from tl_clt.toyworld import load_toyworld
+from tl_clt.toyworld.corpus import NOUNS, first_names
 from tl_clt.toyworld.labels import feature_labels
 from tl_clt.toyworld.story import (
+    FILLER_WORDS,
     ROLES,
     SEED,
     held_out_prompts,
     reaching_events,
     story_effects,
     story_roles,
+    token_ids,
 )
 
 EXPECTED_LABEL = {"year": "year", "era": "era", "say a name": "office", "office": "office"}
@@ -126,14 +138,98 @@ def report(rows: list[dict]) -> None:
     print(f"\nstricter reading (a filler word on top) for office / say a name: {sum(strict)}/{len(strict)}")
 
 
+def p_names_filler(model, logits) -> tuple[float, float, str]:
+    """p(names), p(filler words) and the top token at the last position of [pos, vocab] logits."""
+    p = logits[-1].softmax(-1)
+    names, filler = token_ids(model, first_names()), token_ids(model, FILLER_WORDS)
+    return float(p[names].sum()), float(p[filler].sum()), model.tokenizer.decode([int(p.argmax())])
+
+
+def mechanism_row(model, clt, sp) -> dict:
+    """Where the prompt's name-or-filler decision is carried (module docstring, `--mechanism`)."""
+    tokens = to_tokens(model, sp.prompt)
+    words = [model.tokenizer.decode([int(t)]).strip() for t in tokens]
+    office = [i for i, w in enumerate(words) if w in sp.office_words]
+    last = len(tokens) - 1
+    acts = tl_clt.feature_activations(model, clt, sp.prompt).coalesce()
+    keys, values = acts.indices().T.tolist(), acts.values().tolist()
+
+    def steered(positions, factor):
+        ivs = [
+            Intervention(layer, pos, f, factor * v)
+            for (layer, pos, f), v in zip(keys, values, strict=True)
+            if pos in positions
+        ]
+        return p_names_filler(model, tl_clt.steer(model, clt, sp.prompt, ivs))
+
+    def hooked(name, fn):
+        hooks = [(f"blocks.{layer}.{name}", fn) for layer in range(model.cfg.n_layers)]
+        return p_names_filler(model, model.run_with_hooks(tokens[None], fwd_hooks=hooks)[0])
+
+    def zero_mlp(x, hook):
+        x[:, office] = 0
+        return x
+
+    noun = int(token_ids(model, [" " + NOUNS[0]])[0])
+
+    def noun_embedding(x, hook):
+        x[:, office] = model.W_E[noun]
+        return x
+
+    _, cache = model.run_with_cache(tokens[None], names_filter="blocks.0.attn.hook_pattern")
+    attention = cache["blocks.0.attn.hook_pattern"][0, :, last, office].max()
+    embed = p_names_filler(
+        model, model.run_with_hooks(tokens[None], fwd_hooks=[("hook_embed", noun_embedding)])[0]
+    )
+    return dict(
+        prompt=sp.prompt,
+        n_office_features=sum(p in office for _, p, _ in keys),
+        clean=p_names_filler(model, model(tokens[None])[0]),
+        office_features_x0=steered(office, 0.0),
+        office_features_x_1=steered(office, -1.0),
+        office_mlp_zeroed=hooked("hook_mlp_out", zero_mlp),
+        office_embedding_noun=embed,
+        last_features_x0=steered([last], 0.0),
+        last_features_x_1=steered([last], -1.0),
+        layer0_attention=float(attention),
+    )
+
+
+def mechanism_report(rows: list[dict]) -> None:
+    cols = ("clean", "office_features_x0", "office_features_x_1", "office_mlp_zeroed",
+            "office_embedding_noun", "last_features_x0", "last_features_x_1")  # fmt: skip
+    print(
+        "\np(names) / p(filler) / top after each change; "
+        "'attn': most layer-0 attention from the last word to the office"
+    )
+    print(f"{'prompt':52s} {'feats':>5s} " + " ".join(f"{c:>24s}" for c in cols) + "  attn")
+    for r in rows:
+        cells = " ".join(f"{r[c][0]:4.2f}/{r[c][1]:4.2f} {r[c][2]!r:>13s}" for c in cols)
+        print(f"{r['prompt'][:52]:52s} {r['n_office_features']:5d} {cells}  {r['layer0_attention']:.2f}")
+    n = len(rows)
+    for c in cols[1:]:
+        kept = sum(r[c][0] >= 0.5 for r in rows)
+        filler = sum(r[c][1] > r[c][0] for r in rows)
+        print(f"  {c:24s}: names still >= 0.5 on {kept}/{n}, filler above names on {filler}/{n}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--per-key", type=int, default=3)
     ap.add_argument("--json", default=None)
     ap.add_argument("--world", default=None, help="folder of a toy world (default: the shipped one)")
+    ap.add_argument("--mechanism", action="store_true", help="where the decision is carried (no proposals)")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     model, clt = load_toyworld(root=args.world)
+    if args.mechanism:
+        prompts = [SEED] + held_out_prompts(args.per_key)
+        rows = [mechanism_row(model, clt, sp) for sp in tqdm(prompts, desc="prompts")]
+        mechanism_report(rows)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
+        return
     t0 = time.time()
     labels = feature_labels(model, clt)
     print(f"feature labels from the corpus ({time.time() - t0:.0f} s): {labels.counts()}")
