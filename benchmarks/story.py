@@ -104,6 +104,7 @@ def report(rows: list[dict]) -> None:
                 f"{r['prompt'][:58]:58s} {role:10s} {e['n_features']:3d} {e['factor']:+4.0f}  {change:26s} "
                 f"{e['p_names'][0]:.2f} -> {e['p_names'][1]:.2f}   "
                 f"{e['p_filler'][0]:.2f} -> {e['p_filler'][1]:.2f}   {'yes' if e['holds'] else 'NO'}"
+                + (f"  ({e['holder_after']})" if e.get("holder_after") else "")
             )
     held = [r for r in rows[1:]]
     print(f"\nseed prompt: every effect holds: {rows[0]['holds']}")

@@ -27,6 +27,7 @@ from tl_clt.toyworld.story import (
     story_effects,
     story_roles,
     token_ids,
+    top_holder,
 )
 
 
@@ -110,10 +111,40 @@ def test_reported_effects_equal_an_independent_steering(world, seed):
         pn0, pn1 = float(clean[names].sum()), float(after[names].sum())
         pf0, pf1 = float(clean[filler].sum()), float(after[filler].sum())
         if role in ("year", "era"):
-            expected = int(after.argmax()) in others
+            expected = int(after.argmax()) in others  # the seed's holders' first names all differ
+            assert effect.holder_after is not None
+            assert " " + effect.holder_after.split()[0] == effect.top_after
         else:
             expected = pf1 >= 5 * pf0 and pn1 < pf1 and pn1 < 0.5 * pn0
         assert effect.holds == expected, role
+
+
+def test_a_shared_first_name_is_told_apart_by_the_steered_surname(world):
+    """Harold Wilson and Harold Macmillan both led the UK: the year effect on a 1967 prompt is read
+    from the surname the steered model gives after " Harold", recomputed here by the Judge."""
+    model, clt = world
+    (sp,) = [p for p in held_out_prompts() if p.fact.name == "Harold Wilson"]
+    assert {"Harold Wilson", "Harold Macmillan"} <= set(sp.holders)
+    clean = model(tl_clt.to_tokens(model, sp.prompt)[None])[0, -1].softmax(-1)
+    assert top_holder(model, clt, sp, [], clean) == "Harold Wilson"  # the model answers right
+    graph = tl_clt.attribute(model, clt, sp.prompt, verbose=False)
+    roles = story_roles(tl_clt.propose_supernodes(graph.prune(0.8, 0.98), model=model, clt=clt), sp)
+    effect = story_effects(model, clt, sp, graph, roles).effects["year"]
+    judge = Judge()
+    after = judge.steer(sp.prompt, roles["year"], 0.0)[-1]
+    top = model.tokenizer.decode([int(after.argmax())])
+    assert effect.top_after == top
+    same = [h for h in sp.holders if h.split()[0] == top.strip()]
+    if len(same) == 1:
+        expected = same[0]
+    elif not same:
+        expected = None
+    else:
+        following = judge.steer(sp.prompt + top, roles["year"], 0.0)[-1]
+        surname = judge.ids([" " + h.split(maxsplit=1)[1] for h in same])
+        expected = max(zip(following[surname].tolist(), same, strict=True))[1]
+    assert effect.holder_after == expected
+    assert effect.holds == (expected not in (None, sp.fact.name))
 
 
 def test_on_the_seed_the_year_say_a_name_and_era_effects_hold(seed):

@@ -12,7 +12,9 @@
   office (named after the office's word).
 - `story_effects(model, clt, prompt, graph, roles)`: each role steered with attention frozen, and
   whether the seed's effect holds:
-  year ablated, or era steered down (x-1) -> the top answer is another holder of the same office;
+  year ablated, or era steered down (x-1) -> the top answer is another holder of the same office
+  (`top_holder`: where holders share the first name on top, " Harold", the surname the steered
+  model gives after it tells which holder it is);
   office / "say a name" steered down (x-1) -> filler words up, names down: p(filler words) at
   least 5x what it was, p(names) below p(filler words) and below half of what it was (whether a
   filler word is also the top answer is recorded as `top_is_filler`).
@@ -55,13 +57,17 @@ class StoryPrompt:
     answer: str  # first-name token, e.g. " Barack"
     other_holders: tuple[str, ...]  # first-name tokens of the office's other holders
     office_words: tuple[str, ...]  # the office's words, e.g. ("prime", "minister")
+    holders: tuple[str, ...] = ()  # full names of the office's holders, the answer's included
 
 
 def story_prompt(fact: Fact, template: str = FACT_TEMPLATES[0]) -> StoryPrompt:
     table = HOLDERS[next(k for k in HOLDERS if k[:2] == (fact.office, fact.place))]
     answer = " " + fact.name.split()[0]
-    others = sorted({" " + n.split()[0] for n in table.values() if n} - {answer})
-    return StoryPrompt(fact.prompt(template), fact, answer, tuple(others), tuple(fact.office.split()))
+    holders = sorted({n for n in table.values() if n})
+    others = sorted({" " + n.split()[0] for n in holders} - {answer})
+    return StoryPrompt(
+        fact.prompt(template), fact, answer, tuple(others), tuple(fact.office.split()), tuple(holders)
+    )
 
 
 SEED = story_prompt(Fact("president", "the United States", "US", 2010, "Barack Obama"))
@@ -116,6 +122,21 @@ def token_ids(model: HookedTransformer, words) -> list[int]:
     return [model.tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in words]
 
 
+def top_holder(model, clt, prompt: StoryPrompt, interventions, after) -> str | None:
+    """The holder of the prompt's office the steered model names (full name), None when its top
+    token is no holder's first name. `after`: the steered next-token probabilities [vocab]. Holders
+    sharing that first name are told apart by the next token the same steering gives after it (the
+    first token of each surname)."""
+    best = int(after.argmax())
+    same = [h for h in prompt.holders if token_ids(model, [" " + h.split()[0]])[0] == best]
+    if len(same) <= 1:
+        return same[0] if same else None
+    first = " " + same[0].split()[0]
+    following = steer(model, clt, prompt.prompt + first, interventions)[-1]
+    surname = token_ids(model, [" " + h.split(maxsplit=1)[1] for h in same])
+    return same[max(range(len(same)), key=lambda i: float(following[surname[i]]))]
+
+
 @dataclass
 class Effect:
     """One role steered: top answers and probabilities before and after, and whether it holds."""
@@ -130,6 +151,7 @@ class Effect:
     p_filler: tuple[float, float]
     holds: bool
     top_is_filler: bool  # the stricter reading of "filler words likely": a filler word is on top
+    holder_after: str | None = None  # year / era: the holder named after steering (`top_holder`)
 
 
 @dataclass
@@ -159,7 +181,6 @@ def story_effects(
     """Steer each role's features (attention frozen) and check the seed's effect (module docstring)."""
     names = token_ids(model, first_names())
     filler = token_ids(model, FILLER_WORDS)
-    others = token_ids(model, prompt.other_holders)
     answer = token_ids(model, [prompt.answer])[0]
     clean = model(to_tokens(model, prompt.prompt)[None])[0, -1].softmax(-1)
     top = model.tokenizer.decode([int(clean.argmax())])
@@ -168,7 +189,8 @@ def story_effects(
         if not members:
             continue
         factor = STEERING[role]
-        after = steer(model, clt, prompt.prompt, scale(members, factor, graph))[-1].softmax(-1)
+        interventions = scale(members, factor, graph)
+        after = steer(model, clt, prompt.prompt, interventions)[-1].softmax(-1)
         best = int(after.argmax())
         pn, pf = (
             (float(clean[names].sum()), float(after[names].sum())),
@@ -177,12 +199,14 @@ def story_effects(
                 float(after[filler].sum()),
             ),
         )
+        holder = None
         if role in ("year", "era"):
-            holds = best in others
+            holder = top_holder(model, clt, prompt, interventions, after)
+            holds = holder is not None and holder != prompt.fact.name
         else:
             holds = pf[1] >= 5 * pf[0] and pn[1] < pf[1] and pn[1] < 0.5 * pn[0]
         result.effects[role] = Effect(
             role, len(members), factor, top, model.tokenizer.decode([best]),
-            (float(clean[answer]), float(after[answer])), pn, pf, holds, best in filler,
+            (float(clean[answer]), float(after[answer])), pn, pf, holds, best in filler, holder,
         )  # fmt: skip
     return result
