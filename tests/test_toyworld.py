@@ -140,3 +140,20 @@ def test_attribution_of_the_story_prompt(world):
     # about half of the feature influence sits on features at the final " was" (measured 0.50)
     assert influence[: graph.n_features][at_was].sum() > 0.4 * influence[: graph.n_features].sum()
     assert torch.isfinite(graph.adjacency).all()
+
+
+def test_a_silent_attention_layer_stays_silent_through_training():
+    """`build(silent_attention=(0,))` trains with layer 0's attention output projection held at zero
+    (its MLP then reads each token alone); the other layers train as usual."""
+    from tl_clt.toyworld.tokenizer import train_tokenizer
+    from tl_clt.toyworld.train_model import train_model
+
+    corpus = make_corpus(0)[:64]
+    tokenizer = train_tokenizer(corpus, first_names(), vocab_size=1024)
+    torch.manual_seed(0)
+    model = train_model(tokenizer, corpus, steps=3, batch_size=8, silent_attention=(0,), log_every=0)
+    layers = model.model.layers
+    assert torch.count_nonzero(layers[0].self_attn.o_proj.weight) == 0
+    assert all(torch.count_nonzero(layer.self_attn.o_proj.weight) > 0 for layer in layers[1:])
+    plain = train_model(tokenizer, corpus, steps=3, batch_size=8, log_every=0)
+    assert torch.count_nonzero(plain.model.layers[0].self_attn.o_proj.weight) > 0

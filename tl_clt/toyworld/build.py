@@ -60,6 +60,7 @@ def build(
     clt_steps: int = 1000,
     n_features: int = 512,
     sparsity: float = 2e-4,
+    silent_attention: tuple[int, ...] = (),
 ) -> dict:
     """Run the whole pipeline into `out`; returns the report that is also saved as report.json."""
     timings, t0 = {}, time.time()
@@ -68,7 +69,7 @@ def build(
     print(f"corpus: {len(corpus)} sentences, vocab {len(tokenizer)}")
 
     print("training the model")
-    hf_model = train_model(tokenizer, corpus, steps=model_steps, seed=seed)
+    hf_model = train_model(tokenizer, corpus, steps=model_steps, seed=seed, silent_attention=silent_attention)
     save_model(hf_model, tokenizer, out / "model")
     timings["model_s"] = round(time.time() - t0)
     model = load_qwen3(out / "model", device="cpu")
@@ -100,6 +101,7 @@ def build(
     timings["total_s"] = round(time.time() - t0)
     report = {
         "seed": seed,
+        **({"silent_attention": list(silent_attention)} if silent_attention else {}),
         "n_tokens_clt": mlp_in.shape[1],
         "accuracy": accuracy,
         "story": {p: top_tokens(model, p) for p in STORY_PROMPTS},
@@ -115,9 +117,19 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("tl_clt/data/toyworld"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--silent-attention",
+        type=int,
+        nargs="*",
+        default=[],
+        help="layers whose attention output is held at zero in training (the shipped world: none)",
+    )
+    parser.add_argument("--sparsity", type=float, default=2e-4, help="the CLT's sparsity penalty")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    report = build(args.out, seed=args.seed)
+    report = build(
+        args.out, seed=args.seed, silent_attention=tuple(args.silent_attention), sparsity=args.sparsity
+    )
     print(json.dumps(report["story"], indent=1))
     print(f"done in {report['timings']['total_s']} s")
 

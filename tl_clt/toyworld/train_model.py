@@ -70,12 +70,21 @@ def train_model(
     lr: float = 3e-3,
     seed: int = 0,
     log_every: int = 250,
+    silent_attention: tuple[int, ...] = (),
 ):
-    """A `Qwen3ForCausalLM` trained on `corpus` (seeded), returned in eval mode."""
+    """A `Qwen3ForCausalLM` trained on `corpus` (seeded), returned in eval mode.
+
+    `silent_attention`: layers whose attention output projection is kept at zero, so that their
+    MLP reads each token alone (layer 0: the MLP is an extended embedding that later layers read)."""
     from transformers import Qwen3ForCausalLM
 
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(model_config(len(tokenizer)))
+    for layer in silent_attention:
+        o_proj = model.model.layers[layer].self_attn.o_proj.weight
+        o_proj.requires_grad_(False)
+        with torch.no_grad():
+            o_proj.zero_()
     ids, lengths = encode(tokenizer, corpus)
     real = torch.arange(ids.shape[1])[None] < lengths[:, None]  # [n_seq, pos]
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
