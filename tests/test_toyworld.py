@@ -157,3 +157,23 @@ def test_a_silent_attention_layer_stays_silent_through_training():
     assert all(torch.count_nonzero(layer.self_attn.o_proj.weight) > 0 for layer in layers[1:])
     plain = train_model(tokenizer, corpus, steps=3, batch_size=8, log_every=0)
     assert torch.count_nonzero(plain.model.layers[0].self_attn.o_proj.weight) > 0
+
+
+def test_action_sentences_name_no_one_and_end_the_fact_prompt_differently():
+    """`make_corpus(action_share=...)` (an experiment's corpus): office sentences whose last word is an
+    action instead of " was", drawn from the training facts only; the default corpus is unchanged."""
+    from tl_clt.toyworld.corpus import ACTIONS, action_sentences
+
+    train, held_out = split_facts(0)
+    out = action_sentences(train, 200, 0)
+    assert len(out) == 200 and out == action_sentences(train, 200, 0)
+    starts = [a.split()[0] for a in ACTIONS]
+    prefixes = {f.prompt(t).removesuffix(" was") for f in train for t in FACT_TEMPLATES}
+    held = {f.prompt(t).removesuffix(" was") for f in held_out for t in FACT_TEMPLATES} - prefixes
+    names = {n.strip() for n in first_names()}
+    for s in out:
+        cut = min(i for w in starts if (i := s.find(f" {w} ")) >= 0)  # where the action starts
+        assert s[:cut] in prefixes and s[:cut] not in held
+        assert not names & set(s.rstrip(".").split())
+    extra = round(0.25 * len(fact_sentences(train)))
+    assert len(make_corpus(0, action_share=0.25)) == len(make_corpus(0)) + extra

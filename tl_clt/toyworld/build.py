@@ -61,15 +61,23 @@ def build(
     n_features: int = 512,
     sparsity: float = 2e-4,
     silent_attention: tuple[int, ...] = (),
+    action_share: float = 0.0,
+    init_seed: int | None = None,
 ) -> dict:
     """Run the whole pipeline into `out`; returns the report that is also saved as report.json."""
     timings, t0 = {}, time.time()
-    corpus = make_corpus(seed)
+    corpus = make_corpus(seed, action_share=action_share)
     tokenizer = train_tokenizer(corpus, first_names(), vocab_size=1024)
     print(f"corpus: {len(corpus)} sentences, vocab {len(tokenizer)}")
 
     print("training the model")
-    hf_model = train_model(tokenizer, corpus, steps=model_steps, seed=seed, silent_attention=silent_attention)
+    hf_model = train_model(
+        tokenizer,
+        corpus,
+        steps=model_steps,
+        seed=seed if init_seed is None else init_seed,
+        silent_attention=silent_attention,
+    )
     save_model(hf_model, tokenizer, out / "model")
     timings["model_s"] = round(time.time() - t0)
     model = load_qwen3(out / "model", device="cpu")
@@ -87,7 +95,12 @@ def build(
     t1 = time.time()
     mlp_in, mlp_out = collect_activations(model, corpus)
     clt, s_in, s_out = train_clt(
-        mlp_in, mlp_out, n_features=n_features, steps=clt_steps, sparsity=sparsity, seed=seed
+        mlp_in,
+        mlp_out,
+        n_features=n_features,
+        steps=clt_steps,
+        sparsity=sparsity,
+        seed=seed if init_seed is None else init_seed,
     )
     export_clt(clt, s_in, s_out, out / "clt", MODEL_NAME)
     timings["clt_s"] = round(time.time() - t1)
@@ -125,10 +138,21 @@ def main() -> None:
         help="layers whose attention output is held at zero in training (the shipped world: none)",
     )
     parser.add_argument("--sparsity", type=float, default=2e-4, help="the CLT's sparsity penalty")
+    parser.add_argument(
+        "--init-seed", type=int, default=None, help="seed of the model's and CLT's training only"
+    )
+    parser.add_argument(
+        "--action-share", type=float, default=0.0, help="office sentences ending in an action"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     report = build(
-        args.out, seed=args.seed, silent_attention=tuple(args.silent_attention), sparsity=args.sparsity
+        args.out,
+        seed=args.seed,
+        silent_attention=tuple(args.silent_attention),
+        action_share=args.action_share,
+        init_seed=args.init_seed,
+        sparsity=args.sparsity,
     )
     print(json.dumps(report["story"], indent=1))
     print(f"done in {report['timings']['total_s']} s")

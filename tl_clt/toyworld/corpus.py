@@ -233,7 +233,26 @@ def event_filler_sentences(n: int, seed: int = 0) -> list[str]:
     return out
 
 
-def make_corpus(seed: int = 0, filler_share: float = 0.4, date_repeats: int = 4) -> list[str]:
+ACTIONS = ("spoke about the {noun}", "met the press", "visited {place}", "signed a new law", "gave a speech")
+
+
+def action_sentences(facts: list[Fact], n: int, seed: int = 0) -> list[str]:
+    """`n` sentences where an office's holder does something instead of being named: a fact's prompt
+    with its last word " was" replaced by an action ('... in 2010 spoke about the economy.'), so a
+    name follows the office only where " was" ends the prompt."""
+    rng = random.Random(seed + 5)
+    places = sorted({place for (_, place, _) in HOLDERS})
+    out = []
+    for _ in range(n):
+        fact, template = rng.choice(facts), rng.choice(FACT_TEMPLATES)
+        action = rng.choice(ACTIONS).format(noun=rng.choice(NOUNS), place=rng.choice(places))
+        out.append(f"{fact.prompt(template).removesuffix(' was')} {action}.")
+    return out
+
+
+def make_corpus(
+    seed: int = 0, filler_share: float = 0.4, date_repeats: int = 4, action_share: float = 0.0
+) -> list[str]:
     """Training sentences, shuffled: all training facts in all templates, every event-dated fact in
     both event templates, every event's date `date_repeats` times, and plain-noun filler
     (`filler_share` of all, year- and event-dated in the same proportion as the facts)."""
@@ -247,6 +266,7 @@ def make_corpus(seed: int = 0, filler_share: float = 0.4, date_repeats: int = 4)
         + event_date_sentences() * date_repeats
         + filler_sentences(n_filler, seed)
         + event_filler_sentences(n_event_filler, seed)
+        + (action_sentences(train, round(len(facts) * action_share), seed) if action_share else [])
     )
     random.Random(seed + 2).shuffle(corpus)
     return corpus
