@@ -14,6 +14,9 @@ holds (over all held-out prompts, and apart for those whose holder the corpus re
 of the prompt's year, `tl_clt.toyworld.story.event_reachable`, and the others), and the purity of the
 proposed groups against the corpus-defined feature labels (`tl_clt.toyworld.labels`).
 
+`--prompts validation`: other held-out facts (`tl_clt.toyworld.story.validation_prompts`), to choose
+between worlds or rules without looking at the test prompts.
+
 `--mechanism` (instead of the proposals): where each prompt's name-or-filler decision is carried,
 measured without any grouping. Per prompt: p(names) / p(filler) clean; with every CLT feature on the
 office's words ablated and steered x-1 (attention frozen); with the model's own MLP outputs there
@@ -47,6 +50,7 @@ from tl_clt.toyworld.story import (
     story_effects,
     story_roles,
     token_ids,
+    validation_prompts,
 )
 
 EXPECTED_LABEL = {"year": "year", "era": "era", "say a name": "office", "office": "office"}
@@ -220,11 +224,21 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--world", default=None, help="folder of a toy world (default: the shipped one)")
     ap.add_argument("--mechanism", action="store_true", help="where the decision is carried (no proposals)")
+    ap.add_argument(
+        "--prompts",
+        choices=("test", "validation"),
+        default="test",
+        help="the held-out test prompts, or the validation ones (to choose worlds or rules on)",
+    )
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     model, clt = load_toyworld(root=args.world)
     if args.mechanism:
-        prompts = [SEED] + held_out_prompts(args.per_key)
+        prompts = [SEED] + (
+            held_out_prompts(args.per_key)
+            if args.prompts == "test"
+            else validation_prompts(test_per_key=args.per_key)
+        )
         rows = [mechanism_row(model, clt, sp) for sp in tqdm(prompts, desc="prompts")]
         mechanism_report(rows)
         if args.json:
@@ -234,7 +248,11 @@ def main() -> None:
     t0 = time.time()
     labels = feature_labels(model, clt)
     print(f"feature labels from the corpus ({time.time() - t0:.0f} s): {labels.counts()}")
-    prompts = [SEED] + held_out_prompts(args.per_key)
+    prompts = [SEED] + (
+        held_out_prompts(args.per_key)
+        if args.prompts == "test"
+        else validation_prompts(test_per_key=args.per_key)
+    )
     rows = [run_prompt(model, clt, sp, labels) for sp in tqdm(prompts, desc="prompts")]
     report(rows)
     if args.json:

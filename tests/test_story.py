@@ -28,6 +28,7 @@ from tl_clt.toyworld.story import (
     story_roles,
     token_ids,
     top_holder,
+    validation_prompts,
 )
 
 
@@ -46,6 +47,15 @@ def test_held_out_prompts_are_held_out_and_varied(world):
     assert len(used) >= 3
     for p in prompts:
         assert p.answer not in p.other_holders and p.other_holders
+
+
+def test_validation_prompts_are_held_out_and_apart_from_the_test_prompts():
+    corpus = set(make_corpus(0))
+    test, validation = held_out_prompts(3), validation_prompts()
+    assert not corpus & set(fact_sentences([p.fact for p in validation]))
+    assert not {p.fact for p in test} & {p.fact for p in validation}
+    assert len({(p.fact.office, p.fact.place) for p in validation}) >= 4 and len(validation) >= 8
+    assert SEED.fact not in {p.fact for p in validation}
 
 
 def test_event_reachable_prompts_match_a_scan_of_the_corpus():

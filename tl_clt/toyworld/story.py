@@ -92,6 +92,28 @@ def held_out_prompts(per_key: int = 2) -> list[StoryPrompt]:
     return out
 
 
+def validation_prompts(per_key: int = 2, test_per_key: int = 3) -> list[StoryPrompt]:
+    """Other held-out facts, for choosing between worlds or rules without looking at the test prompts
+    (`held_out_prompts(test_per_key)`, benchmarks/story.py's 21): per office with more than one holder,
+    `per_key` facts evenly spread over the held-out years those do not use (where any are left: US and UK
+    have none), templates in turn."""
+    _, held = split_facts(0)
+    used = {sp.fact for sp in held_out_prompts(test_per_key)}
+    out: list[StoryPrompt] = []
+    for key, table in HOLDERS.items():
+        if len({n for n in table.values() if n}) < 2:
+            continue
+        facts = sorted(
+            (f for f in held if (f.office, f.place) == key[:2] and f not in used), key=lambda f: f.year
+        )
+        step = len(facts) / per_key
+        for fact in (
+            [facts[int(step * (i + 0.5))] for i in range(per_key)] if len(facts) >= per_key else facts
+        ):
+            out.append(story_prompt(fact, FACT_TEMPLATES[(len(out) + 1) % len(FACT_TEMPLATES)]))
+    return out
+
+
 def reaching_events(prompt: StoryPrompt) -> tuple[str, ...]:
     """The events through which the corpus reaches the prompt's answer: `make_corpus` keeps every
     event-dated fact (`event_facts`, "The president of the United States during the London Olympics
