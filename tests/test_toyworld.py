@@ -177,3 +177,12 @@ def test_action_sentences_name_no_one_and_end_the_fact_prompt_differently():
         assert not names & set(s.rstrip(".").split())
     extra = round(0.25 * len(fact_sentences(train)))
     assert len(make_corpus(0, action_share=0.25)) == len(make_corpus(0)) + extra
+
+
+def test_a_build_records_the_experiment_options_it_was_given():
+    from tl_clt.toyworld.build import experiment_options
+
+    assert experiment_options(silent_attention=(), action_share=0.0, init_seed=None, sparsity=2e-4) == {}
+    assert experiment_options(silent_attention=(0,), action_share=0.25, init_seed=1, sparsity=3e-4) == {
+        "silent_attention": [0], "action_share": 0.25, "init_seed": 1, "sparsity": 3e-4,
+    }  # fmt: skip

@@ -17,6 +17,7 @@ note of issue 11).
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import time
 from pathlib import Path
@@ -51,6 +52,12 @@ def top_tokens(model, prompt: str, k: int = 5) -> list[tuple[str, float]]:
     probs = next_token_probs(model, prompt)
     top = probs.topk(k)
     return [(model.tokenizer.decode([i]), round(float(p), 4)) for p, i in zip(*top, strict=True)]
+
+
+def experiment_options(**given) -> dict:
+    """The `build` options among `given` that differ from their defaults (recorded in report.json)."""
+    defaults = inspect.signature(build).parameters
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in given.items() if v != defaults[k].default}
 
 
 def build(
@@ -112,9 +119,12 @@ def build(
     for p, r in recon.items():
         print(p, json.dumps(r))
     timings["total_s"] = round(time.time() - t0)
+    options = experiment_options(
+        silent_attention=silent_attention, action_share=action_share, init_seed=init_seed, sparsity=sparsity
+    )
     report = {
         "seed": seed,
-        **({"silent_attention": list(silent_attention)} if silent_attention else {}),
+        **({"options": options} if options else {}),
         "n_tokens_clt": mlp_in.shape[1],
         "accuracy": accuracy,
         "story": {p: top_tokens(model, p) for p in STORY_PROMPTS},

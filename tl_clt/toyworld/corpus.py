@@ -255,7 +255,9 @@ def make_corpus(
 ) -> list[str]:
     """Training sentences, shuffled: all training facts in all templates, every event-dated fact in
     both event templates, every event's date `date_repeats` times, and plain-noun filler
-    (`filler_share` of all, year- and event-dated in the same proportion as the facts)."""
+    (`filler_share` of all, year- and event-dated in the same proportion as the facts); with
+    `action_share` (an experiment, 0 in the shipped world) also that share of the fact sentences' count
+    of office sentences ending in an action (`action_sentences`)."""
     train, _ = split_facts(seed)
     facts, events = fact_sentences(train), event_sentences(event_facts())
     n_filler = round(len(facts) * filler_share / (1 - filler_share))
