@@ -55,19 +55,20 @@ class StoryPrompt:
     prompt: str
     fact: Fact
     answer: str  # first-name token, e.g. " Barack"
-    other_holders: tuple[str, ...]  # first-name tokens of the office's other holders
     office_words: tuple[str, ...]  # the office's words, e.g. ("prime", "minister")
-    holders: tuple[str, ...] = ()  # full names of the office's holders, the answer's included
+    holders: tuple[str, ...]  # full names of the office's holders, the answer's included
+
+    @property
+    def other_holders(self) -> tuple[str, ...]:
+        """First-name tokens of the office's other holders (not sharing the answer's first name)."""
+        return tuple(sorted({" " + n.split()[0] for n in self.holders} - {self.answer}))
 
 
 def story_prompt(fact: Fact, template: str = FACT_TEMPLATES[0]) -> StoryPrompt:
     table = HOLDERS[next(k for k in HOLDERS if k[:2] == (fact.office, fact.place))]
     answer = " " + fact.name.split()[0]
-    holders = sorted({n for n in table.values() if n})
-    others = sorted({" " + n.split()[0] for n in holders} - {answer})
-    return StoryPrompt(
-        fact.prompt(template), fact, answer, tuple(others), tuple(fact.office.split()), tuple(holders)
-    )
+    holders = tuple(sorted({n for n in table.values() if n}))
+    return StoryPrompt(fact.prompt(template), fact, answer, tuple(fact.office.split()), holders)
 
 
 SEED = story_prompt(Fact("president", "the United States", "US", 2010, "Barack Obama"))
