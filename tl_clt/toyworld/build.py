@@ -73,6 +73,7 @@ def build(
 ) -> dict:
     """Run the whole pipeline into `out`; returns the report that is also saved as report.json."""
     timings, t0 = {}, time.time()
+    train_seed = seed if init_seed is None else init_seed  # the model's and the CLT's training
     corpus = make_corpus(seed, action_share=action_share)
     tokenizer = train_tokenizer(corpus, first_names(), vocab_size=1024)
     print(f"corpus: {len(corpus)} sentences, vocab {len(tokenizer)}")
@@ -82,7 +83,7 @@ def build(
         tokenizer,
         corpus,
         steps=model_steps,
-        seed=seed if init_seed is None else init_seed,
+        seed=train_seed,
         silent_attention=silent_attention,
     )
     save_model(hf_model, tokenizer, out / "model")
@@ -107,7 +108,7 @@ def build(
         n_features=n_features,
         steps=clt_steps,
         sparsity=sparsity,
-        seed=seed if init_seed is None else init_seed,
+        seed=train_seed,
     )
     export_clt(clt, s_in, s_out, out / "clt", MODEL_NAME)
     timings["clt_s"] = round(time.time() - t1)
