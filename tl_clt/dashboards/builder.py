@@ -230,9 +230,7 @@ class _Encoder:
         rows[n:] = 0.0
         pre = self._buffer("pre", m * F, x.dtype, x.device).view(m, F)
         torch.mm(rows, clt.W_enc[layer].to(x.device, x.dtype).T, out=pre)
-        pre = pre[:n].add_(
-            clt.b_enc[layer].to(x.device, x.dtype)
-        )  # the same operations as clt.pre_activations
+        pre = pre[:n].add_(clt.b_enc[layer].to(x.device, x.dtype))  # as clt.pre_activations
         fires = self._buffer("fires", pre.numel(), torch.bool, x.device).view(len(b), F)
         torch.gt(pre, self.cut[layer].to(x.device, x.dtype), out=fires)
         return pre.cpu(), fires.cpu(), self.threshold[layer].to(x.dtype).cpu()
