@@ -1,9 +1,10 @@
 """The seed's story on prompts the tutorial never saw: automatic supernodes, measured on the toy world.
 
     PYTHONPATH=$PWD python benchmarks/story.py [--per-key 3] [--json out.json] [--world DIR] [--mechanism]
+        [--prompts validation] [--push-cover 0.8]
 
 (`--world`: a toy world built elsewhere, `python -m tl_clt.toyworld.build --out DIR`; default the
-shipped one.)
+shipped one. `--push-cover`: `propose_supernodes`' push_cover, the "pushes" signal; default off.)
 
 For the seed's prompt and every held-out prompt (`tl_clt.toyworld.story.held_out_prompts`): check
 the model answers right, attribute, prune (0.8, 0.98), `propose_supernodes`, find the groups that
@@ -63,11 +64,11 @@ def purity(members: list[str], labels) -> tuple[str, float, Counter]:
     return label, n / len(members), counts
 
 
-def run_prompt(model, clt, sp, labels) -> dict:
+def run_prompt(model, clt, sp, labels, push_cover: float = 0.0) -> dict:
     t0 = time.time()
     graph = tl_clt.attribute(model, clt, sp.prompt, verbose=False)
     pruned = graph.prune(0.8, 0.98)
-    proposals = tl_clt.propose_supernodes(pruned, model=model, clt=clt)
+    proposals = tl_clt.propose_supernodes(pruned, model=model, clt=clt, push_cover=push_cover)
     roles = story_roles(proposals, sp)
     result = story_effects(model, clt, sp, graph, roles)
     groups = {}
@@ -230,6 +231,7 @@ def main() -> None:
         default="test",
         help="the held-out test prompts, or the validation ones (to choose worlds or rules on)",
     )
+    ap.add_argument("--push-cover", type=float, default=0.0, help="propose_supernodes' push_cover (0: off)")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     model, clt = load_toyworld(root=args.world)
@@ -253,7 +255,8 @@ def main() -> None:
         if args.prompts == "test"
         else validation_prompts(test_per_key=args.per_key)
     )
-    rows = [run_prompt(model, clt, sp, labels) for sp in tqdm(prompts, desc="prompts")]
+    print(f"push_cover {args.push_cover}")
+    rows = [run_prompt(model, clt, sp, labels, args.push_cover) for sp in tqdm(prompts, desc="prompts")]
     report(rows)
     if args.json:
         with open(args.json, "w") as f:

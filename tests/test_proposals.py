@@ -135,6 +135,9 @@ def test_planted_groups_are_found_and_named_from_their_members():
     info_b = props.info[by_members[tuple(sorted(fam_b))]]
     assert info_b.name == "beta" and info_b.reads[0][0] == " beta" and info_b.sits == [" was"]
     assert props.signals["signals"] == ["sits", "reads", "says"]
+    # without a model and CLT there is no vocabulary to read what features push together: no effect
+    pushed = tl_clt.propose_supernodes(pruned, min_influence=0.0, push_cover=0.8)
+    assert dict(pushed) == dict(props) and pushed.signals == props.signals
 
 
 def test_labels_describe_groups_without_changing_them():
@@ -214,12 +217,43 @@ def path_sums(G: nx.DiGraph) -> dict[str, dict[int, float]]:
     return out
 
 
-def test_toy_groups_follow_the_rule_recomputed_independently(toy):
+def pushers(model, clt, G, spans, k=30, cover=0.8) -> set[str]:
+    """The last word's features that carry `cover` of what its features push together, recomputed
+    from `feature_output_tokens` over the whole vocabulary (a dict per feature, summed here)."""
+    last = max(spans)
+    effects = {}
+    for node, a in G.nodes(data=True):
+        if a["kind"] == "feature" and spans[a["pos"]] == last:
+            scores = tl_clt.feature_output_tokens(model, clt, a["layer"], a["feature"], k=model.cfg.d_vocab)
+            effects[node] = {t.token_id: t.score for t in scores}
+    total: dict[int, float] = {}
+    for node, effect in effects.items():
+        for tok, score in effect.items():
+            total[tok] = total.get(tok, 0.0) + G.nodes[node]["activation"] * score
+    ranked = sorted(total, key=total.get, reverse=True)
+    up, down = ranked[:k], ranked[-k:]
+    share = {
+        node: G.nodes[node]["activation"] * (sum(e[t] for t in up) / k - sum(e[t] for t in down) / k)
+        for node, e in effects.items()
+    }
+    positive = sum(v for v in share.values() if v > 0)
+    out, acc = set(), 0.0
+    for node in sorted(share, key=share.get, reverse=True):
+        if share[node] <= 0 or acc >= cover * positive:
+            break
+        out.add(node)
+        acc += share[node]
+    return out
+
+
+@pytest.mark.parametrize("push_cover", [0.0, 0.8])
+def test_toy_groups_follow_the_rule_recomputed_independently(toy, push_cover):
     """Every member of every proposed group on the seed's prompt is where the documented rule puts it,
     with what it says read by `feature_output_tokens` and what it reads summed over the graph's paths
-    here (dynamic programming, not the matrix solve of the module)."""
+    here (dynamic programming, not the matrix solve of the module); with and without the "pushes"
+    signal."""
     model, clt, graph, pruned = toy
-    props = tl_clt.propose_supernodes(pruned, model=model, clt=clt)
+    props = tl_clt.propose_supernodes(pruned, model=model, clt=clt, push_cover=push_cover)
     G = pruned.to_networkx()
     reads = path_sums(G)
     spans = word_spans(list(graph.token_strs))
@@ -227,6 +261,9 @@ def test_toy_groups_follow_the_rule_recomputed_independently(toy):
     for tok, w in zip(graph.token_strs, spans):
         words[w] = words.get(w, "") + tok
     last = max(spans)
+    pushes = pushers(model, clt, G, spans, cover=push_cover)
+    assert bool(pushes) == (push_cover > 0)
+    assert ("pushes" in props.signals["signals"]) == (push_cover > 0)
     checked = set()
     for name, members in props.items():
         for node in members:
@@ -260,13 +297,15 @@ def test_toy_groups_follow_the_rule_recomputed_independently(toy):
                 continue
             top = [t.token for t in tl_clt.feature_output_tokens(model, clt, layer, feature, k=8)]
             n_names = sum(t.startswith(" ") and t[1:2].isupper() and t[2:3].islower() for t in top)
-            if n_names >= 4:
+            if node in pushes or n_names >= 4:
                 assert name == "say a name", (node, top)
-                checked.add("says")
+                checked.add("says" if n_names >= 4 else "pushes")
                 continue
             assert name.split(" #")[0] == word, (node, by_word)
             checked.add("reads")
-    assert checked == {"sits", "reads an earlier word", "reads a number", "says", "reads"}
+    assert checked == {"sits", "reads an earlier word", "reads a number", "says", "reads"} | (
+        {"pushes"} if push_cover else set()
+    )
     assert {"year ~2010", "say a name", "president", "era ~2010"} <= set(props)
 
 
@@ -292,6 +331,8 @@ def test_proposals_are_deterministic_disjoint_and_usable(toy, tmp_path):
     [
         (dict(name_share=0.0), ValueError, "name_share"),
         (dict(top_k=0), ValueError, "top_k"),
+        (dict(push_k=0), ValueError, "push_k"),
+        (dict(push_cover=1.5), ValueError, "push_cover"),
         (dict(model=object()), ValueError, "Give both model= and clt="),
     ],
 )

@@ -11,7 +11,9 @@ by three signals (docs/supernodes.md):
   word ("2010") feeds most through the graph's paths joins "era ~2010", whatever it says (it
   carries which era the answer comes from);
 - what it *says*: any other feature on the last word whose top output tokens (decoder through the
-  unembedding) are mostly names joins "say a name";
+  unembedding) are mostly names joins "say a name"; with `push_cover` (off by default) so does one of
+  the few that carry most of what the last word's features push together (the tokens their summed
+  direct effect raises most, against those it lowers most: names against filler on a fact prompt);
 - what it *reads* again: the rest of the last word's features join the group of the word whose
   token embeddings feed them most (features on " president" and the last-word features that read
   it are one group).
@@ -229,12 +231,12 @@ def _is_name(token: str) -> bool:
 
 
 def _keys(nodes: _Nodes, spans: list[int], words: list[str], reads: Tensor, says_strs: list[list[str]],
-          name_share: float) -> list[tuple]:  # fmt: skip
+          name_share: float, pushes: set[int]) -> list[tuple]:  # fmt: skip
     """Each feature's group key (module docstring): ("word", w) for a feature on word w (not the
     last one), or on the earlier word w it reads more than its own (neither a number); on the last
-    word ("era", w) when the word w it reads most is a number, else ("say",) when names make up
-    `name_share` of its top output tokens, else ("word", w) for the word w it reads most, else
-    ("last",)."""
+    word ("era", w) when the word w it reads most is a number, else ("say",) when it is in `pushes`
+    (rows of `_pushers`) or names make up `name_share` of its top output tokens, else ("word", w)
+    for the word w it reads most, else ("last",)."""
     last = max(spans)
     keys = []
     for row, i in enumerate(nodes.features):
@@ -249,13 +251,40 @@ def _keys(nodes: _Nodes, spans: list[int], words: list[str], reads: Tensor, says
             keys.append(("era", w))  # reads a number (a year) most: the era, whatever it says
             continue
         toks = says_strs[row]
-        if toks and sum(map(_is_name, toks)) >= name_share * len(toks):
+        if row in pushes or (toks and sum(map(_is_name, toks)) >= name_share * len(toks)):
             keys.append(("say",))
         elif r[w] <= 0:
             keys.append(("last",))
         else:
             keys.append(("word", w))
     return keys
+
+
+def _pushers(nodes: _Nodes, spans: list[int], says: Tensor, k: int, cover: float) -> set[int]:
+    """Rows of the last word's features that carry most of what that word's features push together.
+
+    `says` [n_feat, vocab]: effect on the de-meaned logits per unit activation. The last word's
+    features' summed direct effect `sum_i a_i says_i` raises some tokens most (its top `k`: the
+    answer's kind, e.g. names) and lowers others most (its bottom `k`: what the prompt could
+    otherwise continue with, e.g. " the", " a"). Each feature's share is `a_i * (mean of says_i over
+    the top k - mean over the bottom k)`; the features with the largest shares, taken until they
+    make `cover` of the positive total, are returned."""
+    last = max(spans)
+    rows = [r for r, i in enumerate(nodes.features) if spans[nodes.attrs[i]["pos"]] == last]
+    k = min(k, says.shape[1] // 2)
+    if not rows or k < 1:
+        return set()
+    acts = torch.tensor([float(nodes.attrs[nodes.features[r]]["activation"]) for r in rows])
+    S = says[rows].float().cpu()
+    order = torch.argsort((acts[:, None] * S).sum(0), descending=True, stable=True)
+    share = acts * (S[:, order[:k]].mean(1) - S[:, order[-k:]].mean(1))
+    total, acc, out = float(share.clamp(min=0).sum()), 0.0, set()
+    for j in torch.argsort(share, descending=True, stable=True).tolist():
+        if share[j] <= 0 or acc >= cover * total:
+            break
+        acc += float(share[j])
+        out.add(rows[j])
+    return out
 
 
 def _carried_word(reads: Tensor, sits: int, words: list[str]) -> int:
@@ -279,6 +308,8 @@ def propose_supernodes(
     labels: Mapping[tuple[int, int], str] | Callable[[int, int], str | None] | None = None,
     name_share: float = 0.5,
     top_k: int = 8,
+    push_k: int = 30,
+    push_cover: float = 0.0,
     min_size: int = 2,
     min_influence: float = 0.02,
     max_groups: int | None = 8,
@@ -289,6 +320,9 @@ def propose_supernodes(
     `model`, `clt`: give both to read what each feature says through the unembedding (all tokens);
     without them its direct edges into the graph's logit nodes are used. A feature on the last word
     whose top `top_k` output tokens are at least `name_share` names (" Barack") joins "say a name".
+    `push_cover` (off at 0; 0.8 measured in docs/supernodes.md): the last word's features that make
+    that share of what its features push together (the `push_k` tokens they raise most against the
+    `push_k` they lower most) join "say a name" too; only with `model` and `clt` (every token read).
     `labels`: text labels per (layer, feature) (a mapping or a callable), e.g. dashboard labels; by
     default `clt.dashboards` is read where it exists. Labels describe groups (`info[name].label`)
     and name the groups that have no word of their own; they do not change the grouping.
@@ -302,6 +336,10 @@ def propose_supernodes(
         raise ValueError(f"name_share is a share in (0, 1], got {name_share}.")
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}.")
+    if push_k < 1:
+        raise ValueError(f"push_k must be at least 1, got {push_k}.")
+    if not 0 <= push_cover <= 1:
+        raise ValueError(f"push_cover is a share in [0, 1], got {push_cover}.")
     pruned = graph if graph.node_mask is not None else graph.prune()
     nodes = _graph_arrays(pruned.to_networkx())
     token_strs = list(graph.token_strs)
@@ -314,7 +352,8 @@ def propose_supernodes(
     decode = _decoder(model, pruned)
     top = torch.argsort(says, dim=1, descending=True, stable=True)[:, :top_k].tolist()
     says_strs = [[decode(t if says_tokens is None else says_tokens[t]) for t in row] for row in top]
-    keys = _keys(nodes, spans, words, reads, says_strs, name_share)
+    pushes = _pushers(nodes, spans, says, push_k, push_cover) if says_tokens is None else set()
+    keys = _keys(nodes, spans, words, reads, says_strs, name_share, pushes)
     text = _feature_labels(
         clt, [(nodes.attrs[i]["layer"], nodes.attrs[i]["feature"]) for i in nodes.features], labels
     )
@@ -330,7 +369,8 @@ def propose_supernodes(
     kept = kept[:max_groups] if max_groups is not None else kept
     ctx = _NamingContext(nodes, spans, words, reads, says, says_tokens, infl, decode, text)
     infos = _name_groups([ctx.describe(k, c) for k, c in kept])
-    signals = ["sits", "reads", "says"] + (["labels"] if text is not None else [])
+    signals = ["sits", "reads", "says"] + (["pushes"] if pushes else [])
+    signals += ["labels"] if text is not None else []
     return SupernodeProposals(
         {i.name: i.members for i in infos}, {i.name: i for i in infos}, {"signals": signals}
     )
