@@ -159,6 +159,22 @@ def test_a_silent_attention_layer_stays_silent_through_training():
     assert torch.count_nonzero(plain.model.layers[0].self_attn.o_proj.weight) > 0
 
 
+def test_label_smoothing_is_an_option_of_training_only():
+    """`build(label_smoothing=...)` (an experiment): the model's loss is smoothed, so training moves the
+    weights elsewhere; 0 (the default) trains exactly as before."""
+    from tl_clt.toyworld.tokenizer import train_tokenizer
+    from tl_clt.toyworld.train_model import train_model
+
+    corpus = make_corpus(0)[:64]
+    tokenizer = train_tokenizer(corpus, first_names(), vocab_size=1024)
+    kw = dict(steps=3, batch_size=8, log_every=0)
+    plain = train_model(tokenizer, corpus, **kw).state_dict()
+    zero = train_model(tokenizer, corpus, label_smoothing=0.0, **kw).state_dict()
+    smooth = train_model(tokenizer, corpus, label_smoothing=0.5, **kw).state_dict()
+    assert all(torch.equal(plain[k], zero[k]) for k in plain)
+    assert not torch.equal(plain["lm_head.weight"], smooth["lm_head.weight"])
+
+
 def test_action_sentences_name_no_one_and_end_the_fact_prompt_differently():
     """`make_corpus(action_share=...)` (an experiment's corpus): office sentences whose last word is an
     action instead of " was", drawn from the training facts only; the default corpus is unchanged."""
@@ -186,3 +202,4 @@ def test_a_build_records_the_experiment_options_it_was_given():
     assert experiment_options(silent_attention=(0,), action_share=0.25, init_seed=1, sparsity=3e-4) == {
         "silent_attention": [0], "action_share": 0.25, "init_seed": 1, "sparsity": 3e-4,
     }  # fmt: skip
+    assert experiment_options(label_smoothing=0.1, sparsity=2e-4) == {"label_smoothing": 0.1}

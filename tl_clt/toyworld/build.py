@@ -70,6 +70,7 @@ def build(
     silent_attention: tuple[int, ...] = (),
     action_share: float = 0.0,
     init_seed: int | None = None,
+    label_smoothing: float = 0.0,
 ) -> dict:
     """Run the whole pipeline into `out`; returns the report that is also saved as report.json."""
     timings, t0 = {}, time.time()
@@ -85,6 +86,7 @@ def build(
         steps=model_steps,
         seed=train_seed,
         silent_attention=silent_attention,
+        label_smoothing=label_smoothing,
     )
     save_model(hf_model, tokenizer, out / "model")
     timings["model_s"] = round(time.time() - t0)
@@ -121,7 +123,11 @@ def build(
         print(p, json.dumps(r))
     timings["total_s"] = round(time.time() - t0)
     options = experiment_options(
-        silent_attention=silent_attention, action_share=action_share, init_seed=init_seed, sparsity=sparsity
+        silent_attention=silent_attention,
+        action_share=action_share,
+        init_seed=init_seed,
+        sparsity=sparsity,
+        label_smoothing=label_smoothing,
     )
     report = {
         "seed": seed,
@@ -155,6 +161,9 @@ def main() -> None:
     parser.add_argument(
         "--action-share", type=float, default=0.0, help="office sentences ending in an action"
     )
+    parser.add_argument(
+        "--label-smoothing", type=float, default=0.0, help="of the model's training loss (an experiment)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     report = build(
@@ -164,6 +173,7 @@ def main() -> None:
         action_share=args.action_share,
         init_seed=args.init_seed,
         sparsity=args.sparsity,
+        label_smoothing=args.label_smoothing,
     )
     print(json.dumps(report["story"], indent=1))
     print(f"done in {report['timings']['total_s']} s")

@@ -71,11 +71,13 @@ def train_model(
     seed: int = 0,
     log_every: int = 250,
     silent_attention: tuple[int, ...] = (),
+    label_smoothing: float = 0.0,
 ):
     """A `Qwen3ForCausalLM` trained on `corpus` (seeded), returned in eval mode.
 
     `silent_attention`: layers whose attention output projection is kept at zero, so that their
-    MLP reads each token alone (layer 0: the MLP is an extended embedding that later layers read)."""
+    MLP reads each token alone (layer 0: the MLP is an extended embedding that later layers read).
+    `label_smoothing`: of the cross-entropy (an experiment: a model that answers with p ~ 1 - it)."""
     from transformers import Qwen3ForCausalLM
 
     torch.manual_seed(seed)
@@ -99,7 +101,9 @@ def train_model(
         width = int(lengths[batch].max())
         x, mask = ids[batch, :width], real[batch, :width]
         logits = model(input_ids=x).logits[:, :-1]
-        loss = torch.nn.functional.cross_entropy(logits[mask[:, 1:]], x[:, 1:][mask[:, 1:]])
+        loss = torch.nn.functional.cross_entropy(
+            logits[mask[:, 1:]], x[:, 1:][mask[:, 1:]], label_smoothing=label_smoothing
+        )
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr)
         opt.zero_grad(set_to_none=True)
