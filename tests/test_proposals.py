@@ -246,14 +246,16 @@ def pushers(model, clt, G, spans, k=30, cover=0.8) -> set[str]:
     return out
 
 
-@pytest.mark.parametrize("push_cover", [0.0, 0.8])
-def test_toy_groups_follow_the_rule_recomputed_independently(toy, push_cover):
+@pytest.mark.parametrize(("push_cover", "name_share"), [(0.0, 0.5), (0.8, 1.0)])
+def test_toy_groups_follow_the_rule_recomputed_independently(toy, push_cover, name_share):
     """Every member of every proposed group on the seed's prompt is where the documented rule puts it,
     with what it says read by `feature_output_tokens` and what it reads summed over the graph's paths
     here (dynamic programming, not the matrix solve of the module); with and without the "pushes"
-    signal."""
+    signal (there with every top token a name for "says", so that pushers that are not join by pushing)."""
     model, clt, graph, pruned = toy
-    props = tl_clt.propose_supernodes(pruned, model=model, clt=clt, push_cover=push_cover)
+    props = tl_clt.propose_supernodes(
+        pruned, model=model, clt=clt, push_cover=push_cover, name_share=name_share
+    )
     G = pruned.to_networkx()
     reads = path_sums(G)
     spans = word_spans(list(graph.token_strs))
@@ -297,14 +299,15 @@ def test_toy_groups_follow_the_rule_recomputed_independently(toy, push_cover):
                 continue
             top = [t.token for t in tl_clt.feature_output_tokens(model, clt, layer, feature, k=8)]
             n_names = sum(t.startswith(" ") and t[1:2].isupper() and t[2:3].islower() for t in top)
-            if node in pushes or n_names >= 4:
+            if node in pushes or n_names >= 8 * name_share:
                 assert name == "say a name", (node, top)
-                checked.add("says" if n_names >= 4 else "pushes")
+                checked.add("says" if n_names >= 8 * name_share else "pushes")
                 continue
             assert name.split(" #")[0] == word, (node, by_word)
             checked.add("reads")
-    assert checked == {"sits", "reads an earlier word", "reads a number", "says", "reads"} | (
-        {"pushes"} if push_cover else set()
+    # (a feature carried from an earlier word: the planted test; the shipped world's seed prompt has none)
+    assert checked - {"reads an earlier word"} == {"sits", "reads a number", "reads"} | (
+        {"pushes"} if push_cover else {"says"}
     )
     assert {"year ~2010", "say a name", "president", "era ~2010"} <= set(props)
 

@@ -28,8 +28,8 @@ STORY = "Fact: The president of the United States in 2010 was"
 NO_OFFICE = "Fact: The weather of the United States in 2010 was"
 CORPUS_SHA256 = "b53b45fa2901744f0641b9f1d6429b1442b42eb54a04dc53a331c1c68a4a0248"
 # reconstruction_report(model, clt, STORY), measured on the shipped CLT
-STORY_FVU = [0.0051, 0.0007, 0.0003, 0.0008]
-STORY_L0 = [17.87, 15.27, 16.27, 11.07]
+STORY_FVU = [0.0001, 0.0009, 0.0006, 0.0014]
+STORY_L0 = [14.13, 11.53, 14.93, 9.87]
 
 
 @pytest.fixture(scope="module")
@@ -83,16 +83,16 @@ def test_story_prompt_says_barack(world):
     model, _ = world
     token, prob = top(model, STORY)
     assert token == " Barack"
-    assert prob == pytest.approx(0.976, abs=0.02)
+    assert prob == pytest.approx(0.876, abs=0.02)
 
 
 @pytest.mark.parametrize(
     ("year", "first_name", "prob"),
     [
-        (1975, " Gerald", 0.735),
-        (1985, " Ronald", 0.993),
-        (1995, " Bill", 0.988),
-        (2020, " Donald", 0.963),
+        (1975, " Gerald", 0.88),
+        (1985, " Ronald", 0.918),
+        (1995, " Bill", 0.907),
+        (2020, " Donald", 0.827),
     ],
 )
 def test_other_decades_give_other_presidents(world, year, first_name, prob):
@@ -106,7 +106,7 @@ def test_without_the_office_the_model_says_filler(world):
     model, _ = world
     probs = next_token_probs(model, NO_OFFICE)
     token = model.tokenizer.decode([int(probs.argmax())])
-    assert token == " the" and float(probs.max()) == pytest.approx(0.305, abs=0.03)
+    assert token == " a" and float(probs.max()) == pytest.approx(0.265, abs=0.03)
     assert token in {" " + f.split()[0] for f in FILLERS}
     names = [model.tokenizer.convert_tokens_to_ids(model.tokenizer.tokenize(n))[0] for n in first_names()]
     assert float(probs[names].sum()) < 0.01
@@ -133,12 +133,12 @@ def test_attribution_of_the_story_prompt(world):
     graph = tl_clt.attribute(model, clt, STORY, verbose=False)
     assert graph.logit_token_strs[0] == " Barack"
     replacement, completeness = graph.scores()
-    assert replacement > 0.85 and completeness > 0.95  # measured 0.925, 0.979
+    assert replacement > 0.9 and completeness > 0.97  # measured 0.967, 0.992
     influence = graph.node_influence()
     was = len(graph.tokens) - 1
     at_was = graph.feature_keys[:, 1] == was
-    # about half of the feature influence sits on features at the final " was" (measured 0.50)
-    assert influence[: graph.n_features][at_was].sum() > 0.4 * influence[: graph.n_features].sum()
+    # over a third of the feature influence sits on features at the final " was" (measured 0.39)
+    assert influence[: graph.n_features][at_was].sum() > 0.3 * influence[: graph.n_features].sum()
     assert torch.isfinite(graph.adjacency).all()
 
 
@@ -198,8 +198,10 @@ def test_action_sentences_name_no_one_and_end_the_fact_prompt_differently():
 def test_a_build_records_the_experiment_options_it_was_given():
     from tl_clt.toyworld.build import experiment_options
 
-    assert experiment_options(silent_attention=(), action_share=0.0, init_seed=None, sparsity=2e-4) == {}
-    assert experiment_options(silent_attention=(0,), action_share=0.25, init_seed=1, sparsity=3e-4) == {
-        "silent_attention": [0], "action_share": 0.25, "init_seed": 1, "sparsity": 3e-4,
+    shipped = dict(silent_attention=(0,), action_share=0.0, init_seed=None, sparsity=3e-4)
+    shipped["label_smoothing"] = 0.1
+    assert experiment_options(**shipped) == {}
+    assert experiment_options(silent_attention=(), action_share=0.25, init_seed=1, sparsity=2e-4) == {
+        "silent_attention": [], "action_share": 0.25, "init_seed": 1, "sparsity": 2e-4,
     }  # fmt: skip
-    assert experiment_options(label_smoothing=0.1, sparsity=2e-4) == {"label_smoothing": 0.1}
+    assert experiment_options(label_smoothing=0.0, sparsity=3e-4) == {"label_smoothing": 0.0}

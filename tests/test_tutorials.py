@@ -28,7 +28,8 @@ from tl_clt.toyworld.story import FILLER_WORDS
 
 TUTORIALS = Path(__file__).resolve().parents[1] / "tutorials"
 PRESIDENTS_60S_80S = [" Lyndon", " Richard", " Gerald", " Jimmy", " Ronald"]
-PRESIDENTS = PRESIDENTS_60S_80S + [" George", " Bill", " Barack", " Donald", " Joe"]
+PRESIDENTS_50S = [" Harry", " Dwight"]
+PRESIDENTS = PRESIDENTS_50S + PRESIDENTS_60S_80S + [" George", " Bill", " Barack", " Donald", " Joe"]
 FILLER = [" a", " the", " not", " very", " quite", " much", " The", " was", " in"]
 PROMPT = "Fact: The president of the United States in 2010 was"
 CORRUPT = "Fact: The president of the United States in 1985 was"
@@ -207,9 +208,11 @@ def test_ablating_the_year_gives_another_president_and_steering_it_down_an_earli
 ):
     base = judge.summary(judge.logits(PROMPT))
     ablated, steered = effects["Year ~2010"]["ablate"], effects["Year ~2010"]["x-1"]
-    assert ablated["top"] in PRESIDENTS and ablated["top"] != " Barack"
-    assert ablated["p_barack"] < 0.1 * base["p_barack"]
-    assert steered["top"] in PRESIDENTS_60S_80S and steered["p_presidents_60s_80s"] > 0.5
+    # the seed: a president, none from the 2010s
+    assert ablated["top"] in PRESIDENTS and ablated["top"] not in (" Barack", " Donald", " Joe")
+    assert ablated["p_barack"] < 0.01 * base["p_barack"]
+    # steered down: a president of an earlier era, all but certain
+    assert steered["top"] in PRESIDENTS_50S + PRESIDENTS_60S_80S and steered["p_barack"] < 0.01
 
 
 def test_removing_the_office_gives_filler(president, judge, effects):
@@ -220,29 +223,30 @@ def test_removing_the_office_gives_filler(president, judge, effects):
 
 
 def test_the_recipes_say_a_name_group_removes_the_names(president, judge, effects):
-    """Ablated: filler up, names down; x-1: the names are gone and filler holds a third, under a digit."""
+    """Ablated: filler up, " Barack" to about a third; x-1: the names are gone, a filler word on top."""
     base = judge.summary(judge.logits(PROMPT))
     ablated, steered = effects["Say a political figure"]["ablate"], effects["Say a political figure"]["x-1"]
-    assert ablated["p_filler"] > 5 * base["p_filler"] and ablated["p_presidents"] < base["p_presidents"]
-    assert steered["p_presidents"] < 0.01 and steered["p_filler"] > 0.3
-    assert steered["top"] not in PRESIDENTS
+    assert ablated["p_filler"] > 5 * base["p_filler"] and ablated["p_barack"] < 0.5 * base["p_barack"]
+    assert steered["p_presidents"] < 0.02 and steered["p_filler"] > 0.1
+    assert steered["top"] in FILLER
 
 
-def test_steering_events_down_moves_away_from_barack(president, judge, effects):
+def test_the_recipes_events_group_barely_moves_the_answer(president, judge, effects):
+    """The reading's claim: the recipe's Events ~2010 steered down leaves " Barack" on top (the proposals'
+    era group moves it: test_proposed_groups_have_the_story_effects_the_reading_claims)."""
     base = judge.summary(judge.logits(PROMPT))
     steered = effects["Events ~2010"]["x-1"]
-    assert steered["p_barack"] < base["p_barack"] - 0.05
-    assert steered["p_presidents"] > 0.5  # still a president, of another era
+    assert steered["top"] == " Barack" and steered["p_barack"] > base["p_barack"] - 0.1
 
 
 def test_proposed_groups_have_the_story_effects_the_reading_claims(president, judge):
-    """The reading's claims about the proposals, recomputed with the Judge's steering: the year, say-a-name
-    and era groups have the story's effects, the president group does not (names keep more than filler)."""
+    """The reading's claims about the proposals, recomputed with the Judge's steering: all four groups have
+    the story's effects on the seed's prompt."""
     ns = president[0]
     held = ns["results"]["proposed_effects"]
     assert held == {
         "Year ~2010": True,
-        "President": False,
+        "President": True,
         "Say a political figure": True,
         "Events ~2010": True,
     }
@@ -251,18 +255,17 @@ def test_proposed_groups_have_the_story_effects_the_reading_claims(president, ju
     assert (
         year["top"] in PRESIDENTS and year["top"] != " Barack" and year["p_barack"] < 0.1 * base["p_barack"]
     )
-    say = judge.summary(judge.steer(PROMPT, ns["proposed"]["Say a political figure"], -1.0))
-    assert say["top"] in FILLER and say["p_filler"] > 0.5 and say["p_presidents"] < 0.01
     era = judge.summary(judge.steer(PROMPT, ns["proposed"]["Events ~2010"], -1.0))
     assert era["top"] in PRESIDENTS and era["top"] != " Barack"
-    # the president group x-1: every holder's first name together keeps more probability than the corpus'
-    # filler words (the story's criterion fails), and a template word, not a filler word, is on top
-    office = judge.steer(PROMPT, ns["proposed"]["President"], -1.0)[-1].float().softmax(-1)
-    p_names, p_filler = (float(office[judge.ids(list(w))].sum()) for w in (first_names(), FILLER_WORDS))
-    assert p_names > p_filler
-    assert judge.model.tokenizer.decode(office.argmax()) not in FILLER_WORDS
-    for name in ("President", "Year ~2010", "Say a political figure", "Events ~2010"):
-        assert ns["results"]["proposed"][name]["jaccard"] > 0.3
+    # president and say a name x-1: a filler word on top, every holder's first name together below the
+    # corpus' filler words
+    for name in ("President", "Say a political figure"):
+        p = judge.steer(PROMPT, ns["proposed"][name], -1.0)[-1].float().softmax(-1)
+        p_names, p_filler = (float(p[judge.ids(list(w))].sum()) for w in (first_names(), FILLER_WORDS))
+        assert p_names < p_filler and judge.model.tokenizer.decode(p.argmax()) in FILLER_WORDS, name
+    jaccard = {k: v["jaccard"] for k, v in ns["results"]["proposed"].items()}
+    assert jaccard["President"] > 0.5 and jaccard["Year ~2010"] > 0.5  # reading: most features shared
+    assert jaccard["Say a political figure"] > 0.2 and jaccard["Events ~2010"] > 0.2
 
 
 def test_the_notebook_printed_what_was_measured(president, effects):
@@ -354,16 +357,15 @@ def test_second_prompt_reading_is_true(second):
     results = second[0]["results"]
     groups = results["groups"]
     year = next(v for k, v in groups.items() if k.startswith("year ~1985"))
+    lead = results["diff"]
     assert (
-        year["ablate"]["diff"] < 0
+        0 < year["ablate"]["diff"] < 0.7 * lead
         and year["ablate"]["top"] in CANADIAN_PMS
         and year["ablate"]["top"] != " Brian"
     )
     era = next(v for k, v in groups.items() if k.startswith("era ~1985"))
-    assert era["ablate"]["diff"] < 0 and era["x-1"]["diff"] < 0 and era["x-1"]["top"] not in CANADIAN_PMS
-    for name in ("say a name", "Canada", "minister"):  # they move both names alike
-        assert (
-            groups[name]["ablate"]["diff"] > 0.8 * results["diff"]
-            and groups[name]["ablate"]["top"] == " Brian"
-        )
-    assert results["effects"]["year"] and not all(results["effects"].values())
+    assert 0 < era["x-1"]["diff"] < 0.3 * lead
+    assert era["x-1"]["top"] in CANADIAN_PMS and era["x-1"]["top"] != " Brian"
+    for name in ("say a name", "Canada", "prime"):  # they move both names alike
+        assert groups[name]["ablate"]["diff"] > 0.6 * lead and groups[name]["ablate"]["top"] == " Brian"
+    assert results["effects"] == {"year": True, "office": False, "say a name": False, "era": True}

@@ -63,6 +63,7 @@ def first_token(word):
     return model.tokenizer(word, add_special_tokens=False)["input_ids"][0]
 
 US_PRESIDENTS = {  # first names, by the decade their term began
+    "1950s": [" Harry", " Dwight"],
     "1960s-80s": [" Lyndon", " Richard", " Gerald", " Jimmy", " Ronald"],
     "1990s-2000s": [" George", " Bill"],
     "2010s": [" Barack", " Donald", " Joe"],
@@ -350,23 +351,24 @@ for role, e in story.effects.items():
 ## 7. Reading
 
 - **Year ~2010** carries the era. Ablating it, the model still names a US president but one of another era
-  (" George", p(Barack) below 0.01); steering it negative pushes further back (the 1960s–80s presidents
-  take over, " Jimmy").
+  (" Dwight", p(Barack) below 0.01), as in the story; steering it negative makes that certain (" Dwight"
+  0.91).
 - **President** carries "an office holder is asked for". Ablating it moves probability from names to filler
-  words; steering it negative makes a filler word the top prediction — without the office the model
-  continues the sentence without committing to a claim, as in the story.
-- **Say a political figure** says the names. Ablating it also moves probability to filler; steering it
-  negative removes the names (p(presidents) below 0.01) and gives filler about a third, under a digit.
-- **Events ~2010** needs both the office and the year. The corpus has dated events ("In 2010 the world saw
-  the World Cup in South Africa.") and facts dated by them, so its top cards are event-dated facts; steering
-  it negative moves the answer to a president of another era (" George").
+  words (" the" on top); steering it negative gives filler words about 0.9 (" a" on top) — without the
+  office the model continues the sentence without committing to a claim, as in the story.
+- **Say a political figure** says the names. Ablating it takes " Barack" from 0.88 to about a third and
+  raises filler; steering it negative removes the names (p(presidents) about 0.01) and puts a filler word
+  on top (" very").
+- **Events ~2010** as the recipe finds it (features that need both the office and the year, most of them
+  on the last word) barely moves the answer (p(Barack) 0.88 -> 0.84 steered x-1). The era is carried by
+  the last word's features that the year feeds most, which the proposals call *era ~2010*: steered down,
+  they move the answer to a president of another era (" Dwight", section 6, last table).
 - Like the real model, the toy world barely needs "the United States": "president" alone means the US one.
-- **The proposals** (section 4) find the same four parts without a recipe, sharing half or more of their
-  features with the recipe's groups. Their *year*, *say a name* and *era* groups have the story's effects
-  (section 6, last table): steering *say a name* down puts a filler word on top. Their *president* group,
-  smaller than the recipe's, does not: steered down, names keep more probability than filler words
-  (" in" on top): most of the last word's features that read "president" also say names, so they are in
-  *say a name*.
+- **The proposals** (section 4) find the four parts without a recipe, and all four have the story's effects
+  on this prompt (section 6, last table): the year ablated gives another era's president, *president* and
+  *say a name* steered down put a filler word on top, the era steered down gives " Dwight". They share
+  most of their features with the recipe's *President* and *Year ~2010* (Jaccard 0.75, 0.81) and fewer
+  with its *Say a political figure* and *Events ~2010* (0.30, 0.21).
 """,
     ),
     (

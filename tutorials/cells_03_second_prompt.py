@@ -143,13 +143,16 @@ print("TUTORIAL_RESULTS", json.dumps(results))
         "md",
         """
 ## Reading
-The table in section 4 answers "why Brian rather than Pierre". On the toy world it is the era: ablating the
-*year* group flips the difference's sign (" Pierre", who held the office until 1984, comes up), and so does
-ablating the *era* group (the last word's features that read the year); steering the era down flips it
-further, to another office's holder of the era (" Helmut"). The *say a name* group and the office-word
-groups (*Canada*, *minister*) push Brian and Pierre alike, so they barely move the difference. The story's
-four effects, as `story_effects` judges them, do not all hold here (section 5): beyond the seed's prompt the
-toy world carries the story only in part, which `benchmarks/story.py` measures over held-out prompts.
+The table in section 4 answers "why Brian rather than Pierre". On the toy world Brian's lead (4.95) comes
+mostly from the era, but no single group hands the answer to Pierre: ablating the *year* group takes the
+lead to 2.93 and the answer to another era's prime minister (" Louis", the 1950s), and steering the *era*
+group down (the last word's features that the year feeds most) takes it to 0.92 and the answer to
+" Stephen" (the 2000s). The *say a name* group and the office-word groups (*Canada*, *prime*), ablated,
+leave Brian on top with most of his lead: they push Brian and Pierre alike. Of the story's four effects
+(section 5) the year's and the era's hold here; steered down, the office's group leaves names above filler
+words, and *say a name* removes the names (p 0.93 -> 0.05) but puts "." on top rather than a filler word.
+Beyond the seed's prompt the toy world carries the story only in part, which `benchmarks/story.py`
+measures over held-out prompts.
 """,
     ),
 ]

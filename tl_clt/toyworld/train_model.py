@@ -62,6 +62,7 @@ def lr_at(step: int, steps: int, peak: float, warmup: int = 100) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+@torch.enable_grad()  # also where the caller turned gradients off
 def train_model(
     tokenizer,
     corpus: list[str],
