@@ -6,7 +6,7 @@ writes `model/` (HF folder: config.json, model.safetensors, tokenizer files), `c
 split format, bf16, with the feature dashboards in `clt/features/`, see `tl_clt.toyworld.dashboards`)
 and `report.json` (accuracies, FVU/L0, story probabilities, timings). Seeded
 and single-threaded by default, so a rebuild with the same arguments gives the same files.
-It took 12 minutes on one core of a shared 2-core machine (721 s).
+It took 11-12 minutes on one core of a shared 2-core machine (664-721 s; a rebuild gave the same files).
 The shipped world's options (the defaults, chosen with `benchmarks/story.py`, docs/supernodes.md):
 layer 0's attention output held at zero through training (`--silent-attention 0`: its MLP reads each
 token alone, so the office and the year are computed on their own words instead of read from their
