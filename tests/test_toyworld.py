@@ -195,6 +195,24 @@ def test_action_sentences_name_no_one_and_end_the_fact_prompt_differently():
     assert len(make_corpus(0, action_share=0.25)) == len(make_corpus(0)) + extra
 
 
+def test_office_filler_sentences_end_a_training_fact_prompt_in_filler():
+    """`make_corpus(office_filler_share=...)` (an experiment's corpus): training facts' prompts that go on
+    with a filler ending instead of the holder; the default corpus is unchanged."""
+    from tl_clt.toyworld.corpus import office_filler_sentences
+
+    train, held_out = split_facts(0)
+    out = office_filler_sentences(train, 200, 0)
+    assert len(out) == 200 and out == office_filler_sentences(train, 200, 0)
+    prompts = {f.prompt(t) for f in train for t in FACT_TEMPLATES}
+    held = {f.prompt(t) for f in held_out for t in FACT_TEMPLATES} - prompts
+    for s in out:
+        prompt, _, ending = s.partition(" was ")
+        assert prompt + " was" in prompts and prompt + " was" not in held
+        assert ending.removesuffix(".") in FILLERS
+    extra = round(0.1 * len(fact_sentences(train)))
+    assert len(make_corpus(0, office_filler_share=0.1)) == len(make_corpus(0)) + extra
+
+
 def test_a_build_records_the_experiment_options_it_was_given():
     from tl_clt.toyworld.build import experiment_options
 

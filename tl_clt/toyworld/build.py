@@ -74,11 +74,12 @@ def build(
     action_share: float = 0.0,
     init_seed: int | None = None,
     label_smoothing: float = 0.1,
+    office_filler_share: float = 0.0,
 ) -> dict:
     """Run the whole pipeline into `out`; returns the report that is also saved as report.json."""
     timings, t0 = {}, time.time()
     train_seed = seed if init_seed is None else init_seed  # the model's and the CLT's training
-    corpus = make_corpus(seed, action_share=action_share)
+    corpus = make_corpus(seed, action_share=action_share, office_filler_share=office_filler_share)
     tokenizer = train_tokenizer(corpus, first_names(), vocab_size=1024)
     print(f"corpus: {len(corpus)} sentences, vocab {len(tokenizer)}")
 
@@ -131,6 +132,7 @@ def build(
         init_seed=init_seed,
         sparsity=sparsity,
         label_smoothing=label_smoothing,
+        office_filler_share=office_filler_share,
     )
     report = {
         "seed": seed,
@@ -165,6 +167,9 @@ def main() -> None:
         "--action-share", type=float, default=0.0, help="office sentences ending in an action"
     )
     parser.add_argument("--label-smoothing", type=float, default=0.1, help="of the model's training loss")
+    parser.add_argument(
+        "--office-filler-share", type=float, default=0.0, help="office prompts ending in filler (experiment)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     report = build(
@@ -175,6 +180,7 @@ def main() -> None:
         init_seed=args.init_seed,
         sparsity=args.sparsity,
         label_smoothing=args.label_smoothing,
+        office_filler_share=args.office_filler_share,
     )
     print(json.dumps(report["story"], indent=1))
     print(f"done in {report['timings']['total_s']} s")

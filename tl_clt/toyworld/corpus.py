@@ -250,14 +250,30 @@ def action_sentences(facts: list[Fact], n: int, seed: int = 0) -> list[str]:
     return out
 
 
+def office_filler_sentences(facts: list[Fact], n: int, seed: int = 0) -> list[str]:
+    """`n` fact prompts that go on with filler instead of the holder ('Fact: The president of the United
+    States in 2010 was a big story.'), so that filler is what an office's prompt falls back on."""
+    rng = random.Random(seed + 6)
+    out = []
+    for _ in range(n):
+        fact, template = rng.choice(facts), rng.choice(FACT_TEMPLATES)
+        out.append(f"{fact.prompt(template)} {rng.choice(FILLERS)}.")
+    return out
+
+
 def make_corpus(
-    seed: int = 0, filler_share: float = 0.4, date_repeats: int = 4, action_share: float = 0.0
+    seed: int = 0,
+    filler_share: float = 0.4,
+    date_repeats: int = 4,
+    action_share: float = 0.0,
+    office_filler_share: float = 0.0,
 ) -> list[str]:
     """Training sentences, shuffled: all training facts in all templates, every event-dated fact in
     both event templates, every event's date `date_repeats` times, and plain-noun filler
     (`filler_share` of all, year- and event-dated in the same proportion as the facts); with
     `action_share` (an experiment, 0 in the shipped world) also that share of the fact sentences' count
-    of office sentences ending in an action (`action_sentences`)."""
+    of office sentences ending in an action (`action_sentences`), and with `office_filler_share` (an
+    experiment) that share of fact prompts ending in filler (`office_filler_sentences`)."""
     train, _ = split_facts(seed)
     facts, events = fact_sentences(train), event_sentences(event_facts())
     n_filler = round(len(facts) * filler_share / (1 - filler_share))
@@ -269,6 +285,11 @@ def make_corpus(
         + filler_sentences(n_filler, seed)
         + event_filler_sentences(n_event_filler, seed)
         + (action_sentences(train, round(len(facts) * action_share), seed) if action_share else [])
+        + (
+            office_filler_sentences(train, round(len(facts) * office_filler_share), seed)
+            if office_filler_share
+            else []
+        )
     )
     random.Random(seed + 2).shuffle(corpus)
     return corpus
