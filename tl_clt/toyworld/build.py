@@ -77,6 +77,7 @@ def build(
     office_filler_share: float = 0.0,
 ) -> dict:
     """Run the whole pipeline into `out`; returns the report that is also saved as report.json."""
+    options = experiment_options(**{k: v for k, v in locals().items() if k not in ("out", "seed")})
     timings, t0 = {}, time.time()
     train_seed = seed if init_seed is None else init_seed  # the model's and the CLT's training
     corpus = make_corpus(seed, action_share=action_share, office_filler_share=office_filler_share)
@@ -126,14 +127,6 @@ def build(
     for p, r in recon.items():
         print(p, json.dumps(r))
     timings["total_s"] = round(time.time() - t0)
-    options = experiment_options(
-        silent_attention=silent_attention,
-        action_share=action_share,
-        init_seed=init_seed,
-        sparsity=sparsity,
-        label_smoothing=label_smoothing,
-        office_filler_share=office_filler_share,
-    )
     report = {
         "seed": seed,
         **({"options": options} if options else {}),
@@ -148,6 +141,7 @@ def build(
 
 
 def main() -> None:
+    defaults = {k: p.default for k, p in inspect.signature(build).parameters.items()}
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("tl_clt/data/toyworld"))
     parser.add_argument("--seed", type=int, default=0)
@@ -156,32 +150,37 @@ def main() -> None:
         "--silent-attention",
         type=int,
         nargs="*",
-        default=[0],
+        default=list(defaults["silent_attention"]),
         help="layers whose attention output is held at zero in training (the shipped world: 0)",
     )
-    parser.add_argument("--sparsity", type=float, default=3e-4, help="the CLT's sparsity penalty")
+    parser.add_argument(
+        "--sparsity", type=float, default=defaults["sparsity"], help="the CLT's sparsity penalty"
+    )
     parser.add_argument(
         "--init-seed", type=int, default=None, help="seed of the model's and CLT's training only"
     )
     parser.add_argument(
-        "--action-share", type=float, default=0.0, help="office sentences ending in an action"
+        "--action-share",
+        type=float,
+        default=defaults["action_share"],
+        help="office sentences ending in an action",
     )
-    parser.add_argument("--label-smoothing", type=float, default=0.1, help="of the model's training loss")
     parser.add_argument(
-        "--office-filler-share", type=float, default=0.0, help="office prompts ending in filler (experiment)"
+        "--label-smoothing",
+        type=float,
+        default=defaults["label_smoothing"],
+        help="of the model's training loss",
+    )
+    parser.add_argument(
+        "--office-filler-share",
+        type=float,
+        default=defaults["office_filler_share"],
+        help="office prompts ending in filler (experiment)",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    report = build(
-        args.out,
-        seed=args.seed,
-        silent_attention=tuple(args.silent_attention),
-        action_share=args.action_share,
-        init_seed=args.init_seed,
-        sparsity=args.sparsity,
-        label_smoothing=args.label_smoothing,
-        office_filler_share=args.office_filler_share,
-    )
+    given = {k: v for k, v in vars(args).items() if k in defaults}  # `--threads` is not build's
+    report = build(**given | {"silent_attention": tuple(args.silent_attention)})
     print(json.dumps(report["story"], indent=1))
     print(f"done in {report['timings']['total_s']} s")
 
