@@ -235,29 +235,20 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     model, clt = load_toyworld(root=args.world)
-    if args.mechanism:
-        prompts = [SEED] + (
-            held_out_prompts(args.per_key)
-            if args.prompts == "test"
-            else validation_prompts(test_per_key=args.per_key)
-        )
-        rows = [mechanism_row(model, clt, sp) for sp in tqdm(prompts, desc="prompts")]
-        mechanism_report(rows)
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(rows, f, indent=1)
-        return
-    t0 = time.time()
-    labels = feature_labels(model, clt)
-    print(f"feature labels from the corpus ({time.time() - t0:.0f} s): {labels.counts()}")
     prompts = [SEED] + (
         held_out_prompts(args.per_key)
         if args.prompts == "test"
         else validation_prompts(test_per_key=args.per_key)
     )
-    print(f"push_cover {args.push_cover}")
-    rows = [run_prompt(model, clt, sp, labels, args.push_cover) for sp in tqdm(prompts, desc="prompts")]
-    report(rows)
+    if args.mechanism:
+        rows = [mechanism_row(model, clt, sp) for sp in tqdm(prompts, desc="prompts")]
+    else:
+        t0 = time.time()
+        labels = feature_labels(model, clt)
+        print(f"feature labels from the corpus ({time.time() - t0:.0f} s): {labels.counts()}")
+        print(f"push_cover {args.push_cover}")
+        rows = [run_prompt(model, clt, sp, labels, args.push_cover) for sp in tqdm(prompts, desc="prompts")]
+    (mechanism_report if args.mechanism else report)(rows)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
