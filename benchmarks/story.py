@@ -12,8 +12,9 @@ play the seed's four roles by their names, steer each with attention frozen and 
 (year ablated / era steered down -> another holder of the office; office / "say a name" steered
 down -> filler). Prints one row per prompt and role, the fraction of prompts where every effect
 holds (over all held-out prompts, and apart for those whose holder the corpus reaches through an event
-of the prompt's year, `tl_clt.toyworld.story.event_reachable`, and the others), and the purity of the
-proposed groups against the corpus-defined feature labels (`tl_clt.toyworld.labels`).
+of the prompt's year, `tl_clt.toyworld.story.event_reachable`, and the others), the same with the year
+group steered down (x-1) instead of ablated (the issue allows either), and the purity of the proposed
+groups against the corpus-defined feature labels (`tl_clt.toyworld.labels`).
 
 `--prompts validation`: other held-out facts (`tl_clt.toyworld.story.validation_prompts`), to choose
 between worlds or rules without looking at the test prompts.
@@ -71,6 +72,7 @@ def run_prompt(model, clt, sp, labels, push_cover: float = 0.0) -> dict:
     proposals = tl_clt.propose_supernodes(pruned, model=model, clt=clt, push_cover=push_cover)
     roles = story_roles(proposals, sp)
     result = story_effects(model, clt, sp, graph, roles)
+    down = story_effects(model, clt, sp, graph, {"year": roles["year"]}, steering={"year": -1.0})
     groups = {}
     for name, members in proposals.items():
         label, share, counts = purity(members, labels)
@@ -87,6 +89,13 @@ def run_prompt(model, clt, sp, labels, push_cover: float = 0.0) -> dict:
         top=result.top,
         answered=result.answered,
         holds=result.holds,
+        year_down=vars(down.effects["year"]) if "year" in down.effects else None,
+        holds_year_down=bool(
+            result.answered
+            and "year" in down.effects
+            and down.effects["year"].holds
+            and all(r in result.effects and result.effects[r].holds for r in ROLES if r != "year")
+        ),
         effects={r: vars(e) for r, e in result.effects.items()},
         missing=[r for r in ROLES if r not in result.effects],
         groups=groups,
@@ -112,7 +121,8 @@ def report(rows: list[dict]) -> None:
                 + (f"  ({e['holder_after']})" if e.get("holder_after") else "")
             )
     held = [r for r in rows[1:]]
-    print(f"\nseed prompt: every effect holds: {rows[0]['holds']}")
+    print(f"\nseed prompt: every effect holds: {rows[0]['holds']} "
+          f"(year steered down instead of ablated: {rows[0]['holds_year_down']})")  # fmt: skip
     reach = [r for r in held if r["events"]]
     subsets = (
         ("held-out prompts", held),
@@ -126,6 +136,9 @@ def report(rows: list[dict]) -> None:
         for role in ROLES:
             ok = [r["effects"][role]["holds"] for r in subset if role in r["effects"]]
             print(f"  {role:10s}: group proposed {len(ok)}/{n}, effect holds {sum(ok)}/{n}")
+        down = sum(bool(r["year_down"] and r["year_down"]["holds"]) for r in subset)
+        print(f"  year steered down (x-1) instead of ablated: effect holds {down}/{n}, "
+              f"every effect holds {sum(r['holds_year_down'] for r in subset)}/{n}")  # fmt: skip
     print("\npurity (share of a role's features whose corpus label is the expected one), mean over prompts:")
     for role in ROLES:
         vals = [r["role_purity"][role] for r in rows if role in r["role_purity"]]

@@ -129,6 +129,26 @@ def test_reported_effects_equal_an_independent_steering(world, seed):
         assert effect.holds == expected, role
 
 
+@pytest.mark.parametrize("factor", [-1.0, 0.5])
+def test_steering_overrides_a_roles_factor_as_an_independent_steering_measures(world, seed, factor):
+    """`steering={"year": f}` steers the year group by f instead of ablating it (benchmarks/story.py reports
+    the year steered down, x-1, beside the seed's ablation); the other roles keep `STEERING`."""
+    model, clt = world
+    graph, _, roles, ablated = seed
+    result = story_effects(model, clt, SEED, graph, roles, steering={"year": factor})
+    after = Judge().steer(SEED.prompt, roles["year"], factor)[-1].softmax(-1)
+    effect = result.effects["year"]
+    assert effect.factor == factor and STEERING["year"] == 0.0
+    assert effect.top_after == model.tokenizer.decode([int(after.argmax())])
+    assert effect.p_answer[1] == pytest.approx(float(after[token_ids(model, [SEED.answer])[0]]), abs=2e-3)
+    ablation = Judge().steer(SEED.prompt, roles["year"], 0.0)[-1].softmax(-1)
+    assert float((after - ablation).abs().sum()) > 0.05  # the factor changes what is measured
+    others = token_ids(model, SEED.other_holders)
+    assert effect.holds == (int(after.argmax()) in others)
+    for role in ("office", "say a name", "era"):
+        assert vars(result.effects[role]) == vars(ablated.effects[role])
+
+
 def test_a_shared_first_name_is_told_apart_by_the_steered_surname(world):
     """Harold Wilson and Harold Macmillan both led the UK: the year effect on a 1967 prompt is read
     from the surname the steered model gives after " Harold", recomputed here by the Judge."""

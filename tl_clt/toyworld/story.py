@@ -12,7 +12,8 @@
   office (named after the office's word).
 - `story_effects(model, clt, prompt, graph, roles)`: each role steered with attention frozen, and
   whether the seed's effect holds:
-  year ablated, or era steered down (x-1) -> the top answer is another holder of the same office
+  year ablated (as in the seed; `steering={"year": -1.0}` steers it down instead, which the issue
+  also allows), or era steered down (x-1) -> the top answer is another holder of the same office
   (`top_holder`: where holders share the first name on top, " Harold", the surname the steered
   model gives after it tells which holder it is);
   office / "say a name" steered down (x-1) -> filler words up, names down: p(filler words) at
@@ -200,8 +201,11 @@ def story_effects(
     prompt: StoryPrompt,
     graph,
     roles: dict[str, list[str]],
+    steering: dict[str, float] | None = None,
 ) -> StoryResult:
-    """Steer each role's features (attention frozen) and check the seed's effect (module docstring)."""
+    """Steer each role's features (attention frozen) and check the seed's effect (module docstring).
+    `steering`: {role: factor} over `STEERING` (e.g. {"year": -1.0}: the year steered down, not ablated)."""
+    steering = {**STEERING, **(steering or {})}
     names = token_ids(model, first_names())
     filler = token_ids(model, FILLER_WORDS)
     answer = token_ids(model, [prompt.answer])[0]
@@ -211,7 +215,7 @@ def story_effects(
     for role, members in roles.items():
         if not members:
             continue
-        factor = STEERING[role]
+        factor = steering[role]
         interventions = scale(members, factor, graph)
         after = steer(model, clt, prompt.prompt, interventions)[-1].softmax(-1)
         best = int(after.argmax())
