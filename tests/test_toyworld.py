@@ -175,6 +175,66 @@ def test_label_smoothing_is_an_option_of_training_only():
     assert not torch.equal(plain["lm_head.weight"], smooth["lm_head.weight"])
 
 
+def test_followers_of_was_are_names_and_filler_words_found_by_a_scan_of_the_corpus():
+    """`follower_matrix` (where `smoothing_to="followers"` spreads the label smoothing): row c is even over
+    the tokens that follow c in the corpus, recomputed here by scanning the tokenized sentences pair by pair;
+    after " was" that is names and filler words, never "." or a digit."""
+    from tl_clt.toyworld.story import FILLER_WORDS
+    from tl_clt.toyworld.tokenizer import train_tokenizer
+    from tl_clt.toyworld.train_model import encode, follower_matrix
+
+    corpus = make_corpus(0)[:400]
+    tokenizer = train_tokenizer(corpus, first_names(), vocab_size=1024)
+    ids, lengths = encode(tokenizer, corpus)
+    M = follower_matrix(ids, lengths, len(tokenizer))
+    seen: dict[int, set[int]] = {}
+    for sentence in corpus:
+        toks = [tokenizer.eos_token_id] + tokenizer(sentence, add_special_tokens=False)["input_ids"]
+        for a, b in zip(toks, toks[1:]):
+            seen.setdefault(a, set()).add(b)
+    for c, after in seen.items():
+        assert set(torch.nonzero(M[c]).squeeze(1).tolist()) == after
+        assert torch.allclose(M[c][sorted(after)], torch.full((len(after),), 1 / len(after)))
+    unseen = [c for c in range(len(tokenizer)) if c not in seen]
+    assert unseen and torch.allclose(M[unseen], torch.full((len(unseen), len(tokenizer)), 1 / len(tokenizer)))
+    was = tokenizer(" was", add_special_tokens=False)["input_ids"]
+    assert len(was) == 1
+    after_was = {tokenizer.decode([t]) for t in seen[was[0]]}
+    assert after_was & set(first_names()) and after_was & set(FILLER_WORDS)
+    assert not {t for t in after_was if t.strip() == "." or t.strip().isdigit()}
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.5])
+def test_smoothed_loss_equals_a_sum_written_out(smoothing):
+    """`smoothed_loss`: (1 - e) * -log p(target) + e * (mean of -log p over the row's followers), averaged;
+    with no follower matrix it is torch's uniform label smoothing."""
+    from tl_clt.toyworld.train_model import smoothed_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits, targets, current = (
+        torch.randn(5, 7, generator=g),
+        torch.tensor([1, 2, 3, 0, 6]),
+        torch.tensor([0, 1, 1, 2, 0]),
+    )
+    F = torch.zeros(7, 7)
+    F[0, [1, 6]], F[1, [2, 3, 4]], F[2, :] = 1 / 2, 1 / 3, 1 / 7
+    logp = logits.log_softmax(-1).tolist()
+    expected = 0.0
+    for i in range(5):
+        support = [v for v in range(7) if F[int(current[i]), v] > 0]
+        spread = sum(-logp[i][v] for v in support) / len(support)
+        expected += ((1 - smoothing) * -logp[i][int(targets[i])] + smoothing * spread) / 5
+    assert float(smoothed_loss(logits, targets, current, smoothing, F)) == pytest.approx(expected, rel=1e-6)
+    uniform = (
+        sum(
+            (1 - smoothing) * -logp[i][int(targets[i])] + smoothing * sum(-x for x in logp[i]) / 7
+            for i in range(5)
+        )
+        / 5
+    )
+    assert float(smoothed_loss(logits, targets, current, smoothing, None)) == pytest.approx(uniform, rel=1e-6)
+
+
 def test_action_sentences_name_no_one_and_end_the_fact_prompt_differently():
     """`make_corpus(action_share=...)` (an experiment's corpus): office sentences whose last word is an
     action instead of " was", drawn from the training facts only; the default corpus is unchanged."""

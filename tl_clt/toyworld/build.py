@@ -75,6 +75,7 @@ def build(
     init_seed: int | None = None,
     label_smoothing: float = 0.1,
     office_filler_share: float = 0.0,
+    smoothing_to: str = "uniform",
 ) -> dict:
     """Run the whole pipeline into `out`; returns the report that is also saved as report.json."""
     options = experiment_options(**{k: v for k, v in locals().items() if k not in ("out", "seed")})
@@ -92,6 +93,7 @@ def build(
         seed=train_seed,
         silent_attention=silent_attention,
         label_smoothing=label_smoothing,
+        smoothing_to=smoothing_to,
     )
     save_model(hf_model, tokenizer, out / "model")
     timings["model_s"] = round(time.time() - t0)
@@ -176,6 +178,12 @@ def main() -> None:
         type=float,
         default=defaults["office_filler_share"],
         help="office prompts ending in filler (experiment)",
+    )
+    parser.add_argument(
+        "--smoothing-to",
+        choices=("uniform", "followers"),
+        default=defaults["smoothing_to"],
+        help="where the label smoothing goes: every token, or the tokens that follow the current one",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

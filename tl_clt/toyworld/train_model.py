@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from tl_clt import files
@@ -73,12 +73,18 @@ def train_model(
     log_every: int = 250,
     silent_attention: tuple[int, ...] = (),
     label_smoothing: float = 0.0,
+    smoothing_to: str = "uniform",
 ):
     """A `Qwen3ForCausalLM` trained on `corpus` (seeded), returned in eval mode.
 
     `silent_attention`: layers whose attention output projection is kept at zero, so that their
     MLP reads each token alone (layer 0: the MLP is an extended embedding that later layers read).
-    `label_smoothing`: of the cross-entropy (an experiment: a model that answers with p ~ 1 - it)."""
+    `label_smoothing`: of the cross-entropy (a model that answers with p ~ 1 - it), spread over
+    `smoothing_to`: "uniform" (every token) or "followers" (evenly over the tokens that follow the
+    current token somewhere in the corpus, `follower_matrix`: after " was", names and filler words,
+    never "." or a digit)."""
+    if smoothing_to not in ("uniform", "followers"):
+        raise ValueError(f"smoothing_to is 'uniform' or 'followers', got {smoothing_to!r}.")
     from transformers import Qwen3ForCausalLM
 
     torch.manual_seed(seed)
@@ -90,6 +96,7 @@ def train_model(
             o_proj.zero_()
     ids, lengths = encode(tokenizer, corpus)
     real = torch.arange(ids.shape[1])[None] < lengths[:, None]  # [n_seq, pos]
+    followers = follower_matrix(ids, lengths, len(tokenizer)) if smoothing_to == "followers" else None
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
     gen = torch.Generator().manual_seed(seed)
     order, cursor, start = torch.randperm(len(ids), generator=gen), 0, time.time()
@@ -102,9 +109,8 @@ def train_model(
         width = int(lengths[batch].max())
         x, mask = ids[batch, :width], real[batch, :width]
         logits = model(input_ids=x).logits[:, :-1]
-        loss = torch.nn.functional.cross_entropy(
-            logits[mask[:, 1:]], x[:, 1:][mask[:, 1:]], label_smoothing=label_smoothing
-        )
+        keep = mask[:, 1:]
+        loss = smoothed_loss(logits[keep], x[:, 1:][keep], x[:, :-1][keep], label_smoothing, followers)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr)
         opt.zero_grad(set_to_none=True)
@@ -114,6 +120,36 @@ def train_model(
         if log_every and (step % log_every == 0 or step == steps - 1):
             print(f"  step {step:5d}  loss {loss.item():.4f}  ({time.time() - start:.0f}s)")
     return model.eval()
+
+
+def smoothed_loss(
+    logits: Float[Tensor, "n vocab"],
+    targets: Int[Tensor, " n"],
+    current: Int[Tensor, " n"],
+    label_smoothing: float,
+    followers: Float[Tensor, "vocab vocab"] | None,
+) -> Tensor:
+    """Mean cross-entropy of next tokens `targets` with `label_smoothing` spread uniformly (followers
+    None: torch's label smoothing) or by `followers[current]` (rows of `follower_matrix`)."""
+    if followers is None:
+        return torch.nn.functional.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+    logp = logits.log_softmax(-1)
+    nll = -logp.gather(1, targets[:, None]).squeeze(1)
+    spread = -(followers[current] * logp).sum(-1)
+    return ((1 - label_smoothing) * nll + label_smoothing * spread).mean()
+
+
+def follower_matrix(
+    ids: Int[Tensor, "n_seq pos"], lengths: Int[Tensor, " n_seq"], vocab: int
+) -> Float[Tensor, "vocab vocab"]:
+    """Row c: evenly 1/k over the k tokens that follow token c somewhere in the sequences (their
+    real tokens, `lengths`); a token never followed by anything gets a uniform row."""
+    real = torch.arange(ids.shape[1])[None] < lengths[:, None]
+    pair = real[:, 1:]
+    M = torch.zeros(vocab, vocab)
+    M[ids[:, :-1][pair], ids[:, 1:][pair]] = 1.0
+    M[M.sum(1) == 0] = 1.0
+    return M / M.sum(1, keepdim=True)
 
 
 def save_model(model, tokenizer, path: str | Path) -> Path:
