@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -233,6 +234,47 @@ def test_smoothed_loss_equals_a_sum_written_out(smoothing):
         / 5
     )
     assert float(smoothed_loss(logits, targets, current, smoothing, None)) == pytest.approx(uniform, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "argv, changed",
+    [
+        ([], {}),
+        (
+            ["--n-features", "1024", "--smoothing-to", "followers"],
+            {"n_features": 1024, "smoothing_to": "followers"},
+        ),
+        (
+            ["--silent-attention", "--label-smoothing", "0", "--sparsity", "2e-4", "--init-seed", "1"],
+            {"silent_attention": (), "label_smoothing": 0.0, "sparsity": 2e-4, "init_seed": 1},
+        ),
+    ],
+)
+def test_the_build_command_passes_its_flags_to_build(monkeypatch, argv, changed):
+    """`python -m tl_clt.toyworld.build`: no flags build with `build`'s defaults (the shipped world);
+    each flag reaches `build` as the keyword it names, and nothing else changes."""
+    import functools
+    import inspect
+    import sys
+
+    from tl_clt.toyworld import build as module
+
+    calls = []
+    real = module.build
+
+    @functools.wraps(real)
+    def stand_in(**kw):
+        calls.append(kw)
+        return {"story": {}, "timings": {"total_s": 0}}
+
+    monkeypatch.setattr(module, "build", stand_in)
+    monkeypatch.setattr(sys, "argv", ["build", "--out", "somewhere", *argv])
+    module.main()
+    defaults = {k: p.default for k, p in inspect.signature(real).parameters.items() if k != "out"}
+    (kw,) = calls
+    assert kw.pop("out") == Path("somewhere")
+    assert set(changed) <= set(kw) <= set(defaults)
+    assert defaults | kw == defaults | changed  # what is not given is build's default
 
 
 def test_action_sentences_name_no_one_and_end_the_fact_prompt_differently():

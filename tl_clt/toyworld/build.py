@@ -159,6 +159,9 @@ def main() -> None:
         "--sparsity", type=float, default=defaults["sparsity"], help="the CLT's sparsity penalty"
     )
     parser.add_argument(
+        "--n-features", type=int, default=defaults["n_features"], help="the CLT's features per layer"
+    )
+    parser.add_argument(
         "--init-seed", type=int, default=None, help="seed of the model's and CLT's training only"
     )
     parser.add_argument(
