@@ -245,6 +245,10 @@ def test_smoothed_loss_equals_a_sum_written_out(smoothing):
             {"n_features": 1024, "smoothing_to": "followers"},
         ),
         (
+            ["--action-share", "0.25", "--office-filler-share", "0.1"],
+            {"action_share": 0.25, "office_filler_share": 0.1},
+        ),
+        (
             ["--silent-attention", "--label-smoothing", "0", "--sparsity", "2e-4", "--init-seed", "1"],
             {"silent_attention": (), "label_smoothing": 0.0, "sparsity": 2e-4, "init_seed": 1},
         ),

@@ -142,6 +142,17 @@ def build(
     return report
 
 
+# build's options that are one plain flag each: (type, help)
+FLAGS = {
+    "sparsity": (float, "the CLT's sparsity penalty"),
+    "n_features": (int, "the CLT's features per layer"),
+    "init_seed": (int, "seed of the model's and CLT's training only"),
+    "action_share": (float, "office sentences ending in an action"),
+    "label_smoothing": (float, "of the model's training loss"),
+    "office_filler_share": (float, "office prompts ending in filler (experiment)"),
+}
+
+
 def main() -> None:
     defaults = {k: p.default for k, p in inspect.signature(build).parameters.items()}
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -155,33 +166,9 @@ def main() -> None:
         default=list(defaults["silent_attention"]),
         help="layers whose attention output is held at zero in training (the shipped world: 0)",
     )
-    parser.add_argument(
-        "--sparsity", type=float, default=defaults["sparsity"], help="the CLT's sparsity penalty"
-    )
-    parser.add_argument(
-        "--n-features", type=int, default=defaults["n_features"], help="the CLT's features per layer"
-    )
-    parser.add_argument(
-        "--init-seed", type=int, default=None, help="seed of the model's and CLT's training only"
-    )
-    parser.add_argument(
-        "--action-share",
-        type=float,
-        default=defaults["action_share"],
-        help="office sentences ending in an action",
-    )
-    parser.add_argument(
-        "--label-smoothing",
-        type=float,
-        default=defaults["label_smoothing"],
-        help="of the model's training loss",
-    )
-    parser.add_argument(
-        "--office-filler-share",
-        type=float,
-        default=defaults["office_filler_share"],
-        help="office prompts ending in filler (experiment)",
-    )
+    for name, (kind, text) in FLAGS.items():  # one flag per build option, its default build's own
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, type=kind, default=defaults[name], help=text)
     parser.add_argument(
         "--smoothing-to",
         choices=("uniform", "followers"),
