@@ -33,6 +33,7 @@ import argparse
 import json
 import time
 from collections import Counter
+from dataclasses import replace
 
 import torch
 from tqdm import tqdm
@@ -90,12 +91,7 @@ def run_prompt(model, clt, sp, labels, push_cover: float = 0.0) -> dict:
         answered=result.answered,
         holds=result.holds,
         year_down=vars(down.effects["year"]) if "year" in down.effects else None,
-        holds_year_down=bool(
-            result.answered
-            and "year" in down.effects
-            and down.effects["year"].holds
-            and all(r in result.effects and result.effects[r].holds for r in ROLES if r != "year")
-        ),
+        holds_year_down=replace(result, effects={**result.effects, **down.effects}).holds,
         effects={r: vars(e) for r, e in result.effects.items()},
         missing=[r for r in ROLES if r not in result.effects],
         groups=groups,
