@@ -187,7 +187,8 @@ def test_followers_of_was_are_names_and_filler_words_found_by_a_scan_of_the_corp
     corpus = make_corpus(0)[:400]
     tokenizer = train_tokenizer(corpus, first_names(), vocab_size=1024)
     ids, lengths = encode(tokenizer, corpus)
-    M = follower_matrix(ids, lengths, len(tokenizer))
+    real = torch.arange(ids.shape[1])[None] < lengths[:, None]  # not the right-padding
+    M = follower_matrix(ids, real, len(tokenizer))
     seen: dict[int, set[int]] = {}
     for sentence in corpus:
         toks = [tokenizer.eos_token_id] + tokenizer(sentence, add_special_tokens=False)["input_ids"]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from tl_clt import files
@@ -96,7 +96,7 @@ def train_model(
             o_proj.zero_()
     ids, lengths = encode(tokenizer, corpus)
     real = torch.arange(ids.shape[1])[None] < lengths[:, None]  # [n_seq, pos]
-    followers = follower_matrix(ids, lengths, len(tokenizer)) if smoothing_to == "followers" else None
+    followers = follower_matrix(ids, real, len(tokenizer)) if smoothing_to == "followers" else None
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
     gen = torch.Generator().manual_seed(seed)
     order, cursor, start = torch.randperm(len(ids), generator=gen), 0, time.time()
@@ -140,11 +140,10 @@ def smoothed_loss(
 
 
 def follower_matrix(
-    ids: Int[Tensor, "n_seq pos"], lengths: Int[Tensor, " n_seq"], vocab: int
+    ids: Int[Tensor, "n_seq pos"], real: Bool[Tensor, "n_seq pos"], vocab: int
 ) -> Float[Tensor, "vocab vocab"]:
     """Row c: evenly 1/k over the k tokens that follow token c somewhere in the sequences (their
-    real tokens, `lengths`); a token never followed by anything gets a uniform row."""
-    real = torch.arange(ids.shape[1])[None] < lengths[:, None]
+    `real` tokens, not the padding); a token never followed by anything gets a uniform row."""
     pair = real[:, 1:]
     M = torch.zeros(vocab, vocab)
     M[ids[:, :-1][pair], ids[:, 1:][pair]] = 1.0
