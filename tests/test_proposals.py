@@ -134,10 +134,47 @@ def test_planted_groups_are_found_and_named_from_their_members():
     # family B sits on the last word, says " Y" (not a name) and reads " beta" most: named after " beta"
     info_b = props.info[by_members[tuple(sorted(fam_b))]]
     assert info_b.name == "beta" and info_b.reads[0][0] == " beta" and info_b.sits == [" was"]
-    assert props.signals["signals"] == ["sits", "reads", "says"]
+    assert props.signals["signals"] == ["sits", "reads", "says", "feeds"]
     # without a model and CLT there is no vocabulary to read what features push together: no effect
     pushed = tl_clt.propose_supernodes(pruned, min_influence=0.0, push_cover=0.8)
     assert dict(pushed) == dict(props) and pushed.signals == props.signals
+
+
+@pytest.mark.parametrize("token_share", [0.0, 0.5, 0.9])
+def test_features_on_a_number_fed_by_features_join_the_era(token_share):
+    """On " 2010": feature a reads the tokens alone (share from tokens 1), b is fed mostly by a (share
+    0.2 / 1.2 = 0.17), c mostly by the tokens (0.8 / 1.0 = 0.8). With `token_share` t, those below t join
+    "era ~2010", the rest "year ~2010"; t = 0 keeps them all in the year."""
+    n_layers, n_pos = 2, 5
+    keys = [(0, 2, 0), (1, 2, 1), (1, 2, 2)]
+    n_f = len(keys)
+    n = n_f + (n_layers + 1) * n_pos + 1
+    tok = n_f + n_layers * n_pos
+    A = torch.zeros(n, n)
+    A[0, tok + 2] = 1.0
+    A[1, tok + 2], A[1, 0] = 0.2, 1.0
+    A[2, tok + 2], A[2, 0] = 0.8, 0.2
+    A[n - 1, :n_f] = 1.0
+    graph = AttributionGraph(
+        tokens=torch.arange(100, 105),
+        token_strs=["<|endoftext|>", " in", " 2010", " the", " was"],
+        active_features=torch.tensor(keys),
+        activation_values=torch.ones(n_f),
+        selected_features=torch.arange(n_f),
+        logit_tokens=torch.tensor([200]),
+        logit_probabilities=torch.tensor([0.6]),
+        logit_token_strs=[" X"],
+        adjacency=A,
+        n_layers=n_layers,
+    )
+    props = tl_clt.propose_supernodes(graph.prune(1.0, 1.0), token_share=token_share, min_size=1,
+                                      min_influence=0.0)  # fmt: skip
+    shares = {"F:0:2:0": 1.0, "F:1:2:1": 0.2 / 1.2, "F:1:2:2": 0.8}
+    expected: dict[str, list[str]] = {}
+    for node, share in shares.items():
+        expected.setdefault("era ~2010" if share < token_share else "year ~2010", []).append(node)
+    assert {k: sorted(v) for k, v in props.items()} == expected
+    assert ("feeds" in props.signals["signals"]) == (token_share > 0)
 
 
 def test_labels_describe_groups_without_changing_them():
@@ -246,15 +283,18 @@ def pushers(model, clt, G, spans, k=30, cover=0.8) -> set[str]:
     return out
 
 
-@pytest.mark.parametrize(("push_cover", "name_share"), [(0.0, 0.5), (0.8, 1.0)])
-def test_toy_groups_follow_the_rule_recomputed_independently(toy, push_cover, name_share):
+@pytest.mark.parametrize(
+    ("push_cover", "name_share", "token_share"), [(0.0, 0.5, 0.0), (0.8, 1.0, 0.5), (0.8, 0.5, 0.5)]
+)
+def test_toy_groups_follow_the_rule_recomputed_independently(toy, push_cover, name_share, token_share):
     """Every member of every proposed group on the seed's prompt is where the documented rule puts it,
-    with what it says read by `feature_output_tokens` and what it reads summed over the graph's paths
-    here (dynamic programming, not the matrix solve of the module); with and without the "pushes"
-    signal (there with every top token a name for "says", so that pushers that are not join by pushing)."""
+    with what it says read by `feature_output_tokens`, what it reads summed over the graph's paths
+    here (dynamic programming, not the matrix solve of the module) and what feeds it summed over its
+    in-edges; with and without the "pushes" and "feeds" signals (the defaults last; the middle case with
+    every top token a name for "says", so that pushers that are not join by pushing)."""
     model, clt, graph, pruned = toy
     props = tl_clt.propose_supernodes(
-        pruned, model=model, clt=clt, push_cover=push_cover, name_share=name_share
+        pruned, model=model, clt=clt, push_cover=push_cover, name_share=name_share, token_share=token_share
     )
     G = pruned.to_networkx()
     reads = path_sums(G)
@@ -284,6 +324,12 @@ def test_toy_groups_follow_the_rule_recomputed_independently(toy, push_cover, na
                     and not words[sits].strip().isdigit()
                 )
                 word = words[best if carried else sits].strip()
+                fed = [(G.nodes[u]["kind"], abs(w)) for u, _, w in G.in_edges(node, data="weight")]
+                from_tokens = sum(w for kind, w in fed if kind == "token") / sum(w for _, w in fed)
+                if word.isdigit() and from_tokens < token_share:  # fed by features: what the year means
+                    assert name.split(" #")[0] == f"era ~{word}", (node, from_tokens)
+                    checked.add("fed by features")
+                    continue
                 assert name.split(" #")[0] == (f"year ~{word}" if word.isdigit() else word), node
                 checked.add("reads an earlier word" if carried else "sits")
                 continue
@@ -303,12 +349,19 @@ def test_toy_groups_follow_the_rule_recomputed_independently(toy, push_cover, na
                 assert name == "say a name", (node, top)
                 checked.add("says" if n_names >= 8 * name_share else "pushes")
                 continue
+            if best is None or by_word[best] <= 0:  # reads no word: a group named by what it says
+                assert props.info[name].kind == "says", (node, name)
+                checked.add("reads no word")
+                continue
             assert name.split(" #")[0] == word, (node, by_word)
             checked.add("reads")
     # (a feature carried from an earlier word: the planted test; the shipped world's seed prompt has none)
-    assert checked - {"reads an earlier word"} == {"sits", "reads a number", "reads"} | (
-        {"pushes"} if push_cover else {"says"}
-    )
+    fed = {"fed by features"} if token_share else set()
+    required = {"sits", "reads a number", "reads"} | fed
+    required |= {"pushes"} if push_cover and name_share == 1 else {"says"}
+    allowed = required | {"reads an earlier word", "says", "reads no word"}
+    allowed |= {"pushes"} if push_cover else set()
+    assert required <= checked <= allowed, checked
     assert {"year ~2010", "say a name", "president", "era ~2010"} <= set(props)
 
 
@@ -336,6 +389,7 @@ def test_proposals_are_deterministic_disjoint_and_usable(toy, tmp_path):
         (dict(top_k=0), ValueError, "top_k"),
         (dict(push_k=0), ValueError, "push_k"),
         (dict(push_cover=1.5), ValueError, "push_cover"),
+        (dict(token_share=-0.1), ValueError, "token_share"),
         (dict(model=object()), ValueError, "Give both model= and clt="),
     ],
 )

@@ -7,13 +7,16 @@ by three signals (docs/supernodes.md):
   group ("year ~2010" for a number word, else the word: "president"), or, what it *reads*, the
   group of an earlier word that feeds it more than its own word does (a feature on " United" fed
   by " president" carries the office);
+- what *feeds* it: a feature on a number word whose direct input comes less than `token_share` from
+  token embeddings (it is fed by other features: what the year means, not its digits) joins
+  "era ~2010";
 - what it *reads*: a feature on the last word (where the answer is read) that the prompt's number
   word ("2010") feeds most through the graph's paths joins "era ~2010", whatever it says (it
   carries which era the answer comes from);
 - what it *says*: any other feature on the last word whose top output tokens (decoder through the
-  unembedding) are mostly names joins "say a name"; with `push_cover` (off by default) so does one of
-  the few that carry most of what the last word's features push together (the tokens their summed
-  direct effect raises most, against those it lowers most: names against filler on a fact prompt);
+  unembedding) are mostly names joins "say a name", and so does one of the few that carry most of
+  what the last word's features push together (`push_cover`; the tokens their summed direct effect
+  raises most, against those it lowers most: names against filler on a fact prompt);
 - what it *reads* again: the rest of the last word's features join the group of the word whose
   token embeddings feed them most (features on " president" and the last-word features that read
   it are one group).
@@ -231,18 +234,24 @@ def _is_name(token: str) -> bool:
 
 
 def _keys(nodes: _Nodes, spans: list[int], words: list[str], reads: Tensor, says_strs: list[list[str]],
-          name_share: float, pushes: set[int]) -> list[tuple]:  # fmt: skip
+          name_share: float, pushes: set[int], token_share: float) -> list[tuple]:  # fmt: skip
     """Each feature's group key (module docstring): ("word", w) for a feature on word w (not the
-    last one), or on the earlier word w it reads more than its own (neither a number); on the last
+    last one), or on the earlier word w it reads more than its own (neither a number), but ("era", w)
+    on a number word w when less than `token_share` of its direct input is from tokens; on the last
     word ("era", w) when the word w it reads most is a number, else ("say",) when it is in `pushes`
     (rows of `_pushers`) or names make up `name_share` of its top output tokens, else ("word", w)
     for the word w it reads most, else ("last",)."""
     last = max(spans)
+    direct = _token_shares(nodes)
     keys = []
     for row, i in enumerate(nodes.features):
         sits = spans[nodes.attrs[i]["pos"]]
         if sits != last:
-            keys.append(("word", _carried_word(reads[row], sits, words)))
+            w = _carried_word(reads[row], sits, words)
+            if _is_number(words[w]) and direct[row] < token_share:
+                keys.append(("era", w))  # on the number, fed by features: what the year means
+            else:
+                keys.append(("word", w))
             continue
         r = reads[row].clone()
         r[0] = r[last] = 0.0
@@ -258,6 +267,15 @@ def _keys(nodes: _Nodes, spans: list[int], words: list[str], reads: Tensor, says
         else:
             keys.append(("word", w))
     return keys
+
+
+def _token_shares(nodes: _Nodes) -> Float[Tensor, " n_feat"]:
+    """Share of each feature's direct input (|edges| in the pruned graph) that comes straight from
+    token embeddings: 1 for a feature that reads its word's tokens alone, near 0 for one fed by
+    other features and errors."""
+    a = nodes.W[nodes.features].abs()
+    tok = a[:, list(nodes.tokens.values())].sum(1)
+    return (tok / a.sum(1).clamp(min=1e-30)).float()
 
 
 def _pushers(nodes: _Nodes, spans: list[int], says: Tensor, k: int, cover: float) -> set[int]:
@@ -309,7 +327,8 @@ def propose_supernodes(
     name_share: float = 0.5,
     top_k: int = 8,
     push_k: int = 30,
-    push_cover: float = 0.0,
+    push_cover: float = 0.8,
+    token_share: float = 0.5,
     min_size: int = 2,
     min_influence: float = 0.02,
     max_groups: int | None = 8,
@@ -320,9 +339,13 @@ def propose_supernodes(
     `model`, `clt`: give both to read what each feature says through the unembedding (all tokens);
     without them its direct edges into the graph's logit nodes are used. A feature on the last word
     whose top `top_k` output tokens are at least `name_share` names (" Barack") joins "say a name".
-    `push_cover` (off at 0; 0.8 measured in docs/supernodes.md): the last word's features that make
-    that share of what its features push together (the `push_k` tokens they raise most against the
-    `push_k` they lower most) join "say a name" too; only with `model` and `clt` (every token read).
+    `push_cover` (0 turns it off): the last word's features that make that share of what its
+    features push together (the `push_k` tokens they raise most against the `push_k` they lower most)
+    join "say a name" too; only with `model` and `clt` (every token read).
+    `token_share` (0 turns it off): a feature on a number word ("2010") whose direct input edges come
+    less than this share from token embeddings joins the era, not the year (the year's group keeps
+    the features that read its digits). Both defaults were chosen on the toy world's validation
+    prompts (docs/supernodes.md).
     `labels`: text labels per (layer, feature) (a mapping or a callable), e.g. dashboard labels; by
     default `clt.dashboards` is read where it exists. Labels describe groups (`info[name].label`)
     and name the groups that have no word of their own; they do not change the grouping.
@@ -340,6 +363,8 @@ def propose_supernodes(
         raise ValueError(f"push_k must be at least 1, got {push_k}.")
     if not 0 <= push_cover <= 1:
         raise ValueError(f"push_cover is a share in [0, 1], got {push_cover}.")
+    if not 0 <= token_share <= 1:
+        raise ValueError(f"token_share is a share in [0, 1], got {token_share}.")
     pruned = graph if graph.node_mask is not None else graph.prune()
     nodes = _graph_arrays(pruned.to_networkx())
     token_strs = list(graph.token_strs)
@@ -353,7 +378,7 @@ def propose_supernodes(
     top = torch.argsort(says, dim=1, descending=True, stable=True)[:, :top_k].tolist()
     says_strs = [[decode(t if says_tokens is None else says_tokens[t]) for t in row] for row in top]
     pushes = _pushers(nodes, spans, says, push_k, push_cover) if says_tokens is None else set()
-    keys = _keys(nodes, spans, words, reads, says_strs, name_share, pushes)
+    keys = _keys(nodes, spans, words, reads, says_strs, name_share, pushes, token_share)
     text = _feature_labels(
         clt, [(nodes.attrs[i]["layer"], nodes.attrs[i]["feature"]) for i in nodes.features], labels
     )
@@ -369,7 +394,7 @@ def propose_supernodes(
     kept = kept[:max_groups] if max_groups is not None else kept
     ctx = _NamingContext(nodes, spans, words, reads, says, says_tokens, infl, decode, text)
     infos = _name_groups([ctx.describe(k, c) for k, c in kept])
-    signals = ["sits", "reads", "says"] + (["pushes"] if pushes else [])
+    signals = ["sits", "reads", "says"] + (["pushes"] if pushes else []) + (["feeds"] if token_share else [])
     signals += ["labels"] if text is not None else []
     return SupernodeProposals(
         {i.name: i.members for i in infos}, {i.name: i for i in infos}, {"signals": signals}
