@@ -1,19 +1,19 @@
 """The seed's story on prompts the tutorial never saw: automatic supernodes, measured on the toy world.
 
     PYTHONPATH=$PWD python benchmarks/story.py [--per-key 3] [--json out.json] [--world DIR] [--mechanism]
-        [--prompts validation] [--push-cover 0.8]
+        [--prompts validation] [--push-cover 0.8] [--token-share 0.5]
 
 (`--world`: a toy world built elsewhere, `python -m tl_clt.toyworld.build --out DIR`; default the
-shipped one. `--push-cover`: `propose_supernodes`' push_cover, the "pushes" signal; default off.)
+shipped one. `--push-cover`, `--token-share`: `propose_supernodes`' options; default its defaults.)
 
 For the seed's prompt and every held-out prompt (`tl_clt.toyworld.story.held_out_prompts`): check
 the model answers right, attribute, prune (0.8, 0.98), `propose_supernodes`, find the groups that
 play the seed's four roles by their names, steer each with attention frozen and check its effect
-(year ablated / era steered down -> another holder of the office; office / "say a name" steered
+(year / era steered down, x-1 -> another holder of the office; office / "say a name" steered
 down -> filler). Prints one row per prompt and role, the fraction of prompts where every effect
 holds (over all held-out prompts, and apart for those whose holder the corpus reaches through an event
 of the prompt's year, `tl_clt.toyworld.story.event_reachable`, and the others), the same with the year
-group steered down (x-1) instead of ablated (the issue allows either), and the purity of the proposed
+group ablated instead, as in the seed (the issue allows either), and the purity of the proposed
 groups against the corpus-defined feature labels (`tl_clt.toyworld.labels`).
 
 `--prompts validation`: other held-out facts (`tl_clt.toyworld.story.validation_prompts`), to choose
@@ -66,14 +66,14 @@ def purity(members: list[str], labels) -> tuple[str, float, Counter]:
     return label, n / len(members), counts
 
 
-def run_prompt(model, clt, sp, labels, push_cover: float = 0.0) -> dict:
+def run_prompt(model, clt, sp, labels, options: dict) -> dict:
     t0 = time.time()
     graph = tl_clt.attribute(model, clt, sp.prompt, verbose=False)
     pruned = graph.prune(0.8, 0.98)
-    proposals = tl_clt.propose_supernodes(pruned, model=model, clt=clt, push_cover=push_cover)
+    proposals = tl_clt.propose_supernodes(pruned, model=model, clt=clt, **options)
     roles = story_roles(proposals, sp)
     result = story_effects(model, clt, sp, graph, roles)
-    down = story_effects(model, clt, sp, graph, {"year": roles["year"]}, steering={"year": -1.0})
+    ablated = story_effects(model, clt, sp, graph, {"year": roles["year"]}, steering={"year": 0.0})
     groups = {}
     for name, members in proposals.items():
         label, share, counts = purity(members, labels)
@@ -90,8 +90,8 @@ def run_prompt(model, clt, sp, labels, push_cover: float = 0.0) -> dict:
         top=result.top,
         answered=result.answered,
         holds=result.holds,
-        year_down=vars(down.effects["year"]) if "year" in down.effects else None,
-        holds_year_down=replace(result, effects={**result.effects, **down.effects}).holds,
+        year_ablated=vars(ablated.effects["year"]) if "year" in ablated.effects else None,
+        holds_year_ablated=replace(result, effects={**result.effects, **ablated.effects}).holds,
         effects={r: vars(e) for r, e in result.effects.items()},
         missing=[r for r in ROLES if r not in result.effects],
         groups=groups,
@@ -118,7 +118,7 @@ def report(rows: list[dict]) -> None:
             )
     held = [r for r in rows[1:]]
     print(f"\nseed prompt: every effect holds: {rows[0]['holds']} "
-          f"(year steered down instead of ablated: {rows[0]['holds_year_down']})")  # fmt: skip
+          f"(year ablated instead, as in the seed: {rows[0]['holds_year_ablated']})")  # fmt: skip
     reach = [r for r in held if r["events"]]
     subsets = (
         ("held-out prompts", held),
@@ -132,9 +132,9 @@ def report(rows: list[dict]) -> None:
         for role in ROLES:
             ok = [r["effects"][role]["holds"] for r in subset if role in r["effects"]]
             print(f"  {role:10s}: group proposed {len(ok)}/{n}, effect holds {sum(ok)}/{n}")
-        down = sum(bool(r["year_down"] and r["year_down"]["holds"]) for r in subset)
-        print(f"  year steered down (x-1) instead of ablated: effect holds {down}/{n}, "
-              f"every effect holds {sum(r['holds_year_down'] for r in subset)}/{n}")  # fmt: skip
+        ablated = sum(bool(r["year_ablated"] and r["year_ablated"]["holds"]) for r in subset)
+        print(f"  year ablated instead (as in the seed): effect holds {ablated}/{n}, "
+              f"every effect holds {sum(r['holds_year_ablated'] for r in subset)}/{n}")  # fmt: skip
     print("\npurity (share of a role's features whose corpus label is the expected one), mean over prompts:")
     for role in ROLES:
         vals = [r["role_purity"][role] for r in rows if role in r["role_purity"]]
@@ -240,7 +240,8 @@ def main() -> None:
         default="test",
         help="the held-out test prompts, or the validation ones (to choose worlds or rules on)",
     )
-    ap.add_argument("--push-cover", type=float, default=0.0, help="propose_supernodes' push_cover (0: off)")
+    ap.add_argument("--token-share", type=float, default=None, help="proposals' token_share (0: off)")
+    ap.add_argument("--push-cover", type=float, default=None, help="proposals' push_cover (0: off)")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     model, clt = load_toyworld(root=args.world)
@@ -255,8 +256,10 @@ def main() -> None:
         t0 = time.time()
         labels = feature_labels(model, clt)
         print(f"feature labels from the corpus ({time.time() - t0:.0f} s): {labels.counts()}")
-        print(f"push_cover {args.push_cover}")
-        rows = [run_prompt(model, clt, sp, labels, args.push_cover) for sp in tqdm(prompts, desc="prompts")]
+        given = {"push_cover": args.push_cover, "token_share": args.token_share}
+        options = {k: v for k, v in given.items() if v is not None}
+        print(f"propose_supernodes options: {options or 'the defaults'}")
+        rows = [run_prompt(model, clt, sp, labels, options) for sp in tqdm(prompts, desc="prompts")]
     (mechanism_report if args.mechanism else report)(rows)
     if args.json:
         with open(args.json, "w") as f:

@@ -2,8 +2,8 @@
 held-out prompts are held out (and which of them the corpus reaches through an event of their year is what a
 scan of the corpus' sentences finds), its roles come from the proposals' names, and the effects it reports are
 what an independent steering computation (tests/test_tutorials.py's Judge: raw safetensors tensors and
-plain TransformerLens hooks) measures. On the seed's prompt the year, say-a-name and era effects hold; the
-held-out fractions are measured by the benchmark, not asserted here.
+plain TransformerLens hooks) measures. On the seed's prompt every effect holds; the held-out fractions are
+measured by the benchmark, not asserted here.
 """
 
 from __future__ import annotations
@@ -129,24 +129,24 @@ def test_reported_effects_equal_an_independent_steering(world, seed):
         assert effect.holds == expected, role
 
 
-@pytest.mark.parametrize("factor", [-1.0, 0.5])
+@pytest.mark.parametrize("factor", [0.0, 0.5])
 def test_steering_overrides_a_roles_factor_as_an_independent_steering_measures(world, seed, factor):
-    """`steering={"year": f}` steers the year group by f instead of ablating it (benchmarks/story.py reports
-    the year steered down, x-1, beside the seed's ablation); the other roles keep `STEERING`."""
+    """`steering={"year": f}` steers the year group by f instead of steering it down (benchmarks/story.py
+    reports the seed's ablation, x0, beside the year steered down); the other roles keep `STEERING`."""
     model, clt = world
-    graph, _, roles, ablated = seed
+    graph, _, roles, default = seed
     result = story_effects(model, clt, SEED, graph, roles, steering={"year": factor})
     after = Judge().steer(SEED.prompt, roles["year"], factor)[-1].softmax(-1)
     effect = result.effects["year"]
-    assert effect.factor == factor and STEERING["year"] == 0.0
+    assert effect.factor == factor and STEERING["year"] == -1.0
     assert effect.top_after == model.tokenizer.decode([int(after.argmax())])
     assert effect.p_answer[1] == pytest.approx(float(after[token_ids(model, [SEED.answer])[0]]), abs=2e-3)
-    ablation = Judge().steer(SEED.prompt, roles["year"], 0.0)[-1].softmax(-1)
-    assert float((after - ablation).abs().sum()) > 0.05  # the factor changes what is measured
+    down = Judge().steer(SEED.prompt, roles["year"], -1.0)[-1].softmax(-1)
+    assert float((after - down).abs().sum()) > 0.05  # the factor changes what is measured
     others = token_ids(model, SEED.other_holders)
     assert effect.holds == (int(after.argmax()) in others)
     for role in ("office", "say a name", "era"):
-        assert vars(result.effects[role]) == vars(ablated.effects[role])
+        assert vars(result.effects[role]) == vars(default.effects[role])
 
 
 def test_a_shared_first_name_is_told_apart_by_the_steered_surname(world):
@@ -161,7 +161,7 @@ def test_a_shared_first_name_is_told_apart_by_the_steered_surname(world):
     roles = story_roles(tl_clt.propose_supernodes(graph.prune(0.8, 0.98), model=model, clt=clt), sp)
     effect = story_effects(model, clt, sp, graph, roles).effects["year"]
     judge = Judge()
-    after = judge.steer(sp.prompt, roles["year"], 0.0)[-1]
+    after = judge.steer(sp.prompt, roles["year"], STEERING["year"])[-1]
     top = model.tokenizer.decode([int(after.argmax())])
     assert effect.top_after == top
     same = [h for h in sp.holders if h.split()[0] == top.strip()]
@@ -170,19 +170,20 @@ def test_a_shared_first_name_is_told_apart_by_the_steered_surname(world):
     elif not same:
         expected = None
     else:
-        following = judge.steer(sp.prompt + top, roles["year"], 0.0)[-1]
+        following = judge.steer(sp.prompt + top, roles["year"], STEERING["year"])[-1]
         surname = judge.ids([" " + h.split(maxsplit=1)[1] for h in same])
         expected = max(zip(following[surname].tolist(), same, strict=True))[1]
     assert effect.holder_after == expected
     assert effect.holds == (expected not in (None, sp.fact.name))
 
 
-def test_on_the_seed_the_year_say_a_name_and_era_effects_hold(seed):
-    """Measured on the shipped world (benchmarks/story.py). The office effect does not hold there:
-    "president" (10 features) x-1 leaves names at 0.28 against filler at 0.03 (' in' on top)."""
+def test_on_the_seed_every_effect_holds(seed):
+    """Measured on the shipped world (benchmarks/story.py); the effects themselves are checked against
+    the Judge above."""
     _, _, _, result = seed
-    assert result.answered
-    assert result.effects["year"].holds  # ablated: a president of another era
+    assert result.answered and result.holds
+    assert result.effects["year"].holds  # x-1: a president of another era
+    assert result.effects["office"].holds  # x-1: filler words up, names down
     assert result.effects["say a name"].holds  # x-1: filler words up, names down
     assert result.effects["era"].holds  # x-1: a president of another era
 

@@ -8,12 +8,13 @@
   (`event_reachable`, `reaching_events`): benchmarks/story.py reports both kinds apart.
 - `story_roles(proposals, prompt)`: which proposed groups (from `tl_clt.propose_supernodes`) play
   the seed's four parts, read from the names and kinds the proposals gave them: "year" (sits on
-  the year), "era" (at the answer, reads the year), "say a name" (at the answer, says names) and the
+  the year, reads its digits), "era" (on the year and fed by features, or at the answer and reads
+  the year), "say a name" (at the answer, says names) and the
   office (named after the office's word).
 - `story_effects(model, clt, prompt, graph, roles)`: each role steered with attention frozen, and
   whether the seed's effect holds:
-  year ablated (as in the seed; `steering={"year": -1.0}` steers it down instead, which the issue
-  also allows), or era steered down (x-1) -> the top answer is another holder of the same office
+  year or era steered down (x-1; `steering={"year": 0.0}` ablates the year instead, as the seed
+  does: the issue allows either) -> the top answer is another holder of the same office
   (`top_holder`: where holders share the first name on top, " Harold", the surname the steered
   model gives after it tells which holder it is);
   office / "say a name" steered down (x-1) -> filler words up, names down: p(filler words) at
@@ -43,7 +44,7 @@ from tl_clt.toyworld.corpus import (
 
 ROLES = ("year", "office", "say a name", "era")
 # how each role is steered, and the factor: 0 ablates, -1 steers down
-STEERING = {"year": 0.0, "office": -1.0, "say a name": -1.0, "era": -1.0}
+STEERING = {"year": -1.0, "office": -1.0, "say a name": -1.0, "era": -1.0}
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -204,7 +205,7 @@ def story_effects(
     steering: dict[str, float] | None = None,
 ) -> StoryResult:
     """Steer each role's features (attention frozen) and check the seed's effect (module docstring).
-    `steering`: {role: factor} over `STEERING` (e.g. {"year": -1.0}: the year steered down, not ablated)."""
+    `steering`: {role: factor} over `STEERING` (e.g. {"year": 0.0}: the year ablated, as in the seed)."""
     steering = {**STEERING, **(steering or {})}
     names = token_ids(model, first_names())
     filler = token_ids(model, FILLER_WORDS)
