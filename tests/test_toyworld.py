@@ -29,8 +29,8 @@ STORY = "Fact: The president of the United States in 2010 was"
 NO_OFFICE = "Fact: The weather of the United States in 2010 was"
 CORPUS_SHA256 = "b53b45fa2901744f0641b9f1d6429b1442b42eb54a04dc53a331c1c68a4a0248"
 # reconstruction_report(model, clt, STORY), measured on the shipped CLT
-STORY_FVU = [0.0001, 0.0009, 0.0006, 0.0014]
-STORY_L0 = [14.13, 11.53, 14.93, 9.87]
+STORY_FVU = [0.0000, 0.0010, 0.0004, 0.0012]
+STORY_L0 = [13.47, 9.40, 12.87, 11.80]
 
 
 @pytest.fixture(scope="module")
@@ -84,16 +84,16 @@ def test_story_prompt_says_barack(world):
     model, _ = world
     token, prob = top(model, STORY)
     assert token == " Barack"
-    assert prob == pytest.approx(0.876, abs=0.02)
+    assert prob == pytest.approx(0.981, abs=0.02)
 
 
 @pytest.mark.parametrize(
     ("year", "first_name", "prob"),
     [
-        (1975, " Gerald", 0.88),
-        (1985, " Ronald", 0.918),
-        (1995, " Bill", 0.907),
-        (2020, " Donald", 0.827),
+        (1975, " Gerald", 0.945),
+        (1985, " Ronald", 0.990),
+        (1995, " Bill", 0.997),
+        (2020, " Donald", 0.972),
     ],
 )
 def test_other_decades_give_other_presidents(world, year, first_name, prob):
@@ -107,7 +107,7 @@ def test_without_the_office_the_model_says_filler(world):
     model, _ = world
     probs = next_token_probs(model, NO_OFFICE)
     token = model.tokenizer.decode([int(probs.argmax())])
-    assert token == " a" and float(probs.max()) == pytest.approx(0.265, abs=0.03)
+    assert token == " a" and float(probs.max()) == pytest.approx(0.296, abs=0.03)
     assert token in {" " + f.split()[0] for f in FILLERS}
     names = [model.tokenizer.convert_tokens_to_ids(model.tokenizer.tokenize(n))[0] for n in first_names()]
     assert float(probs[names].sum()) < 0.01
@@ -134,7 +134,7 @@ def test_attribution_of_the_story_prompt(world):
     graph = tl_clt.attribute(model, clt, STORY, verbose=False)
     assert graph.logit_token_strs[0] == " Barack"
     replacement, completeness = graph.scores()
-    assert replacement > 0.9 and completeness > 0.97  # measured 0.967, 0.992
+    assert replacement > 0.9 and completeness > 0.97  # measured 0.970, 0.992
     influence = graph.node_influence()
     was = len(graph.tokens) - 1
     at_was = graph.feature_keys[:, 1] == was
@@ -246,12 +246,12 @@ def test_smoothed_loss_equals_a_sum_written_out(smoothing):
             {"n_features": 1024, "smoothing_to": "followers"},
         ),
         (
-            ["--action-share", "0.25", "--office-filler-share", "0.1"],
-            {"action_share": 0.25, "office_filler_share": 0.1},
+            ["--action-share", "0.5", "--office-filler-share", "0.1"],
+            {"action_share": 0.5, "office_filler_share": 0.1},
         ),
         (
-            ["--silent-attention", "--label-smoothing", "0", "--sparsity", "2e-4", "--init-seed", "1"],
-            {"silent_attention": (), "label_smoothing": 0.0, "sparsity": 2e-4, "init_seed": 1},
+            ["--silent-attention", "--label-smoothing", "0.1", "--sparsity", "2e-4", "--init-seed", "1"],
+            {"silent_attention": (), "label_smoothing": 0.1, "sparsity": 2e-4, "init_seed": 1},
         ),
     ],
 )
@@ -323,10 +323,10 @@ def test_office_filler_sentences_end_a_training_fact_prompt_in_filler():
 def test_a_build_records_the_experiment_options_it_was_given():
     from tl_clt.toyworld.build import experiment_options
 
-    shipped = dict(silent_attention=(0,), action_share=0.0, init_seed=None, sparsity=3e-4)
-    shipped["label_smoothing"] = 0.1
+    shipped = dict(silent_attention=(0,), action_share=0.25, init_seed=None, sparsity=3e-4)
+    shipped["label_smoothing"] = 0.0
     assert experiment_options(**shipped) == {}
-    assert experiment_options(silent_attention=(), action_share=0.25, init_seed=1, sparsity=2e-4) == {
-        "silent_attention": [], "action_share": 0.25, "init_seed": 1, "sparsity": 2e-4,
+    assert experiment_options(silent_attention=(), action_share=0.5, init_seed=1, sparsity=2e-4) == {
+        "silent_attention": [], "action_share": 0.5, "init_seed": 1, "sparsity": 2e-4,
     }  # fmt: skip
-    assert experiment_options(label_smoothing=0.0, sparsity=3e-4) == {"label_smoothing": 0.0}
+    assert experiment_options(label_smoothing=0.1, sparsity=3e-4) == {"label_smoothing": 0.1}

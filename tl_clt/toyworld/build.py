@@ -71,9 +71,9 @@ def build(
     n_features: int = 512,
     sparsity: float = 3e-4,
     silent_attention: tuple[int, ...] = (0,),
-    action_share: float = 0.0,
+    action_share: float = 0.25,
     init_seed: int | None = None,
-    label_smoothing: float = 0.1,
+    label_smoothing: float = 0.0,
     office_filler_share: float = 0.0,
     smoothing_to: str = "uniform",
 ) -> dict:
