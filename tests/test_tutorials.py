@@ -24,7 +24,7 @@ from test_steering import RawCLT, reference_steer
 import tl_clt
 from tl_clt.toyworld import load_toyworld, toyworld_paths
 from tl_clt.toyworld.corpus import HOLDERS, first_names
-from tl_clt.toyworld.story import FILLER_WORDS
+from tl_clt.toyworld.story import FILLER_WORDS, STEERING
 
 TUTORIALS = Path(__file__).resolve().parents[1] / "tutorials"
 PRESIDENTS_60S_80S = [" Lyndon", " Richard", " Gerald", " Jimmy", " Ronald"]
@@ -223,20 +223,23 @@ def test_removing_the_office_gives_filler(president, judge, effects):
 
 
 def test_the_recipes_say_a_name_group_removes_the_names(president, judge, effects):
-    """Ablated: filler up, " Barack" to about a third; x-1: the names are gone, a filler word on top."""
+    """Ablated: filler up, " Barack" to about half; x-1: the names are gone, a filler word on top."""
     base = judge.summary(judge.logits(PROMPT))
     ablated, steered = effects["Say a political figure"]["ablate"], effects["Say a political figure"]["x-1"]
-    assert ablated["p_filler"] > 5 * base["p_filler"] and ablated["p_barack"] < 0.5 * base["p_barack"]
+    assert ablated["p_filler"] > 5 * base["p_filler"] and ablated["p_barack"] < 0.6 * base["p_barack"]
     assert steered["p_presidents"] < 0.02 and steered["p_filler"] > 0.1
     assert steered["top"] in FILLER
 
 
-def test_the_recipes_events_group_barely_moves_the_answer(president, judge, effects):
-    """The reading's claim: the recipe's Events ~2010 steered down leaves " Barack" on top (the proposals'
-    era group moves it: test_proposed_groups_have_the_story_effects_the_reading_claims)."""
+def test_the_recipes_events_group_does_not_move_the_answer(president, judge, effects):
+    """The reading's claim: the recipe's Events ~2010 steered down halves p(Barack) but leaves " Barack" on
+    top, and no other era's president comes near (the proposals' era group moves it:
+    test_proposed_groups_have_the_story_effects_the_reading_claims)."""
     base = judge.summary(judge.logits(PROMPT))
     steered = effects["Events ~2010"]["x-1"]
-    assert steered["top"] == " Barack" and steered["p_barack"] > base["p_barack"] - 0.1
+    assert steered["top"] == " Barack"
+    assert 0.3 * base["p_barack"] < steered["p_barack"] < 0.7 * base["p_barack"]
+    assert steered["p_presidents_60s_80s"] < 0.01
 
 
 def test_proposed_groups_have_the_story_effects_the_reading_claims(president, judge):
@@ -251,7 +254,7 @@ def test_proposed_groups_have_the_story_effects_the_reading_claims(president, ju
         "Events ~2010": True,
     }
     base = judge.summary(judge.logits(PROMPT))
-    year = judge.summary(judge.steer(PROMPT, ns["proposed"]["Year ~2010"], 0.0))
+    year = judge.summary(judge.steer(PROMPT, ns["proposed"]["Year ~2010"], STEERING["year"]))
     assert (
         year["top"] in PRESIDENTS and year["top"] != " Barack" and year["p_barack"] < 0.1 * base["p_barack"]
     )
@@ -364,8 +367,10 @@ def test_second_prompt_reading_is_true(second):
         and year["ablate"]["top"] != " Brian"
     )
     era = next(v for k, v in groups.items() if k.startswith("era ~1985"))
-    assert 0 < era["x-1"]["diff"] < 0.3 * lead
-    assert era["x-1"]["top"] in CANADIAN_PMS and era["x-1"]["top"] != " Brian"
-    for name in ("say a name", "Canada", "prime"):  # they move both names alike
+    assert era["x-1"]["diff"] < 0 < era["ablate"]["diff"] < 0.3 * lead  # Pierre above Brian when steered
+    assert era["x-1"]["top"] in CANADIAN_PMS and era["x-1"]["top"] not in (" Brian", " Pierre")
+    assert era["ablate"]["top"] == " Brian"
+    for name in ("say a name", "minister"):  # they move both names alike; steered down, filler on top
         assert groups[name]["ablate"]["diff"] > 0.6 * lead and groups[name]["ablate"]["top"] == " Brian"
-    assert results["effects"] == {"year": True, "office": False, "say a name": False, "era": True}
+        assert groups[name]["x-1"]["top"] in FILLER
+    assert results["effects"] == {"year": True, "office": True, "say a name": True, "era": True}

@@ -328,8 +328,8 @@ for name in ("Year ~2010", "Events ~2010"):
     (
         "md",
         """
-The proposed groups steered the way the story says (`story_effects`: the year group ablated, the others
-times -1), with the outcome each should have: another US president for the year and era groups; filler
+The proposed groups steered the way the story says (`story_effects`: each group times -1), with the
+outcome each should have: another US president for the year and era groups; filler
 words up and names down for the office and name groups.
 """,
     ),
@@ -351,24 +351,25 @@ for role, e in story.effects.items():
 ## 7. Reading
 
 - **Year ~2010** carries the era. Ablating it, the model still names a US president but one of another era
-  (" Dwight", p(Barack) below 0.01), as in the story; steering it negative makes that certain (" Dwight"
-  0.91).
-- **President** carries "an office holder is asked for". Ablating it moves probability from names to filler
-  words (" the" on top); steering it negative gives filler words about 0.9 (" a" on top) — without the
+  (" Dwight", p(Barack) below 0.01), as in the story; steering it negative moves the answer to the 1960s
+  (" Lyndon"; presidents of the 60s-80s 0.75).
+- **President** carries "an office holder is asked for". Ablating it barely moves the answer (" Barack"
+  0.89), but steering it negative gives filler words almost surely (0.998, " a" on top) — without the
   office the model continues the sentence without committing to a claim, as in the story.
-- **Say a political figure** says the names. Ablating it takes " Barack" from 0.88 to about a third and
-  raises filler; steering it negative removes the names (p(presidents) about 0.01) and puts a filler word
-  on top (" very").
-- **Events ~2010** as the recipe finds it (features that need both the office and the year, most of them
-  on the last word) barely moves the answer (p(Barack) 0.88 -> 0.84 steered x-1). The era is carried by
+- **Say a political figure** says the names. Ablating it takes " Barack" from 0.98 to about half and
+  raises filler (0.20); steering it negative removes the names (p(presidents) below 0.001) and puts a
+  filler word on top (" the").
+- **Events ~2010** as the recipe finds it (features that need both the office and the year, all on the
+  last word) does not move the answer: steered x-1 it halves p(Barack) (0.98 -> 0.49) and leaves it on top.
+  The era is carried by the year's features that other features feed (what the model makes of "2010") and
   the last word's features that the year feeds most, which the proposals call *era ~2010*: steered down,
-  they move the answer to a president of another era (" Dwight", section 6, last table).
+  they move the answer to a president of another era (" Harry", section 6, last table).
 - Like the real model, the toy world barely needs "the United States": "president" alone means the US one.
 - **The proposals** (section 4) find the four parts without a recipe, and all four have the story's effects
-  on this prompt (section 6, last table): the year ablated gives another era's president, *president* and
-  *say a name* steered down put a filler word on top, the era steered down gives " Dwight". They share
-  most of their features with the recipe's *President* and *Year ~2010* (Jaccard 0.75, 0.81) and fewer
-  with its *Say a political figure* and *Events ~2010* (0.30, 0.21).
+  on this prompt (section 6, last table): steered down, the year gives another era's president (" Bill"),
+  *president* and *say a name* put a filler word on top, the era gives " Harry". They share most of their
+  features with the recipe's *President* and *Year ~2010* (Jaccard 0.71, 0.57) and fewer with its *Say a
+  political figure* and *Events ~2010* (0.38, 0.26).
 """,
     ),
     (

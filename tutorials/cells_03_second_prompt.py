@@ -143,16 +143,14 @@ print("TUTORIAL_RESULTS", json.dumps(results))
         "md",
         """
 ## Reading
-The table in section 4 answers "why Brian rather than Pierre". On the toy world Brian's lead (4.95) comes
-mostly from the era, but no single group hands the answer to Pierre: ablating the *year* group takes the
-lead to 2.93 and the answer to another era's prime minister (" Louis", the 1950s), and steering the *era*
-group down (the last word's features that the year feeds most) takes it to 0.92 and the answer to
-" Stephen" (the 2000s). The *say a name* group and the office-word groups (*Canada*, *prime*), ablated,
-leave Brian on top with most of his lead: they push Brian and Pierre alike. Of the story's four effects
-(section 5) the year's and the era's hold here; steered down, the office's group leaves names above filler
-words, and *say a name* removes the names (p 0.93 -> 0.05) but puts "." on top rather than a filler word.
-Beyond the seed's prompt the toy world carries the story only in part, which `benchmarks/story.py`
-measures over held-out prompts.
+The table in section 4 answers "why Brian rather than Pierre". On the toy world Brian's lead (6.79) comes
+mostly from the era: steering the *era* group down (the year's features fed by other features, and the last
+word's features that the year feeds most) turns the lead to -3.79 and the answer to " John" (Diefenbaker,
+the 1950s-60s); ablating it leaves Brian on top by 1.00. Ablating the *year* group (the features that read
+the digits) takes the lead to 2.05 and the answer to " Jean" (Chretien, the 1990s). The *say a name* and
+*minister* groups, ablated, leave Brian on top with most of his lead (6.25, 7.49): they push Brian and Pierre
+alike; steered down, they put filler words on top (" in", " the"). All four of the story's effects (section
+5) hold on this prompt; over held-out prompts `benchmarks/story.py` measures how often they do.
 """,
     ),
 ]
