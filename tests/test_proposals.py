@@ -85,6 +85,23 @@ def test_reads_are_signed_path_sums_over_the_pruned_graph():
     assert checked >= 2  # features reached through other features, not only directly
 
 
+def small_graph(keys, adjacency, token_strs, logit_strs, n_layers) -> AttributionGraph:
+    """A hand-made graph: features `keys` (layer, pos, feature) active at 1, the given adjacency."""
+    n_logits = len(logit_strs)
+    return AttributionGraph(
+        tokens=torch.arange(100, 100 + len(token_strs)),
+        token_strs=token_strs,
+        active_features=torch.tensor(keys),
+        activation_values=torch.ones(len(keys)),
+        selected_features=torch.arange(len(keys)),
+        logit_tokens=torch.arange(200, 200 + n_logits),
+        logit_probabilities=torch.linspace(0.6, 0.4, n_logits),
+        logit_token_strs=logit_strs,
+        adjacency=adjacency,
+        n_layers=n_layers,
+    )
+
+
 def planted_graph(own: float = 0.0) -> tuple[AttributionGraph, list[str], list[str]]:
     """Two families of features: A (layer 0/1, position 2) reads token 1 (and its own token 2 with
     weight `own`) and pushes logit 0; B (layer 0/1, position 4) reads token 3 and pushes logit 1.
@@ -102,18 +119,7 @@ def planted_graph(own: float = 0.0) -> tuple[AttributionGraph, list[str], list[s
         if layer == 1:
             A[i, [j for j, k in enumerate(keys) if k[1] == pos and k[0] == 0]] = 0.5
         A[n - n_logits + (0 if pos == 2 else 1), i] = 1.0 + 0.05 * i
-    graph = AttributionGraph(
-        tokens=torch.arange(100, 105),
-        token_strs=["<|endoftext|>", " alpha", " of", " beta", " was"],
-        active_features=torch.tensor(keys),
-        activation_values=torch.ones(n_f),
-        selected_features=torch.arange(n_f),
-        logit_tokens=torch.tensor([200, 201]),
-        logit_probabilities=torch.tensor([0.6, 0.4]),
-        logit_token_strs=[" X", " Y"],
-        adjacency=A,
-        n_layers=n_layers,
-    )
+    graph = small_graph(keys, A, ["<|endoftext|>", " alpha", " of", " beta", " was"], [" X", " Y"], n_layers)
     ids = [f"F:{la}:{p}:{f}" for la, p, f in keys]
     return graph.prune(1.0, 1.0), ids[:3], ids[3:]
 
@@ -155,18 +161,7 @@ def test_features_on_a_number_fed_by_features_join_the_era(token_share):
     A[1, tok + 2], A[1, 0] = 0.2, 1.0
     A[2, tok + 2], A[2, 0] = 0.8, 0.2
     A[n - 1, :n_f] = 1.0
-    graph = AttributionGraph(
-        tokens=torch.arange(100, 105),
-        token_strs=["<|endoftext|>", " in", " 2010", " the", " was"],
-        active_features=torch.tensor(keys),
-        activation_values=torch.ones(n_f),
-        selected_features=torch.arange(n_f),
-        logit_tokens=torch.tensor([200]),
-        logit_probabilities=torch.tensor([0.6]),
-        logit_token_strs=[" X"],
-        adjacency=A,
-        n_layers=n_layers,
-    )
+    graph = small_graph(keys, A, ["<|endoftext|>", " in", " 2010", " the", " was"], [" X"], n_layers)
     props = tl_clt.propose_supernodes(graph.prune(1.0, 1.0), token_share=token_share, min_size=1,
                                       min_influence=0.0)  # fmt: skip
     shares = {"F:0:2:0": 1.0, "F:1:2:1": 0.2 / 1.2, "F:1:2:2": 0.8}
