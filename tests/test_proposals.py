@@ -149,8 +149,8 @@ def test_planted_groups_are_found_and_named_from_their_members():
 @pytest.mark.parametrize("token_share", [0.0, 0.5, 0.9])
 def test_features_on_a_number_fed_by_features_join_the_era(token_share):
     """On " 2010": feature a reads the tokens alone (share from tokens 1), b is fed mostly by a (share
-    0.2 / 1.2 = 0.17), c mostly by the tokens (0.8 / 1.0 = 0.8). With `token_share` t, those below t join
-    "era ~2010", the rest "year ~2010"; t = 0 keeps them all in the year."""
+    0.2 / 1.2 = 0.17), c mostly by the tokens (0.8 / 1.0 = 0.8). With `token_share` t, those below t
+    join "era ~2010", the rest "year ~2010"; t = 0 keeps them all in the year."""
     n_layers, n_pos = 2, 5
     keys = [(0, 2, 0), (1, 2, 1), (1, 2, 2)]
     n_f = len(keys)
@@ -170,6 +170,18 @@ def test_features_on_a_number_fed_by_features_join_the_era(token_share):
         expected.setdefault("era ~2010" if share < token_share else "year ~2010", []).append(node)
     assert {k: sorted(v) for k, v in props.items()} == expected
     assert ("feeds" in props.signals["signals"]) == (token_share > 0)
+
+
+def test_token_shares_of_a_feature_without_inputs_is_one():
+    """Direct input from tokens over all direct input; a feature that pruning left without input edges
+    counts as reading its tokens (nothing says it is fed), so it stays in the year."""
+    from tl_clt.proposals import _Nodes, _token_shares
+
+    W = torch.zeros(5, 5)  # rows = targets: features 0-2, token 3, error 4
+    W[0, 3] = -2.0  # from the token only
+    W[1, 3], W[1, 0], W[1, 4] = 1.0, 2.0, -1.0  # a quarter from the token
+    nodes = _Nodes(ids=list("abcde"), attrs=[{}] * 5, W=W, features=[0, 1, 2], tokens={1: 3}, logits=[])
+    assert _token_shares(nodes).tolist() == [1.0, 0.25, 1.0]
 
 
 def test_labels_describe_groups_without_changing_them():
@@ -320,7 +332,8 @@ def test_toy_groups_follow_the_rule_recomputed_independently(toy, push_cover, na
                 )
                 word = words[best if carried else sits].strip()
                 fed = [(G.nodes[u]["kind"], abs(w)) for u, _, w in G.in_edges(node, data="weight")]
-                from_tokens = sum(w for kind, w in fed if kind == "token") / sum(w for _, w in fed)
+                total = sum(w for _, w in fed)
+                from_tokens = sum(w for kind, w in fed if kind == "token") / total if total else 1.0
                 if word.isdigit() and from_tokens < token_share:  # fed by features: what the year means
                     assert name.split(" #")[0] == f"era ~{word}", (node, from_tokens)
                     checked.add("fed by features")

@@ -272,10 +272,10 @@ def _keys(nodes: _Nodes, spans: list[int], words: list[str], reads: Tensor, says
 def _token_shares(nodes: _Nodes) -> Float[Tensor, " n_feat"]:
     """Share of each feature's direct input (|edges| in the pruned graph) that comes straight from
     token embeddings: 1 for a feature that reads its word's tokens alone, near 0 for one fed by
-    other features and errors."""
+    other features and errors; 1 where pruning left it no input edge (nothing says it is fed)."""
     a = nodes.W[nodes.features].abs()
-    tok = a[:, list(nodes.tokens.values())].sum(1)
-    return (tok / a.sum(1).clamp(min=1e-30)).float()
+    tok, total = a[:, list(nodes.tokens.values())].sum(1), a.sum(1)
+    return torch.where(total > 0, tok / total.clamp(min=1e-30), torch.ones_like(total)).float()
 
 
 def _pushers(nodes: _Nodes, spans: list[int], says: Tensor, k: int, cover: float) -> set[int]:
