@@ -132,11 +132,13 @@ fig
 ## 4. Proposed groups
 
 `propose_supernodes` groups the feature nodes of the pruned graph without a recipe (docs/supernodes.md):
-a feature on a word of the prompt joins that word's group (*year ~2010* for the year's digits), or the group
-of an earlier word that feeds it more than its own (a feature on " United" fed by "president"); a feature
-on the last word joins *era ~2010* when the year feeds it most through the graph's paths, else *say a name*
-when its top output tokens are mostly names, else the group of the word that feeds it most (*president*
-when it is the office). `story_roles` reads off which proposals play the seed's four parts, from their
+a feature on a word of the prompt joins that word's group (*year ~2010* for the features that read the
+year's digits), or the group of an earlier word that feeds it more than its own (a feature on " United" fed
+by "president"); a feature on the year fed mostly by other features (what the model makes of the year)
+joins *era ~2010*, and so does a feature on the last word that the year feeds most through the graph's
+paths; another last-word feature joins *say a name* when its top output tokens are mostly names or it is one
+of the few that carry what the last word's features push together (names against filler), else the group of
+the word that feeds it most (*president* when it is the office). `story_roles` reads off which proposals play the seed's four parts, from their
 names and kinds alone.
 """,
     ),
