@@ -394,7 +394,9 @@ def propose_supernodes(
     kept = kept[:max_groups] if max_groups is not None else kept
     ctx = _NamingContext(nodes, spans, words, reads, says, says_tokens, infl, decode, text)
     infos = _name_groups([ctx.describe(k, c) for k, c in kept])
-    signals = ["sits", "reads", "says"] + (["pushes"] if pushes else []) + (["feeds"] if token_share else [])
+    last = max(spans)
+    fed = any(k[0] == "era" and spans[nodes.attrs[i]["pos"]] != last for k, i in zip(keys, nodes.features))
+    signals = ["sits", "reads", "says"] + (["pushes"] if pushes else []) + (["feeds"] if fed else [])
     signals += ["labels"] if text is not None else []
     return SupernodeProposals(
         {i.name: i.members for i in infos}, {i.name: i for i in infos}, {"signals": signals}
