@@ -138,8 +138,8 @@ by "president"); a feature on the year fed mostly by other features (what the mo
 joins *era ~2010*, and so does a feature on the last word that the year feeds most through the graph's
 paths; another last-word feature joins *say a name* when its top output tokens are mostly names or it is one
 of the few that carry what the last word's features push together (names against filler), else the group of
-the word that feeds it most (*president* when it is the office). `story_roles` reads off which proposals play the seed's four parts, from their
-names and kinds alone.
+the word that feeds it most (*president* when it is the office). `story_roles` reads off which proposals
+play the seed's four parts, from their names and kinds alone.
 """,
     ),
     (
