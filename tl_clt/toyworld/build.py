@@ -32,7 +32,13 @@ from tl_clt.toyworld.corpus import FACT_TEMPLATES, first_names, make_corpus, spl
 from tl_clt.toyworld.dashboards import build_toyworld_dashboards
 from tl_clt.toyworld.tokenizer import train_tokenizer
 from tl_clt.toyworld.train_clt import collect_activations, export_clt, train_clt
-from tl_clt.toyworld.train_model import fact_accuracy, next_token_probs, save_model, train_model
+from tl_clt.toyworld.train_model import (
+    SMOOTHING_TO,
+    fact_accuracy,
+    next_token_probs,
+    save_model,
+    train_model,
+)
 
 MODEL_NAME = "toyworld/model"  # what the CLT's config.yaml names; matches load_qwen3(".../model")
 STORY_PROMPTS = (
@@ -171,7 +177,7 @@ def main() -> None:
         parser.add_argument(flag, type=kind, default=defaults[name], help=text)
     parser.add_argument(
         "--smoothing-to",
-        choices=("uniform", "followers"),
+        choices=SMOOTHING_TO,
         default=defaults["smoothing_to"],
         help="where the label smoothing goes: every token, or the tokens that follow the current one",
     )

@@ -62,6 +62,9 @@ def lr_at(step: int, steps: int, peak: float, warmup: int = 100) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+SMOOTHING_TO = ("uniform", "followers")  # where `train_model` can spread its label smoothing
+
+
 @torch.enable_grad()  # also where the caller turned gradients off
 def train_model(
     tokenizer,
@@ -83,8 +86,8 @@ def train_model(
     `smoothing_to`: "uniform" (every token) or "followers" (evenly over the tokens that follow the
     current token somewhere in the corpus, `follower_matrix`: after " was", names and filler words,
     never "." or a digit)."""
-    if smoothing_to not in ("uniform", "followers"):
-        raise ValueError(f"smoothing_to is 'uniform' or 'followers', got {smoothing_to!r}.")
+    if smoothing_to not in SMOOTHING_TO:
+        raise ValueError(f"smoothing_to is one of {SMOOTHING_TO}, got {smoothing_to!r}.")
     from transformers import Qwen3ForCausalLM
 
     torch.manual_seed(seed)
