@@ -9,8 +9,7 @@
 - `story_roles(proposals, prompt)`: which proposed groups (from `tl_clt.propose_supernodes`) play
   the seed's four parts, read from the names and kinds the proposals gave them: "year" (sits on
   the year, reads its digits), "era" (on the year and fed by features, or at the answer and reads
-  the year), "say a name" (at the answer, says names) and the
-  office (named after the office's word).
+  the year), "say a name" (at the answer, says names) and the office (named after the office's word).
 - `story_effects(model, clt, prompt, graph, roles)`: each role steered with attention frozen, and
   whether the seed's effect holds:
   year or era steered down (x-1; `steering={"year": 0.0}` ablates the year instead, as the seed
