@@ -112,7 +112,8 @@ def _watch(cmd: list[str], env: dict, rss_limit_gib: float) -> dict:
     for line in out.splitlines():
         if line.startswith(RESULT_TAG):
             return json.loads(line[len(RESULT_TAG) :])
-    return {"error": (err.strip().splitlines() or ["no output"])[-1][:300]}
+    lines = err.strip().splitlines() or ["no output"]
+    return {"error": lines[-1][:300], "stderr_tail": "\n".join(lines[-40:])}
 
 
 def _rss_gib(pid: int) -> float:
@@ -299,6 +300,7 @@ def _row(r: dict) -> dict:
         "1st graph s": f"{r['times'][0]:.2f}" if ok else "",
         "peak RSS MiB": f"{r['peak_rss_mib']:.0f}" if ok else "",
         **({"peak GPU MiB": f"{r['peak_gpu_mib']:.0f}" if "peak_gpu_mib" in r else ""} if GPU[0] else {}),
+        **({"GPU after load MiB": _mib(r.get("gpu_after_load_mib"))} if GPU[0] else {}),
         "RSS after load MiB": f"{r['rss_after_load_mib']:.0f}" if ok else "",
         "load s": f"{r['load_s']:.2f}" if ok else "",
         "active": r.get("n_active", ""),
@@ -307,6 +309,10 @@ def _row(r: dict) -> dict:
         **_roofline(r),
         "load avg": f"{r['load_before']:.1f}/{r['load_after']:.1f}",
     }
+
+
+def _mib(x: float | None) -> str:
+    return "" if x is None else f"{x:.0f}"
 
 
 def _roofline(r: dict) -> dict:
@@ -439,6 +445,7 @@ def main() -> None:
     ap.add_argument("--decoder-cache-gib", type=float, default=None, help="tl_clt decoder_cache_bytes in GiB")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (both engines)")
+    ap.add_argument("--data-device", default="cpu", help="where the streamed CLT's random numbers are drawn")
     ap.add_argument("--threads", type=int, default=0, help="torch threads of both engines (0: default)")
     ap.add_argument(
         "--max-feature-nodes",
@@ -471,13 +478,16 @@ def main() -> None:
     print(f"machine: {machine()}", flush=True)
     results: list[dict] = []
     for size in args.sizes.split(","):
-        data = sizes.build(size, Path(args.root))
+        data = sizes.build(size, Path(args.root), device=args.data_device)
         for name in tqdm(args.sections.split(","), desc=size):
             SECTIONS[name](size, data, args, engines, results)
     after = machine()
     path = Path(args.json or Path(args.root) / "results.json")
     path.write_text(json.dumps(dict(machine=after, args=vars(args), results=results), indent=1))
     print(f"\nmachine after: {after}\n\n{tables(results)}\n\nrecords: {path}")
+    for r in results:  # a failed run's own words
+        if "stderr_tail" in r:
+            print(f"\n{r['engine']} failed ({r.get('section')}, {r.get('size')}):\n{r['stderr_tail']}")
 
 
 if __name__ == "__main__":

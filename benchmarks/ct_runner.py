@@ -20,6 +20,7 @@ from runner_common import (
     DTYPES,
     current_rss_mib,
     emit,
+    gpu_allocated_mib,
     parse_args,
     repeat_graphs,
     save_graph,
@@ -207,7 +208,7 @@ def main() -> None:
     if args.clt_dtype not in ("same", args.dtype):
         raise SystemExit("circuit-tracer casts the CLT to the model's dtype: --clt-dtype must be 'same'")
     model, load_s = timed(load, args.model, args.clt, dtype, args.device)
-    rss_loaded = current_rss_mib()
+    rss_loaded, gpu_loaded = current_rss_mib(), gpu_allocated_mib()
     tokens = torch.tensor(token_list(args))
     counter = count_backward_passes()
 
@@ -246,6 +247,7 @@ def main() -> None:
             n_logits=len(logits),
             n_backward=counter[0],
             rss_after_load_mib=rss_loaded,
+            gpu_after_load_mib=gpu_loaded,
             cpu_times=args.cpu_times,
         )
     )

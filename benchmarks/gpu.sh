@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # tl_clt vs circuit-tracer 0.5.0 on a CUDA device: the real (Qwen3-0.6B) shape, 16 and 64 tokens,
 # max_feature_nodes 8192, a GPU-sized batch, float32 (with the graph-equality check) and bfloat16.
-# Writes .bench/gpu-<dtype>-<tokens>.json and the markdown tables to benchmarks/gpu-results.md
+# Writes $DATA/gpu-<size>-<dtype>-<tokens>.json (DATA=.bench) and the markdown tables to $TABLES
+# (benchmarks/gpu-results.md), each case's table as soon as it is measured
 # (time per graph, peak GPU memory, roofline ratio against the device's matmul rate measured in the run).
 #
 #   benchmarks/gpu.sh                         # on a CUDA machine with internet: makes .venv-gpu and .venv-ct
+#   WHEELS=.whl benchmarks/gpu.sh             # no registry there: installs the wheels that
+#                                             # benchmarks/gpu-wheels.sh .whl fetched here (PYTHONPATH dirs)
 #   OURS_PYTHON=python CT_PYTHON=/x/bin/python benchmarks/gpu.sh      # existing environments, no installs
 #   DRY_RUN=1 benchmarks/gpu.sh               # print the commands only
 #   DEVICE=cpu SIZE=tiny NODES=64 LENGTHS=8 BATCH=16 DTYPES=float32 OURS_PYTHON=python \
@@ -18,11 +21,25 @@ LENGTHS=${LENGTHS:-16,64}
 BATCH=${BATCH:-256}
 DTYPES=${DTYPES:-float32,bfloat16}
 REPEATS=${REPEATS:-2}
-OUT=${OUT:-benchmarks/gpu-results.md}
+TABLES=${TABLES:-benchmarks/gpu-results.md}
 PY=${PYTHON:-python3}
 
 run() { echo "+ $*" >&2; if [ -z "${DRY_RUN:-}" ]; then "$@"; fi; }
 
+if [ -n "${WHEELS:-}" ] && [ -z "${OURS_PYTHON:-}" ]; then  # offline: one --target dir per engine
+  site=${SITE:-/tmp/tl-clt-gpu}
+  py=$(command -v "$PY")
+  for env in ours ct; do
+    run "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target "$site/$env" "$WHEELS"/common/*.whl "$WHEELS/$env"/*.whl
+    # a python that puts the engine's packages first (bench.py starts each engine's runner with it)
+    printf '#!/bin/sh\nexport PYTHONPATH=%s${PYTHONPATH:+:$PYTHONPATH}\nexec %s "$@"\n' \
+      "$site/$env" "$py" >"$site/$env-python"
+    chmod +x "$site/$env-python"
+  done
+  OURS_PYTHON=$site/ours-python
+  CT_PYTHON=$site/ct-python
+fi
 if [ -z "${OURS_PYTHON:-}" ]; then  # tl_clt (TransformerLens 3.9) over the machine's torch
   run "$PY" -m venv --system-site-packages .venv-gpu
   run .venv-gpu/bin/pip install -q -e .
@@ -37,26 +54,20 @@ if [ "$DEVICE" = cuda ] && [ -z "${DRY_RUN:-}" ]; then
   "$OURS_PYTHON" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name())"
 fi
 
-mkdir -p .bench
-jsons=()
-for dtype in ${DTYPES//,/ }; do
-  for length in ${LENGTHS//,/ }; do
-    json=.bench/gpu-$dtype-$length.json
+DATA=${DATA:-.bench}
+mkdir -p "$DATA"
+[ -n "${DRY_RUN:-}" ] || echo "# GPU benchmark ($SIZE shape, max_feature_nodes $NODES, batch $BATCH; benchmarks/gpu.sh, $(date -u +%F))" >"$TABLES"
+for length in ${LENGTHS//,/ }; do  # each case's table is added as soon as it is measured
+  for dtype in ${DTYPES//,/ }; do
+    json=$DATA/gpu-$SIZE-$dtype-$length.json
     run env PYTHONPATH=. "$OURS_PYTHON" benchmarks/bench.py --sizes "$SIZE" --device "$DEVICE" \
-      --sections main,equality --length "$length" --max-feature-nodes "$NODES" --batch-size "$BATCH" \
-      --dtype "$dtype" --repeats "$REPEATS" --rounds 1 --rss-limit-gib 1000 --ct-python "$CT_PYTHON" --json "$json"
-    jsons+=("$json")
+      --data-device "$DEVICE" --root "$DATA" --engines "${ENGINES:-ours,ct}" --sections main,equality \
+      --length "$length" --max-feature-nodes "$NODES" --batch-size "$BATCH" --dtype "$dtype" \
+      --repeats "$REPEATS" --rounds 1 --rss-limit-gib 1000 --ct-python "$CT_PYTHON" --json "$json"
+    if [ -z "${DRY_RUN:-}" ]; then
+      printf '\n## %s tokens, %s\n\n' "$length" "$dtype" >>"$TABLES"
+      PYTHONPATH=. "$OURS_PYTHON" benchmarks/bench.py --tables-from "$json" >>"$TABLES"
+    fi
   done
 done
-if [ -z "${DRY_RUN:-}" ]; then
-  {
-    echo "# GPU benchmark ($SIZE shape, max_feature_nodes $NODES, batch $BATCH; benchmarks/gpu.sh, $(date -u +%F))"
-    for json in "${jsons[@]}"; do
-      echo
-      echo "## $(basename "$json" .json)"
-      echo
-      PYTHONPATH=. "$OURS_PYTHON" benchmarks/bench.py --tables-from "$json"
-    done
-  } > "$OUT"
-  echo "tables: $OUT"
-fi
+[ -n "${DRY_RUN:-}" ] || echo "tables: $TABLES"

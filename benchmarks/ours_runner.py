@@ -13,6 +13,7 @@ from runner_common import (
     DTYPES,
     current_rss_mib,
     emit,
+    gpu_allocated_mib,
     matmul_rate,
     parse_args,
     repeat_graphs,
@@ -51,7 +52,7 @@ def main() -> None:
     clt, clt_s = timed(
         tl_clt.CrossLayerTranscoder.from_pretrained, args.clt, dtype=clt_dtype, device=args.device
     )
-    rss_loaded = current_rss_mib()
+    rss_loaded, gpu_loaded = current_rss_mib(), gpu_allocated_mib()
     model_mib = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     tokens = torch.tensor(token_list(args))
     cache_bytes = None if args.decoder_cache_gib is None else int(float(args.decoder_cache_gib) * 2**30)
@@ -100,6 +101,7 @@ def main() -> None:
             seconds_setup=graph.meta.get("seconds_setup"),
             seconds_rows=graph.meta.get("seconds_rows"),
             rss_after_load_mib=rss_loaded,
+            gpu_after_load_mib=gpu_loaded,
             compute_dtype=graph.meta["compute_dtype"],
             row_flops=graph.meta["row_flops"],
             matmul_rate=rate,

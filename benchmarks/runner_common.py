@@ -53,11 +53,13 @@ def parse_args(
 
 
 def matmul_rate(
-    dtype: torch.dtype, n: int = 2048, repeats: int = 5, device: str = "cpu", clock=time.perf_counter
+    dtype: torch.dtype, n: int | None = None, repeats: int = 5, device: str = "cpu", clock=time.perf_counter
 ) -> float:
     """FLOP/s of an n x n x n matmul in `dtype` on this machine now (best of `repeats`): the roofline.
 
+    n: 2048 on a CPU, 8192 on a GPU (smaller products there are too short to reach its rate).
     `clock=time.process_time` gives the rate per CPU second (robust to a shared machine's time slicing)."""
+    n = n or (2048 if device == "cpu" else 8192)
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     best = float("inf")
@@ -86,6 +88,14 @@ def current_rss_mib() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
+def gpu_allocated_mib() -> float | None:
+    """GPU memory held by tensors now (None without a GPU in use)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+        return torch.cuda.memory_allocated() / 2**20
+    return None
+
+
 def timed(fn: Callable, *a, **kw):
     """(result, seconds) of one call."""
     t0 = time.perf_counter()
@@ -103,15 +113,25 @@ def repeat_graphs(args: argparse.Namespace, build: Callable[[], object]) -> tupl
             import cProfile
 
             prof = cProfile.Profile()
-            graph, sec = timed(prof.runcall, build)
+            graph, sec = timed(prof.runcall, _synced(build))
             prof.dump_stats(str(args.profile))
         else:
-            graph, sec = timed(build)
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            torch.cuda.synchronize()
+            graph, sec = timed(_synced(build))
         times.append(sec)
         args.cpu_times.append(time.process_time() - cpu0)
     return graph, times
+
+
+def _synced(build: Callable[[], object]) -> Callable[[], object]:
+    """build, returning only once the GPU's queued work is done (so that its time counts)."""
+
+    def run():
+        out = build()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+        return out
+
+    return run
 
 
 def emit(record: dict) -> None:

@@ -95,8 +95,10 @@ def prompt_of_length(tokenizer, n: int) -> list[int]:
     return [tokenizer.convert_tokens_to_ids("<|endoftext|>")] + body
 
 
-def build(size: str, root: Path, seed: int = 0) -> tuple[Path, Path]:
-    """(model_dir, clt_dir) for `size` under root, created once and reused."""
+def build(size: str, root: Path, seed: int = 0, device: str = "cpu") -> tuple[Path, Path]:
+    """(model_dir, clt_dir) for `size` under root, created once and reused; a streamed CLT's random
+    numbers are drawn on `device` (a GPU draws the real size's ~9e9 in seconds, a CPU thread in minutes;
+    the two devices' streams differ)."""
     spec = SIZES[size]
     mdir, cdir = root / f"{size}-model", root / f"{size}-clt"
     if not (mdir / "config.json").exists():
@@ -114,6 +116,7 @@ def build(size: str, root: Path, seed: int = 0) -> tuple[Path, Path]:
             seed=seed,
             density=spec["density"],
             model_name=str(mdir),
+            **({"device": device} if spec.get("stream") else {}),
         )
     return mdir, cdir
 
@@ -224,7 +227,7 @@ def _write_streamed_tensor(path: Path, name: str, shape: tuple[int, ...], chunks
     with open(tmp, "wb") as f:
         f.write(len(header).to_bytes(8, "little") + header)
         for chunk in chunks:
-            chunk.to(torch.bfloat16).contiguous().view(torch.int16).numpy().tofile(f)
+            chunk.to(torch.bfloat16).cpu().contiguous().view(torch.int16).numpy().tofile(f)
         if f.tell() != 8 + len(header) + n_bytes:
             raise RuntimeError(f"{path}: wrote {f.tell()} bytes, expected {8 + len(header) + n_bytes}")
     tmp.rename(path)
@@ -239,6 +242,7 @@ def stream_random_clt_folder(
     density: float = 0.1,
     model_name: str = "synthetic",
     chunk: int = 2048,
+    device: str = "cpu",
 ) -> Path:
     """The same random JumpReLU CLT as `synthetic.make_random_clt_folder`, streamed to disk in bf16.
 
@@ -252,18 +256,19 @@ def stream_random_clt_folder(
     for layer in tqdm(range(n_layers), desc=f"writing {path.name}"):
         if (path / f"W_dec_{layer}.safetensors").exists():
             continue
-        gen = torch.Generator().manual_seed(seed * 10_000 + layer)
+        gen = torch.Generator(device).manual_seed(seed * 10_000 + layer)
         enc = {
-            f"W_enc_{layer}": torch.randn(n_features, d_model, generator=gen) * scale,
+            f"W_enc_{layer}": torch.randn(n_features, d_model, generator=gen, device=device) * scale,
             f"b_enc_{layer}": torch.full((n_features,), -cut / 2),
-            f"b_dec_{layer}": torch.randn(d_model, generator=gen) * 0.01,
+            f"b_dec_{layer}": torch.randn(d_model, generator=gen, device=device) * 0.01,
             f"threshold_{layer}": torch.full((n_features,), cut / 2),
         }
-        save_file({k: v.to(torch.bfloat16) for k, v in enc.items()}, str(path / f"W_enc_{layer}.safetensors"))
+        enc = {k: v.to(torch.bfloat16).cpu() for k, v in enc.items()}
+        save_file(enc, str(path / f"W_enc_{layer}.safetensors"))
         out = n_layers - layer
         chunks = (
-            torch.randn(min(chunk, n_features - i), out, d_model, generator=gen) * (scale * 0.5)
-            for i in range(0, n_features, chunk)
+            torch.randn(rows, out, d_model, generator=gen, device=device) * (scale * 0.5)
+            for rows in (min(chunk, n_features - i) for i in range(0, n_features, chunk))
         )
         _write_streamed_tensor(
             path / f"W_dec_{layer}.safetensors", f"W_dec_{layer}", (n_features, out, d_model), chunks
