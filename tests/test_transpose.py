@@ -11,6 +11,7 @@ from tl_clt.attribution import FrozenRows, LinearReplacement, find_active_featur
 from tl_clt.frozen import clean_pass
 from tl_clt.influence import normalize_rows, partial_influence
 from tl_clt.prompts import to_tokens
+from tl_clt.transpose import default_compute_dtype
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +95,18 @@ def test_bf16_model_computes_in_float32_on_cpu(model_dir, clt):
     err_auto = (auto.adjacency - f64.adjacency).abs().max()
     err_bf16 = (bf16.adjacency - f64.adjacency).abs().max()
     assert err_auto < 1e-5 * f64.adjacency.abs().max() < err_bf16
+
+
+def test_default_compute_dtype_is_float32_on_every_device():
+    """float32 unless the model is float64, whatever the device (a bf16 model on a GPU included: there bf16
+    arithmetic measured no faster, benchmarks/README.md "GPU"); the function takes no device to consult."""
+    for model_dtype, expected in [
+        (torch.bfloat16, torch.float32),
+        (torch.float16, torch.float32),
+        (torch.float32, torch.float32),
+        (torch.float64, torch.float64),
+    ]:
+        assert default_compute_dtype(model_dtype) == expected
 
 
 def _influence_step_by_step(rows, logit_probs, row_nodes, n_sources):

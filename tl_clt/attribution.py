@@ -333,8 +333,8 @@ def attribute(
 
     `engine`: "auto" (the transposed engine, or autograd when the model has forward hooks of yours),
     "transposed" or "autograd" (see the module docstring); `graph.meta["engine"]` says which ran.
-    Transposed engine only: `compute_dtype`, the dtype of the rows' arithmetic (default: float32 on a
-    CPU, float64 for a float64 model, the model's dtype on a GPU; the model is not changed; autograd
+    Transposed engine only: `compute_dtype`, the dtype of the rows' arithmetic (default: float32 on
+    every device, float64 for a float64 model; the model is not changed; autograd
     computes in the model's dtype), and `decoder_cache_bytes`, memory for the active features' decoder
     rows, read once per graph (default min(8 GiB, half the memory available beyond the graph's other
     buffers, `transpose.buffer_bytes`)); layers beyond it are read again from the CLT files when used.
@@ -439,12 +439,13 @@ class FrozenRows:
     ):
         device = state.mlp_in.device
         self.model, self.clt, self.state = model, clt, state
-        self.dtype = compute_dtype or default_compute_dtype(state.mlp_in.dtype, device)
+        self.dtype = compute_dtype or default_compute_dtype(state.mlp_in.dtype)
         self.n_layers, self.n_pos = clt.n_layers, len(state.tokens)
         self.batch_size = batch_size
         self.seconds_influence = 0.0
         L, frozen, sites = self.n_layers, state.frozen, state.sites
         self.model_sites = sites
+        self._ln2: Tensor | None = None
         acts = all_activations(clt, state.mlp_in)
         acts[:, SINK_POS] = 0  # the attention sink is not explained by features
         index = acts.nonzero()
@@ -490,9 +491,11 @@ class FrozenRows:
         (frozen ln2)."""
         W = self.clt.W_enc[layer, feature].to(self.dtype)
         sites = self.model_sites
-        if self.input.times_ln2_weight:
-            ln2 = [sites.weight(self.model, sites.ln2_weight, int(k)) for k in layer]
-            W = W * torch.stack(ln2).to(self.dtype)
+        if self.input.times_ln2_weight:  # every layer's ln2 weight, [n_layers, d_model], stacked once
+            if self._ln2 is None:
+                ln2 = [sites.weight(self.model, sites.ln2_weight, j) for j in range(self.n_layers)]
+                self._ln2 = torch.stack(ln2)
+            W = W * self._ln2[layer.to(self._ln2.device)].to(self.dtype)
         if self.site_factor is not None:
             W = W * self.site_factor[layer, pos, None]
         return W.detach()

@@ -97,8 +97,9 @@ class SafetensorsRows:
         buffer, size = memoryview(out.reshape(-1).view(np.uint8)), self.row_bytes
         with open(self.path, "rb", buffering=0) as f:
             self._check_unchanged(f)
+            starts = rows.tolist()
             for i, j in _runs(rows) if len(rows) else []:
-                f.seek(self.offset + int(rows[i]) * size)
+                f.seek(self.offset + starts[i] * size)
                 if f.readinto(buffer[i * size : j * size]) != (j - i) * size:
                     raise ValueError(f"{self.path} is truncated (short read).")
         data = torch.from_numpy(out).view(self.torch_dtype)

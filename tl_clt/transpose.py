@@ -32,12 +32,11 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 
-def default_compute_dtype(model_dtype: torch.dtype, device: torch.device | str) -> torch.dtype:
-    """float32 on a CPU (bf16/fp16 matmuls there are several times slower; float64 stays float64),
-    the model's dtype on an accelerator."""
-    if torch.device(device).type == "cpu":
-        return torch.float64 if model_dtype == torch.float64 else torch.float32
-    return model_dtype
+def default_compute_dtype(model_dtype: torch.dtype) -> torch.dtype:
+    """float32 (float64 for a float64 model), on every device: bf16/fp16 matmuls are several times slower
+    on a CPU, and on an H200 bf16 arithmetic built the real 0.6B shape's graph no faster than float32
+    (0.927 vs 0.934 s) for ~100x the edge error; it saves GPU memory (benchmarks/README.md, "GPU")."""
+    return torch.float64 if model_dtype == torch.float64 else torch.float32
 
 
 GRADIENT_BYTES = 64 << 20  # a sweep's gradient buffer beyond its minimum of 4 sub-batches
@@ -377,8 +376,8 @@ class EdgeRows:
     def n_sources(self) -> int:
         return n_source_columns(self.n_active, self.n_layers, self.n_pos)
 
-    def _decoder_flops_table(self) -> Tensor:
-        """T[s, q] = 2 * d_model * sum over active features at layer k < s, position <= q of (s - k)."""
+    def _decoder_flops_table(self) -> list[list[int]]:
+        """T[s][q] = 2 * d_model * sum over active features at layer k < s, position <= q of (s - k)."""
         L, P = self.n_layers, self.n_pos
         count = torch.zeros(L, P, dtype=torch.long)
         for lay in self.decoder.layouts:
@@ -389,7 +388,7 @@ class EdgeRows:
         for s in range(L + 1):
             for k in range(min(s, L)):
                 table[s] += (s - k) * cum[k]
-        return 2 * self.d_model * table
+        return (2 * self.d_model * table).tolist()
 
     def row_flops(self, sites: Tensor, positions: Tensor) -> int:
         """FLOPs of these rows done ideally: each row's transposed pass through the layers at and below its
@@ -402,7 +401,7 @@ class EdgeRows:
         total = decoder = 0
         d = self.d_model
         for s, q in zip(sites.tolist(), positions.tolist(), strict=True):
-            dec = int(self._dec_flops_per_pos[s, q])
+            dec = self._dec_flops_per_pos[s][q]
             total += self.model.flops(s, q) + dec + 2 * d * (q + 1) * (min(s, self.n_layers) + 1)
             decoder += dec
         return total, decoder
