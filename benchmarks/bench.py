@@ -91,6 +91,8 @@ def run_engine(engine: str, mdir: Path, cdir: Path, tokens: list[int], args, **o
         cmd += ["--max-feature-nodes", str(opts["nodes"])]
     if opts.get("save"):
         cmd += ["--save-graph", str(opts["save"]).replace("ENGINE", engine)]
+    if engine == "ours" and args.torch_profile and opts.get("profile"):
+        cmd += ["--torch-profile", str(opts["profile"])]
     load_before = os.getloadavg()[0]
     record = _watch(cmd, env, args.rss_limit_gib)
     record.update(engine=engine, load_before=load_before, load_after=os.getloadavg()[0])
@@ -190,10 +192,12 @@ def tokens_for(mdir: Path, n: int) -> list[int]:
 def section_main(size, data, args, engines, results) -> None:
     mdir, cdir = data
     toks = tokens_for(mdir, args.length)
-    for eng in engines:  # graphs for the equality check (every round writes the same graph)
-        (Path(args.root) / f"graph-{size}-{eng}.pt").unlink(missing_ok=True)
+    for eng in ENGINES:  # graphs for the equality check (every round writes the same graph; an engine
+        (Path(args.root) / f"graph-{size}-{eng}.pt").unlink(missing_ok=True)  # not run has none)
     save = Path(args.root) / f"graph-{size}-ENGINE.pt"
-    for rec in run_engines(engines, mdir, cdir, toks, args, nodes=DEFAULT_NODES[size], save=save):
+    profile = Path(args.root) / f"torch-profile-{size}-{args.length}-{args.dtype}-{args.batch_size}.txt"
+    opts = dict(nodes=DEFAULT_NODES[size], save=save, profile=profile)
+    for rec in run_engines(engines, mdir, cdir, toks, args, **opts):
         results.append(dict(section="main", size=size, nodes=DEFAULT_NODES[size], length=args.length, **rec))
 
 
@@ -225,7 +229,7 @@ def section_nodes(size, data, args, engines, results) -> None:
     toks = tokens_for(mdir, args.length)
     for nodes in NODE_SWEEP[size]:
         tag = f"-nodes{nodes}"
-        for eng in engines:
+        for eng in ENGINES:
             (Path(args.root) / f"graph-{size}{tag}-{eng}.pt").unlink(missing_ok=True)
         save = Path(args.root) / f"graph-{size}{tag}-ENGINE.pt"
         opts = dict(nodes=nodes, repeats=args.sweep_repeats, save=save)
@@ -411,7 +415,11 @@ def tables(results: list[dict]) -> str:
     ]
     out += ["## compute_dtype (tiny, bf16 model): max |edge - float64-model edge|, relative to max |edge|"]
     out += [markdown(comp)]
-    return "\n\n".join(x for x in out if x)
+    kept = []  # a heading is kept only with its table
+    for i, x in enumerate(out):
+        if x and not (x.startswith("## ") and (i + 1 == len(out) or not out[i + 1])):
+            kept.append(x)
+    return "\n\n".join(kept)
 
 
 def machine() -> str:
@@ -459,6 +467,9 @@ def main() -> None:
     )
     ap.add_argument("--root", default=str(ROOT / ".bench"), help="data and graphs (git-ignored)")
     ap.add_argument("--rss-limit-gib", type=float, default=18.0, help="kill a run above this RSS")
+    ap.add_argument(
+        "--torch-profile", action="store_true", help="main: torch.profiler table of tl_clt's last graph"
+    )
     ap.add_argument("--json", default=None, help="write all records here (default: ROOT/results.json)")
     ap.add_argument("--tables-from", default=None, help="only print the tables of a --json file")
     args = ap.parse_args()

@@ -10,6 +10,7 @@
 #                                             # benchmarks/gpu-wheels.sh .whl fetched here (PYTHONPATH dirs)
 #   OURS_PYTHON=python CT_PYTHON=/x/bin/python benchmarks/gpu.sh      # existing environments, no installs
 #   DRY_RUN=1 benchmarks/gpu.sh               # print the commands only
+#   ENGINES=ours COMPUTE=bfloat16 PROFILE=1 ...   # one engine; tl_clt's compute_dtype; a torch.profiler table
 #   DEVICE=cpu SIZE=tiny NODES=64 LENGTHS=8 BATCH=16 DTYPES=float32 OURS_PYTHON=python \
 #     CT_PYTHON=/work/main/.ctvenv/bin/python benchmarks/gpu.sh       # the same pipeline on a CPU (smoke test)
 set -euo pipefail
@@ -59,11 +60,12 @@ mkdir -p "$DATA"
 [ -n "${DRY_RUN:-}" ] || echo "# GPU benchmark ($SIZE shape, max_feature_nodes $NODES, batch $BATCH; benchmarks/gpu.sh, $(date -u +%F))" >"$TABLES"
 for length in ${LENGTHS//,/ }; do  # each case's table is added as soon as it is measured
   for dtype in ${DTYPES//,/ }; do
-    json=$DATA/gpu-$SIZE-$dtype-$length.json
+    json=$DATA/gpu-$SIZE-$dtype-$length${COMPUTE:+-compute-$COMPUTE}.json
     run env PYTHONPATH=. "$OURS_PYTHON" benchmarks/bench.py --sizes "$SIZE" --device "$DEVICE" \
       --data-device "$DEVICE" --root "$DATA" --engines "${ENGINES:-ours,ct}" --sections main,equality \
       --length "$length" --max-feature-nodes "$NODES" --batch-size "$BATCH" --dtype "$dtype" \
-      --repeats "$REPEATS" --rounds 1 --rss-limit-gib 1000 --ct-python "$CT_PYTHON" --json "$json"
+      --repeats "$REPEATS" --rounds 1 --rss-limit-gib 1000 --ct-python "$CT_PYTHON" --json "$json" \
+      ${COMPUTE:+--compute-dtype "$COMPUTE"} ${PROFILE:+--torch-profile}
     if [ -z "${DRY_RUN:-}" ]; then
       printf '\n## %s tokens, %s\n\n' "$length" "$dtype" >>"$TABLES"
       PYTHONPATH=. "$OURS_PYTHON" benchmarks/bench.py --tables-from "$json" >>"$TABLES"

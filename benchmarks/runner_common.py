@@ -46,6 +46,9 @@ def parse_args(
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--save-graph", type=Path, default=None, help="write the graph's tensors here")
     ap.add_argument("--profile", type=Path, default=None, help="cProfile the last graph into this file")
+    ap.add_argument(
+        "--torch-profile", type=Path, default=None, help="torch.profiler table of the last graph (text file)"
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -109,7 +112,9 @@ def repeat_graphs(args: argparse.Namespace, build: Callable[[], object]) -> tupl
     args.cpu_times = []
     for i in range(args.repeats):
         cpu0 = time.process_time()
-        if args.profile is not None and i == args.repeats - 1:
+        if args.torch_profile is not None and i == args.repeats - 1:
+            graph, sec = _torch_profiled(build, args.torch_profile)
+        elif args.profile is not None and i == args.repeats - 1:
             import cProfile
 
             prof = cProfile.Profile()
@@ -120,6 +125,20 @@ def repeat_graphs(args: argparse.Namespace, build: Callable[[], object]) -> tupl
         times.append(sec)
         args.cpu_times.append(time.process_time() - cpu0)
     return graph, times
+
+
+def _torch_profiled(build: Callable[[], object], path: Path) -> tuple[object, float]:
+    """(graph, seconds) of one build under torch.profiler; writes its ops table, the GPU's time first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    gpu = torch.cuda.is_available() and torch.cuda.is_initialized()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
+    with profile(activities=activities) as prof:
+        graph, sec = timed(_synced(build))
+    key = "self_device_time_total" if gpu else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=50)
+    path.write_text(f"{sec:.3f} s under the profiler\n{table}")
+    return graph, sec
 
 
 def _synced(build: Callable[[], object]) -> Callable[[], object]:
