@@ -60,9 +60,11 @@ def matmul_rate(
 ) -> float:
     """FLOP/s of an n x n x n matmul in `dtype` on this machine now (best of `repeats`): the roofline.
 
-    n: 2048 on a CPU, 8192 on a GPU (smaller products there are too short to reach its rate).
+    n: 2048 on a CPU (512 for bf16 / fp16, which this CPU multiplies at ~1 GFLOP/s: 2048 took minutes),
+    8192 on a GPU (smaller products there are too short to reach its rate).
     `clock=time.process_time` gives the rate per CPU second (robust to a shared machine's time slicing)."""
-    n = n or (2048 if device == "cpu" else 8192)
+    if n is None:
+        n = 8192 if device != "cpu" else 2048 if dtype in (torch.float32, torch.float64) else 512
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     best = float("inf")
