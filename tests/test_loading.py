@@ -48,6 +48,32 @@ def test_logits_equal_transformers(tmp_path, tokenizer, name):
     torch.testing.assert_close(model.blocks[0].ln2.w, hf_norm)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_weights_keep_the_layout_transformer_lens_multiplies_in(model_dir, dtype):
+    """TransformerLens 3 turns W_U, the MLP weights and W_Q/K/V/O back into nn.Linear's layout in every
+    forward (`W.T.contiguous()`, einops rearranges): loaded in that layout, each of those is the same
+    memory, not a copy (a contiguous W_U cost a 622 MB copy per forward at the 0.6B shape). float32
+    casts the checkpoint; bf16 (the file's dtype) copies it out of the memory map."""
+    import einops
+
+    model = tl_clt.load_qwen3(model_dir, dtype=dtype)
+
+    def same_memory(w, relaid):
+        return relaid.data_ptr() == w.data_ptr() and relaid.is_contiguous()
+
+    assert same_memory(model.W_U, model.W_U.T.contiguous())
+    for block in model.blocks:
+        for w in (block.mlp.W_gate, block.mlp.W_in, block.mlp.W_out):
+            assert same_memory(w, w.T.contiguous())
+        attn = block.attn
+        assert same_memory(attn.W_O, einops.rearrange(attn.W_O, "h dh d -> d (h dh)").contiguous())
+        for w in (attn.W_Q, attn._W_K, attn._W_V):
+            assert same_memory(w, einops.rearrange(w, "h d dh -> (h dh) d"))
+    # and no parameter is a view of the memory-mapped checkpoint (safetensors' mapped storages are the
+    # non-resizable ones), so the mapping is released after loading
+    assert [n for n, w in model.named_parameters() if not w.untyped_storage().resizable()] == []
+
+
 def test_sharded_checkpoint_and_bf16(tmp_path, tokenizer):
     from transformers import Qwen3ForCausalLM
 

@@ -137,12 +137,16 @@ def qwen3_state_dict(
         sd[b + "mlp.W_out"] = w[p + "mlp.down_proj.weight"].T
         sd[b + "mlp.b_in"] = torch.zeros(cfg.d_mlp)
         sd[b + "mlp.b_out"] = torch.zeros(cfg.d_model)
-    # safetensors returns views of the memory-mapped file: copy what would still point into it, so the
-    # mapping (the whole checkpoint) is released once loading is done instead of staying resident.
+    # Weights keep the checkpoint's memory layout (W_U, the MLP's and W_Q/K/V/O are transposed views of
+    # contiguous nn.Linear weights): TransformerLens 3 turns each back into that layout in every forward
+    # (`W_U.T.contiguous()`, ...), which copies nothing then; a contiguous W_U alone cost a 622 MB copy
+    # per forward at the 0.6B shape. safetensors returns views of the memory-mapped file: copy what would
+    # still point into it (same strides), so the mapping (the whole checkpoint) is released once loading
+    # is done instead of staying resident.
     mapped = {w.untyped_storage().data_ptr() for w in hf_weights.values()}
     out = {}
     for k, v in sd.items():
-        t = v.to(cfg.dtype).contiguous()
+        t = v.to(cfg.dtype)
         out[k] = t.clone() if t.untyped_storage().data_ptr() in mapped else t
     return out
 
