@@ -31,9 +31,10 @@ def clt(small_clt_dir):
 
 
 def hooked_sae_model(plain) -> sae_lens.HookedSAETransformer:
-    """The same tiny Qwen3 as a HookedSAETransformer (same weights, same tokenizer)."""
+    """The same tiny Qwen3 as a HookedSAETransformer (same weights in the same memory layout, same
+    tokenizer: graphs of the two are compared exactly, and a reduction over a weight rounds by layout)."""
     model = sae_lens.HookedSAETransformer(plain.cfg, move_to_device=False)
-    model.load_state_dict(plain.state_dict())
+    model.load_state_dict({k: v.clone() for k, v in plain.state_dict().items()}, assign=True)
     model.tokenizer = plain.tokenizer
     return model.eval()
 
