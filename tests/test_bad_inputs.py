@@ -421,6 +421,16 @@ def case_nan_decoder_lazy(c):
     tl_clt.feature_output_tokens(c.model, clt, layer=1, feature=3)
 
 
+def case_inf_decoder_lazy(c):
+    edit_file(c.dir, "W_dec_1.safetensors", _poison("W_dec_1", (3, 0, 7), math.inf))
+    tl_clt.feature_output_tokens(c.model, load(c.dir), layer=1, feature=3)
+
+
+def case_neg_inf_decoder_lazy(c):
+    edit_file(c.dir, "W_dec_1.safetensors", _poison("W_dec_1", (3, 1, 2), -math.inf))
+    tl_clt.feature_output_tokens(c.model, load(c.dir), layer=1, feature=3)
+
+
 def case_nan_decoder_eager(c):
     edit_file(c.dir, "W_dec_1.safetensors", _poison("W_dec_1", (3, 0, 7), math.nan))
     load(c.dir, lazy_decoder=False)

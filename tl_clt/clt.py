@@ -110,9 +110,12 @@ class SafetensorsRows:
 def _check_rows_finite(data: Tensor, rows: Tensor, path: Path, name: str) -> None:
     """Rows read from disk are checked as they are read (a corrupt file fails where it is used).
 
-    The check is one float32/64 sum (NaN and inf propagate): no temporary as large as the rows."""
-    acc = torch.float64 if data.dtype == torch.float64 else torch.float32
-    if torch.isfinite(data.sum(dtype=acc)):
+    The check is one min/max pass (NaN and inf propagate to them): no temporary as large as the rows,
+    and fast in bf16 (a float32 sum of bf16 rows took 18x as long: 0.65 s of a real-shape graph's setup)."""
+    if data.numel() == 0:
+        return
+    low, high = torch.aminmax(data)
+    if torch.isfinite(low) and torch.isfinite(high):
         return
     bad = sorted({r for r, row in zip(rows.tolist(), data, strict=True) if not torch.isfinite(row).all()})
     raise ValueError(
