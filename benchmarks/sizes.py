@@ -199,7 +199,8 @@ def stream_qwen3_folder(
 
 
 def _write_streamed_tensors(path: Path, shapes: dict[str, tuple[int, ...]], chunks) -> None:
-    """A bf16 safetensors file of several tensors, each written from `chunks(name, shape)` in order."""
+    """A bf16 safetensors file of several tensors, each written from `chunks(name, shape)` (row chunks, on
+    any device) in order; never all in memory. Written to a .partial file renamed into place."""
     header, offset = {}, 0
     for name, shape in shapes.items():
         n_bytes = 2 * int(torch.tensor(shape).prod())
@@ -210,27 +211,18 @@ def _write_streamed_tensors(path: Path, shapes: dict[str, tuple[int, ...]], chun
     tmp = path.with_suffix(".partial")
     with open(tmp, "wb") as f:
         f.write(len(raw).to_bytes(8, "little") + raw)
-        for name, shape in tqdm(shapes.items(), desc=f"writing {path.parent.name}"):
+        bar = tqdm(shapes.items(), desc=f"writing {path.parent.name}", disable=len(shapes) == 1)
+        for name, shape in bar:
             for chunk in chunks(name, shape):
-                chunk.to(torch.bfloat16).contiguous().view(torch.int16).numpy().tofile(f)
+                chunk.to(torch.bfloat16).cpu().contiguous().view(torch.int16).numpy().tofile(f)
         if f.tell() != 8 + len(raw) + offset:
             raise RuntimeError(f"{path}: wrote {f.tell()} bytes, expected {8 + len(raw) + offset}")
     tmp.rename(path)
 
 
 def _write_streamed_tensor(path: Path, name: str, shape: tuple[int, ...], chunks) -> None:
-    """A one-tensor bf16 safetensors file written from an iterator of row chunks (never all in memory)."""
-    n_bytes = 2 * int(torch.tensor(shape).prod())
-    header = json.dumps({name: {"dtype": "BF16", "shape": list(shape), "data_offsets": [0, n_bytes]}})
-    header = header.encode() + b" " * (-len(header) % 8)
-    tmp = path.with_suffix(".partial")
-    with open(tmp, "wb") as f:
-        f.write(len(header).to_bytes(8, "little") + header)
-        for chunk in chunks:
-            chunk.to(torch.bfloat16).cpu().contiguous().view(torch.int16).numpy().tofile(f)
-        if f.tell() != 8 + len(header) + n_bytes:
-            raise RuntimeError(f"{path}: wrote {f.tell()} bytes, expected {8 + len(header) + n_bytes}")
-    tmp.rename(path)
+    """A one-tensor bf16 safetensors file written from an iterator of row chunks."""
+    _write_streamed_tensors(path, {name: shape}, lambda _name, _shape: chunks)
 
 
 def stream_random_clt_folder(
