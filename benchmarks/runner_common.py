@@ -93,9 +93,14 @@ def current_rss_mib() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
+def _gpu_in_use() -> bool:
+    """A CUDA device exists and this process has used it."""
+    return torch.cuda.is_available() and torch.cuda.is_initialized()
+
+
 def gpu_allocated_mib() -> float | None:
     """GPU memory held by tensors now (None without a GPU in use)."""
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if _gpu_in_use():
         torch.cuda.synchronize()
         return torch.cuda.memory_allocated() / 2**20
     return None
@@ -133,7 +138,7 @@ def _torch_profiled(build: Callable[[], object], path: Path) -> tuple[object, fl
     """(graph, seconds) of one build under torch.profiler; writes its ops table, the GPU's time first."""
     from torch.profiler import ProfilerActivity, profile
 
-    gpu = torch.cuda.is_available() and torch.cuda.is_initialized()
+    gpu = _gpu_in_use()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
     with profile(activities=activities) as prof:
         graph, sec = timed(_synced(build))
@@ -148,7 +153,7 @@ def _synced(build: Callable[[], object]) -> Callable[[], object]:
 
     def run():
         out = build()
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
+        if _gpu_in_use():
             torch.cuda.synchronize()
         return out
 
@@ -158,7 +163,7 @@ def _synced(build: Callable[[], object]) -> Callable[[], object]:
 def emit(record: dict) -> None:
     """Print the result record as one tagged JSON line (bench.py picks it out of stdout)."""
     record["peak_rss_mib"] = peak_rss_mib()
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if _gpu_in_use():
         record["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
         record["gpu"] = torch.cuda.get_device_name()
     record["threads"] = torch.get_num_threads()
