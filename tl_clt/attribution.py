@@ -445,7 +445,6 @@ class FrozenRows:
         self.seconds_influence = 0.0
         L, frozen, sites = self.n_layers, state.frozen, state.sites
         self.model_sites = sites
-        self._ln2: Tensor | None = None
         acts = all_activations(clt, state.mlp_in)
         acts[:, SINK_POS] = 0  # the attention sink is not explained by features
         index = acts.nonzero()
@@ -481,6 +480,11 @@ class FrozenRows:
             self.site_factor = 1 / scale2.to(self.dtype)
         else:  # the residual stream itself
             self.site_factor = None
+        if self.input.times_ln2_weight:  # every layer's ln2 weight [n_layers, d_model]: the CLT reads x * it
+            ln2 = [sites.weight(model, sites.ln2_weight, j) for j in range(L)]
+            self.ln2_weights = torch.stack(ln2).to(self.dtype)
+        else:
+            self.ln2_weights = None
 
     @property
     def n_sources(self) -> int:
@@ -490,12 +494,8 @@ class FrozenRows:
         """Resid-mid vectors whose dot product with the residual stream is the features' pre-activations
         (frozen ln2)."""
         W = self.clt.W_enc[layer, feature].to(self.dtype)
-        sites = self.model_sites
-        if self.input.times_ln2_weight:  # every layer's ln2 weight, [n_layers, d_model], stacked once
-            if self._ln2 is None:
-                ln2 = [sites.weight(self.model, sites.ln2_weight, j) for j in range(self.n_layers)]
-                self._ln2 = torch.stack(ln2)
-            W = W * self._ln2[layer.to(self._ln2.device)].to(self.dtype)
+        if self.ln2_weights is not None:
+            W = W * self.ln2_weights[layer.to(self.ln2_weights.device)]
         if self.site_factor is not None:
             W = W * self.site_factor[layer, pos, None]
         return W.detach()
