@@ -66,11 +66,17 @@ def purity(members: list[str], labels) -> tuple[str, float, Counter]:
     return label, n / len(members), counts
 
 
+def _members_only(proposals):
+    """The proposals without their pruned-out features (`whole(name)` = the pruned graph's members)."""
+    info = {n: replace(i, pruned_out=[]) for n, i in proposals.info.items()}
+    return type(proposals)(dict(proposals), info, proposals.signals)
+
+
 def run_prompt(model, clt, sp, labels, options: dict) -> dict:
     t0 = time.time()
     graph = tl_clt.attribute(model, clt, sp.prompt, verbose=False)
     pruned = graph.prune(0.8, 0.98)
-    proposals = tl_clt.propose_supernodes(pruned, model=model, clt=clt, **options)
+    proposals = tl_clt.propose_supernodes(pruned, model=model, clt=clt, unpruned=graph, **options)
     roles = story_roles(proposals, sp)
     result = story_effects(model, clt, sp, graph, roles)
     ablated = story_effects(model, clt, sp, graph, {"year": roles["year"]}, steering={"year": 0.0})
@@ -79,10 +85,13 @@ def run_prompt(model, clt, sp, labels, options: dict) -> dict:
         label, share, counts = purity(members, labels)
         groups[name] = dict(kind=proposals.info[name].kind, n=len(members), majority=label, purity=share,
                             labels=dict(counts))  # fmt: skip
-    role_purity = {}
+    role_purity, members_purity = {}, {}
     for role, members in roles.items():
         if members:
             role_purity[role] = sum(labels[m] == EXPECTED_LABEL[role] for m in members) / len(members)
+    for role, members in story_roles(_members_only(proposals), sp).items():
+        if members:
+            members_purity[role] = sum(labels[m] == EXPECTED_LABEL[role] for m in members) / len(members)
     return dict(
         prompt=sp.prompt,
         answer=sp.answer,
@@ -96,6 +105,7 @@ def run_prompt(model, clt, sp, labels, options: dict) -> dict:
         missing=[r for r in ROLES if r not in result.effects],
         groups=groups,
         role_purity=role_purity,
+        members_purity=members_purity,
         seconds=round(time.time() - t0, 1),
     )
 
@@ -138,9 +148,11 @@ def report(rows: list[dict]) -> None:
     print("\npurity (share of a role's features whose corpus label is the expected one), mean over prompts:")
     for role in ROLES:
         vals = [r["role_purity"][role] for r in rows if role in r["role_purity"]]
+        own = [r["members_purity"][role] for r in rows if role in r["members_purity"]]
         if vals:
-            mean = sum(vals) / len(vals)
-            print(f"  {role:10s} (expected {EXPECTED_LABEL[role]!r}): {mean:.2f} over {len(vals)} prompts")
+            whole, members = sum(vals) / len(vals), sum(own) / len(own)
+            print(f"  {role:10s} (expected {EXPECTED_LABEL[role]!r}): {whole:.2f} steered whole, "
+                  f"{members:.2f} the pruned graph's members, over {len(vals)} prompts")  # fmt: skip
     n = sum(g["n"] for r in rows for g in r["groups"].values())
     maj = sum(g["n"] * g["purity"] for r in rows for g in r["groups"].values())
     print(

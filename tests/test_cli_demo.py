@@ -28,8 +28,9 @@ def test_demo_uses_propose_supernodes_when_there_is_one(tmp_path, capsys, monkey
     prints the groups and a steering table whose numbers match tl_clt.steer, and draws the circuit."""
     seen = {}
 
-    def propose(graph, *, model, clt):
-        seen["pruned"] = graph.node_mask is not None
+    def propose(graph, *, model, clt, unpruned=None):
+        if unpruned is not None:  # the demo's call: the pruned graph and the graph it was pruned from
+            seen["pruned"] = graph.node_mask is not None and unpruned.node_mask is None
         kept = set(graph.to_networkx().nodes)
         groups = president_groups(model, clt, tl_clt.attribute(model, clt, graph.tokens, verbose=False))
         return {name: [n for n in members if n in kept] for name, members in groups.items()}
@@ -78,11 +79,18 @@ def test_demo_prints_the_proposed_groups(tmp_path, capsys):
 
     model, clt = load_toyworld()
     prompt = "Fact: The president of the United States in 2010 was"
-    pruned = tl_clt.attribute(model, clt, prompt, verbose=False).prune(0.8, 0.98)
-    proposals = tl_clt.propose_supernodes(pruned, model=model, clt=clt)
+    graph = tl_clt.attribute(model, clt, prompt, verbose=False)
+    proposals = tl_clt.propose_supernodes(graph.prune(0.8, 0.98), model=model, clt=clt, unpruned=graph)
     assert "groups (tl_clt.propose_supernodes):" in out and "year ~2010" in proposals
     printed = dict(members_of(out))
     assert set(printed) == set(proposals)
     for name, members in proposals.items():
         assert printed[name].startswith(f"{len(members)} nodes, e.g. {members[0]}")
+    # the steering table steers each group whole: its size and the year's ablated p(' Barack'), recomputed
+    whole = proposals.whole("year ~2010")
+    assert len(whole) > len(proposals["year ~2010"])
+    row = next(line for line in out.splitlines() if line.startswith("year ~2010 ")).split()
+    p = tl_clt.steer(model, clt, prompt, tl_clt.ablate(whole))[-1].softmax(-1)
+    barack = model.tokenizer(" Barack", add_special_tokens=False)["input_ids"][0]
+    assert int(row[2]) == len(whole) and row[-3] == f"{float(p[barack]):.2f}"
     assert (tmp_path / "circuit.png").read_bytes()[:4] == b"\x89PNG"

@@ -406,3 +406,82 @@ def test_bad_arguments(kwargs, error, excerpt):
     pruned, _, _ = planted_graph()
     with pytest.raises(error, match=excerpt):
         tl_clt.propose_supernodes(pruned, **kwargs)
+
+
+# the toy's pruned-out year features are fed 0.7-5.4% or 100% by tokens: 0.02 and 0.03 split the first kind
+@pytest.mark.parametrize(
+    ("with_rows", "token_share"), [(True, 0.5), (True, 0.02), (True, 0.03), (False, 0.5)]
+)
+def test_pruned_out_features_join_the_group_where_they_sit_recomputed_independently(
+    toy, with_rows, token_share
+):
+    """Every feature node pruning left out of the seed's graph is recomputed into the group the
+    documented rule gives it: the last word's -> "say a name"; the year's -> "era" when less than
+    `token_share` of its |in-edges| in the unpruned graph (networkx, summed here) come from tokens, else the
+    year's group, and nowhere when the unpruned graph is not given; any other word's -> that word's
+    group, if the pruned graph has one. `whole` is members then pruned-out; `[name]` stays the members."""
+    model, clt, graph, pruned = toy
+    props = tl_clt.propose_supernodes(
+        pruned, model=model, clt=clt, unpruned=graph if with_rows else None, token_share=token_share
+    )
+    full = graph.to_networkx()
+    present = set(pruned.to_networkx().nodes)
+    spans = word_spans(list(graph.token_strs))
+    words: dict[int, str] = {}
+    for tok, w in zip(graph.token_strs, spans):
+        words[w] = words.get(w, "") + tok
+    expected: dict[str, set[str]] = {name: set() for name in props}
+    n_year, shares = 0, []
+    for node, data in full.nodes(data=True):
+        if data["kind"] != "feature" or node in present:
+            continue
+        w = spans[data["pos"]]
+        word = words[w].strip()
+        if w == 0:
+            continue
+        if w == max(spans):
+            name = "say a name"
+        elif word.isdigit():
+            if not with_rows:
+                continue
+            fed = [(full.nodes[u]["kind"], abs(x)) for u, _, x in full.in_edges(node, data="weight")]
+            total = sum(x for _, x in fed)
+            share = sum(x for kind, x in fed if kind == "token") / total if total else 1.0
+            name = f"era ~{word}" if share < token_share else f"year ~{word}"
+            n_year += 1
+            shares.append(share)
+        else:
+            name = word
+        if name in expected:
+            expected[name].add(node)
+    assert {name: set(info.pruned_out) for name, info in props.info.items()} == expected
+    assert (n_year > 0) == with_rows
+    assert all(expected[n] for n in ("say a name", "president")) and ("completes" in props.signals["signals"])
+    assert bool(expected["era ~2010"]) == with_rows and bool(expected["year ~2010"]) == with_rows
+    for name in props:
+        assert props.whole(name) == props[name] + props.info[name].pruned_out
+        assert not set(props[name]) & set(props.info[name].pruned_out)
+        assert not set(props.info[name].pruned_out) & present
+    lone = tl_clt.propose_supernodes(pruned, model=model, clt=clt, complete=False, token_share=token_share)
+    assert dict(lone) == dict(props) and not any(i.pruned_out for i in lone.info.values())
+    assert "completes" not in lone.signals["signals"]
+
+
+def test_an_unpruned_graph_gives_its_own_rows(toy, tmp_path):
+    """Given the unpruned graph, the proposals are those of its default pruning with unpruned= itself;
+    the groups themselves (for the export) never hold a pruned-out node."""
+    model, clt, graph, pruned = toy
+    a = tl_clt.propose_supernodes(graph, model=model, clt=clt)
+    b = tl_clt.propose_supernodes(pruned, model=model, clt=clt, unpruned=graph)
+    assert dict(a) == dict(b) and {n: i.pruned_out for n, i in a.info.items()} == {
+        n: i.pruned_out for n, i in b.info.items()
+    }
+    tl_clt.validate_graph_json(graph.to_json(tmp_path / "g.json", slug="whole", supernodes=a))
+
+
+def test_unpruned_must_be_the_graph_it_was_pruned_from(toy):
+    model, clt, graph, pruned = toy
+    other = tl_clt.attribute(model, clt, "Fact: The president of France in 1990 was", verbose=False)
+    for bad in (other, pruned):
+        with pytest.raises(ValueError, match="unpruned= must be the unpruned graph"):
+            tl_clt.propose_supernodes(pruned, model=model, clt=clt, unpruned=bad)

@@ -92,15 +92,18 @@ def test_event_reachable_prompts_match_a_scan_of_the_corpus():
 def seed(world):
     model, clt = world
     graph = tl_clt.attribute(model, clt, SEED.prompt, verbose=False)
-    proposals = tl_clt.propose_supernodes(graph.prune(0.8, 0.98), model=model, clt=clt)
+    proposals = tl_clt.propose_supernodes(graph.prune(0.8, 0.98), model=model, clt=clt, unpruned=graph)
     roles = story_roles(proposals, SEED)
     return graph, proposals, roles, story_effects(model, clt, SEED, graph, roles)
 
 
 def test_roles_are_read_from_the_proposals_names(seed):
+    """Each role is its group whole: the members, then the features pruning left out where it sits."""
     _, proposals, roles, _ = seed
-    assert roles["year"] == proposals["year ~2010"] and roles["era"] == proposals["era ~2010"]
-    assert roles["say a name"] == proposals["say a name"] and roles["office"] == proposals["president"]
+    for role, name in [("year", "year ~2010"), ("era", "era ~2010"), ("say a name", "say a name"),
+                       ("office", "president")]:  # fmt: skip
+        assert roles[role] == proposals[name] + proposals.info[name].pruned_out
+        assert proposals.info[name].pruned_out  # the seed's prompt completes every role
 
 
 def test_reported_effects_equal_an_independent_steering(world, seed):
@@ -158,7 +161,8 @@ def test_a_shared_first_name_is_told_apart_by_the_steered_surname(world):
     clean = model(tl_clt.to_tokens(model, sp.prompt)[None])[0, -1].softmax(-1)
     assert top_holder(model, clt, sp, [], clean) == "Harold Wilson"  # the model answers right
     graph = tl_clt.attribute(model, clt, sp.prompt, verbose=False)
-    roles = story_roles(tl_clt.propose_supernodes(graph.prune(0.8, 0.98), model=model, clt=clt), sp)
+    proposals = tl_clt.propose_supernodes(graph.prune(0.8, 0.98), model=model, clt=clt, unpruned=graph)
+    roles = story_roles(proposals, sp)
     effect = story_effects(model, clt, sp, graph, roles).effects["year"]
     judge = Judge()
     after = judge.steer(sp.prompt, roles["year"], STEERING["year"])[-1]

@@ -243,8 +243,9 @@ def test_the_recipes_events_group_does_not_move_the_answer(president, judge, eff
 
 
 def test_proposed_groups_have_the_story_effects_the_reading_claims(president, judge):
-    """The reading's claims about the proposals, recomputed with the Judge's steering: all four groups have
-    the story's effects on the seed's prompt."""
+    """The reading's claims about the proposals, recomputed with the Judge's steering: all four groups,
+    steered whole (members and the features pruning left out where they sit, as `story_effects` does),
+    have the story's effects on the seed's prompt."""
     ns = president[0]
     held = ns["results"]["proposed_effects"]
     assert held == {
@@ -254,16 +255,19 @@ def test_proposed_groups_have_the_story_effects_the_reading_claims(president, ju
         "Events ~2010": True,
     }
     base = judge.summary(judge.logits(PROMPT))
-    year = judge.summary(judge.steer(PROMPT, ns["proposed"]["Year ~2010"], STEERING["year"]))
+    whole = ns["whole"]
+    for name, members in ns["proposed"].items():
+        assert set(members) < set(whole[name])  # every group gained features pruning had left out
+    year = judge.summary(judge.steer(PROMPT, whole["Year ~2010"], STEERING["year"]))
     assert (
         year["top"] in PRESIDENTS and year["top"] != " Barack" and year["p_barack"] < 0.1 * base["p_barack"]
     )
-    era = judge.summary(judge.steer(PROMPT, ns["proposed"]["Events ~2010"], -1.0))
+    era = judge.summary(judge.steer(PROMPT, whole["Events ~2010"], -1.0))
     assert era["top"] in PRESIDENTS and era["top"] != " Barack"
     # president and say a name x-1: a filler word on top, every holder's first name together below the
     # corpus' filler words
     for name in ("President", "Say a political figure"):
-        p = judge.steer(PROMPT, ns["proposed"][name], -1.0)[-1].float().softmax(-1)
+        p = judge.steer(PROMPT, whole[name], -1.0)[-1].float().softmax(-1)
         p_names, p_filler = (float(p[judge.ids(list(w))].sum()) for w in (first_names(), FILLER_WORDS))
         assert p_names < p_filler and judge.model.tokenizer.decode(p.argmax()) in FILLER_WORDS, name
     jaccard = {k: v["jaccard"] for k, v in ns["results"]["proposed"].items()}
@@ -369,8 +373,14 @@ def test_second_prompt_reading_is_true(second):
     era = next(v for k, v in groups.items() if k.startswith("era ~1985"))
     assert era["x-1"]["diff"] < 0 < era["ablate"]["diff"] < 0.3 * lead  # Pierre above Brian when steered
     assert era["x-1"]["top"] in CANADIAN_PMS and era["x-1"]["top"] not in (" Brian", " Pierre")
-    assert era["ablate"]["top"] == " Brian"
+    assert era["ablate"]["top"] in CANADIAN_PMS and era["ablate"]["top"] != " Brian"
+    assert year["x-1"]["top"] in CANADIAN_PMS and year["x-1"]["top"] != " Brian"
     for name in ("say a name", "minister"):  # they move both names alike; steered down, filler on top
-        assert groups[name]["ablate"]["diff"] > 0.6 * lead and groups[name]["ablate"]["top"] == " Brian"
+        assert groups[name]["ablate"]["diff"] > 0.6 * lead
         assert groups[name]["x-1"]["top"] in FILLER
+    assert groups["minister"]["ablate"]["top"] == " Brian"
+    holders = {" " + n.split()[0] for table in HOLDERS.values() for n in table.values() if n}
+    assert groups["say a name"]["ablate"]["top"] in holders - set(CANADIAN_PMS)  # another office's holder
+    for name, r in groups.items():  # each group is steered whole: members and what pruning left out
+        assert r["members"] == second[0]["proposals"].whole(name)
     assert results["effects"] == {"year": True, "office": True, "say a name": True, "era": True}

@@ -29,7 +29,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import networkx as nx
 import torch
@@ -56,6 +56,7 @@ class SupernodeInfo:
     layers: list[int]
     influence: float  # summed node influence of the members
     label: str | None = None  # the members' most common dashboard / given label, if any
+    pruned_out: list[str] = field(default_factory=list)  # see `SupernodeProposals.whole`
 
 
 class SupernodeProposals(dict):
@@ -66,17 +67,26 @@ class SupernodeProposals(dict):
         super().__init__(groups)
         self.info, self.signals = info, signals
 
+    def whole(self, name: str) -> list[str]:
+        """The group's members and the graph's feature nodes that node pruning left out where the group
+        sits (`info[name].pruned_out`): what to steer or ablate to move the group's concept, which is
+        spread over more features than pruning keeps. Not for `to_json` (pruned-out nodes are not in
+        the exported graph); `self[name]` is."""
+        return list(self[name]) + list(self.info[name].pruned_out)
+
     def by_kind(self, kind: str) -> list[str]:
         """Names of the groups of one kind, most influential first."""
         return [n for n, i in self.info.items() if i.kind == kind]
 
     def table(self) -> str:
-        """One line per group: name, size, layers, where it sits, what it reads and says."""
+        """One line per group: name, size (and features pruned out where it sits), layers, where it sits,
+        what it reads and says."""
         lines = []
         for name, i in self.info.items():
             reads = ", ".join(f"{w!r} {s:.2f}" for w, s in i.reads[:3])
+            out = f" (+{len(i.pruned_out)} pruned out)" if i.pruned_out else ""
             lines.append(
-                f"{name:18s} {len(i.members):3d} features  layers {i.layers}  on {i.sits[:4]}  "
+                f"{name:18s} {len(i.members):3d} features{out}  layers {i.layers}  on {i.sits[:4]}  "
                 f"reads {reads}  says {i.says[:4]}" + (f"  label {i.label!r}" if i.label else "")
             )
         return "\n".join(lines)
@@ -278,6 +288,56 @@ def _token_shares(nodes: _Nodes) -> Float[Tensor, " n_feat"]:
     return torch.where(total > 0, tok / total.clamp(min=1e-30), torch.ones_like(total)).float()
 
 
+def _pruned_from(pruned: AttributionGraph, unpruned: AttributionGraph) -> bool:
+    """Whether `pruned` can be `unpruned.prune(...)`: the same prompt and nodes, `unpruned` unmasked."""
+    return (
+        unpruned.node_mask is None
+        and torch.equal(unpruned.tokens, pruned.tokens)
+        and torch.equal(unpruned.active_features, pruned.active_features)
+        and torch.equal(unpruned.selected_features, pruned.selected_features)
+        and unpruned.adjacency.shape == pruned.adjacency.shape
+    )
+
+
+def _pruned_out_keys(
+    graph: AttributionGraph,
+    unpruned: AttributionGraph | None,
+    spans: list[int],
+    words: list[str],
+    token_share: float,
+) -> list[tuple[str, tuple]]:
+    """(node id, group key) of every feature node of the pruned `graph` that node pruning left out, by
+    where it sits (as `_keys` places a present feature on that word that reads no other): the last
+    word's features ("say",); a number word's ("era", w) when less than `token_share` of its direct
+    input (|edges| of its row in `unpruned`) is from token embeddings, else ("word", w), and none when
+    `unpruned` is not given (pruning zeroed those rows); any other word's ("word", w). Features on
+    the sink (word 0) are left out."""
+    lost = [i for i, kept in enumerate(graph.present_mask()[: graph.n_features].tolist()) if not kept]
+    if not lost:
+        return []
+    last = max(spans)
+    share = [None] * len(lost)
+    if unpruned is not None:
+        rows = unpruned.adjacency[torch.tensor(lost)].abs().double()
+        first = unpruned.token_index(0)
+        tok, total = rows[:, first : first + unpruned.n_pos].sum(1), rows.sum(1)
+        share = torch.where(total > 0, tok / total.clamp(min=1e-300), torch.ones_like(total)).tolist()
+    pos = graph.active_features[graph.selected_features[torch.tensor(lost)], 1].tolist()
+    out = []
+    for i, p, sh in zip(lost, pos, share, strict=True):
+        w = spans[p]
+        if w == 0 or (_is_number(words[w]) and sh is None):
+            continue
+        if w == last:
+            key = ("say",)
+        elif _is_number(words[w]):
+            key = ("era", w) if sh < token_share else ("word", w)
+        else:
+            key = ("word", w)
+        out.append((graph.node_id(i), key))
+    return out
+
+
 def _pushers(nodes: _Nodes, spans: list[int], says: Tensor, k: int, cover: float) -> set[int]:
     """Rows of the last word's features that carry most of what that word's features push together.
 
@@ -329,6 +389,8 @@ def propose_supernodes(
     push_k: int = 30,
     push_cover: float = 0.8,
     token_share: float = 0.5,
+    complete: bool = True,
+    unpruned: AttributionGraph | None = None,
     min_size: int = 2,
     min_influence: float = 0.02,
     max_groups: int | None = 8,
@@ -346,6 +408,12 @@ def propose_supernodes(
     less than this share from token embeddings joins the era, not the year (the year's group keeps
     the features that read its digits). Both defaults were chosen on the toy world's validation
     prompts (docs/supernodes.md).
+    `complete`: each group also lists, in `info[name].pruned_out`, the graph's feature nodes that node
+    pruning left out where the group sits (on its word; on the last word for "say a name"; on a number
+    word by `token_share` of their input edges before pruning: only when those are known, i.e. `graph`
+    is unpruned or `unpruned` is the graph it was pruned from), and `proposals.whole(name)` returns
+    members and those: what to steer or ablate. The groups themselves (`proposals[name]`, for
+    `to_json`) stay those of the pruned graph.
     `labels`: text labels per (layer, feature) (a mapping or a callable), e.g. dashboard labels; by
     default `clt.dashboards` is read where it exists. Labels describe groups (`info[name].label`)
     and name the groups that have no word of their own; they do not change the grouping.
@@ -365,7 +433,15 @@ def propose_supernodes(
         raise ValueError(f"push_cover is a share in [0, 1], got {push_cover}.")
     if not 0 <= token_share <= 1:
         raise ValueError(f"token_share is a share in [0, 1], got {token_share}.")
-    pruned = graph if graph.node_mask is not None else graph.prune()
+    if graph.node_mask is None:
+        pruned, unpruned = graph.prune(), graph
+    else:
+        pruned = graph
+        if unpruned is not None and not _pruned_from(pruned, unpruned):
+            raise ValueError(
+                "unpruned= must be the unpruned graph that `graph` was pruned from (graph.prune(...)): "
+                "same prompt, same feature nodes, no node mask. Pass that graph, or leave unpruned= out."
+            )
     nodes = _graph_arrays(pruned.to_networkx())
     token_strs = list(graph.token_strs)
     spans = word_spans(token_strs)
@@ -394,9 +470,17 @@ def propose_supernodes(
     kept = kept[:max_groups] if max_groups is not None else kept
     ctx = _NamingContext(nodes, spans, words, reads, says, says_tokens, infl, decode, text)
     infos = _name_groups([ctx.describe(k, c) for k, c in kept])
+    if complete:
+        name_of = {k: info.name for (k, _), info in zip(kept, infos, strict=True)}
+        lost: dict[str, list[str]] = {}
+        for node_id, key in _pruned_out_keys(pruned, unpruned, spans, words, token_share):
+            if key in name_of:
+                lost.setdefault(name_of[key], []).append(node_id)
+        infos = [replace(i, pruned_out=lost.get(i.name, [])) for i in infos]
     last = max(spans)
     fed = any(k[0] == "era" and spans[nodes.attrs[i]["pos"]] != last for k, i in zip(keys, nodes.features))
     signals = ["sits", "reads", "says"] + (["pushes"] if pushes else []) + (["feeds"] if fed else [])
+    signals += ["completes"] if any(i.pruned_out for i in infos) else []
     signals += ["labels"] if text is not None else []
     return SupernodeProposals(
         {i.name: i.members for i in infos}, {i.name: i for i in infos}, {"signals": signals}

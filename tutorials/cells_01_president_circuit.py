@@ -138,8 +138,11 @@ by "president"); a feature on the year fed mostly by other features (what the mo
 joins *era ~2010*, and so does a feature on the last word that the year feeds most through the graph's
 paths; another last-word feature joins *say a name* when its top output tokens are mostly names or it is one
 of the few that carry what the last word's features push together (names against filler), else the group of
-the word that feeds it most (*president* when it is the office). `story_roles` reads off which proposals
-play the seed's four parts, from their names and kinds alone.
+the word that feeds it most (*president* when it is the office). Pruning keeps the features that matter
+most for the output, but a word's concept is spread over more of them: each group also lists the graph's
+features that pruning left out where it sits (`info[name].pruned_out`; on the year, told apart by what
+feeds them in the unpruned graph, `unpruned=graph`), and `proposals.whole(name)` is what to steer.
+`story_roles` reads off which proposals play the seed's four parts, from their names and kinds alone.
 """,
     ),
     (
@@ -147,16 +150,19 @@ play the seed's four parts, from their names and kinds alone.
         """
 from tl_clt.toyworld.story import SEED, story_effects, story_roles
 
-proposals = tl_clt.propose_supernodes(pruned, model=model, clt=clt)
+proposals = tl_clt.propose_supernodes(pruned, model=model, clt=clt, unpruned=graph)
 print(proposals.table())
 print("signals used:", proposals.signals["signals"])
-roles = story_roles(proposals, SEED)
+roles = story_roles(proposals, SEED)  # each group whole: proposals.whole(name)
 SEED_NAMES = {"office": "President", "year": "Year ~2010", "say a name": "Say a political figure",
               "era": "Events ~2010"}
-proposed = {SEED_NAMES[role]: sorted(members) for role, members in roles.items() if members}
+proposed, whole = {}, {}  # the groups' members in the pruned graph; what is steered
 for role, members in roles.items():
     found = [n for n in proposals if set(proposals[n]) <= set(members)]
-    print(f"{SEED_NAMES[role]:24s} <- {found} ({len(members)} features)")
+    proposed[SEED_NAMES[role]] = sorted(m for n in found for m in proposals[n])
+    whole[SEED_NAMES[role]] = sorted(members)
+    print(f"{SEED_NAMES[role]:24s} <- {found} ({len(proposed[SEED_NAMES[role]])} features in the pruned "
+          f"graph, {len(members)} with those pruning left out where they sit)")
 """,
     ),
     (
@@ -365,11 +371,12 @@ for role, e in story.effects.items():
   last word) does not move the answer: steered x-1 it halves p(Barack) (0.98 -> 0.49) and leaves it on top.
   The era is carried by the year's features that other features feed (what the model makes of "2010") and
   the last word's features that the year feeds most, which the proposals call *era ~2010*: steered down,
-  they move the answer to a president of another era (" Harry", section 6, last table).
+  they move the answer to a president of another era (" Richard", section 6, last table).
 - Like the real model, the toy world barely needs "the United States": "president" alone means the US one.
-- **The proposals** (section 4) find the four parts without a recipe, and all four have the story's effects
-  on this prompt (section 6, last table): steered down, the year gives another era's president (" Bill"),
-  *president* and *say a name* put a filler word on top, the era gives " Harry". They share most of their
+- **The proposals** (section 4) find the four parts without a recipe, and all four, steered whole (their
+  members and the features pruning left out where they sit), have the story's effects on this prompt
+  (section 6, last table): steered down, the year gives another era's president (" Gerald"), *president*
+  and *say a name* put a filler word on top, the era gives " Richard". They share most of their
   features with the recipe's *President* and *Year ~2010* (Jaccard 0.71, 0.57) and fewer with its *Say a
   political figure* and *Events ~2010* (0.38, 0.26).
 """,

@@ -78,13 +78,14 @@ results["target"] = list(graph.logit_token_strs)
 ## 3. Proposed groups
 
 The same call as in tutorial 01, on this graph. `story_roles` reads off which proposals play the seed's
-parts (year, office, say a name, era) from their names alone.
+parts (year, office, say a name, era) from their names alone; each is steered whole (`proposals.whole`: its
+members and the features pruning left out where it sits).
 """,
     ),
     (
         "code",
         """
-proposals = tl_clt.propose_supernodes(pruned, model=model, clt=clt)
+proposals = tl_clt.propose_supernodes(pruned, model=model, clt=clt, unpruned=graph)
 print(proposals.table())
 sp = story_prompt(fact)
 roles = story_roles(proposals, sp)
@@ -98,7 +99,7 @@ fig
         """
 ## 4. Interventions, read as the logit difference
 
-Each proposed group ablated (x0) and steered down (x-1), attention frozen at the prompt's values.
+Each proposed group, whole, ablated (x0) and steered down (x-1), attention frozen at the prompt's values.
 """,
     ),
     (
@@ -106,7 +107,8 @@ Each proposed group ablated (x0) and steered down (x-1), attention frozen at the
         """
 results["groups"] = {}
 print(f"{'group':18s} {'n':>3s}  {'ablated: diff, top':28s} {'x-1: diff, top':28s}")
-for name, members in proposals.items():
+for name in proposals:
+    members = proposals.whole(name)
     cells = {}
     for label, ivs in (("ablate", tl_clt.ablate(members)), ("x-1", tl_clt.scale(members, -1.0, graph))):
         steered = tl_clt.steer(model, clt, prompt, ivs)
@@ -145,12 +147,14 @@ print("TUTORIAL_RESULTS", json.dumps(results))
 ## Reading
 The table in section 4 answers "why Brian rather than Pierre". On the toy world Brian's lead (6.79) comes
 mostly from the era: steering the *era* group down (the year's features fed by other features, and the last
-word's features that the year feeds most) turns the lead to -3.79 and the answer to " John" (Diefenbaker,
-the 1950s-60s); ablating it leaves Brian on top by 1.00. Ablating the *year* group (the features that read
-the digits) takes the lead to 2.05 and the answer to " Jean" (Chretien, the 1990s). The *say a name* and
-*minister* groups, ablated, leave Brian on top with most of his lead (6.25, 7.49): they push Brian and Pierre
-alike; steered down, they put filler words on top (" in", " the"). All four of the story's effects (section
-5) hold on this prompt; over held-out prompts `benchmarks/story.py` measures how often they do.
+word's features that the year feeds most) turns the lead to -3.69 and the answer to " Jean" (Chretien, the
+1990s); ablating it takes the lead to 1.70, " Jean" on top as well. Ablating the *year* group (the features
+that read the digits) takes the lead to 2.53 and the answer to " Jean"; steered down, to " Stephen" (Harper,
+the 2000s). The *say a name* and *minister* groups, ablated, keep most of Brian's lead (6.95, 7.70): they
+push Brian and Pierre alike (ablated, *minister* leaves Brian on top, *say a name* puts another office's
+holder there, " Helmut"); steered down, they put filler words on top (" in", " the"). All four of the
+story's effects (section 5) hold on this prompt; over held-out prompts `benchmarks/story.py` measures how
+often they do.
 """,
     ),
 ]

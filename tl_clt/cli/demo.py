@@ -5,9 +5,10 @@
 
 Loads the toy world (a 4-layer Qwen3 and its CLT, in the package), prints the model's prediction,
 computes the attribution graph, proposes groups of features with `tl_clt.propose_supernodes` (when this
-version has it), ablates and steers each group and prints what the model predicts then, and writes the
-pruned graph JSON (for the circuit-tracer frontend / Neuronpedia) and a picture: the circuit diagram of
-the groups, or the pruned graph when there are none.
+version has it), ablates and steers each group whole (`proposals.whole`: its members and the features
+pruning left out where it sits) and prints what the model predicts then, and writes the pruned graph JSON
+(for the circuit-tracer frontend / Neuronpedia) and a picture: the circuit diagram of the groups, or the
+pruned graph when there are none.
 """
 
 from __future__ import annotations
@@ -57,14 +58,18 @@ def _top(model, logits, k: int = 3) -> str:
     )
 
 
-def _groups(graph, model, clt) -> dict[str, list[str]]:
-    """Groups from `tl_clt.propose_supernodes` when this version has it; none otherwise."""
+def _groups(pruned, graph, model, clt) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """({name: members in the pruned graph}, {name: what to steer: the group whole}) from
+    `tl_clt.propose_supernodes` when this version has it; none otherwise."""
     import tl_clt
 
     propose = getattr(tl_clt, "propose_supernodes", None)
     if propose is None:
-        return {}
-    return {name: list(members) for name, members in propose(graph, model=model, clt=clt).items() if members}
+        return {}, {}
+    proposals = propose(pruned, model=model, clt=clt, unpruned=graph)
+    groups = {name: list(members) for name, members in proposals.items() if members}
+    whole = getattr(proposals, "whole", None)
+    return groups, {name: whole(name) if whole else members for name, members in groups.items()}
 
 
 def _steering_table(model, clt, graph, prompt: str, groups: dict[str, list[str]]) -> list[str]:
@@ -107,11 +112,12 @@ def _demo(args) -> list[str]:
         f"graph: {graph.n_features} features; replacement {scores.replacement:.3f}, completeness "
         f"{scores.completeness:.3f}; pruned to {pruned.to_networkx().number_of_nodes()} nodes"
     )
-    groups = _groups(pruned, model, clt)
+    groups, steered = _groups(pruned, graph, model, clt)
     if groups:
         out.append("groups (tl_clt.propose_supernodes):")
         out += [f"  {name}: {len(m)} nodes, e.g. {', '.join(map(str, m[:3]))}" for name, m in groups.items()]
-        out += _steering_table(model, clt, graph, prompt, groups)
+        out.append("each group steered whole (with the features pruning left out where it sits):")
+        out += _steering_table(model, clt, graph, prompt, steered)
     else:
         out.append(
             "groups: none (this version has no tl_clt.propose_supernodes; pass your own to plot_circuit)"

@@ -6,10 +6,11 @@
   in turn, so other offices, places, years and templates. Their sentences are not in the corpus, but
   where an event is dated in the prompt's year the corpus still reaches the holder through it
   (`event_reachable`, `reaching_events`): benchmarks/story.py reports both kinds apart.
-- `story_roles(proposals, prompt)`: which proposed groups (from `tl_clt.propose_supernodes`) play
-  the seed's four parts, read from the names and kinds the proposals gave them: "year" (sits on
-  the year, reads its digits), "era" (on the year and fed by features, or at the answer and reads
-  the year), "say a name" (at the answer, says names) and the office (named after the office's word).
+- `story_roles(proposals, prompt)`: which proposed groups (from `tl_clt.propose_supernodes`, each
+  whole: `proposals.whole(name)`) play the seed's four parts, read from the names and kinds the
+  proposals gave them: "year" (sits on the year, reads its digits), "era" (on the year and fed by
+  features, or at the answer and reads the year), "say a name" (at the answer, says names) and the
+  office (named after the office's word).
 - `story_effects(model, clt, prompt, graph, roles)`: each role steered with attention frozen, and
   whether the seed's effect holds:
   year or era steered down (x-1; `steering={"year": 0.0}` ablates the year instead, as the seed
@@ -131,13 +132,14 @@ def event_reachable(prompt: StoryPrompt) -> bool:
 
 
 def story_roles(proposals, prompt: StoryPrompt) -> dict[str, list[str]]:
-    """{role: member node ids} for the seed's four roles; groups of one role are joined."""
+    """{role: node ids to steer} for the seed's four roles: each group whole (`proposals.whole`: its
+    members and the features pruning left out where it sits); groups of one role are joined."""
     roles: dict[str, list[str]] = {r: [] for r in ROLES}
     for name, info in proposals.info.items():
         if info.kind in ("year", "era", "say a name"):
-            roles[info.kind] += list(proposals[name])
+            roles[info.kind] += proposals.whole(name)
         elif info.kind == "word" and name.split(" #")[0] in prompt.office_words:
-            roles["office"] += list(proposals[name])
+            roles["office"] += proposals.whole(name)
     return roles
 
 
