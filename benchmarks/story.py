@@ -7,14 +7,16 @@
 shipped one. `--push-cover`, `--token-share`: `propose_supernodes`' options; default its defaults.)
 
 For the seed's prompt and every held-out prompt (`tl_clt.toyworld.story.held_out_prompts`): check
-the model answers right, attribute, prune (0.8, 0.98), `propose_supernodes`, find the groups that
-play the seed's four roles by their names, steer each with attention frozen and check its effect
+the model answers right, attribute, prune (0.8, 0.98), `propose_supernodes` (`unpruned=` the graph), find
+the groups that play the seed's four roles by their names, steer each whole (`proposals.whole`: members and
+the features pruning left out where it sits) with attention frozen and check its effect
 (year / era steered down, x-1 -> another holder of the office; office / "say a name" steered
 down -> filler). Prints one row per prompt and role, the fraction of prompts where every effect
 holds (over all held-out prompts, and apart for those whose holder the corpus reaches through an event
 of the prompt's year, `tl_clt.toyworld.story.event_reachable`, and the others), the same with the year
 group ablated instead, as in the seed (the issue allows either), and the purity of the proposed
-groups against the corpus-defined feature labels (`tl_clt.toyworld.labels`).
+groups against the corpus-defined feature labels (`tl_clt.toyworld.labels`), of what is steered and of the
+pruned graph's members.
 
 `--prompts validation`: other held-out facts (`tl_clt.toyworld.story.validation_prompts`), to choose
 between worlds or rules without looking at the test prompts.
