@@ -1,10 +1,11 @@
 """The seed's story on prompts the tutorial never saw: automatic supernodes, measured on the toy world.
 
     PYTHONPATH=$PWD python benchmarks/story.py [--per-key 3] [--json out.json] [--world DIR] [--mechanism]
-        [--prompts validation] [--push-cover 0.8] [--token-share 0.5]
+        [--prompts validation] [--push-cover 0.8] [--token-share 0.5] [--no-complete]
 
 (`--world`: a toy world built elsewhere, `python -m tl_clt.toyworld.build --out DIR`; default the
-shipped one. `--push-cover`, `--token-share`: `propose_supernodes`' options; default its defaults.)
+shipped one. `--push-cover`, `--token-share`, `--no-complete`: `propose_supernodes`' options; default its
+defaults.)
 
 For the seed's prompt and every held-out prompt (`tl_clt.toyworld.story.held_out_prompts`): check
 the model answers right, attribute, prune (0.8, 0.98), `propose_supernodes` (`unpruned=` the graph), find
@@ -256,6 +257,7 @@ def main() -> None:
     )
     ap.add_argument("--token-share", type=float, default=None, help="proposals' token_share (0: off)")
     ap.add_argument("--push-cover", type=float, default=None, help="proposals' push_cover (0: off)")
+    ap.add_argument("--no-complete", action="store_true", help="proposals: complete=False")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     model, clt = load_toyworld(root=args.world)
@@ -271,6 +273,7 @@ def main() -> None:
         labels = feature_labels(model, clt)
         print(f"feature labels from the corpus ({time.time() - t0:.0f} s): {labels.counts()}")
         given = {"push_cover": args.push_cover, "token_share": args.token_share}
+        given["complete"] = False if args.no_complete else None
         options = {k: v for k, v in given.items() if v is not None}
         print(f"propose_supernodes options: {options or 'the defaults'}")
         rows = [run_prompt(model, clt, sp, labels, options) for sp in tqdm(prompts, desc="prompts")]
