@@ -258,3 +258,40 @@ def test_the_default_decoder_budget_leaves_room_for_the_graphs_buffers(world, mo
     per_row = P * L * model.cfg.d_model * 4  # float32 compute on CPU
     sweep_rows = min(n_rows, max(4 * 4, transpose.GRADIENT_BYTES // per_row))  # 4 sub-batches of 4 rows
     assert seen == [sweep_rows * per_row + 2 * n_rows * n_sources * 4]
+
+
+def _ideal_flops_by_hand(cfg, active_index, sites, positions) -> tuple[int, int]:
+    """benchmarks/README.md's FLOP count, row by row: the VJP through the layers at and below the target
+    (W_O^T, W_V^T; the causal pattern), the decoder contractions of every active feature below the target
+    at or before its position, errors and tokens (d_model per source)."""
+    L, d, H, Hkv, dh = cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_key_value_heads, cfg.d_head
+    feats = active_index.tolist()
+    total = decoder = 0
+    for s, q in zip(sites, positions, strict=True):
+        P = q + 1
+        vjp = (min(s, L - 1) + 1) * (2 * P * d * dh * (H + Hkv) + H * dh * P * (P + 1))
+        dec = sum(2 * d * (s - k) for k, p, _ in feats if k < s and p <= q)
+        total += vjp + dec + 2 * d * P * (min(s, L) + 1)
+        decoder += dec
+    return total, decoder
+
+
+def test_the_ideal_flop_count_is_the_documented_formula(world, model_dir, clt):
+    """The roofline's numerator (`graph.meta["row_flops"]`, benchmarks/README.md) equals the formula counted
+    by hand: for any rows, and for a whole graph (every feature row once, plus the logit rows)."""
+    model, clt, state, active, _ = world
+    fr = FrozenRows(model, clt, state, batch_size=5, compute_dtype=None, decoder_cache_bytes=None)
+    gen = torch.Generator().manual_seed(1)
+    pick = torch.randperm(len(active.index), generator=gen)[:40]
+    sites = active.index[pick, 0].tolist() + [model.cfg.n_layers] * 3
+    positions = active.index[pick, 1].tolist() + [len(state.tokens) - 1, 0, 3]
+    got = fr.edges._row_flops(torch.tensor(sites), torch.tensor(positions))
+    assert got == _ideal_flops_by_hand(model.cfg, active.index, sites, positions)
+    graph = tl_clt.attribute(model, clt, PROMPT, verbose=False)
+    rows = graph.active_features[graph.selected_features]
+    n = len(graph.logit_tokens)
+    sites = rows[:, 0].tolist() + [model.cfg.n_layers] * n
+    positions = rows[:, 1].tolist() + [graph.n_pos - 1] * n
+    total, decoder = _ideal_flops_by_hand(model.cfg, graph.active_features, sites, positions)
+    assert (graph.meta["row_flops"], graph.meta["row_flops_decoder"]) == (total, decoder)
+    assert 0 < decoder < total

@@ -528,6 +528,7 @@ class FrozenRows:
             n_backward_passes=stats.n_backward,
             compute_dtype=str(self.dtype).removeprefix("torch."),
             row_flops=stats.flops_ideal,
+            row_flops_decoder=stats.flops_decoder,
             seconds_gradients=stats.seconds["gradients"],
             seconds_contract=stats.seconds["contract"],
             seconds_influence=self.seconds_influence,
