@@ -22,10 +22,12 @@ class GraphMismatchWarning(UserWarning):
 
 
 def _sample(t: Tensor, seed: int) -> list[float]:
-    flat = t.detach().reshape(-1)
+    """N_SAMPLE entries of `t` at flat (row-major) positions drawn from `seed`, read where they are: a
+    transposed view (TransformerLens' W_U over nn.Linear's layout) is not copied to be flattened."""
     gen = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, flat.numel(), (N_SAMPLE,), generator=gen).to(flat.device)
-    return flat[idx].float().cpu().tolist()
+    idx = torch.randint(0, t.numel(), (N_SAMPLE,), generator=gen)
+    coords = tuple(c.to(t.device) for c in torch.unravel_index(idx, t.shape))
+    return t.detach()[coords].float().cpu().tolist()
 
 
 def clt_fingerprint(clt) -> dict:
