@@ -15,7 +15,6 @@ from pathlib import Path
 
 import sizes
 import torch
-from transformers import AutoTokenizer
 
 import tl_clt
 
@@ -49,17 +48,10 @@ def count_reads(fn) -> collections.Counter:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", default="medium", choices=sorted(sizes.SIZES))
-    ap.add_argument("--nodes", type=int, default=None, help="max_feature_nodes (default: all)")
-    ap.add_argument("--length", type=int, default=16)
-    ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--root", default=".bench")
+    sizes.size_arguments(ap, batch_size=256)
     ap.add_argument("--most", type=int, default=15)
     args = ap.parse_args()
-    mdir, cdir = sizes.build(args.size, Path(args.root))
-    model = tl_clt.load_qwen3(str(mdir), device="cpu", dtype=torch.float32)
-    clt = tl_clt.CrossLayerTranscoder.from_pretrained(str(cdir), dtype=torch.float32, device="cpu")
-    tokens = torch.tensor(sizes.prompt_of_length(AutoTokenizer.from_pretrained(str(mdir)), args.length))
+    model, clt, tokens = sizes.loaded(args)
 
     def graph():
         kw = dict(max_feature_nodes=args.nodes, batch_size=args.batch_size, verbose=False)

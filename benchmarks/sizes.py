@@ -95,6 +95,29 @@ def prompt_of_length(tokenizer, n: int) -> list[int]:
     return [tokenizer.convert_tokens_to_ids("<|endoftext|>")] + body
 
 
+def size_arguments(ap, batch_size: int) -> None:
+    """--size, --nodes, --length, --batch-size, --root: one graph of one size (`loaded` reads them)."""
+    ap.add_argument("--size", default="medium", choices=sorted(SIZES))
+    ap.add_argument("--nodes", type=int, default=None, help="max_feature_nodes (default: all)")
+    ap.add_argument("--length", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=batch_size)
+    ap.add_argument("--root", default=".bench")
+
+
+def loaded(args, clt_dtype: torch.dtype | None = torch.float32):
+    """(model, clt, tokens) of `size_arguments`' size, built under --root if missing: a float32 model, the
+    CLT in `clt_dtype` (None: as stored), a prompt of --length tokens."""
+    from transformers import AutoTokenizer
+
+    import tl_clt
+
+    mdir, cdir = build(args.size, Path(args.root))
+    model = tl_clt.load_qwen3(str(mdir), device="cpu", dtype=torch.float32)
+    clt = tl_clt.CrossLayerTranscoder.from_pretrained(str(cdir), dtype=clt_dtype, device="cpu")
+    tokens = torch.tensor(prompt_of_length(AutoTokenizer.from_pretrained(str(mdir)), args.length))
+    return model, clt, tokens
+
+
 def build(size: str, root: Path, seed: int = 0, device: str = "cpu") -> tuple[Path, Path]:
     """(model_dir, clt_dir) for `size` under root, created once and reused; a streamed CLT's random
     numbers are drawn on `device` (a GPU draws the real size's ~9e9 in seconds, a CPU thread in minutes;

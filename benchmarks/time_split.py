@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import sizes
 import torch
 from runner_common import matmul_rate
-from transformers import AutoTokenizer
 
 import tl_clt
 
@@ -65,13 +63,9 @@ class ProductTimer:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", default="medium", choices=sorted(sizes.SIZES))
-    ap.add_argument("--nodes", type=int, default=None, help="max_feature_nodes (default: all)")
-    ap.add_argument("--length", type=int, default=16)
-    ap.add_argument("--batch-size", type=int, default=64)
+    sizes.size_arguments(ap, batch_size=64)
     ap.add_argument("--clt-dtype", default="float32", choices=("float32", "disk"))
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--root", default=".bench")
     ap.add_argument("--band-rows", type=int, default=None, help="what-if: EdgeRows' band_rows (default 128)")
     ap.add_argument("--sweep-mib", type=int, default=None, help="what-if: EdgeRows' gradient_bytes in MiB")
     args = ap.parse_args()
@@ -88,11 +82,7 @@ def main() -> None:
         transpose.EdgeRows.__init__ = what_if
     if args.threads:
         torch.set_num_threads(args.threads)
-    mdir, cdir = sizes.build(args.size, Path(args.root))
-    model = tl_clt.load_qwen3(str(mdir), device="cpu", dtype=torch.float32)
-    clt_dtype = torch.float32 if args.clt_dtype == "float32" else None
-    clt = tl_clt.CrossLayerTranscoder.from_pretrained(str(cdir), dtype=clt_dtype, device="cpu")
-    tokens = torch.tensor(sizes.prompt_of_length(AutoTokenizer.from_pretrained(str(mdir)), args.length))
+    model, clt, tokens = sizes.loaded(args, torch.float32 if args.clt_dtype == "float32" else None)
 
     def graph():
         kw = dict(max_feature_nodes=args.nodes, batch_size=args.batch_size, verbose=False)
