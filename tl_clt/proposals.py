@@ -19,7 +19,10 @@ by three signals (docs/supernodes.md):
   raises most, against those it lowers most: names against filler on a fact prompt);
 - what it *reads* again: the rest of the last word's features join the group of the word whose
   token embeddings feed them most (features on " president" and the last-word features that read
-  it are one group).
+  it are one group);
+- where it sits, for what pruning dropped: the graph's feature nodes that node pruning left out are
+  listed with the group of where they sit (`info[name].pruned_out`), and `proposals.whole(name)` (the
+  members and those) is what to steer: a concept is spread over more features than pruning keeps.
 
 Dashboard labels, where the CLT has them, describe the groups. Deterministic.
 """
