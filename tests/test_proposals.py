@@ -4,6 +4,7 @@ the result is deterministic and goes straight into group() and the JSON export."
 from __future__ import annotations
 
 import itertools
+import re
 
 import networkx as nx
 import pytest
@@ -485,3 +486,19 @@ def test_unpruned_must_be_the_graph_it_was_pruned_from(toy):
     for bad in (other, pruned):
         with pytest.raises(ValueError, match="unpruned= must be the unpruned graph"):
             tl_clt.propose_supernodes(pruned, model=model, clt=clt, unpruned=bad)
+
+
+def test_proposals_show_a_table_in_notebooks(toy):
+    """`_repr_html_`: one row per group (name, kind, members, pruned out) in influence order, strings
+    escaped (a label is text from a stranger's dashboards)."""
+    model, clt, graph, pruned = toy
+    props = tl_clt.propose_supernodes(
+        pruned, model=model, clt=clt, unpruned=graph, labels=lambda layer, f: "<script>x</script>"
+    )
+    page = props._repr_html_()
+    cells = r"<td[^>]*>(.*?)</td>"
+    first = r"<tr><td[^>]*><b>(.*?)</b></td>" + cells + r"<td[^>]*>(\d+)</td><td[^>]*>(\d+)</td>"
+    rows = re.findall(first, page)
+    assert rows == [(n, i.kind, str(len(i.members)), str(len(i.pruned_out))) for n, i in props.info.items()]
+    assert "<script>" not in page and "&lt;script&gt;x&lt;/script&gt;" in page
+    assert "completes" in page

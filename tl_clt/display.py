@@ -3,6 +3,7 @@
 - `visible_token(s)`: a token string a reader can see (a lone space is `␣`, a newline `⏎`, ...).
 - `graph_summary` / `graph_repr` / `graph_html`: what `AttributionGraph` prints and renders.
 - `clt_repr` / `clt_html`: what `CrossLayerTranscoder` prints and renders.
+- `proposals_html`: what `SupernodeProposals` (from `propose_supernodes`) renders: one row per group.
 - `FeatureActivations`: the sparse tensor `feature_activations` returns, printed as a short summary
   (it is a `torch.Tensor`; every torch operation on it returns a plain tensor).
 """
@@ -139,6 +140,35 @@ def graph_html(graph: AttributionGraph) -> str:
 
 
 # ------------------------------------------------------------------------ CLTs
+def proposals_html(proposals) -> str:
+    """One table row per proposed group, most influential first: name, kind, members, features pruning
+    left out where it sits, layers, the words it sits on, what it reads and says, its label."""
+    esc = html.escape
+    style = "style='text-align:left;padding-right:1em'"
+    cell = f"<td {style}>{{}}</td>"
+    heads = ("group", "kind", "features", "pruned out", "layers", "on", "reads", "says", "label")
+    rows = ["<tr>" + "".join(f"<th {style}>{h}</th>" for h in heads) + "</tr>"]
+    for name, i in proposals.info.items():
+        layers = f"{i.layers[0]}-{i.layers[-1]}" if len(i.layers) > 1 else "".join(map(str, i.layers))
+        cells = [
+            f"<b>{esc(name)}</b>",
+            esc(i.kind),
+            str(len(i.members)),
+            str(len(i.pruned_out)),
+            layers,
+            " ".join(f"<code>{esc(visible_token(w, 20))}</code>" for w in i.sits[:4]),
+            ", ".join(f"<code>{esc(visible_token(w, 20))}</code> {share:.2f}" for w, share in i.reads[:3]),
+            " ".join(f"<code>{esc(visible_token(t, 16))}</code>" for t in i.says[:4]),
+            esc(_short(i.label or "", 60)),
+        ]
+        rows.append("<tr>" + "".join(cell.format(c) for c in cells) + "</tr>")
+    signals = ", ".join(proposals.signals.get("signals", []))
+    return (
+        f"<div><b>SupernodeProposals</b>: {len(proposals.info)} groups; signals {esc(signals)}"
+        f"<table style='font-size:90%'>{''.join(rows)}</table></div>"
+    )
+
+
 def clt_facts(clt: CrossLayerTranscoder) -> dict:
     return dict(
         n_layers=clt.n_layers,

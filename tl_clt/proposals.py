@@ -77,6 +77,12 @@ class SupernodeProposals(dict):
         the exported graph); `self[name]` is."""
         return list(self[name]) + list(self.info[name].pruned_out)
 
+    def _repr_html_(self) -> str:
+        """A table of the groups for notebooks (`tl_clt.display.proposals_html`)."""
+        from tl_clt.display import proposals_html
+
+        return proposals_html(self)
+
     def by_kind(self, kind: str) -> list[str]:
         """Names of the groups of one kind, most influential first."""
         return [n for n, i in self.info.items() if i.kind == kind]
