@@ -285,7 +285,7 @@ def test_the_ideal_flop_count_is_the_documented_formula(world, model_dir, clt):
     pick = torch.randperm(len(active.index), generator=gen)[:40]
     sites = active.index[pick, 0].tolist() + [model.cfg.n_layers] * 3
     positions = active.index[pick, 1].tolist() + [len(state.tokens) - 1, 0, 3]
-    got = fr.edges._row_flops(torch.tensor(sites), torch.tensor(positions))
+    got = fr.edges.row_flops(torch.tensor(sites), torch.tensor(positions))
     assert got == _ideal_flops_by_hand(model.cfg, active.index, sites, positions)
     graph = tl_clt.attribute(model, clt, PROMPT, verbose=False)
     rows = graph.active_features[graph.selected_features]

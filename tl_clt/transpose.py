@@ -391,14 +391,10 @@ class EdgeRows:
                 table[s] += (s - k) * cum[k]
         return (2 * self.d_model * table).tolist()
 
-    def row_flops(self, sites: Tensor, positions: Tensor) -> int:
-        """FLOPs of these rows done ideally: each row's transposed pass through the layers at and below its
-        target, up to its position, plus its decoder contractions (layers below its target, positions up
-        to its own); errors and tokens (d_model per source) are included."""
-        return self._row_flops(sites, positions)[0]
-
-    def _row_flops(self, sites: Tensor, positions: Tensor) -> tuple[int, int]:
-        """(all FLOPs, decoder FLOPs) of `row_flops`."""
+    def row_flops(self, sites: Tensor, positions: Tensor) -> tuple[int, int]:
+        """(all, decoder) FLOPs of these rows done ideally: each row's transposed pass through the layers at
+        and below its target, up to its position, plus its decoder contractions (layers below its target,
+        positions up to its own); errors and tokens (d_model per source) are included in all."""
         total = decoder = 0
         d = self.d_model
         for s, q in zip(sites.tolist(), positions.tolist(), strict=True):
@@ -428,7 +424,7 @@ class EdgeRows:
             out = torch.zeros(n, self.n_sources, dtype=self.out_dtype, device=readouts.device)
         else:
             out.zero_()
-        flops, flops_decoder = self._row_flops(sites, positions)
+        flops, flops_decoder = self.row_flops(sites, positions)
         self.stats.flops_ideal += flops
         self.stats.flops_decoder += flops_decoder
         order = torch.argsort(positions.cpu(), stable=True)
