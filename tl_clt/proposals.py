@@ -292,9 +292,14 @@ def _token_shares(nodes: _Nodes) -> Float[Tensor, " n_feat"]:
     """Share of each feature's direct input (|edges| in the pruned graph) that comes straight from
     token embeddings: 1 for a feature that reads its word's tokens alone, near 0 for one fed by
     other features and errors; 1 where pruning left it no input edge (nothing says it is fed)."""
-    a = nodes.W[nodes.features].abs()
-    tok, total = a[:, list(nodes.tokens.values())].sum(1), a.sum(1)
-    return torch.where(total > 0, tok / total.clamp(min=1e-30), torch.ones_like(total)).float()
+    return _from_tokens(nodes.W[nodes.features], list(nodes.tokens.values())).float()
+
+
+def _from_tokens(rows: Float[Tensor, "n n_sources"], token_columns) -> Float[Tensor, " n"]:
+    """Share of each row's |edges| in `token_columns`; 1 for a row without edges (`_token_shares`)."""
+    a = rows.abs()
+    tok, total = a[:, token_columns].sum(1), a.sum(1)
+    return torch.where(total > 0, tok / total.clamp(min=1e-30), torch.ones_like(total))
 
 
 def _pruned_from(pruned: AttributionGraph, unpruned: AttributionGraph) -> bool:
@@ -327,10 +332,9 @@ def _pruned_out_keys(
     last = max(spans)
     share = [None] * len(lost)
     if unpruned is not None:
-        rows = unpruned.adjacency[torch.tensor(lost)].abs().double()
         first = unpruned.token_index(0)
-        tok, total = rows[:, first : first + unpruned.n_pos].sum(1), rows.sum(1)
-        share = torch.where(total > 0, tok / total.clamp(min=1e-300), torch.ones_like(total)).tolist()
+        rows = unpruned.adjacency[torch.tensor(lost)].double()
+        share = _from_tokens(rows, slice(first, first + unpruned.n_pos)).tolist()
     pos = graph.active_features[graph.selected_features[torch.tensor(lost)], 1].tolist()
     out = []
     for i, p, sh in zip(lost, pos, share, strict=True):
