@@ -118,7 +118,7 @@ def main() -> None:
     dec = g.meta["row_flops_decoder"]
     print(
         f"decoder contraction: {timer.flops['addmm_'] / 1e9:.2f} GFLOP done, {dec / 1e9:.2f} ideal "
-        f"({timer.flops['addmm_'] / dec:.2f}x): zeros of band rows below a target layer or before a position"
+        f"({timer.flops['addmm_'] / dec:.2f}x): the excess is zeros of band rows before a position"
     )
 
 

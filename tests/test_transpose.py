@@ -216,7 +216,8 @@ def test_engine_option_is_checked(model_dir, clt):
 
 def test_the_sweep_buffer_is_what_buffer_bytes_says(world):
     """The gradient buffer G a run of rows allocates equals the sweep part of `buffer_bytes` (n_sources=0
-    leaves out the edge rows and the influence matrix), for a sweep of 4 sub-batches and for fewer rows."""
+    leaves out the edge rows and the influence matrix), for a sweep of 4 sub-batches and for fewer rows: it
+    is allocated once at every layer, also when the rows' sites stop below the top layer."""
     from tl_clt.transpose import buffer_bytes
 
     model, clt, state, active, _ = world
@@ -230,7 +231,7 @@ def test_the_sweep_buffer_is_what_buffer_bytes_says(world):
         fr.fill_rows(sites, positions, readouts, out=torch.zeros(n, fr.n_sources))
         G = fr.edges.scratch._buffers["G"]
         expected = buffer_bytes(
-            n_pos=len(state.tokens), n_layers=top, d_model=model.cfg.d_model, n_sources=0, n_rows=n,
+            n_pos=len(state.tokens), n_layers=clt.n_layers, d_model=model.cfg.d_model, n_sources=0, n_rows=n,
             batch_size=3, dtype=fr.dtype, gradient_bytes=1,
         )  # fmt: skip
         assert G.numel() * G.element_size() == expected
@@ -295,3 +296,41 @@ def test_the_ideal_flop_count_is_the_documented_formula(world, model_dir, clt):
     total, decoder = _ideal_flops_by_hand(model.cfg, graph.active_features, sites, positions)
     assert (graph.meta["row_flops"], graph.meta["row_flops_decoder"]) == (total, decoder)
     assert 0 < decoder < total
+
+
+def _contraction_flops(fr, sites, positions, readouts) -> tuple[int, int]:
+    """(FLOPs the decoder contraction's products did, its ideal part of `row_flops`) for these rows."""
+    done = 0
+    addmm_ = torch.Tensor.addmm_
+
+    def counted(self, a, b, **kw):
+        nonlocal done
+        done += 2 * a.shape[0] * a.shape[1] * b.shape[1]
+        return addmm_(self, a, b, **kw)
+
+    before = fr.edges.stats.flops_decoder
+    torch.Tensor.addmm_ = counted
+    try:
+        fr.fill_rows(sites, positions, readouts, out=torch.zeros(len(sites), fr.n_sources))
+    finally:
+        torch.Tensor.addmm_ = addmm_
+    return done, fr.edges.stats.flops_decoder - before
+
+
+@pytest.mark.parametrize("band_rows", [1, 1000])
+def test_the_contraction_multiplies_no_zeros_of_rows_at_one_position(world, band_rows):
+    """Rows at one position (the real shape's case: every selected feature at the last token) are contracted
+    with exactly their ideal FLOPs, whatever their sites: G's columns are by site within a band, so each
+    (position, target layer) multiplies only the rows above it. Rows at many positions do at least that."""
+    model, clt, state, active, _ = world
+    fr = FrozenRows(model, clt, state, batch_size=3, compute_dtype=None, decoder_cache_bytes=1 << 30)
+    fr.edges.band_rows = band_rows
+    gen = torch.Generator().manual_seed(2)
+    n, last = 23, len(state.tokens) - 1
+    sites = torch.randint(1, clt.n_layers + 1, (n,), generator=gen)
+    readouts = torch.randn(n, model.cfg.d_model, generator=gen)
+    done, ideal = _contraction_flops(fr, sites, torch.full((n,), last), readouts)
+    assert len(set(sites.tolist())) > 2 and ideal > 0 and done == ideal
+    positions = torch.randint(1, last + 1, (n,), generator=gen)
+    done, ideal = _contraction_flops(fr, sites, positions, readouts)
+    assert ideal > 0 and done >= ideal

@@ -431,6 +431,10 @@ class EdgeRows:
         per_row = gradient_row_bytes(self.n_pos, self.n_layers, self.d_model, self.dtype)
         n_sweep = sweep_rows(per_row, self.batch_size, self.gradient_bytes)
         sites_c, positions_c = sites.cpu(), positions.cpu()
+        # one buffer for G at its largest (every sweep's G is a prefix): no second round of page faults
+        self.scratch(
+            "G", (self.n_pos, self.n_layers, self.d_model, min(n, n_sweep)), self.dtype, readouts.device
+        )
         for chunk in order.split(n_sweep):
             t0 = time.perf_counter()
             sweep = Sweep(sites_c[chunk], positions_c[chunk], self.batch_size, self.n_layers, self.band_rows)
@@ -451,35 +455,29 @@ class EdgeRows:
 
     def _backward(self, sweep: Sweep, sub: SubBatch, G: Tensor, rows_out: Tensor, readouts, out) -> None:
         """One sub-batch: errors' and tokens' edges into `out` (its rows `rows_out`), its gradients at the
-        MLP outputs into G: per band, its rows there are the G columns sub.columns[band]."""
+        MLP outputs into its G columns (`sub.runs`), at each layer for the rows above it only, with zeros
+        after its last position up to its band's."""
         dev = out.device
         err0 = self.n_active
         positions = sub.positions.to(dev)
-        spans = sub.band_spans  # (band site_hi, first row, end row, first G column)
 
         def at_mlp_out(j: int, m: int, g: Tensor) -> None:
-            p = g.shape[2]
-            for site_hi, r0, r1, c0 in spans:
-                if site_hi <= j:  # no band contraction reads layer j of these rows
-                    continue
-                w = min(r1, m) - r0  # rows with site > j: written, the others zeroed
-                if w > 0:
-                    G[:p, j, :, c0 : c0 + w].copy_(g[:, r0 : r0 + w].permute(2, 0, 1))
-                if r0 + max(w, 0) < r1:
-                    G[:p, j, :, c0 + max(w, 0) : c0 + r1 - r0].zero_()
             if m == 0:
                 return
+            p = g.shape[2]
+            for r0, r1, c0 in sub.runs:  # rows with site > j (a prefix): the only ones read at layer j
+                if r0 >= m:
+                    break
+                w = min(r1, m) - r0
+                G[:p, j, :, c0 : c0 + w].copy_(g[:, r0 : r0 + w].permute(2, 0, 1))
+                if p <= sub.last:
+                    G[p : sub.last + 1, j, :, c0 : c0 + w].zero_()
             err = (g[:, :m] * self.errors_T[j][:, None, :p]).sum(0)  # [m, p]
-            cols = err0 + j * self.n_pos + torch.arange(p, device=dev)
-            out[rows_out[:m, None], cols[None, :]] = err.to(out.dtype)
+            err_cols = err0 + j * self.n_pos + torch.arange(p, device=dev)
+            out[rows_out[:m, None], err_cols[None, :]] = err.to(out.dtype)
 
         g = self.model.backward(sub.sites.to(dev), positions, readouts, at_mlp_out)
         p = g.shape[2]
-        top = int(sub.sites[0])
-        for j in range(min(top, self.n_layers), sweep.top):  # layers above every row of the sub-batch
-            for site_hi, r0, r1, c0 in spans:
-                if site_hi > j:
-                    G[:p, j, :, c0 : c0 + r1 - r0].zero_()
         tok = (g * self.embed_T[:, None, :p]).sum(0)  # [n, p]
         start = self.n_active + self.n_layers * self.n_pos
         out[rows_out, start : start + p] = tok.to(out.dtype)
@@ -491,9 +489,10 @@ class EdgeRows:
         Source layers go in groups (decoder rows held in memory, or read once per sweep up to `block_bytes`).
         Per position, the group's features there (ordered by layer) are cast into blocks [features, target
         layer, d_model] of at most `block_bytes`; per target layer l the features of layers <= l are a prefix,
-        and per band of rows above l the rows at or after the position are a prefix of its columns: one
-        matrix product [features <= l, d] x [d, rows] per (position, block, target layer, band), accumulated
-        over l in a [features, rows] result that is scaled by the activations and written once.
+        and in every band that reaches the position the rows with site > l are a prefix of its columns (its
+        rows before the position hold exact zeros there): one matrix product [features <= l, d] x [d, rows]
+        per (position, block, target layer, band), no row multiplied at a layer it does not reach,
+        accumulated over l in a [features, rows] result that is scaled by the activations and written once.
         """
         top, P = sweep.top, sweep.n_pos
         layouts = [lay for lay in self.decoder.layouts if lay.layer < top]
@@ -545,14 +544,12 @@ class EdgeRows:
             for t in range(k, top):
                 below[t - k0] = off + c
             off += c
-        res = self.scratch("res", (n_feat, G.shape[-1]), self.dtype, G.device).zero_()
+        res = self.scratch("res", (n_feat, sweep.n_rows), self.dtype, G.device).zero_()
         for t in range(k0, top):  # target layer
             A = block[: below[t - k0], t - k0]  # [features of layers <= t, d]
             for band in sweep.bands:
-                if band.site_hi <= t:
-                    continue
-                n_cols = band.reaching(pos)
-                if n_cols:
+                n_cols = band.n_above[t]
+                if n_cols and band.last >= pos:
                     cols = slice(band.start, band.start + n_cols)
                     res[: below[t - k0], cols].addmm_(A, G[pos, t, :, cols])
         off = 0
@@ -565,90 +562,88 @@ class EdgeRows:
 
 @dataclass
 class Band:
-    """Sweep rows with sites in a range (at most site_hi): G's columns start..start + n. Ordered by
-    sub-batch descending, i.e. by position descending up to ties within a sub-batch."""
+    """Sweep rows of consecutive sub-batches (positions ascending), G's columns start..start + n by site
+    descending: the rows with site > t are the prefix n_above[t]. G holds every band row up to `last`
+    (positions after a row's sub-batch are zeroed: attention is causal, its rows there are exact zeros)."""
 
     start: int
-    site_hi: int
-    reach: list[tuple[int, int]]  # (last position of a sub-batch, columns up to its end), sub-batches desc
-
-    def reaching(self, pos: int) -> int:
-        """Columns (a prefix) that hold every band row at or after position `pos`: the sub-batches whose
-        last position is >= pos (their rows before `pos` have exact zeros there: attention is causal)."""
-        n = 0
-        for last, end in self.reach:
-            if last < pos:
-                break
-            n = end
-        return n
+    n: int
+    last: int  # the band's last position
+    n_above: list[int]  # per target layer t < top: band rows with site > t
 
 
 @dataclass
 class SubBatch:
-    """Rows run down the model together: sweep rows `rows`, sorted by site descending."""
+    """Rows run down the model together: sweep rows `rows`, sorted by site descending. `runs`: (first row,
+    end row, first G column) of its rows' consecutive G columns, in row order; `last`: the last position of
+    its band (G is zeroed for its rows after its own positions)."""
 
     rows: Tensor
     sites: Tensor
     positions: Tensor
-    band_spans: list[tuple[int, int, int, int]]  # per band: (site_hi, first row, end row, first G column)
+    runs: list[tuple[int, int, int]]
+    last: int
 
 
 class Sweep:
     """Rows contracted together (sweep rows 0..n_rows, with `sites` and `positions`).
 
     Sub-batches: `batch_size` rows in order of position, each sorted by site descending (the transposed
-    pass runs the rows with site >= j at layer j, a prefix). G's columns: bands of at least `band_rows`
-    rows cut between sites (descending), each band's rows by sub-batch descending, so that for a source
-    layer k and a span at position p the rows to contract are a prefix of every band above k.
+    pass runs the rows with site >= j at layer j, a prefix). Bands: consecutive sub-batches of at least
+    `band_rows` rows (cut only where the position changes); G's columns are band-major, by site descending
+    within a band, so for a target layer t the rows with site > t are a prefix of every band, and a
+    (position, target layer, band) is one product with no zero columns from sites.
     """
 
     def __init__(self, sites: Tensor, positions: Tensor, batch_size: int, n_layers: int, band_rows: int):
         self.n_rows = len(sites)
         self.top = min(int(sites.max()), n_layers)
         self.n_pos = int(positions.max()) + 1
-        sites_l = sites.tolist()
-        by_position = torch.argsort(positions, stable=True)
+        # by position, then site descending: sub-batches of one position are runs of consecutive G columns
+        by_site = torch.argsort(sites, descending=True, stable=True)
+        by_position = by_site[torch.argsort(positions[by_site], stable=True)]
         subs = []
         for rows in by_position.split(batch_size):
-            rows = rows[torch.argsort(sites[rows], descending=True, stable=True)]
-            subs.append(rows)
-        # bands: site ranges, cut between sites, >= band_rows rows each
-        distinct = sorted(set(sites_l), reverse=True)
-        count = {s: sites_l.count(s) for s in distinct}
-        band_of_site: dict[int, int] = {}
-        bands_sites: list[list[int]] = [[]]
-        for s in distinct:
-            if sum(count[t] for t in bands_sites[-1]) >= band_rows:
-                bands_sites.append([])
-            bands_sites[-1].append(s)
-            band_of_site[s] = len(bands_sites) - 1
-        n_bands = len(bands_sites)
-        # columns: band-major, then sub-batch descending, then the sub-batch's own (site descending) order
-        members = [[[] for _ in subs] for _ in range(n_bands)]
-        for b, rows in enumerate(subs):
-            for r in rows.tolist():
-                members[band_of_site[sites_l[r]]][b].append(r)
-        column_of: dict[int, int] = {}
+            subs.append(rows[torch.argsort(sites[rows], descending=True, stable=True)])
+        lasts = [int(positions[rows].max()) for rows in subs]
+        bands: list[list[int]] = [[]]  # sub-batch indices
+        for b in range(len(subs)):
+            size = sum(len(subs[i]) for i in bands[-1])
+            if bands[-1] and size >= band_rows and lasts[b] != lasts[bands[-1][-1]]:
+                bands.append([])
+            bands[-1].append(b)
         self.bands: list[Band] = []
-        spans: list[list[tuple[int, int, int, int]]] = [[] for _ in subs]
+        self.sub_batches: list[SubBatch] = []
+        by_column = []
         col = 0
-        for band in range(n_bands):
-            start, reach = col, []
-            site_hi = min(max(bands_sites[band]), n_layers)
-            for b in reversed(range(len(subs))):
-                rows_b = members[band][b]
-                if not rows_b:
-                    continue
-                first = subs[b].tolist().index(rows_b[0])
-                spans[b].append((site_hi, first, first + len(rows_b), col))
-                for r in rows_b:
-                    column_of[r] = col
-                    col += 1
-                reach.append((int(positions[subs[b]].max()), col - start))
-            self.bands.append(Band(start, site_hi, reach))
-        self.rows_by_column = torch.empty(self.n_rows, dtype=torch.long)
-        for r, c in column_of.items():
-            self.rows_by_column[c] = r
-        self.sub_batches = [
-            SubBatch(rows, sites[rows], positions[rows], spans[b]) for b, rows in enumerate(subs)
-        ]
+        for members in bands:
+            rows = torch.cat([subs[b] for b in members])
+            order = torch.argsort(sites[rows], descending=True, stable=True)
+            column = torch.empty(len(rows), dtype=torch.long)
+            column[order] = torch.arange(col, col + len(rows))
+            band_sites = sites[rows].clamp(max=n_layers)
+            n_above = [int((band_sites > t).sum()) for t in range(self.top)]
+            last = max(lasts[b] for b in members)
+            self.bands.append(Band(col, len(rows), last, n_above))
+            i = 0
+            for b in members:
+                r = subs[b]
+                self.sub_batches.append(
+                    SubBatch(r, sites[r], positions[r], _runs(column[i : i + len(r)]), last)
+                )
+                i += len(r)
+            by_column.append(rows[order])
+            col += len(rows)
+        self.rows_by_column = torch.cat(by_column)
+
+
+def _runs(columns: Tensor) -> list[tuple[int, int, int]]:
+    """(first, end, first column) of the maximal stretches of consecutive `columns`."""
+    cols = columns.tolist()
+    runs = []
+    for i, c in enumerate(cols):
+        if runs and c == runs[-1][2] + i - runs[-1][0]:
+            runs[-1] = (runs[-1][0], i + 1, runs[-1][2])
+        else:
+            runs.append((i, i + 1, c))
+    return runs
