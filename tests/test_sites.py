@@ -71,3 +71,18 @@ def test_an_unknown_clt_input_is_refused(model, clt):
     sites = dataclasses.replace(HOOKED_TRANSFORMER_QWEN3, clt_inputs={})
     with pytest.raises(UnsupportedModelError, match="cannot be placed"):
         sites.clt_input_hook(clt.feature_input_hook, 0)
+
+
+def test_kv_weights_are_the_stored_value_heads_uncopied(model):
+    """kv_weights gives one value head per key/value head: the expanded W_V's every group-th head, read from
+    the attention's stored (unexpanded) weight without a copy; W_O is the model's own."""
+    import torch
+
+    sites = sites_for(model)
+    n_kv, n_heads = model.cfg.n_key_value_heads, model.cfg.n_heads
+    assert n_kv < n_heads
+    for j in range(model.cfg.n_layers):
+        W_V, W_O = sites.kv_weights(model, j)
+        attn = model.blocks[j].attn
+        assert W_V.shape[0] == n_kv and torch.equal(W_V, attn.W_V[:: n_heads // n_kv])
+        assert W_V.data_ptr() == attn._W_V.data_ptr() and W_O.data_ptr() == attn.W_O.data_ptr()

@@ -113,8 +113,13 @@ class Sites:
         """(W_V [n_kv_heads, d_model, d_head], W_O [n_heads, d_head, d_model]) of block `layer`: one value
         head per key/value head (a HookedTransformer's expanded `W_V` repeats each one n_heads / n_kv_heads
         times in a row; every such run's first is taken)."""
-        W_V, W_O = self.weight(model, self.W_V, layer), self.weight(model, self.W_O, layer)
+        W_O = self.weight(model, self.W_O, layer)
         n_kv = getattr(model.cfg, "n_key_value_heads", None) or W_O.shape[0]
+        owner, _, name = self.W_V.format(layer=layer).rpartition(".")
+        stored = getattr(operator.attrgetter(owner)(model), f"_{name}", None)  # GQA's, before expanding
+        if isinstance(stored, Tensor) and stored.shape[0] == n_kv:
+            return stored, W_O
+        W_V = self.weight(model, self.W_V, layer)
         if W_V.shape[0] != n_kv:
             W_V = W_V[:: W_V.shape[0] // n_kv]
         return W_V, W_O

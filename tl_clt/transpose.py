@@ -150,12 +150,9 @@ class TransposedModel:
         """From per-layer weights in TransformerLens layouts and the clean pass's frozen values."""
         n_heads, d_head, d_model = W_O[0].shape
         n_kv = W_V[0].shape[0]
-        with torch.no_grad():
-            W_O_flat = [w.detach().reshape(n_heads * d_head, d_model).to(dtype).contiguous() for w in W_O]
-            W_V_T = [
-                w.detach().permute(1, 0, 2).reshape(d_model, n_kv * d_head).to(dtype).contiguous()
-                for w in W_V
-            ]
+        with torch.no_grad():  # views where the layout allows (nn.Linear's is a transposed one): no copy
+            W_O_flat = [w.detach().reshape(n_heads * d_head, d_model).to(dtype) for w in W_O]
+            W_V_T = [w.detach().permute(1, 0, 2).reshape(d_model, n_kv * d_head).to(dtype) for w in W_V]
             factors = []
             for w, scale in zip(ln1_w, ln1_scale, strict=True):
                 inv = 1 / scale.detach().to(dtype).reshape(1, -1)
