@@ -35,14 +35,27 @@ def _autograd_rows(lin, sites, positions, readouts):
 
 
 @pytest.mark.parametrize(
-    "budget, one_sweep_per_batch, band_rows",
-    [(0, True, 64), (1 << 30, True, 64), (1 << 30, False, 1), (1 << 30, False, 10), (0, False, 1000)],
+    "budget, one_sweep_per_batch, band_rows, by_target",
+    [
+        (0, True, 64, False),
+        (1 << 30, True, 64, True),
+        (1 << 30, False, 1, True),
+        (1 << 30, False, 10, True),
+        (1 << 30, False, 10, False),
+        (0, False, 1000, False),
+    ],
 )
-def test_rows_equal_autograd_rows(world, budget, one_sweep_per_batch, band_rows):
+def test_rows_equal_autograd_rows(world, budget, one_sweep_per_batch, band_rows, by_target, monkeypatch):
     """Every feature row and the logit rows match autograd (GQA model; any decoder budget; one or many
-    sub-batches per sweep; bands of one site, of several, or one band)."""
+    sub-batches per sweep; bands of one sub-batch, of several, or one band; decoder rows as matrices per
+    target layer built once, or as the storage dtype's cache / reads cast per sweep)."""
+    from tl_clt.transpose import DecoderByTarget
+
     model, clt, state, active, lin = world
+    if not by_target:  # as when the matrices would not fit the budget
+        monkeypatch.setattr(DecoderByTarget, "bytes_needed", staticmethod(lambda *a: 1 << 62))
     fr = FrozenRows(model, clt, state, batch_size=5, compute_dtype=None, decoder_cache_bytes=budget)
+    assert (fr.by_target is not None) == by_target
     if one_sweep_per_batch:
         fr.edges.gradient_bytes = 1
     fr.edges.band_rows = band_rows
@@ -67,7 +80,7 @@ def test_rows_equal_autograd_rows(world, budget, one_sweep_per_batch, band_rows)
     fr.fill_rows(n, last, fr.logit_readout(directions), out=ours)
     ref = lin.rows(n, last, lin.logit_readout(directions))
     torch.testing.assert_close(ours, ref, atol=2e-6 * float(ref.abs().max()), rtol=0)
-    assert (fr.decoder.cached_bytes == 0) == (budget == 0)
+    assert (fr.decoder_bytes_cached == 0) == (budget == 0)
 
 
 def test_compute_dtype_leaves_the_model_alone_and_float64_agrees(model_dir, clt):

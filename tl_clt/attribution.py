@@ -37,6 +37,7 @@ from tl_clt.progress import tqdm
 from tl_clt.prompts import SINK_POS, Prompt, prompt_offset, tokens_after_sink
 from tl_clt.targets import resolve_targets
 from tl_clt.transpose import (
+    DecoderByTarget,
     DecoderRows,
     EdgeRows,
     TransposedModel,
@@ -458,8 +459,17 @@ class FrozenRows:
                 n_rows=n_targets + n_features, batch_size=batch_size, dtype=self.dtype,
             )  # fmt: skip
             budget = default_decoder_cache_bytes(device, reserve)
-        self.decoder = DecoderRows(clt, layouts(index, L), int(budget), device)
-        recon = reconstruction(clt, list(acts), self.decoder, self.n_pos, acts.dtype)
+        lays = layouts(index, L)
+        need = DecoderByTarget.bytes_needed(lays, L, clt.d_model, self.dtype)
+        if self.dtype in (torch.float32, torch.float64) and need <= budget:  # rows once, in compute dtype
+            self.decoder = DecoderRows(clt, lays, 0, device)
+            self.by_target = DecoderByTarget(lays, L, self.n_pos, clt.d_model, self.dtype, device)
+            self.decoder.fill(self.by_target.add)
+            recon = self.by_target.reconstruction(values, clt.b_dec).to(acts.dtype)
+        else:  # the storage dtype's rows that fit the budget, the rest read per sweep
+            self.decoder = DecoderRows(clt, lays, int(budget), device)
+            self.by_target = None
+            recon = reconstruction(clt, list(acts), self.decoder, self.n_pos, acts.dtype)
         del acts
         self.active = ActiveFeatures(index, values, recon)
         errors = state.mlp_out - recon
@@ -473,7 +483,9 @@ class FrozenRows:
             [frozen[sites.pattern.format(layer=j)][0] for j in range(L)],
             self.dtype,
         )
-        self.edges = EdgeRows(transposed, self.decoder, values, errors, state.embed, batch_size)
+        self.edges = EdgeRows(
+            transposed, self.decoder, values, errors, state.embed, batch_size, by_target=self.by_target
+        )
         self.input = sites.clt_input(clt.feature_input_hook)
         if self.input.normalized:  # the CLT reads ln2's normalized value: resid_mid / scale2
             scale2 = torch.stack([frozen[sites.ln2_scale.format(layer=j)][0, :, 0] for j in range(L)])
@@ -489,6 +501,11 @@ class FrozenRows:
     @property
     def n_sources(self) -> int:
         return self.edges.n_sources
+
+    @property
+    def decoder_bytes_cached(self) -> int:
+        """Memory the active features' decoder rows take for the graph (`DecoderByTarget` or the cache)."""
+        return self.by_target.nbytes if self.by_target is not None else self.decoder.cached_bytes
 
     def feature_readout(self, layer: Tensor, pos: Tensor, feature: Tensor) -> Float[Tensor, "n d_model"]:
         """Resid-mid vectors whose dot product with the residual stream is the features' pre-activations
@@ -532,7 +549,7 @@ class FrozenRows:
             seconds_gradients=stats.seconds["gradients"],
             seconds_contract=stats.seconds["contract"],
             seconds_influence=self.seconds_influence,
-            decoder_bytes_cached=self.decoder.cached_bytes,
+            decoder_bytes_cached=self.decoder_bytes_cached,
             decoder_bytes_read=self.decoder.bytes_read,
         )
 

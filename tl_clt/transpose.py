@@ -323,6 +323,75 @@ def reconstruction(
     return out
 
 
+class DecoderByTarget:
+    """The active features' decoder rows in the compute dtype, once per graph, per position and target
+    layer: `mats[pos][t]` [features at pos of layers <= t, d_model] holds W_dec_{k_f}[f, t - k_f], features
+    ordered by layer, then entry (so the features of layers <= t are a prefix of those of layers <= t + 1).
+    A sweep's contraction multiplies these directly (no per-sweep gather or cast of decoder blocks).
+    Memory: every active entry's rows in the compute dtype (`nbytes`)."""
+
+    def __init__(self, layouts: list[Layout], n_layers: int, n_pos: int, d_model: int, dtype, device):
+        self.layouts, self.n_layers, self.n_pos = layouts, n_layers, n_pos
+        count = [[0] * n_pos for _ in range(n_layers)]  # entries per (layer, position)
+        for lay in layouts:
+            for q, _, c in lay.spans:
+                count[lay.layer][q] += c
+        # below[q][t]: features at q of layers <= t; offset[k][q]: where layer k's start in mats[q][t >= k]
+        self.below = [[sum(count[k][q] for k in range(t + 1)) for t in range(n_layers)] for q in range(n_pos)]
+        self.offset = [[self.below[q][k] - count[k][q] for q in range(n_pos)] for k in range(n_layers)]
+        sizes = [sum(self.below[q]) * d_model for q in range(n_pos)]
+        self.nbytes = sum(sizes) * torch.finfo(dtype).bits // 8
+        self._flat = [torch.empty(n, dtype=dtype, device=device) for n in sizes]
+        self.mats: list[list[Tensor]] = []
+        for q in range(n_pos):
+            starts = [0]
+            for t in range(n_layers - 1):
+                starts.append(starts[-1] + self.below[q][t] * d_model)
+            flat = self._flat[q]
+            self.mats.append(
+                [flat[a : a + self.below[q][t] * d_model].view(-1, d_model) for t, a in enumerate(starts)]
+            )
+
+    @staticmethod
+    def bytes_needed(layouts: list[Layout], n_layers: int, d_model: int, dtype: torch.dtype) -> int:
+        """Bytes of the matrices for these active features."""
+        n = sum(c * (n_layers - lay.layer) for lay in layouts for _, _, c in lay.spans)
+        return n * d_model * torch.finfo(dtype).bits // 8
+
+    def add(self, lay: Layout, rows: Float[Tensor, "u n_out d_model"]) -> None:
+        """Place one source layer's rows (its unique features', as `DecoderRows.read` gives them)."""
+        k = lay.layer
+        for q, e, c in lay.spans:
+            block = rows[lay.inverse[e : e + c].to(rows.device)]  # [c, n_out, d], storage dtype
+            off = self.offset[k][q]
+            for t in range(k, self.n_layers):
+                self.mats[q][t][off : off + c].copy_(block[:, t - k])
+
+    def reconstruction(
+        self, values: Float[Tensor, " n_active"], b_dec: Float[Tensor, "n_layers d_model"]
+    ) -> Float[Tensor, "n_layers pos d_model"]:
+        """The CLT's reconstruction of every MLP output (as `clt.decode`), in the compute dtype."""
+        d = b_dec.shape[-1]
+        out = b_dec.to(self._flat[0].dtype).view(self.n_layers, 1, d).expand(-1, self.n_pos, -1).clone()
+        for q in range(self.n_pos):
+            entries = self.entries(q)
+            if not entries:
+                continue
+            a = torch.cat([values[lay.first + e : lay.first + e + c] for lay, e, c, _ in entries])
+            a = a.to(out.dtype).to(out.device)
+            for t in range(self.n_layers):
+                n = self.below[q][t]
+                if n:
+                    out[t, q] += a[:n] @ self.mats[q][t]
+        return out
+
+    def entries(self, q: int) -> list[tuple[Layout, int, int, int]]:
+        """(layout, first entry, count, row in mats[q]) of the features at position q, in mats order."""
+        return [
+            (lay, e, c, self.offset[lay.layer][q]) for lay in self.layouts for p, e, c in lay.spans if p == q
+        ]
+
+
 @dataclass
 class RowStats:
     """What the rows cost: sub-batches (backward passes), sweeps, FLOPs done, seconds per part."""
@@ -352,6 +421,7 @@ class EdgeRows:
         out_dtype: torch.dtype = torch.float32,
         block_bytes: int = 256 << 20,
         band_rows: int = 128,
+        by_target: DecoderByTarget | None = None,
     ):
         self.model, self.decoder = model, decoder
         self.dtype = model.dtype
@@ -366,6 +436,8 @@ class EdgeRows:
         self.block_bytes = block_bytes
         self.out_dtype = out_dtype
         self.band_rows = band_rows
+        self.by_target = by_target
+        self._entries = [by_target.entries(q) for q in range(self.n_pos)] if by_target else None
         self.stats = RowStats()
         self._dec_flops_per_pos = self._decoder_flops_table()
         self.scratch = Scratch()
@@ -491,6 +563,8 @@ class EdgeRows:
         per (position, block, target layer, band), no row multiplied at a layer it does not reach,
         accumulated over l in a [features, rows] result that is scaled by the activations and written once.
         """
+        if self.by_target is not None:
+            return self._contract_by_target(sweep, G, out_rows, out)
         top, P = sweep.top, sweep.n_pos
         layouts = [lay for lay in self.decoder.layouts if lay.layer < top]
         for group in self._layer_groups(layouts):
@@ -500,6 +574,31 @@ class EdgeRows:
                 for chunk in self._chunks(spans, top):
                     self._contract_chunk(chunk, rows, pos, sweep, G, out_rows, out)
             del rows
+
+    def _contract_by_target(self, sweep: Sweep, G: Tensor, out_rows: Tensor, out: Tensor) -> None:
+        """As `_contract_features`, with `DecoderByTarget`'s matrices: per (position, target layer, band)
+        one product [features <= t, d] x [d, rows above t] on matrices built once per graph."""
+        bt = self.by_target
+        for pos in range(sweep.n_pos):
+            n_feat = bt.below[pos][sweep.top - 1]
+            if not n_feat:
+                continue
+            res = self.scratch("res", (n_feat, sweep.n_rows), self.dtype, G.device).zero_()
+            for t in range(sweep.top):
+                n = bt.below[pos][t]
+                if not n:
+                    continue
+                for band in sweep.bands:
+                    n_cols = band.n_above[t]
+                    if n_cols and band.last >= pos:
+                        cols = slice(band.start, band.start + n_cols)
+                        res[:n, cols].addmm_(bt.mats[pos][t], G[pos, t, :, cols])
+            for lay, e, c, off in self._entries[pos]:
+                if lay.layer >= sweep.top:  # no row of the sweep reaches it: its columns stay zero
+                    break
+                acts = self.acts[lay.first + e : lay.first + e + c, None]
+                dst = out[:, lay.first + e : lay.first + e + c]
+                dst.index_copy_(0, out_rows, (res[off : off + c] * acts).T.to(out.dtype))
 
     def _layer_groups(self, layouts: list[Layout]) -> list[list[Layout]]:
         """Consecutive source layers whose rows not held by the decoder cache fit `block_bytes` together."""
