@@ -338,7 +338,9 @@ def attribute(
     every device, float64 for a float64 model; the model is not changed; autograd
     computes in the model's dtype), and `decoder_cache_bytes`, memory for the active features' decoder
     rows, read once per graph (default min(8 GiB, half the memory available beyond the graph's other
-    buffers, `transpose.buffer_bytes`)); layers beyond it are read again from the CLT files when used.
+    buffers, `transpose.buffer_bytes`)): when all of them fit it in the compute dtype they are laid out
+    once per target layer (fastest), else those that fit stay in the CLT's dtype and layers beyond it
+    are read again from the CLT files when used.
     """
     max_n_logits, desired_logit_prob, max_feature_nodes, batch_size, update_interval = _check_args(
         max_n_logits, desired_logit_prob, max_feature_nodes, batch_size, update_interval

@@ -14,10 +14,11 @@ same linear map autograd applies), independent of the backend that supplied the 
 positions after the batch's last target, and skips layers above each row's target.
 
 Edge rows are then contractions of these gradients with the sources: `act * (G . W_dec row)` for features
-(decoder rows read once per graph into `DecoderRows`, within a memory budget), `G . error` for errors,
-`G_emb . embedding` for tokens. `EdgeRows.rows` does it for any number of rows in memory-bounded sweeps:
-every sweep computes the gradients of its rows in position-sorted sub-batches of `batch_size`, then
-contracts every decoder block once with all of them.
+(decoder rows read once per graph by `DecoderRows`; laid out per position and target layer by
+`DecoderByTarget` when that fits the memory budget), `G . error` for errors, `G_emb . embedding` for tokens.
+`EdgeRows.rows` does it for any number of rows in memory-bounded sweeps: every sweep computes the gradients
+of its rows in position-sorted sub-batches of `batch_size`, then contracts the decoder rows once with all
+of them, each row only at the layers below its target.
 """
 
 from __future__ import annotations
