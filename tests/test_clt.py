@@ -69,6 +69,28 @@ def test_relu_when_no_threshold(tmp_path):
     torch.testing.assert_close(clt.encode(x, 0), torch.relu(clt.pre_activations(x, 0)))
 
 
+@pytest.mark.parametrize("block_bytes", [3 * 16 * 4, 1 << 30])
+def test_pre_activations_of_a_bf16_encoder_cast_in_blocks(tmp_path, monkeypatch, block_bytes):
+    """A bf16 encoder with a float32 input: the pre-activations (cast a block of rows at a time, blocks of
+    3 rows that do not divide the 40 features, or one block) equal the product with the whole encoder cast
+    at once, for any leading shape; with an input that requires grad, the gradient flows as before."""
+    from tl_clt import clt as clt_module
+
+    monkeypatch.setattr(clt_module, "CAST_BLOCK_BYTES", block_bytes)
+    folder = synthetic.make_random_clt_folder(tmp_path / "bf16", 2, 16, 40)
+    clt = CrossLayerTranscoder.from_pretrained(folder, dtype=torch.bfloat16)
+    assert clt.W_enc.dtype == torch.bfloat16
+    x = torch.randn(2, 5, 16)
+    for layer in range(2):
+        want = x @ clt.W_enc[layer].float().T + clt.b_enc[layer].float()
+        got = clt.pre_activations(x, layer)
+        assert got.shape == (2, 5, 40) and got.dtype == torch.float32
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    xg = x.clone().requires_grad_(True)
+    clt.pre_activations(xg, 1).sum().backward()
+    torch.testing.assert_close(xg.grad, clt.W_enc[1].float().sum(0).expand(2, 5, 16))
+
+
 @pytest.fixture()
 def broken(tmp_path):
     return synthetic.make_random_clt_folder(tmp_path / "c", 2, 16, 8)

@@ -25,6 +25,7 @@ from tl_clt.checks import all_finite, float_dtype
 from tl_clt.paths import resolve_folder
 
 INPUT_HOOKS = ("mlp.hook_in", "hook_resid_mid", "ln2.hook_normalized")
+CAST_BLOCK_BYTES = 8 << 20  # encoder rows cast to the input's dtype at a time (`pre_activations`)
 OUTPUT_HOOKS = ("mlp.hook_out", "hook_mlp_out")
 _NP_DTYPES = {
     "BF16": (np.uint16, torch.bfloat16),
@@ -239,9 +240,23 @@ class CrossLayerTranscoder(torch.nn.Module):
             raise IndexError(f"layer {layer} is out of range for a CLT with {self.n_layers} layers.")
 
     def pre_activations(self, x: Float[Tensor, "... d_model"], layer: int) -> Float[Tensor, "... n_features"]:
-        """`W_enc_l x + b_enc_l`, computed in x's dtype."""
-        W = self.W_enc[layer].to(x.dtype)
-        pre = x @ W.T
+        """`W_enc_l x + b_enc_l`, computed in x's dtype. On a CPU, an encoder stored in another dtype (bf16
+        beside a float32 model) is cast a block of rows at a time into one reused buffer, not as a fresh
+        [F, d_model] copy per call (page faults: 3x slower at Qwen3-0.6B's size)."""
+        W = self.W_enc[layer]
+        if W.dtype == x.dtype or x.device.type != "cpu" or (torch.is_grad_enabled() and x.requires_grad):
+            pre = x @ W.to(x.dtype).T
+        else:
+            n_features, d = W.shape
+            rows = max(1, CAST_BLOCK_BYTES // (d * x.element_size()))
+            block = x.new_empty(min(rows, n_features), d)
+            flat = x.reshape(-1, d)
+            pre = x.new_empty(flat.shape[0], n_features)
+            for f0 in range(0, n_features, rows):
+                w = block[: min(rows, n_features - f0)]
+                w.copy_(W[f0 : f0 + len(w)])
+                pre[:, f0 : f0 + len(w)] = flat @ w.T
+            pre = pre.view(*x.shape[:-1], n_features)
         return pre.add_(self.b_enc[layer].to(x.dtype))  # in place: the same values, one [..., F] tensor less
 
     def activation_fn(self, pre: Tensor, layer: int) -> Tensor:
