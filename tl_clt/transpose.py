@@ -340,6 +340,11 @@ class DecoderByTarget:
         # below[q][t]: features at q of layers <= t; offset[k][q]: where layer k's start in mats[q][t >= k]
         self.below = [[sum(count[k][q] for k in range(t + 1)) for t in range(n_layers)] for q in range(n_pos)]
         self.offset = [[self.below[q][k] - count[k][q] for q in range(n_pos)] for k in range(n_layers)]
+        # entries[q]: (layout, first entry, count, row in mats[q]) of the features at q, in mats order
+        self.entries: list[list[tuple[Layout, int, int, int]]] = [[] for _ in range(n_pos)]
+        for lay in layouts:
+            for q, e, c in lay.spans:
+                self.entries[q].append((lay, e, c, self.offset[lay.layer][q]))
         sizes = [sum(self.below[q]) * d_model for q in range(n_pos)]
         self.nbytes = sum(sizes) * torch.finfo(dtype).bits // 8
         self._flat = [torch.empty(n, dtype=dtype, device=device) for n in sizes]
@@ -375,22 +380,15 @@ class DecoderByTarget:
         d = b_dec.shape[-1]
         out = b_dec.to(self._flat[0].dtype).view(self.n_layers, 1, d).expand(-1, self.n_pos, -1).clone()
         for q in range(self.n_pos):
-            entries = self.entries(q)
-            if not entries:
+            if not self.entries[q]:
                 continue
-            a = torch.cat([values[lay.first + e : lay.first + e + c] for lay, e, c, _ in entries])
+            a = torch.cat([values[lay.first + e : lay.first + e + c] for lay, e, c, _ in self.entries[q]])
             a = a.to(out.dtype).to(out.device)
             for t in range(self.n_layers):
                 n = self.below[q][t]
                 if n:
                     out[t, q] += a[:n] @ self.mats[q][t]
         return out
-
-    def entries(self, q: int) -> list[tuple[Layout, int, int, int]]:
-        """(layout, first entry, count, row in mats[q]) of the features at position q, in mats order."""
-        return [
-            (lay, e, c, self.offset[lay.layer][q]) for lay in self.layouts for p, e, c in lay.spans if p == q
-        ]
 
 
 @dataclass
@@ -438,7 +436,6 @@ class EdgeRows:
         self.out_dtype = out_dtype
         self.band_rows = band_rows
         self.by_target = by_target
-        self._entries = [by_target.entries(q) for q in range(self.n_pos)] if by_target else None
         self.stats = RowStats()
         self._dec_flops_per_pos = self._decoder_flops_table()
         self.scratch = Scratch()
@@ -586,20 +583,11 @@ class EdgeRows:
                 continue
             res = self.scratch("res", (n_feat, sweep.n_rows), self.dtype, G.device).zero_()
             for t in range(sweep.top):
-                n = bt.below[pos][t]
-                if not n:
-                    continue
-                for band in sweep.bands:
-                    n_cols = band.n_above[t]
-                    if n_cols and band.last >= pos:
-                        cols = slice(band.start, band.start + n_cols)
-                        res[:n, cols].addmm_(bt.mats[pos][t], G[pos, t, :, cols])
-            for lay, e, c, off in self._entries[pos]:
-                if lay.layer >= sweep.top:  # no row of the sweep reaches it: its columns stay zero
-                    break
-                acts = self.acts[lay.first + e : lay.first + e + c, None]
-                dst = out[:, lay.first + e : lay.first + e + c]
-                dst.index_copy_(0, out_rows, (res[off : off + c] * acts).T.to(out.dtype))
+                if bt.below[pos][t]:
+                    _band_products(res, bt.mats[pos][t], G, pos, t, sweep)
+            # features of layers >= top: no row of the sweep reaches them, their columns stay zero
+            reached = [entry for entry in bt.entries[pos] if entry[0].layer < sweep.top]
+            self._write_features(res, reached, out_rows, out)
 
     def _layer_groups(self, layouts: list[Layout]) -> list[list[Layout]]:
         """Consecutive source layers whose rows not held by the decoder cache fit `block_bytes` together."""
@@ -634,27 +622,36 @@ class EdgeRows:
         n_feat = sum(c for _, _, c in chunk)
         block = self.scratch("block", (n_feat, top - k0, d), self.dtype, G.device)
         below = [0] * (top - k0)  # features of layers <= l (a prefix), per target layer l
-        off = 0
+        off, placed = 0, []  # (layout, first entry, count, row in block)
         for lay, e, c in chunk:
             k = lay.layer
+            placed.append((lay, e, c, off))
             block[off : off + c, k - k0 :] = rows[k][lay.inverse[e : e + c], : top - k]
             for t in range(k, top):
                 below[t - k0] = off + c
             off += c
         res = self.scratch("res", (n_feat, sweep.n_rows), self.dtype, G.device).zero_()
         for t in range(k0, top):  # target layer
-            A = block[: below[t - k0], t - k0]  # [features of layers <= t, d]
-            for band in sweep.bands:
-                n_cols = band.n_above[t]
-                if n_cols and band.last >= pos:
-                    cols = slice(band.start, band.start + n_cols)
-                    res[: below[t - k0], cols].addmm_(A, G[pos, t, :, cols])
-        off = 0
-        for lay, e, c in chunk:
+            _band_products(res, block[: below[t - k0], t - k0], G, pos, t, sweep)
+        self._write_features(res, placed, out_rows, out)
+
+    def _write_features(self, res: Tensor, entries, out_rows: Tensor, out: Tensor) -> None:
+        """Feature columns of `out` from the contraction's result: for each (layout, first entry, count,
+        row in res), res's rows [features, sweep rows] scaled by the activations, into the rows out_rows."""
+        for lay, e, c, off in entries:
             acts = self.acts[lay.first + e : lay.first + e + c, None]
             dst = out[:, lay.first + e : lay.first + e + c]
             dst.index_copy_(0, out_rows, (res[off : off + c] * acts).T.to(out.dtype))
-            off += c
+
+
+def _band_products(res: Tensor, A: Float[Tensor, "n d"], G: Tensor, pos: int, t: int, sweep: Sweep) -> None:
+    """res[:n, rows] += A @ G[pos, t, :, rows] for every band that reaches `pos`, over its rows above target
+    layer t (a prefix of the band's columns): the contraction's products at one (position, target layer)."""
+    for band in sweep.bands:
+        n_cols = band.n_above[t]
+        if n_cols and band.last >= pos:
+            cols = slice(band.start, band.start + n_cols)
+            res[: len(A), cols].addmm_(A, G[pos, t, :, cols])
 
 
 @dataclass
