@@ -9,7 +9,7 @@ from conftest import PROMPT
 import tl_clt
 from tl_clt.attribution import FrozenRows, LinearReplacement, find_active_features
 from tl_clt.frozen import clean_pass
-from tl_clt.influence import normalize_rows, partial_influence
+from tl_clt.influence import PartialInfluence, normalize_rows, partial_influence
 from tl_clt.prompts import to_tokens
 from tl_clt.transpose import default_compute_dtype
 
@@ -152,9 +152,41 @@ def test_partial_influence_equals_the_step_by_step_definition():
     probs = torch.tensor([0.5, 0.3, 0.2])
     ref = _influence_step_by_step(rows, probs, row_nodes, n_sources)
     assert (ref[feature_nodes] > 0).sum() > 3
-    torch.testing.assert_close(partial_influence(rows, probs, row_nodes, n_sources, chunk=7), ref)
+    seven_rows = 7 * 4 * n_sources  # the sum taken 7 rows at a time
+    chunked = partial_influence(rows, probs, row_nodes, n_sources, chunk_bytes=seven_rows)
+    torch.testing.assert_close(chunked, ref)
     ours = partial_influence(rows, probs, row_nodes, n_sources, rows.abs().sum(1))
     torch.testing.assert_close(ours, ref)
+
+
+def _growing_rows(seed: int, n_logits: int = 3, n_feature_rows: int = 20, n_sources: int = 60):
+    """Rows as attribution fills them: logit rows, then feature rows in visiting order (acyclic)."""
+    gen = torch.Generator().manual_seed(seed)
+    feature_nodes = torch.randperm(n_sources - 10, generator=gen)[:n_feature_rows]
+    rows = torch.randn(n_logits + n_feature_rows, n_sources, generator=gen)
+    rank = torch.randperm(n_feature_rows, generator=gen)  # a feature only reads features of lower rank
+    rows[n_logits:, feature_nodes] *= (rank[None, :] < rank[:, None]).float()
+    rows[n_logits:, feature_nodes] *= torch.rand(n_feature_rows, n_feature_rows, generator=gen) < 0.5
+    row_nodes = torch.cat([torch.arange(n_logits) + n_sources, feature_nodes])
+    return rows, row_nodes, n_sources
+
+
+def test_partial_influence_kept_between_refreshes_equals_the_definition_at_each():
+    """The tracker keeps B between calls and reads only new rows and columns: at every refresh (rows
+    growing by uneven steps, in chunks of 5 rows for the sum) it equals the step-by-step definition
+    on the rows so far, also after it is given other rows (it starts again)."""
+    rows, row_nodes, n_sources = _growing_rows(2)
+    probs = torch.tensor([0.5, 0.3, 0.2])
+    tracker = PartialInfluence(n_sources, chunk_bytes=5 * 4 * n_sources)
+    for r in (3, 4, 9, 10, 17, 23):
+        ref = _influence_step_by_step(rows[:r], probs, row_nodes[:r], n_sources)
+        torch.testing.assert_close(tracker(rows[:r], probs, row_nodes[:r], rows[:r].abs().sum(1)), ref)
+    assert tracker._B.shape[0] >= 23 and tracker._seen == 23
+    other, other_nodes, _ = _growing_rows(3)
+    ref = _influence_step_by_step(other[:12], probs, other_nodes[:12], n_sources)
+    torch.testing.assert_close(tracker(other[:12], probs, other_nodes[:12]), ref)
+    # a stale B would give the first rows' answer here: the check against the definition fails then
+    assert not torch.allclose(ref, _influence_step_by_step(rows[:12], probs, row_nodes[:12], n_sources))
 
 
 @pytest.fixture(scope="module")

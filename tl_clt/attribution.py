@@ -32,7 +32,7 @@ from tl_clt.fingerprints import clt_fingerprint, model_fingerprint
 from tl_clt.frozen import PromptState, all_activations, clean_pass, freeze_hooks
 from tl_clt.graph import AttributionGraph
 from tl_clt.hooks import check_compatible, preserve
-from tl_clt.influence import partial_influence
+from tl_clt.influence import PartialInfluence
 from tl_clt.progress import tqdm
 from tl_clt.prompts import SINK_POS, Prompt, prompt_offset, tokens_after_sink
 from tl_clt.targets import resolve_targets
@@ -191,8 +191,8 @@ class LinearReplacement:
         """Visiting order for every active feature: top layers first (each pass is as short as possible)."""
         return torch.argsort(self.active.index[:, 0], descending=True, stable=True)
 
-    def influence(self, rows: Tensor, abs_sums: Tensor, logit_probs: Tensor, row_nodes: Tensor) -> Tensor:
-        return partial_influence(rows, logit_probs, row_nodes, self.n_sources, abs_sums)
+    def influence(self, tracker: PartialInfluence, rows, abs_sums, logit_probs, row_nodes) -> Tensor:
+        return tracker(rows, logit_probs, row_nodes, abs_sums)
 
     def meta(self) -> dict:
         return dict(
@@ -534,9 +534,9 @@ class FrozenRows:
         """Visiting order for every active feature (the engine sorts each sweep itself)."""
         return torch.arange(len(self.active.values))
 
-    def influence(self, rows: Tensor, abs_sums: Tensor, logit_probs: Tensor, row_nodes: Tensor) -> Tensor:
+    def influence(self, tracker: PartialInfluence, rows, abs_sums, logit_probs, row_nodes) -> Tensor:
         t0 = time.perf_counter()
-        infl = partial_influence(rows, logit_probs, row_nodes, self.n_sources, abs_sums)
+        infl = tracker(rows, logit_probs, row_nodes, abs_sums)
         self.seconds_influence += time.perf_counter() - t0
         return infl
 
@@ -593,6 +593,7 @@ def _build_graph(
     order = torch.empty(0, dtype=torch.long)
     visited = torch.zeros(n_active, dtype=torch.bool)
     probs = logit_probs.to(device)
+    tracker = PartialInfluence(lin.n_sources)  # keeps its work between refreshes: rows only grow
     bar = tqdm(total=n_wanted, desc="feature rows", disable=not verbose, leave=False)
     while len(order) < n_wanted:
         if n_wanted == n_active:
@@ -600,7 +601,7 @@ def _build_graph(
         else:
             done = n_logits + len(order)
             row_nodes = torch.cat([torch.arange(n_logits) + lin.n_sources, order]).to(device)
-            infl = lin.influence(rows[:done], abs_sums[:done], probs, row_nodes).cpu()
+            infl = lin.influence(tracker, rows[:done], abs_sums[:done], probs, row_nodes).cpu()
             ranked = torch.argsort(infl[:n_active], descending=True)
             queue = ranked[~visited[ranked]][: update_interval * B]
         queue = queue[: n_wanted - len(order)]

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 NODE_THRESHOLD = 0.8  # default share of the logits' influence the kept nodes carry
 EDGE_THRESHOLD = 0.98  # default share the kept edges carry
+CHUNK_BYTES = 8 << 20  # |rows| taken at once by the influence sum: small enough to stay in cache
 
 
 class GraphScores(NamedTuple):
@@ -54,40 +55,91 @@ def partial_influence(
     row_nodes: Int[Tensor, " r"],
     n_sources: int,
     abs_sums: Float[Tensor, " r"] | None = None,
-    chunk: int = 4096,
+    chunk_bytes: int = CHUNK_BYTES,
 ) -> Float[Tensor, " n_sources"]:
     """Influence on the logits of every source, from the rows computed so far.
 
     `row_nodes[i]` is the source index of row i (a feature), or >= n_sources for the logit rows,
     which come first and carry `logit_probs`. `abs_sums`: each row's sum of |edges| if known.
+    One call of a fresh `PartialInfluence` (which keeps its work between calls on growing rows).
+    """
+    return PartialInfluence(n_sources, chunk_bytes)(rows, logit_probs, row_nodes, abs_sums)
+
+
+class PartialInfluence:
+    """`partial_influence` for rows that grow between calls, as attribution's refreshes see them.
 
     With A = |rows| row-normalised, influence = sum_t w_t A with w_0 the logit probabilities and
-    w_{t+1} at the feature rows = (w_t A)[their nodes]. The weights only need A's columns at row nodes
-    ([r, r]); the sum meets the whole of |rows| once, in column chunks (no normalised copy).
+    w_{t+1} at the feature rows = (w_t A)[their nodes]. The weights only need A's columns at the row
+    nodes, B [r, feature rows]; B is kept between calls and only its new rows and columns are read
+    (rows already seen must not change: each call checks that `row_nodes` extends the last call's).
+    The sum then meets |rows| once, a few rows at a time (`chunk_bytes` of |rows| at once, so the
+    absolute values stay in cache), accumulated in float64.
     """
-    r = len(rows)
-    if abs_sums is None:
-        abs_sums = rows.abs().sum(1)
-    feat = (row_nodes < n_sources).nonzero().squeeze(-1)
-    inv = 1 / abs_sums.clamp(min=1e-10)
-    B = rows[:, row_nodes[feat]].abs() * inv[:, None]  # [r, feature rows]
-    weight = torch.zeros(r, dtype=rows.dtype, device=rows.device)
-    weight[: len(logit_probs)] = logit_probs.to(rows.dtype)
-    acc = torch.zeros_like(weight)
-    for _ in range(r + 1):
-        acc += weight
-        step = weight @ B
-        if not step.any():
-            break
-        weight = torch.zeros_like(weight)
-        weight[feat] = step
-    else:
-        raise RuntimeError("Influence did not converge: the partial graph has a cycle.")
-    w = acc * inv
-    total = torch.empty(n_sources, dtype=rows.dtype, device=rows.device)
-    for c in range(0, n_sources, chunk):
-        total[c : c + chunk] = w @ rows[:, c : c + chunk].abs()
-    return total
+
+    def __init__(self, n_sources: int, chunk_bytes: int = CHUNK_BYTES):
+        self.n_sources = n_sources
+        self.chunk_bytes = chunk_bytes
+        self._B: Tensor | None = None  # [capacity, capacity]: B[i, j] = |rows[i, node of row j]| / sum_i
+        self._nodes: Tensor | None = None  # row_nodes of the rows in B
+        self._seen = 0
+
+    def _grow(self, r: int, dtype, device) -> None:
+        if self._B is not None and self._B.shape[0] >= r and self._B.dtype == dtype:
+            return
+        cap = max(r, 2 * self._B.shape[0]) if self._B is not None else r
+        B = torch.zeros(cap, cap, dtype=dtype, device=device)
+        if self._B is not None and self._B.dtype == dtype:
+            B[: self._seen, : self._seen] = self._B[: self._seen, : self._seen]
+        else:
+            self._seen = 0
+        self._B = B
+
+    def _update(self, rows: Tensor, row_nodes: Tensor, inv: Tensor) -> Tensor:
+        """B over the r rows given (logit rows' columns are zero: no row reads a logit)."""
+        r, seen = len(rows), self._seen
+        same = self._nodes is not None and seen <= r and torch.equal(self._nodes[:seen], row_nodes[:seen])
+        if not same:
+            seen = 0  # other rows than last time: start again
+        self._grow(r, rows.dtype, rows.device)
+        B = self._B
+        cols = torch.where(row_nodes < self.n_sources, row_nodes, 0)
+        is_feat = (row_nodes < self.n_sources).to(rows.dtype)
+        if r > seen:
+            # new rows against every row node; old rows against the new row nodes
+            B[seen:r, :r] = rows[seen:r][:, cols].abs() * inv[seen:r, None] * is_feat[None, :]
+            B[:seen, seen:r] = rows[:seen][:, cols[seen:r]].abs() * inv[:seen, None] * is_feat[None, seen:]
+        self._nodes, self._seen = row_nodes.clone(), r
+        return B[:r, :r]
+
+    def __call__(
+        self,
+        rows: Float[Tensor, "r n_sources"],
+        logit_probs: Float[Tensor, " t"],
+        row_nodes: Int[Tensor, " r"],
+        abs_sums: Float[Tensor, " r"] | None = None,
+    ) -> Float[Tensor, " n_sources"]:
+        r = len(rows)
+        if abs_sums is None:
+            abs_sums = rows.abs().sum(1)
+        inv = 1 / abs_sums.to(rows.dtype).clamp(min=1e-10)
+        B = self._update(rows, row_nodes, inv)
+        weight = torch.zeros(r, dtype=rows.dtype, device=rows.device)
+        weight[: len(logit_probs)] = logit_probs.to(rows.dtype)
+        acc = torch.zeros_like(weight)
+        for _ in range(r + 1):
+            acc += weight
+            weight = weight @ B  # zero at the logit rows (their columns of B are zero)
+            if not weight.any():
+                break
+        else:
+            raise RuntimeError("Influence did not converge: the partial graph has a cycle.")
+        w = acc * inv
+        total = torch.zeros(self.n_sources, dtype=torch.float64, device=rows.device)
+        step = max(1, self.chunk_bytes // max(1, self.n_sources * rows.element_size()))
+        for c in range(0, r, step):
+            total += (w[c : c + step] @ rows[c : c + step].abs()).double()
+        return total.to(rows.dtype)
 
 
 def cumulative_cutoff(scores: Float[Tensor, " n"], threshold: float) -> float:
