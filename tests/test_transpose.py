@@ -174,7 +174,7 @@ def _growing_rows(seed: int, n_logits: int = 3, n_feature_rows: int = 20, n_sour
 def test_partial_influence_kept_between_refreshes_equals_the_definition_at_each():
     """The tracker keeps B between calls and reads only new rows and columns: at every refresh (rows
     growing by uneven steps, in chunks of 5 rows for the sum) it equals the step-by-step definition
-    on the rows so far, also after it is given other rows (it starts again)."""
+    on the rows so far, also after it is given other rows or another dtype (it starts again)."""
     rows, row_nodes, n_sources = _growing_rows(2)
     probs = torch.tensor([0.5, 0.3, 0.2])
     tracker = PartialInfluence(n_sources, chunk_bytes=5 * 4 * n_sources)
@@ -187,6 +187,14 @@ def test_partial_influence_kept_between_refreshes_equals_the_definition_at_each(
     torch.testing.assert_close(tracker(other[:12], probs, other_nodes[:12]), ref)
     # a stale B would give the first rows' answer here: the check against the definition fails then
     assert not torch.allclose(ref, _influence_step_by_step(rows[:12], probs, row_nodes[:12], n_sources))
+    # rows in another dtype: B starts again in that dtype
+    as_double = tracker(other[:12].double(), probs.double(), other_nodes[:12])
+    assert as_double.dtype == torch.float64 and tracker._B.dtype == torch.float64
+    torch.testing.assert_close(as_double.float(), ref)
+    # sized once when the number of rows is known
+    sized = PartialInfluence(n_sources, capacity=23)
+    sized(rows[:3], probs, row_nodes[:3])
+    assert sized._B.shape == (23, 23)
 
 
 @pytest.fixture(scope="module")

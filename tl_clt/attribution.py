@@ -593,7 +593,8 @@ def _build_graph(
     order = torch.empty(0, dtype=torch.long)
     visited = torch.zeros(n_active, dtype=torch.bool)
     probs = logit_probs.to(device)
-    tracker = PartialInfluence(lin.n_sources)  # keeps its work between refreshes: rows only grow
+    # keeps its work between refreshes (rows only grow): B [rows, rows] allocated once
+    tracker = PartialInfluence(lin.n_sources, capacity=n_logits + n_wanted)
     bar = tqdm(total=n_wanted, desc="feature rows", disable=not verbose, leave=False)
     while len(order) < n_wanted:
         if n_wanted == n_active:

@@ -71,29 +71,32 @@ class PartialInfluence:
 
     With A = |rows| row-normalised, influence = sum_t w_t A with w_0 the logit probabilities and
     w_{t+1} at the feature rows = (w_t A)[their nodes]. The weights only need A's columns at the row
-    nodes, B [r, feature rows]; B is kept between calls and only its new rows and columns are read
+    nodes, B [r, r]; B is kept between calls and only its new rows and columns are read
     (rows already seen must not change: each call checks that `row_nodes` extends the last call's).
     The sum then meets |rows| once, a few rows at a time (`chunk_bytes` of |rows| at once, so the
     absolute values stay in cache), accumulated in float64.
     """
 
-    def __init__(self, n_sources: int, chunk_bytes: int = CHUNK_BYTES):
+    def __init__(self, n_sources: int, chunk_bytes: int = CHUNK_BYTES, capacity: int = 0):
         self.n_sources = n_sources
         self.chunk_bytes = chunk_bytes
+        self.capacity = capacity  # rows expected in all: B [capacity, capacity] is allocated once
         self._B: Tensor | None = None  # [capacity, capacity]: B[i, j] = |rows[i, node of row j]| / sum_i
         self._nodes: Tensor | None = None  # row_nodes of the rows in B
         self._seen = 0
 
     def _grow(self, r: int, dtype, device) -> None:
-        if self._B is not None and self._B.shape[0] >= r and self._B.dtype == dtype:
+        """B at least [r, r] in this dtype and device (what was seen is kept when only the size grows)."""
+        old = self._B
+        same_kind = old is not None and old.dtype == dtype and old.device == torch.device(device)
+        if same_kind and old.shape[0] >= r:
             return
-        cap = max(r, 2 * self._B.shape[0]) if self._B is not None else r
-        B = torch.zeros(cap, cap, dtype=dtype, device=device)
-        if self._B is not None and self._B.dtype == dtype:
-            B[: self._seen, : self._seen] = self._B[: self._seen, : self._seen]
+        cap = max(r, self.capacity, 2 * old.shape[0] if old is not None else 0)
+        self._B = torch.zeros(cap, cap, dtype=dtype, device=device)
+        if same_kind:
+            self._B[: self._seen, : self._seen] = old[: self._seen, : self._seen]
         else:
             self._seen = 0
-        self._B = B
 
     def _update(self, rows: Tensor, row_nodes: Tensor, inv: Tensor) -> Tensor:
         """B over the r rows given (logit rows' columns are zero: no row reads a logit)."""
@@ -102,6 +105,7 @@ class PartialInfluence:
         if not same:
             seen = 0  # other rows than last time: start again
         self._grow(r, rows.dtype, rows.device)
+        seen = min(seen, self._seen)
         B = self._B
         cols = torch.where(row_nodes < self.n_sources, row_nodes, 0)
         is_feat = (row_nodes < self.n_sources).to(rows.dtype)
