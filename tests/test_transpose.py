@@ -160,41 +160,90 @@ def test_partial_influence_equals_the_step_by_step_definition():
 
 
 def _growing_rows(seed: int, n_logits: int = 3, n_feature_rows: int = 20, n_sources: int = 60):
-    """Rows as attribution fills them: logit rows, then feature rows in visiting order (acyclic)."""
+    """Rows as attribution fills them: logit rows, then feature rows in visiting order, each feature
+    reading only features of lower layers (5 layers; a DAG). Returns rows, row_nodes, n_sources and
+    each row's layer (the logit rows' above all)."""
     gen = torch.Generator().manual_seed(seed)
     feature_nodes = torch.randperm(n_sources - 10, generator=gen)[:n_feature_rows]
     rows = torch.randn(n_logits + n_feature_rows, n_sources, generator=gen)
-    rank = torch.randperm(n_feature_rows, generator=gen)  # a feature only reads features of lower rank
-    rows[n_logits:, feature_nodes] *= (rank[None, :] < rank[:, None]).float()
-    rows[n_logits:, feature_nodes] *= torch.rand(n_feature_rows, n_feature_rows, generator=gen) < 0.5
+    layer = torch.randint(0, 5, (n_feature_rows,), generator=gen)
+    rows[n_logits:, feature_nodes] *= (layer[None, :] < layer[:, None]).float()
+    rows[n_logits:, feature_nodes] *= torch.rand(n_feature_rows, n_feature_rows, generator=gen) < 0.6
     row_nodes = torch.cat([torch.arange(n_logits) + n_sources, feature_nodes])
-    return rows, row_nodes, n_sources
+    return rows, row_nodes, n_sources, torch.cat([torch.full((n_logits,), 5), layer])
 
 
 def test_partial_influence_kept_between_refreshes_equals_the_definition_at_each():
     """The tracker keeps B between calls and reads only new rows and columns: at every refresh (rows
     growing by uneven steps, in chunks of 5 rows for the sum) it equals the step-by-step definition
     on the rows so far, also after it is given other rows or another dtype (it starts again)."""
-    rows, row_nodes, n_sources = _growing_rows(2)
+    rows, row_nodes, n_sources, _ = _growing_rows(2)
     probs = torch.tensor([0.5, 0.3, 0.2])
     tracker = PartialInfluence(n_sources, chunk_bytes=5 * 4 * n_sources)
     for r in (3, 4, 9, 10, 17, 23):
         ref = _influence_step_by_step(rows[:r], probs, row_nodes[:r], n_sources)
         torch.testing.assert_close(tracker(rows[:r], probs, row_nodes[:r], rows[:r].abs().sum(1)), ref)
-    assert tracker._B.shape[0] >= 23 and tracker._seen == 23
-    other, other_nodes, _ = _growing_rows(3)
+    assert tracker._BT.shape[0] >= 23 and tracker._seen == 23
+    other, other_nodes, _, _ = _growing_rows(3)
     ref = _influence_step_by_step(other[:12], probs, other_nodes[:12], n_sources)
     torch.testing.assert_close(tracker(other[:12], probs, other_nodes[:12]), ref)
     # a stale B would give the first rows' answer here: the check against the definition fails then
     assert not torch.allclose(ref, _influence_step_by_step(rows[:12], probs, row_nodes[:12], n_sources))
     # rows in another dtype: B starts again in that dtype
     as_double = tracker(other[:12].double(), probs.double(), other_nodes[:12])
-    assert as_double.dtype == torch.float64 and tracker._B.dtype == torch.float64
+    assert as_double.dtype == torch.float64 and tracker._BT.dtype == torch.float64
     torch.testing.assert_close(as_double.float(), ref)
     # sized once when the number of rows is known
     sized = PartialInfluence(n_sources, capacity=23)
     sized(rows[:3], probs, row_nodes[:3])
-    assert sized._B.shape == (23, 23)
+    assert sized._BT.shape == (23, 23)
+
+
+@pytest.mark.parametrize("break_order", [False, True])
+def test_partial_influence_solved_layer_by_layer_equals_the_definition(break_order):
+    """Given the rows' layers, the tracker solves from the top layer down (one pass over B) and
+    equals the step-by-step definition at every refresh; when an edge between two features of one
+    layer shows up (a CLT could not make it), it notices, goes step by step from then on, and still
+    equals the definition."""
+    rows, row_nodes, n_sources, layers = _growing_rows(4)
+    probs = torch.tensor([0.5, 0.3, 0.2])
+    if break_order:  # the last row reads an earlier row's feature of its own layer (still a DAG)
+        same = (layers[3:22] == layers[22]).nonzero()[:, 0] + 3
+        assert len(same)  # row 22 comes in at the last refresh: the order breaks there
+        rows[22, row_nodes[int(same[-1])]] = 0.7
+    tracker = PartialInfluence(n_sources)
+    solved_by_layers = []
+    for r in (3, 8, 14, 23):
+        ref = _influence_step_by_step(rows[:r], probs, row_nodes[:r], n_sources)
+        assert (ref[row_nodes[3:r]] > 0).sum() >= min(r - 3, 3)
+        got = tracker(rows[:r], probs, row_nodes[:r], row_layers=layers[:r])
+        torch.testing.assert_close(got, ref)
+        solved_by_layers.append(tracker.layered)
+    assert solved_by_layers == ([True, True, True, False] if break_order else [True] * 4)
+
+
+def test_graphs_refresh_influence_layer_by_layer_and_select_as_step_by_step(model_dir, clt, monkeypatch):
+    """In a real graph every refresh is solved layer by layer (no edge breaks the CLT's layer order),
+    and the features visited are those the step-by-step sum visits, with the same edges."""
+    import tl_clt.attribution as attribution
+
+    model = tl_clt.load_qwen3(model_dir)
+    kw = dict(max_feature_nodes=25, update_interval=1, batch_size=4, max_n_logits=3, verbose=False)
+    fast = tl_clt.attribute(model, clt, PROMPT, **kw)
+    assert fast.meta["influence_by_layers"] is True
+    assert fast.n_features == 25 < len(fast.active_features)
+
+    class StepByStep(PartialInfluence):
+        def __call__(self, rows, logit_probs, row_nodes, abs_sums=None, row_layers=None):
+            return super().__call__(rows, logit_probs, row_nodes, abs_sums)  # layers not given
+
+    monkeypatch.setattr(attribution, "PartialInfluence", StepByStep)
+    slow = tl_clt.attribute(model, clt, PROMPT, **kw)
+    assert slow.meta["influence_by_layers"] is False
+    assert torch.equal(fast.selected_features, slow.selected_features)
+    torch.testing.assert_close(fast.adjacency, slow.adjacency, rtol=0, atol=0)
+    every = tl_clt.attribute(model, clt, PROMPT, max_n_logits=3, verbose=False)
+    assert every.meta["influence_by_layers"] is None
 
 
 @pytest.fixture(scope="module")

@@ -191,8 +191,8 @@ class LinearReplacement:
         """Visiting order for every active feature: top layers first (each pass is as short as possible)."""
         return torch.argsort(self.active.index[:, 0], descending=True, stable=True)
 
-    def influence(self, tracker: PartialInfluence, rows, abs_sums, logit_probs, row_nodes) -> Tensor:
-        return tracker(rows, logit_probs, row_nodes, abs_sums)
+    def influence(self, tracker: PartialInfluence, rows, abs_sums, logit_probs, row_nodes, layers) -> Tensor:
+        return tracker(rows, logit_probs, row_nodes, abs_sums, layers)
 
     def meta(self) -> dict:
         return dict(
@@ -534,9 +534,9 @@ class FrozenRows:
         """Visiting order for every active feature (the engine sorts each sweep itself)."""
         return torch.arange(len(self.active.values))
 
-    def influence(self, tracker: PartialInfluence, rows, abs_sums, logit_probs, row_nodes) -> Tensor:
+    def influence(self, tracker: PartialInfluence, rows, abs_sums, logit_probs, row_nodes, layers) -> Tensor:
         t0 = time.perf_counter()
-        infl = tracker(rows, logit_probs, row_nodes, abs_sums)
+        infl = tracker(rows, logit_probs, row_nodes, abs_sums, layers)
         self.seconds_influence += time.perf_counter() - t0
         return infl
 
@@ -602,7 +602,9 @@ def _build_graph(
         else:
             done = n_logits + len(order)
             row_nodes = torch.cat([torch.arange(n_logits) + lin.n_sources, order]).to(device)
-            infl = lin.influence(tracker, rows[:done], abs_sums[:done], probs, row_nodes).cpu()
+            # target rows above every feature: a feature only reads features of lower layers
+            row_layers = torch.cat([torch.full((n_logits,), L + 1), active.index[order, 0].cpu()])
+            infl = lin.influence(tracker, rows[:done], abs_sums[:done], probs, row_nodes, row_layers).cpu()
             ranked = torch.argsort(infl[:n_active], descending=True)
             queue = ranked[~visited[ranked]][: update_interval * B]
         queue = queue[: n_wanted - len(order)]
@@ -643,6 +645,8 @@ def _build_graph(
     )
     if targets is not None:
         graph.meta["targets"] = list(labels)
+    # whether the refreshes solved influence layer by layer (None: every feature visited, no refresh)
+    graph.meta["influence_by_layers"] = tracker.layered if tracker.calls else None
     return graph
 
 

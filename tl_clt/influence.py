@@ -71,50 +71,66 @@ class PartialInfluence:
 
     With A = |rows| row-normalised, influence = sum_t w_t A with w_0 the logit probabilities and
     w_{t+1} at the feature rows = (w_t A)[their nodes]. The weights only need A's columns at the row
-    nodes, B [r, r]; B is kept between calls and only its new rows and columns are read
+    nodes, B [r, r]; its transpose is kept between calls and only its new rows and columns are read
     (rows already seen must not change: each call checks that `row_nodes` extends the last call's).
-    The sum then meets |rows| once, a few rows at a time (`chunk_bytes` of |rows| at once, so the
-    absolute values stay in cache), accumulated in float64.
+    The weights' total per row, acc = w_0 + acc B, is summed step by step, or, given `row_layers`
+    (each feature row's CLT layer; a feature only reads features of lower layers), solved one layer at
+    a time from the top: one pass over B instead of one per step. New entries that break that order
+    are looked for, and the steps are used from then on if one is found. The sum then meets |rows|
+    once, a few rows at a time (`chunk_bytes` of |rows| at once, so the absolute values stay in
+    cache), accumulated in float64.
     """
 
     def __init__(self, n_sources: int, chunk_bytes: int = CHUNK_BYTES, capacity: int = 0):
         self.n_sources = n_sources
         self.chunk_bytes = chunk_bytes
-        self.capacity = capacity  # rows expected in all: B [capacity, capacity] is allocated once
-        self._B: Tensor | None = None  # [capacity, capacity]: B[i, j] = |rows[i, node of row j]| / sum_i
-        self._nodes: Tensor | None = None  # row_nodes of the rows in B
+        self.capacity = capacity  # rows expected in all: B^T [capacity, capacity] is allocated once
+        self._BT: Tensor | None = None  # B^T[j, i] = |rows[i, node of row j]| / sum_i |rows[i]|
+        self._nodes: Tensor | None = None  # row_nodes of the rows in B^T
         self._seen = 0
+        self.layered = True  # every entry seen so far goes from a lower layer to a higher one
+        self.calls = 0
 
     def _grow(self, r: int, dtype, device) -> None:
-        """B at least [r, r] in this dtype and device (what was seen is kept when only the size grows)."""
-        old = self._B
+        """B^T at least [r, r] in this dtype and device (what was seen is kept when only the size grows)."""
+        old = self._BT
         same_kind = old is not None and old.dtype == dtype and old.device == torch.device(device)
         if same_kind and old.shape[0] >= r:
             return
         cap = max(r, self.capacity, 2 * old.shape[0] if old is not None else 0)
-        self._B = torch.zeros(cap, cap, dtype=dtype, device=device)
+        self._BT = torch.zeros(cap, cap, dtype=dtype, device=device)
         if same_kind:
-            self._B[: self._seen, : self._seen] = old[: self._seen, : self._seen]
+            self._BT[: self._seen, : self._seen] = old[: self._seen, : self._seen]
         else:
             self._seen = 0
 
-    def _update(self, rows: Tensor, row_nodes: Tensor, inv: Tensor) -> Tensor:
-        """B over the r rows given (logit rows' columns are zero: no row reads a logit)."""
+    def _update(self, rows: Tensor, row_nodes: Tensor, inv: Tensor, layers: Tensor | None) -> Tensor:
+        """B^T over the r rows given (logit rows' columns of B are zero: no row reads a logit)."""
         r, seen = len(rows), self._seen
         same = self._nodes is not None and seen <= r and torch.equal(self._nodes[:seen], row_nodes[:seen])
         if not same:
-            seen = 0  # other rows than last time: start again
+            seen, self.layered = 0, True  # other rows than last time: start again
         self._grow(r, rows.dtype, rows.device)
         seen = min(seen, self._seen)
-        B = self._B
+        BT = self._BT
         cols = torch.where(row_nodes < self.n_sources, row_nodes, 0)
         is_feat = (row_nodes < self.n_sources).to(rows.dtype)
         if r > seen:
             # new rows against every row node; old rows against the new row nodes
-            B[seen:r, :r] = rows[seen:r][:, cols].abs() * inv[seen:r, None] * is_feat[None, :]
-            B[:seen, seen:r] = rows[:seen][:, cols[seen:r]].abs() * inv[:seen, None] * is_feat[None, seen:]
+            new_rows = rows[seen:r][:, cols].abs() * inv[seen:r, None] * is_feat[None, :]  # [k, r]
+            old_rows = (
+                rows[:seen][:, cols[seen:r]].abs() * inv[:seen, None] * is_feat[None, seen:]
+            )  # [seen, k]
+            BT[:r, seen:r] = new_rows.T
+            BT[seen:r, :seen] = old_rows.T
+            if layers is None:
+                self.layered = False
+            elif self.layered:  # an entry from a row node at the same or a higher layer breaks the order
+                wrong = (layers[None, :] >= layers[seen:r, None]) & (new_rows > 0)
+                wrong_old = (layers[None, seen:r] >= layers[:seen, None]) & (old_rows > 0)
+                self.layered = not (bool(wrong.any()) or bool(wrong_old.any()))
         self._nodes, self._seen = row_nodes.clone(), r
-        return B[:r, :r]
+        return BT[:r, :r]
 
     def __call__(
         self,
@@ -122,22 +138,34 @@ class PartialInfluence:
         logit_probs: Float[Tensor, " t"],
         row_nodes: Int[Tensor, " r"],
         abs_sums: Float[Tensor, " r"] | None = None,
+        row_layers: Int[Tensor, " r"] | None = None,
     ) -> Float[Tensor, " n_sources"]:
+        """Influence of every source. `row_layers`: each row's layer (the logit / target rows' above
+        every feature's), to solve layer by layer; without it, step by step."""
         r = len(rows)
+        self.calls += 1
         if abs_sums is None:
             abs_sums = rows.abs().sum(1)
         inv = 1 / abs_sums.to(rows.dtype).clamp(min=1e-10)
-        B = self._update(rows, row_nodes, inv)
-        weight = torch.zeros(r, dtype=rows.dtype, device=rows.device)
-        weight[: len(logit_probs)] = logit_probs.to(rows.dtype)
-        acc = torch.zeros_like(weight)
-        for _ in range(r + 1):
-            acc += weight
-            weight = weight @ B  # zero at the logit rows (their columns of B are zero)
-            if not weight.any():
-                break
+        layers = None if row_layers is None else row_layers.to(rows.device)
+        BT = self._update(rows, row_nodes, inv, layers)
+        acc = torch.zeros(r, dtype=rows.dtype, device=rows.device)
+        acc[: len(logit_probs)] = logit_probs.to(rows.dtype)
+        if self.layered and layers is not None:
+            feat = row_nodes < self.n_sources
+            for layer in torch.unique(layers[feat]).flip(0).tolist():  # from the top: inputs are done
+                idx = (feat & (layers == layer)).nonzero().squeeze(1)
+                acc[idx] = BT.index_select(0, idx) @ acc
         else:
-            raise RuntimeError("Influence did not converge: the partial graph has a cycle.")
+            weight = acc.clone()
+            acc.zero_()
+            for _ in range(r + 1):
+                acc += weight
+                weight = BT @ weight  # zero at the logit rows (their columns of B are zero)
+                if not weight.any():
+                    break
+            else:
+                raise RuntimeError("Influence did not converge: the partial graph has a cycle.")
         w = acc * inv
         total = torch.zeros(self.n_sources, dtype=torch.float64, device=rows.device)
         step = max(1, self.chunk_bytes // max(1, self.n_sources * rows.element_size()))

@@ -70,7 +70,8 @@ def buffer_bytes(
 ) -> int:
     """Bytes of a graph's large buffers besides the decoder rows (the memory model in benchmarks/README):
     one sweep's gradients at the MLP outputs (`EdgeRows.rows`), the float32 edge rows of `n_rows` targets,
-    and the influence matrix over them (as large as the rows)."""
+    and as much again for the influence's B ([n_rows, n_rows], `PartialInfluence`) and the graph's
+    adjacency, with room to spare."""
     per_row = gradient_row_bytes(n_pos, n_layers, d_model, dtype)
     sweep = min(n_rows, sweep_rows(per_row, batch_size, gradient_bytes))
     return sweep * per_row + 2 * n_rows * n_sources * 4
