@@ -27,7 +27,11 @@ measured without any grouping. Per prompt: p(names) / p(filler) clean; with ever
 office's words ablated and steered x-1 (attention frozen); with the model's own MLP outputs there
 zeroed (no CLT); with the office words' embeddings replaced by a plain noun's (the control: the
 decision is read from those positions); with every feature on the last word ablated; and the most
-attention a layer-0 head pays from the last word to an office word.
+attention a layer-0 head pays from the last word to an office word. Then the ceilings of the story's
+effects with the prompt's own features: every CLT feature on the office's words x-1 (an office group
+cannot hold more: filler up, names down, as `story_effects` reads it), and every feature on the year's
+tokens x-1 and ablated (a year or era group cannot hold more: the holder named after it, `top_holder`,
+is another one).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from tqdm import tqdm
 
 import tl_clt
 from tl_clt.prompts import to_tokens
+from tl_clt.proposals import word_spans
 from tl_clt.steering import Intervention
 from tl_clt.toyworld import load_toyworld
 from tl_clt.toyworld.corpus import NOUNS, first_names
@@ -56,6 +61,7 @@ from tl_clt.toyworld.story import (
     story_effects,
     story_roles,
     token_ids,
+    top_holder,
     validation_prompts,
 )
 
@@ -178,7 +184,12 @@ def p_names_filler(model, logits) -> tuple[float, float, str]:
 def mechanism_row(model, clt, sp) -> dict:
     """Where the prompt's name-or-filler decision is carried (module docstring, `--mechanism`)."""
     tokens = to_tokens(model, sp.prompt)
-    words = [model.tokenizer.decode([int(t)]).strip() for t in tokens]
+    words_raw = [model.tokenizer.decode([int(t)]) for t in tokens]
+    words = [w.strip() for w in words_raw]
+    spans = word_spans(words_raw)
+    texts = [""] * (max(spans) + 1)
+    for t, w in zip(words_raw, spans, strict=True):
+        texts[w] += t
     office = [i for i, w in enumerate(words) if w in sp.office_words]
     last = len(tokens) - 1
     acts = tl_clt.feature_activations(model, clt, sp.prompt).coalesce()
@@ -206,6 +217,14 @@ def mechanism_row(model, clt, sp) -> dict:
         x[:, office] = model.W_E[noun]
         return x
 
+    year = [i for i, w in enumerate(spans) if texts[w].strip().isdigit()]  # the year's tokens
+
+    def year_ceiling(factor):
+        ivs = [Intervention(layer, pos, f, factor * v)
+               for (layer, pos, f), v in zip(keys, values, strict=True) if pos in year]  # fmt: skip
+        after = tl_clt.steer(model, clt, sp.prompt, ivs)[-1].softmax(-1)
+        return top_holder(model, clt, sp, ivs, after)
+
     _, cache = model.run_with_cache(tokens[None], names_filter="blocks.0.attn.hook_pattern")
     attention = cache["blocks.0.attn.hook_pattern"][0, :, last, office].max()
     embed = p_names_filler(
@@ -213,6 +232,7 @@ def mechanism_row(model, clt, sp) -> dict:
     )
     return dict(
         prompt=sp.prompt,
+        holder=sp.fact.name,
         n_office_features=sum(p in office for _, p, _ in keys),
         clean=p_names_filler(model, model(tokens[None])[0]),
         office_features_x0=steered(office, 0.0),
@@ -222,6 +242,8 @@ def mechanism_row(model, clt, sp) -> dict:
         last_features_x0=steered([last], 0.0),
         last_features_x_1=steered([last], -1.0),
         layer0_attention=float(attention),
+        year_features_x_1=year_ceiling(-1.0),
+        year_features_x0=year_ceiling(0.0),
     )
 
 
@@ -241,6 +263,24 @@ def mechanism_report(rows: list[dict]) -> None:
         kept = sum(r[c][0] >= 0.5 for r in rows)
         filler = sum(r[c][1] > r[c][0] for r in rows)
         print(f"  {c:24s}: names still >= 0.5 on {kept}/{n}, filler above names on {filler}/{n}")
+    print("\nceilings: what a group of the prompt's own features could do at most")
+    office_ok = [_office_effect(r["clean"], r["office_features_x_1"]) for r in rows]
+    year_ok = [
+        any(r[c] is not None and r[c] != r["holder"] for c in ("year_features_x_1", "year_features_x0"))
+        for r in rows
+    ]
+    for r, o, y in zip(rows, office_ok, year_ok, strict=True):
+        if not (o and y):
+            print(f"  {r['prompt'][:52]:52s} office words x-1: {'holds' if o else 'does not hold'}; "
+                  f"year tokens x-1 / x0 -> {r['year_features_x_1']} / {r['year_features_x0']}"
+                  f" ({'another holder' if y else 'the same holder'})")  # fmt: skip
+    print(f"  office effect reachable on {sum(office_ok)}/{n}, year effect on {sum(year_ok)}/{n}, "
+          f"both on {sum(o and y for o, y in zip(office_ok, year_ok, strict=True))}/{n}")  # fmt: skip
+
+
+def _office_effect(clean, after) -> bool:
+    """`story_effects`' office rule on (p(names), p(filler), top) before and after."""
+    return after[1] >= 5 * clean[1] and after[0] < after[1] and after[0] < 0.5 * clean[0]
 
 
 def main() -> None:
