@@ -85,7 +85,7 @@ class PartialInfluence:
         self.n_sources = n_sources
         self.chunk_bytes = chunk_bytes
         self.capacity = capacity  # rows expected in all: B^T [capacity, capacity] is allocated once
-        self._BT: Tensor | None = None  # B^T[j, i] = |rows[i, node of row j]| / sum_i |rows[i]|
+        self._BT: Tensor | None = None  # B^T[j, i] = |rows[i, node of row j]| / row i's sum of |edges|
         self._nodes: Tensor | None = None  # row_nodes of the rows in B^T
         self._seen = 0
         self.layered = True  # every entry seen so far goes from a lower layer to a higher one
