@@ -122,6 +122,36 @@ def test_default_compute_dtype_is_float32_on_every_device():
         assert default_compute_dtype(model_dtype) == expected
 
 
+@pytest.mark.parametrize("block_rows", [1, 2, 1000])
+def test_reconstruction_of_bf16_rows_cast_in_blocks(monkeypatch, block_rows):
+    """`reconstruction` from rows stored in bf16 (cast a block of rows at a time: 1 row, 2 rows with a
+    part-filled last block, all at once) equals the float64 sum over features of activation x decoder
+    row, plus b_dec, to float32's rounding."""
+    from types import SimpleNamespace
+
+    import tl_clt.transpose as transpose
+
+    gen = torch.Generator().manual_seed(5)
+    L, d, n_pos, F = 3, 8, 4, 9
+    b_dec = torch.randn(L, d, generator=gen)
+    acts = [torch.relu(torch.randn(n_pos, F, generator=gen)) for _ in range(L)]
+    lays, rows = [], {}
+    for k in range(L):
+        unique = torch.tensor([0, 2, 3, 5, 8])[: 5 - k]  # 5, 4, 3 features: odd counts for 2-row blocks
+        lays.append(SimpleNamespace(layer=k, unique=unique))
+        rows[k] = torch.randn(len(unique), L - k, d, generator=gen).to(torch.bfloat16)
+    decoder = SimpleNamespace(fill=lambda consume: [consume(lay, rows[lay.layer]) for lay in lays])
+    clt = SimpleNamespace(n_layers=L, d_model=d, b_dec=b_dec)
+    monkeypatch.setattr(transpose, "CAST_BLOCK_BYTES", block_rows * L * d * 4)
+    ours = transpose.reconstruction(clt, acts, decoder, n_pos, torch.float32)
+    ref = b_dec.double()[:, None, :].expand(L, n_pos, d).clone()
+    for lay in lays:
+        a = acts[lay.layer][:, lay.unique].double()  # [pos, u]
+        for i in range(len(lay.unique)):
+            ref[lay.layer :] += a[:, i][None, :, None] * rows[lay.layer][i].double()[:, None, :]
+    torch.testing.assert_close(ours.double(), ref, atol=1e-5, rtol=1e-5)
+
+
 def _influence_step_by_step(rows, logit_probs, row_nodes, n_sources):
     """The definition: propagate the weights through the whole normalised rows, step by step."""
     A = normalize_rows(rows)
