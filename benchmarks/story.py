@@ -56,6 +56,7 @@ from tl_clt.toyworld.story import (
     FILLER_WORDS,
     ROLES,
     SEED,
+    filler_effect_holds,
     held_out_prompts,
     reaching_events,
     story_effects,
@@ -263,8 +264,11 @@ def mechanism_report(rows: list[dict]) -> None:
         kept = sum(r[c][0] >= 0.5 for r in rows)
         filler = sum(r[c][1] > r[c][0] for r in rows)
         print(f"  {c:24s}: names still >= 0.5 on {kept}/{n}, filler above names on {filler}/{n}")
-    print("\nceilings: what a group of the prompt's own features could do at most")
-    office_ok = [_office_effect(r["clean"], r["office_features_x_1"]) for r in rows]
+    print("\nceilings: what a group on the office's words / on the year's tokens could do at most")
+    office_ok = []
+    for r in rows:
+        (n0, f0, _), (n1, f1, _) = r["clean"], r["office_features_x_1"]
+        office_ok.append(filler_effect_holds((n0, n1), (f0, f1)))
     year_ok = [
         any(r[c] is not None and r[c] != r["holder"] for c in ("year_features_x_1", "year_features_x0"))
         for r in rows
@@ -276,11 +280,6 @@ def mechanism_report(rows: list[dict]) -> None:
                   f" ({'another holder' if y else 'the same holder'})")  # fmt: skip
     print(f"  office effect reachable on {sum(office_ok)}/{n}, year effect on {sum(year_ok)}/{n}, "
           f"both on {sum(o and y for o, y in zip(office_ok, year_ok, strict=True))}/{n}")  # fmt: skip
-
-
-def _office_effect(clean, after) -> bool:
-    """`story_effects`' office rule on (p(names), p(filler), top) before and after."""
-    return after[1] >= 5 * clean[1] and after[0] < after[1] and after[0] < 0.5 * clean[0]
 
 
 def main() -> None:

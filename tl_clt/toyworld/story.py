@@ -196,6 +196,12 @@ class StoryResult:
 FILLER_WORDS = tuple(sorted({" " + f.split()[0] for f in FILLERS}))
 
 
+def filler_effect_holds(p_names: tuple[float, float], p_filler: tuple[float, float]) -> bool:
+    """The office / "say a name" effect from (before, after) probabilities of names and filler words:
+    filler at least 5x what it was, names below filler and below half of what they were."""
+    return p_filler[1] >= 5 * p_filler[0] and p_names[1] < p_filler[1] and p_names[1] < 0.5 * p_names[0]
+
+
 @torch.no_grad()
 def story_effects(
     model: HookedTransformer,
@@ -233,7 +239,7 @@ def story_effects(
             holder = top_holder(model, clt, prompt, interventions, after)
             holds = holder is not None and holder != prompt.fact.name
         else:
-            holds = pf[1] >= 5 * pf[0] and pn[1] < pf[1] and pn[1] < 0.5 * pn[0]
+            holds = filler_effect_holds(pn, pf)
         result.effects[role] = Effect(
             role, len(members), factor, top, model.tokenizer.decode([best]),
             (float(clean[answer]), float(after[answer])), pn, pf, holds, best in filler, holder,
