@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
 NODE_THRESHOLD = 0.8  # default share of the logits' influence the kept nodes carry
 EDGE_THRESHOLD = 0.98  # default share the kept edges carry
-CHUNK_BYTES = 8 << 20  # |rows| taken at once by the influence sum: small enough to stay in cache
+CHUNK_BYTES = 8 << 20  # |rows| taken at once by the influence sum on a CPU: small enough to stay in cache
+GPU_CHUNK_BYTES = 256 << 20  # on a GPU: few launches, a bounded temporary
 
 
 class GraphScores(NamedTuple):
@@ -55,7 +56,7 @@ def partial_influence(
     row_nodes: Int[Tensor, " r"],
     n_sources: int,
     abs_sums: Float[Tensor, " r"] | None = None,
-    chunk_bytes: int = CHUNK_BYTES,
+    chunk_bytes: int | None = None,
 ) -> Float[Tensor, " n_sources"]:
     """Influence on the logits of every source, from the rows computed so far.
 
@@ -77,11 +78,11 @@ class PartialInfluence:
     (each feature row's CLT layer; a feature only reads features of lower layers), solved one layer at
     a time from the top: one pass over B instead of one per step. New entries that break that order
     are looked for, and the steps are used from then on if one is found. The sum then meets |rows|
-    once, a few rows at a time (`chunk_bytes` of |rows| at once, so the absolute values stay in
-    cache), accumulated in float64.
+    once, a few rows at a time (`chunk_bytes` of |rows| at once; default `CHUNK_BYTES` on a CPU, so the
+    absolute values stay in cache, `GPU_CHUNK_BYTES` elsewhere), accumulated in float64.
     """
 
-    def __init__(self, n_sources: int, chunk_bytes: int = CHUNK_BYTES, capacity: int = 0):
+    def __init__(self, n_sources: int, chunk_bytes: int | None = None, capacity: int = 0):
         self.n_sources = n_sources
         self.chunk_bytes = chunk_bytes
         self.capacity = capacity  # rows expected in all: B^T [capacity, capacity] is allocated once
@@ -168,7 +169,8 @@ class PartialInfluence:
                 raise RuntimeError("Influence did not converge: the partial graph has a cycle.")
         w = acc * inv
         total = torch.zeros(self.n_sources, dtype=torch.float64, device=rows.device)
-        step = max(1, self.chunk_bytes // max(1, self.n_sources * rows.element_size()))
+        chunk = self.chunk_bytes or (CHUNK_BYTES if rows.device.type == "cpu" else GPU_CHUNK_BYTES)
+        step = max(1, chunk // max(1, self.n_sources * rows.element_size()))
         for c in range(0, r, step):
             total += (w[c : c + step] @ rows[c : c + step].abs()).double()
         return total.to(rows.dtype)
