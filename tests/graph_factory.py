@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import torch
 
 from tl_clt import AttributionGraph
@@ -53,3 +55,17 @@ def make_graph(
         n_layers=n_layers,
         model_name="hand-made",
     )
+
+
+def assert_same_graph(a: AttributionGraph, b: AttributionGraph, *, skip: tuple[str, ...] = ()) -> None:
+    """Every field of the two graphs equal (tensors bit for bit, with their dtype), but those in `skip`
+    (e.g. "meta": timings differ between runs), and the same networkx edges."""
+    for f in fields(AttributionGraph):
+        if f.name in skip:
+            continue
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if isinstance(y, torch.Tensor):
+            assert isinstance(x, torch.Tensor) and x.dtype == y.dtype and torch.equal(x, y), f.name
+        else:
+            assert x == y, f.name
+    assert list(a.to_networkx().edges(data=True)) == list(b.to_networkx().edges(data=True))

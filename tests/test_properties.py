@@ -14,11 +14,12 @@ norm weights so that folding would show); CLTs are written in the on-disk format
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import pytest
 import torch
 from frozen_reference import FrozenReference, target_rows
+from graph_factory import assert_same_graph
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
@@ -253,16 +254,6 @@ def test_pruned_graphs_are_subgraphs_keep_tokens_and_logits_and_round_trip(
         for g in (graph, P):
             g.save(folder / f"g{i}.pt")
             assert_same_graph(AttributionGraph.load(folder / f"g{i}.pt"), g)
-
-
-def assert_same_graph(a: AttributionGraph, b: AttributionGraph) -> None:
-    for f in fields(AttributionGraph):
-        x, y = getattr(a, f.name), getattr(b, f.name)
-        if isinstance(y, torch.Tensor):
-            assert isinstance(x, torch.Tensor) and x.dtype == y.dtype and torch.equal(x, y), f.name
-        else:
-            assert x == y, f.name
-    assert list(a.to_networkx().edges(data=True)) == list(b.to_networkx().edges(data=True))
 
 
 # ------------------------------------------------------------------------ steering to the current value
