@@ -24,7 +24,7 @@ from tl_clt.dashboards import (
     write_dashboards,
 )
 from tl_clt.dashboards.builder import TokenText, padded_length, round_sig
-from tl_clt.dashboards.state import LEVEL0, sample_keys
+from tl_clt.dashboards.state import LEVEL0, TENSOR_NAMES, sample_keys
 from tl_clt.frozen import capture_hooks
 from tl_clt.sites import sites_for
 
@@ -290,21 +290,11 @@ def test_shards_merge_exactly(tiny, built):
 
 def assert_states_equal(a: DashboardState, b: DashboardState) -> None:
     assert a.ranges == b.ranges and a.n_tokens == b.n_tokens and a.config == b.config
-    for name in (
-        "level",
-        "hist",
-        "n_active",
-        "top_act",
-        "top_ctx",
-        "top_pos",
-        "res_key",
-        "res_act",
-        "res_ctx",
-        "res_pos",
-    ):
-        assert torch.equal(getattr(a, name), getattr(b, name)), name
-    for name in ("top_win", "res_win"):  # bit for bit, NaNs included
-        assert torch.equal(getattr(a, name).view(torch.int16), getattr(b, name).view(torch.int16)), name
+    for name in TENSOR_NAMES:  # every tensor a state saves
+        x, y = getattr(a, name), getattr(b, name)
+        if name.endswith("_win"):  # bit for bit, NaNs included
+            x, y = x.view(torch.int16), y.view(torch.int16)
+        assert torch.equal(x, y), name
 
 
 def test_resume_after_an_interruption(tiny, built, tmp_path, monkeypatch):

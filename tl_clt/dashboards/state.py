@@ -164,7 +164,7 @@ def fine_bins(act: Tensor, level: Tensor, n_fine: int) -> Tensor:
 
 
 # ------------------------------------------------------------------------ the state
-_TENSORS = (
+TENSOR_NAMES = (  # every tensor a state holds, saves and merges
     "level",
     "hist",
     "n_active",
@@ -223,7 +223,7 @@ class DashboardState:
         return self.config.n_fine // self.config.n_intervals
 
     def nbytes(self) -> int:
-        return sum(getattr(self, n).nbytes for n in _TENSORS)
+        return sum(getattr(self, n).nbytes for n in TENSOR_NAMES)
 
     # ---------------------------------------------------------------- one batch
     def update_layer(
@@ -407,7 +407,7 @@ class DashboardState:
     # ---------------------------------------------------------------- merging
     def copy(self) -> DashboardState:
         out = DashboardState(self.config, self.n_layers, self.n_features, self.info)
-        for name in _TENSORS:
+        for name in TENSOR_NAMES:
             setattr(out, name, getattr(self, name).clone())
         out.n_tokens, out.ranges, out.next_doc = self.n_tokens, [list(r) for r in self.ranges], self.next_doc
         return out
@@ -498,7 +498,7 @@ class DashboardState:
             "next_doc": self.next_doc,
             "info": self.info,
         }
-        tensors = {n: getattr(self, n).contiguous() for n in _TENSORS}
+        tensors = {n: getattr(self, n).contiguous() for n in TENSOR_NAMES}
         return files.write_safetensors(
             path, tensors, metadata={"state": json.dumps(meta)}, what="dashboard state"
         )
@@ -522,7 +522,7 @@ class DashboardState:
                     meta["n_features"],
                     meta["info"],
                 )
-                for name in _TENSORS:
+                for name in TENSOR_NAMES:
                     t = f.get_tensor(name)
                     if t.shape != getattr(state, name).shape or t.dtype != getattr(state, name).dtype:
                         raise ValueError(
