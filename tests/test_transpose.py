@@ -129,6 +129,7 @@ def test_reconstruction_of_bf16_rows_cast_in_blocks(monkeypatch, block_rows):
     row, plus b_dec, to float32's rounding."""
     from types import SimpleNamespace
 
+    import tl_clt.clt
     import tl_clt.transpose as transpose
 
     gen = torch.Generator().manual_seed(5)
@@ -142,7 +143,7 @@ def test_reconstruction_of_bf16_rows_cast_in_blocks(monkeypatch, block_rows):
         rows[k] = torch.randn(len(unique), L - k, d, generator=gen).to(torch.bfloat16)
     decoder = SimpleNamespace(fill=lambda consume: [consume(lay, rows[lay.layer]) for lay in lays])
     clt = SimpleNamespace(n_layers=L, d_model=d, b_dec=b_dec)
-    monkeypatch.setattr(transpose, "CAST_BLOCK_BYTES", block_rows * L * d * 4)
+    monkeypatch.setattr(tl_clt.clt, "CAST_BLOCK_BYTES", block_rows * L * d * 4)
     ours = transpose.reconstruction(clt, acts, decoder, n_pos, torch.float32)
     ref = b_dec.double()[:, None, :].expand(L, n_pos, d).clone()
     for lay in lays:

@@ -25,7 +25,7 @@ from tl_clt.checks import all_finite, float_dtype
 from tl_clt.paths import resolve_folder
 
 INPUT_HOOKS = ("mlp.hook_in", "hook_resid_mid", "ln2.hook_normalized")
-CAST_BLOCK_BYTES = 8 << 20  # encoder rows cast to the input's dtype at a time (`pre_activations`)
+CAST_BLOCK_BYTES = 8 << 20  # rows of a stored matrix cast at a time (`cast_row_blocks`)
 OUTPUT_HOOKS = ("mlp.hook_out", "hook_mlp_out")
 _NP_DTYPES = {
     "BF16": (np.uint16, torch.bfloat16),
@@ -39,6 +39,21 @@ _ITEMSIZE = {  # bytes per element of every safetensors dtype (F8 and smaller: 1
     **{k: 4 for k in ("I32", "U32", "F32")},
     **{k: 8 for k in ("I64", "U64", "F64", "C64")},
 }
+
+
+def cast_row_blocks(W: Float[Tensor, "n m"], dtype: torch.dtype, device=None):
+    """Yield (first row, rows) of W cast to `dtype` (and moved to `device`), `CAST_BLOCK_BYTES` at a time,
+    each block in one reused buffer: a matrix stored in another dtype (bf16 beside float32 arithmetic) is
+    used without a whole copy, whose fresh pages cost more than the cast (the buffer stays in cache).
+    A block is overwritten by the next: use it before asking for the next one."""
+    n, m = W.shape
+    item = torch.finfo(dtype).bits // 8
+    step = max(1, CAST_BLOCK_BYTES // max(1, m * item))
+    buf = torch.empty(min(step, n), m, dtype=dtype, device=W.device if device is None else device)
+    for r0 in range(0, n, step):
+        block = buf[: min(step, n - r0)]
+        block.copy_(W[r0 : r0 + len(block)])
+        yield r0, block
 
 
 class CLTFileChangedError(RuntimeError):
@@ -247,16 +262,11 @@ class CrossLayerTranscoder(torch.nn.Module):
         if W.dtype == x.dtype or x.device.type != "cpu" or (torch.is_grad_enabled() and x.requires_grad):
             pre = x @ W.to(x.dtype).T
         else:
-            n_features, d = W.shape
-            rows = max(1, CAST_BLOCK_BYTES // (d * x.element_size()))
-            block = x.new_empty(min(rows, n_features), d)
-            flat = x.reshape(-1, d)
-            pre = x.new_empty(flat.shape[0], n_features)
-            for f0 in range(0, n_features, rows):
-                w = block[: min(rows, n_features - f0)]
-                w.copy_(W[f0 : f0 + len(w)])
+            flat = x.reshape(-1, W.shape[1])
+            pre = x.new_empty(flat.shape[0], W.shape[0])
+            for f0, w in cast_row_blocks(W, x.dtype, x.device):
                 pre[:, f0 : f0 + len(w)] = flat @ w.T
-            pre = pre.view(*x.shape[:-1], n_features)
+            pre = pre.view(*x.shape[:-1], W.shape[0])
         return pre.add_(self.b_enc[layer].to(x.dtype))  # in place: the same values, one [..., F] tensor less
 
     def activation_fn(self, pre: Tensor, layer: int) -> Tensor:

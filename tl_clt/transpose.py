@@ -32,6 +32,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from tl_clt.clt import cast_row_blocks
+
 
 def default_compute_dtype(model_dtype: torch.dtype) -> torch.dtype:
     """float32 (float64 for a float64 model), on every device: bf16/fp16 matmuls are several times slower
@@ -41,7 +43,6 @@ def default_compute_dtype(model_dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if model_dtype == torch.float64 else torch.float32
 
 
-CAST_BLOCK_BYTES = 8 << 20  # stored decoder rows cast at a time for the reconstruction
 GRADIENT_BYTES = 64 << 20  # a sweep's gradient buffer beyond its minimum of 4 sub-batches
 
 
@@ -315,11 +316,10 @@ def reconstruction(
 ) -> Float[Tensor, "n_layers pos d_model"]:
     """The CLT's reconstruction of every MLP output (as `clt.decode`), from one read of the active rows,
     filling `decoder`'s cache on the way. acts_by_layer[k]: [pos, n_features] activations. Rows stored
-    in another dtype (bf16) are cast `CAST_BLOCK_BYTES` at a time into one buffer that stays in cache,
-    not as a whole layer's copy (0.6 GB for a layer of the 1.7B shape)."""
+    in another dtype (bf16) are cast a block at a time (`cast_row_blocks`), not as a whole layer's copy
+    (0.6 GB for a layer of the 1.7B shape)."""
     L = clt.n_layers
     out = clt.b_dec.to(dtype).view(L, 1, -1).expand(L, n_pos, clt.d_model).clone()
-    item = torch.finfo(dtype).bits // 8
 
     def add(lay: Layout, rows: Float[Tensor, "u n_out d_model"]) -> None:
         acts = acts_by_layer[lay.layer]
@@ -330,11 +330,7 @@ def reconstruction(
             total = a @ flat.to(out.device)
         else:
             total = torch.zeros(n_pos, n_out * d, dtype=dtype, device=out.device)
-            step = max(1, CAST_BLOCK_BYTES // (n_out * d * item))
-            buf = torch.empty(min(step, u), n_out * d, dtype=dtype, device=out.device)
-            for c in range(0, u, step):
-                block = buf[: min(step, u - c)]
-                block.copy_(flat[c : c + len(block)])
+            for c, block in cast_row_blocks(flat, dtype, out.device):
                 total.addmm_(a[:, c : c + len(block)], block)
         out[lay.layer :] += total.view(n_pos, n_out, d).transpose(0, 1)
 
