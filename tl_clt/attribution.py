@@ -191,9 +191,6 @@ class LinearReplacement:
         """Visiting order for every active feature: top layers first (each pass is as short as possible)."""
         return torch.argsort(self.active.index[:, 0], descending=True, stable=True)
 
-    def influence(self, tracker: PartialInfluence, rows, abs_sums, logit_probs, row_nodes, layers) -> Tensor:
-        return tracker(rows, logit_probs, row_nodes, abs_sums, layers)
-
     def meta(self) -> dict:
         return dict(
             engine="autograd",
@@ -445,7 +442,6 @@ class FrozenRows:
         self.dtype = compute_dtype or default_compute_dtype(state.mlp_in.dtype)
         self.n_layers, self.n_pos = clt.n_layers, len(state.tokens)
         self.batch_size = batch_size
-        self.seconds_influence = 0.0
         L, frozen, sites = self.n_layers, state.frozen, state.sites
         self.model_sites = sites
         acts = all_activations(clt, state.mlp_in)
@@ -534,12 +530,6 @@ class FrozenRows:
         """Visiting order for every active feature (the engine sorts each sweep itself)."""
         return torch.arange(len(self.active.values))
 
-    def influence(self, tracker: PartialInfluence, rows, abs_sums, logit_probs, row_nodes, layers) -> Tensor:
-        t0 = time.perf_counter()
-        infl = tracker(rows, logit_probs, row_nodes, abs_sums, layers)
-        self.seconds_influence += time.perf_counter() - t0
-        return infl
-
     def meta(self) -> dict:
         stats = self.edges.stats
         return dict(
@@ -550,7 +540,6 @@ class FrozenRows:
             row_flops_decoder=stats.flops_decoder,
             seconds_gradients=stats.seconds["gradients"],
             seconds_contract=stats.seconds["contract"],
-            seconds_influence=self.seconds_influence,
             decoder_bytes_cached=self.decoder_bytes_cached,
             decoder_bytes_read=self.decoder.bytes_read,
         )
@@ -595,6 +584,7 @@ def _build_graph(
     probs = logit_probs.to(device)
     # keeps its work between refreshes (rows only grow): B [rows, rows] allocated once
     tracker = PartialInfluence(lin.n_sources, capacity=n_logits + n_wanted)
+    seconds_influence = 0.0
     bar = tqdm(total=n_wanted, desc="feature rows", disable=not verbose, leave=False)
     while len(order) < n_wanted:
         if n_wanted == n_active:
@@ -604,7 +594,9 @@ def _build_graph(
             row_nodes = torch.cat([torch.arange(n_logits) + lin.n_sources, order]).to(device)
             # target rows above every feature: a feature only reads features of lower layers
             row_layers = torch.cat([torch.full((n_logits,), L + 1), active.index[order, 0].cpu()])
-            infl = lin.influence(tracker, rows[:done], abs_sums[:done], probs, row_nodes, row_layers).cpu()
+            t0 = time.perf_counter()
+            infl = tracker(rows[:done], probs, row_nodes, abs_sums[:done], row_layers).cpu()
+            seconds_influence += time.perf_counter() - t0
             ranked = torch.argsort(infl[:n_active], descending=True)
             queue = ranked[~visited[ranked]][: update_interval * B]
         queue = queue[: n_wanted - len(order)]
@@ -647,6 +639,7 @@ def _build_graph(
         graph.meta["targets"] = list(labels)
     # whether the refreshes solved influence layer by layer (None: every feature visited, no refresh)
     graph.meta["influence_by_layers"] = tracker.layered if tracker.calls else None
+    graph.meta["seconds_influence"] = seconds_influence
     return graph
 
 
