@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 import tl_clt
 from tl_clt.prompts import to_tokens
-from tl_clt.proposals import word_spans
+from tl_clt.proposals import word_spans, word_texts
 from tl_clt.steering import Intervention
 from tl_clt.toyworld import load_toyworld
 from tl_clt.toyworld.corpus import NOUNS, first_names
@@ -188,9 +188,7 @@ def mechanism_row(model, clt, sp) -> dict:
     words_raw = [model.tokenizer.decode([int(t)]) for t in tokens]
     words = [w.strip() for w in words_raw]
     spans = word_spans(words_raw)
-    texts = [""] * (max(spans) + 1)
-    for t, w in zip(words_raw, spans, strict=True):
-        texts[w] += t
+    texts = word_texts(words_raw, spans)
     office = [i for i, w in enumerate(words) if w in sp.office_words]
     last = len(tokens) - 1
     acts = tl_clt.feature_activations(model, clt, sp.prompt).coalesce()

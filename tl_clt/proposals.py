@@ -116,7 +116,8 @@ def word_spans(token_strs: list[str]) -> list[int]:
     return out
 
 
-def _word_texts(token_strs: list[str], spans: list[int]) -> list[str]:
+def word_texts(token_strs: list[str], spans: list[int]) -> list[str]:
+    """Each word's text (its tokens joined), by `word_spans`' word index."""
     texts = [""] * (max(spans) + 1)
     for tok, w in zip(token_strs, spans):
         texts[w] += tok
@@ -458,7 +459,7 @@ def propose_supernodes(
     nodes = _graph_arrays(pruned.to_networkx())
     token_strs = list(graph.token_strs)
     spans = word_spans(token_strs)
-    words = _word_texts(token_strs, spans)
+    words = word_texts(token_strs, spans)
     if not nodes.features:
         return SupernodeProposals({}, {}, {"signals": []})
     reads = _reads(pruned, nodes, spans)
