@@ -87,6 +87,8 @@ def run_engine(engine: str, mdir: Path, cdir: Path, tokens: list[int], args, **o
             cmd += ["--compute-dtype", opts.get("compute_dtype") or args.compute_dtype]
         if args.decoder_cache_gib is not None:
             cmd += ["--decoder-cache-gib", str(args.decoder_cache_gib)]
+        if args.fresh_buffers:
+            cmd += ["--fresh-buffers"]
     if opts.get("nodes") is not None:
         cmd += ["--max-feature-nodes", str(opts["nodes"])]
     if opts.get("save"):
@@ -451,6 +453,11 @@ def main() -> None:
     )
     ap.add_argument("--compute-dtype", default=None, help="tl_clt compute_dtype (default: automatic)")
     ap.add_argument("--decoder-cache-gib", type=float, default=None, help="tl_clt decoder_cache_bytes in GiB")
+    ap.add_argument(
+        "--fresh-buffers",
+        action="store_true",
+        help="tl_clt without a Workspace: fresh work memory per graph (default: the repeats share one)",
+    )
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (both engines)")
     ap.add_argument("--data-device", default="cpu", help="where the streamed CLT's random numbers are drawn")

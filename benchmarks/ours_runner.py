@@ -39,7 +39,10 @@ def copy_weights_out_of_file(model) -> None:
 def main() -> None:
     args = parse_args(
         __doc__,
-        extra=[("--copy-weights", "what-if: see copy_weights_out_of_file")],
+        extra=[
+            ("--copy-weights", "what-if: see copy_weights_out_of_file"),
+            ("--fresh-buffers", "no tl_clt.Workspace: fresh work memory per graph (default: one, shared)"),
+        ],
         options=[
             ("--compute-dtype", None, "attribute(compute_dtype=...): float32, bfloat16, float64"),
             ("--decoder-cache-gib", None, "attribute(decoder_cache_bytes=...) in GiB (default: auto)"),
@@ -58,6 +61,9 @@ def main() -> None:
     tokens = torch.tensor(token_list(args))
     cache_bytes = None if args.decoder_cache_gib is None else int(float(args.decoder_cache_gib) * 2**30)
 
+    # the repeats share one workspace, as the graphs of a many-prompt run do (tl_clt.Workspace)
+    workspace = None if args.fresh_buffers else tl_clt.Workspace()
+
     def build():
         return tl_clt.attribute(
             model,
@@ -70,6 +76,7 @@ def main() -> None:
             verbose=False,
             compute_dtype=DTYPES[args.compute_dtype] if args.compute_dtype else None,
             decoder_cache_bytes=cache_bytes,
+            workspace=workspace,
         )
 
     # the roofline's rate: the best of a measurement before and one after the graphs (same process,
@@ -98,6 +105,7 @@ def main() -> None:
     emit(
         dict(
             engine="tl_clt",
+            workspace=not args.fresh_buffers,
             load_s=model_s + clt_s,
             clt_load_s=clt_s,
             model_mib=model_mib,

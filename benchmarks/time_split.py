@@ -2,7 +2,8 @@
 
     PYTHONPATH=. python benchmarks/time_split.py --size medium [--nodes N] [--root .bench] [--threads 1]
 
-Builds (or reuses) a size from `sizes.py`, runs one warm-up graph, then one graph with every `torch.mm`
+Builds (or reuses) a size from `sizes.py`, runs one warm-up graph, then one graph (both with one
+`tl_clt.Workspace`, as a many-prompt run; `--fresh-buffers`: without) with every `torch.mm`
 (the passes' W_O^T and W_V^T products), `torch.bmm` / `baddbmm_` (the frozen pattern, per head) and `addmm_`
 (the decoder contraction) timed and their FLOPs counted (CPU only: the calls are synchronous there). Prints a
 table: FLOPs, seconds and rate per kind, the rest of the graph (setup, copies, element-wise work, Python),
@@ -66,6 +67,9 @@ def main() -> None:
     sizes.size_arguments(ap, batch_size=64)
     ap.add_argument("--clt-dtype", default="float32", choices=("float32", "disk"))
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument(
+        "--fresh-buffers", action="store_true", help="no tl_clt.Workspace (default: the graphs share one)"
+    )
     ap.add_argument("--band-rows", type=int, default=None, help="what-if: EdgeRows' band_rows (default 128)")
     ap.add_argument("--sweep-mib", type=int, default=None, help="what-if: EdgeRows' gradient_bytes in MiB")
     args = ap.parse_args()
@@ -84,9 +88,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     model, clt, tokens = sizes.loaded(args, torch.float32 if args.clt_dtype == "float32" else None)
 
+    workspace = None if args.fresh_buffers else tl_clt.Workspace()  # as in a many-prompt run
+
     def graph():
         kw = dict(max_feature_nodes=args.nodes, batch_size=args.batch_size, verbose=False)
-        return tl_clt.attribute(model, clt, tokens, **kw)
+        return tl_clt.attribute(model, clt, tokens, **kw, workspace=workspace)
 
     graph()  # warm-up
     before = matmul_rate(torch.float32)
@@ -101,7 +107,7 @@ def main() -> None:
     products = sum(timer.seconds.values())
     print(
         f"{args.size}, {args.length} tokens, {len(g.selected_features)} feature nodes, "
-        f"batch {args.batch_size}, "
+        f"batch {args.batch_size}, {'fresh buffers' if args.fresh_buffers else 'one workspace'}, "
         f"{torch.get_num_threads()} threads: graph {total:.3f} s (setup {g.meta['seconds_setup']:.3f} s), "
         f"2048 matmul rate {rate / 1e9:.1f} GFLOP/s (before / after the graph: {before / 1e9:.1f} / "
         f"{after / 1e9:.1f})"

@@ -510,9 +510,16 @@ ATTRIBUTE_ARGS = {
     "engine_unknown": dict(engine="fast"),
     "decoder_cache_bytes_negative": dict(decoder_cache_bytes=-1),
     "compute_dtype_int": dict(compute_dtype=torch.int32),
+    "workspace_not_one": dict(workspace={}),
 }
 for _name, _kwargs in ATTRIBUTE_ARGS.items():
     globals()[f"case_{_name}"] = lambda c, kw=_kwargs: _attribute(c, **kw)
+
+
+def case_workspace_busy(c):
+    ws = tl_clt.Workspace()
+    with ws.in_use():  # as another thread's graph would hold it
+        _attribute(c, workspace=ws)
 
 
 # ------------------------------------------------------------------------ interventions
@@ -1425,6 +1432,7 @@ EXCEPTIONS = {
     "ModelNameWarning": ModelNameWarning,
     "CLTFileChangedError": CLTFileChangedError,
     "TargetError": tl_clt.TargetError,
+    "WorkspaceBusyError": tl_clt.WorkspaceBusyError,
 } | cases_models.EXCEPTIONS
 
 

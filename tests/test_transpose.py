@@ -379,11 +379,15 @@ def test_the_default_decoder_budget_leaves_room_for_the_graphs_buffers(world, mo
     monkeypatch.setattr(transpose, "available_bytes", lambda device: 10 << 30)
     assert transpose.default_decoder_cache_bytes("cpu") == 5 << 30
     assert transpose.default_decoder_cache_bytes("cpu", 4 << 30) == 3 << 30
+    # what the graph's workspace holds already is available to it
+    assert transpose.default_decoder_cache_bytes("cpu", 4 << 30, reusable_bytes=2 << 30) == 4 << 30
     assert transpose.default_decoder_cache_bytes("cpu", 11 << 30) == 0
     monkeypatch.setattr(transpose, "available_bytes", lambda device: 100 << 30)
     assert transpose.default_decoder_cache_bytes("cpu", 1 << 30) == 8 << 30
     seen = []
-    monkeypatch.setattr(attribution, "default_decoder_cache_bytes", lambda d, r: seen.append(r) or 1 << 30)
+    monkeypatch.setattr(
+        attribution, "default_decoder_cache_bytes", lambda d, r, reusable_bytes: seen.append(r) or 1 << 30
+    )
     graph = tl_clt.attribute(
         model, clt, PROMPT, max_feature_nodes=7, max_n_logits=3, batch_size=4, verbose=False
     )

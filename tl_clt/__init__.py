@@ -38,6 +38,7 @@ from tl_clt.supernodes import (
 from tl_clt.tables import PredictionTable, prediction_table
 from tl_clt.targets import Direction, LogitDiff, TargetError, logit_diff
 from tl_clt.version import __version__
+from tl_clt.workspace import Workspace, WorkspaceBusyError
 
 __all__ = [
     "__version__",
@@ -93,6 +94,8 @@ __all__ = [
     "Sites",
     "UnsupportedModelError",
     "UserHookWarning",
+    "Workspace",
+    "WorkspaceBusyError",
     "GraphMismatchWarning",
     "from_json_id",
     "node_id",

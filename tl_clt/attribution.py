@@ -48,6 +48,7 @@ from tl_clt.transpose import (
     n_source_columns,
     reconstruction,
 )
+from tl_clt.workspace import Workspace
 
 DEFAULT_MAX_N_LOGITS = 10
 DEFAULT_DESIRED_LOGIT_PROB = 0.95
@@ -317,6 +318,7 @@ def attribute(
     compute_dtype: torch.dtype | str | None = None,
     decoder_cache_bytes: int | None = None,
     engine: str = "auto",
+    workspace: Workspace | None = None,
 ) -> AttributionGraph:
     """Attribution graph of `prompt` over the CLT's features (see module docstring).
 
@@ -338,6 +340,9 @@ def attribute(
     buffers, `transpose.buffer_bytes`)): when all of them fit it in the compute dtype they are laid out
     once per target layer (fastest), else those that fit stay in the CLT's dtype and layers beyond it
     are read again from the CLT files when used.
+
+    `workspace`: a `tl_clt.Workspace` whose buffers the graph uses and leaves for the next graph (no fresh
+    memory, so no page faults, when graphs follow each other); None: fresh buffers, freed on return.
     """
     max_n_logits, desired_logit_prob, max_feature_nodes, batch_size, update_interval = _check_args(
         max_n_logits, desired_logit_prob, max_feature_nodes, batch_size, update_interval
@@ -349,6 +354,10 @@ def attribute(
             raise ValueError(f"decoder_cache_bytes must be >= 0 (or None), got {decoder_cache_bytes}.")
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}.")
+    if workspace is None:
+        workspace = Workspace()
+    elif not isinstance(workspace, Workspace):
+        raise TypeError(f"workspace must be a tl_clt.Workspace (or None), got {type(workspace).__name__}.")
     sites = check_compatible(model, clt)
     # attribution needs autograd: it runs outside torch.inference_mode() (and copies the prompt's tokens,
     # which may be inference tensors) so that it works, and gives the same graph, inside one too
@@ -360,13 +369,13 @@ def attribute(
             "position 0 are left out of graphs).",
         ).clone()
         clock = [time.perf_counter()]
-        with preserve(model) as guard:
+        with workspace.in_use(), preserve(model) as guard:
             chosen = _choose_engine(engine, guard.user_hooks)
             state = clean_pass(model, clt, tokens, sites)
             if chosen == "transposed":
                 lin = FrozenRows(
                     model, clt, state, batch_size, compute_dtype, decoder_cache_bytes,
-                    n_targets=max_n_logits, max_feature_nodes=max_feature_nodes,
+                    n_targets=max_n_logits, max_feature_nodes=max_feature_nodes, workspace=workspace,
                 )  # fmt: skip
             else:
                 lin = LinearReplacement(model, clt, state, find_active_features(clt, state), batch_size)
@@ -382,6 +391,7 @@ def attribute(
                 update_interval,
                 verbose,
                 targets=targets,
+                workspace=workspace,
             )
             fingerprints = dict(
                 model_fingerprint=model_fingerprint(model), clt_fingerprint=clt_fingerprint(clt)
@@ -436,8 +446,10 @@ class FrozenRows:
         decoder_cache_bytes,
         n_targets: int = 0,
         max_feature_nodes: int | None = None,
+        workspace: Workspace | None = None,
     ):
         device = state.mlp_in.device
+        ws = Workspace() if workspace is None else workspace
         self.model, self.clt, self.state = model, clt, state
         self.dtype = compute_dtype or default_compute_dtype(state.mlp_in.dtype)
         self.n_layers, self.n_pos = clt.n_layers, len(state.tokens)
@@ -456,12 +468,12 @@ class FrozenRows:
                 n_sources=n_source_columns(len(values), L, self.n_pos),
                 n_rows=n_targets + n_features, batch_size=batch_size, dtype=self.dtype,
             )  # fmt: skip
-            budget = default_decoder_cache_bytes(device, reserve)
+            budget = default_decoder_cache_bytes(device, reserve, reusable_bytes=ws.bytes_on(device))
         lays = layouts(index, L)
         need = DecoderByTarget.bytes_needed(lays, L, clt.d_model, self.dtype)
         if self.dtype in (torch.float32, torch.float64) and need <= budget:  # rows once, in compute dtype
             self.decoder = DecoderRows(clt, lays, 0, device)
-            self.by_target = DecoderByTarget(lays, L, self.n_pos, clt.d_model, self.dtype, device)
+            self.by_target = DecoderByTarget(lays, L, self.n_pos, clt.d_model, self.dtype, device, ws)
             self.decoder.fill(self.by_target.add)
             recon = self.by_target.reconstruction(values, clt.b_dec).to(acts.dtype)
         else:  # the storage dtype's rows that fit the budget, the rest read per sweep
@@ -480,10 +492,12 @@ class FrozenRows:
             [frozen[sites.ln1_scale.format(layer=j)][0] for j in range(L)],
             [frozen[sites.pattern.format(layer=j)][0] for j in range(L)],
             self.dtype,
+            ws,
         )
         self.edges = EdgeRows(
-            transposed, self.decoder, values, errors, state.embed, batch_size, by_target=self.by_target
-        )
+            transposed, self.decoder, values, errors, state.embed, batch_size, by_target=self.by_target,
+            workspace=ws,
+        )  # fmt: skip
         self.input = sites.clt_input(clt.feature_input_hook)
         if self.input.normalized:  # the CLT reads ln2's normalized value: resid_mid / scale2
             scale2 = torch.stack([frozen[sites.ln2_scale.format(layer=j)][0, :, 0] for j in range(L)])
@@ -556,6 +570,7 @@ def _build_graph(
     verbose,
     *,
     targets=None,
+    workspace: Workspace,
 ) -> AttributionGraph:
     state, active = lin.state, lin.active
     n_active, B, L = len(active.values), lin.batch_size, clt.n_layers
@@ -574,7 +589,7 @@ def _build_graph(
     n_wanted = n_active if max_feature_nodes is None else min(max_feature_nodes, n_active)
     device = state.mlp_in.device
     # target rows first, then feature rows in visiting order; one buffer, filled in place
-    rows = torch.zeros(n_logits + n_wanted, lin.n_sources, device=device)
+    rows = workspace.zeros("rows", (n_logits + n_wanted, lin.n_sources), torch.float32, device)
     abs_sums = torch.zeros(n_logits + n_wanted, device=device)
     dev = readouts.device
     lin.fill_rows(site_layers.to(dev), positions.to(dev), readouts, out=rows[:n_logits])

@@ -23,7 +23,6 @@ of them, each row only at the layers below its target.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tl_clt.clt import cast_row_blocks
+from tl_clt.workspace import Workspace
 
 
 def default_compute_dtype(model_dtype: torch.dtype) -> torch.dtype:
@@ -97,26 +97,13 @@ def sweep_rows(per_row_bytes: int, batch_size: int, gradient_bytes: int) -> int:
     return max(4 * batch_size, gradient_bytes // max(per_row_bytes, 1))
 
 
-def default_decoder_cache_bytes(device: torch.device | str, reserve_bytes: int = 0) -> int:
+def default_decoder_cache_bytes(
+    device: torch.device | str, reserve_bytes: int = 0, reusable_bytes: int = 0
+) -> int:
     """min(8 GiB, half of what is available now beyond `reserve_bytes`): the budget for the active
-    features' decoder rows; `reserve_bytes`: what the graph's other buffers will take (`buffer_bytes`)."""
-    return min(8 << 30, max(0, available_bytes(device) - reserve_bytes) // 2)
-
-
-class Scratch:
-    """Named work buffers kept for one graph: fresh memory costs a page fault per 4 KiB on first touch,
-    as much as the arithmetic at these sizes. `scratch(name, shape, dtype, device)` is uninitialised."""
-
-    def __init__(self) -> None:
-        self._buffers: dict[str, Tensor] = {}
-
-    def __call__(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device) -> Tensor:
-        numel = math.prod(shape)
-        buf = self._buffers.get(name)
-        if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != torch.device(device):
-            self._buffers.pop(name, None)
-            buf = self._buffers[name] = torch.empty(numel, dtype=dtype, device=device)
-        return buf[:numel].view(shape)
+    features' decoder rows; `reserve_bytes`: what the graph's other buffers will take (`buffer_bytes`);
+    `reusable_bytes`: held already by the graph's `Workspace`, so available to it."""
+    return min(8 << 30, max(0, available_bytes(device) + reusable_bytes - reserve_bytes) // 2)
 
 
 @dataclass
@@ -139,7 +126,7 @@ class TransposedModel:
     n_kv_heads: int
     d_head: int
     dtype: torch.dtype
-    scratch: Scratch = field(default_factory=Scratch)
+    scratch: Workspace = field(default_factory=Workspace)  # work buffers, see tl_clt.workspace
 
     @classmethod
     def from_weights(
@@ -150,8 +137,10 @@ class TransposedModel:
         ln1_scale: Sequence[Float[Tensor, "pos 1"]],
         patterns: Sequence[Float[Tensor, "n_heads pos pos"]],
         dtype: torch.dtype,
+        workspace: Workspace | None = None,
     ) -> TransposedModel:
-        """From per-layer weights in TransformerLens layouts and the clean pass's frozen values."""
+        """From per-layer weights in TransformerLens layouts and the clean pass's frozen values; work buffers
+        in `workspace` (a fresh one if None)."""
         n_heads, d_head, d_model = W_O[0].shape
         n_kv = W_V[0].shape[0]
         with torch.no_grad():  # views where the layout allows (nn.Linear's is a transposed one): no copy
@@ -163,7 +152,8 @@ class TransposedModel:
                 f = inv * w.detach().to(dtype)[:, None] if w is not None else inv.expand(d_model, -1)
                 factors.append(f.contiguous())
             pats = [p.detach().reshape(n_heads, *p.shape[-2:]).to(dtype).contiguous() for p in patterns]
-        return cls(W_O_flat, W_V_T, pats, factors, n_heads, n_kv, d_head, dtype)
+        scratch = Workspace() if workspace is None else workspace
+        return cls(W_O_flat, W_V_T, pats, factors, n_heads, n_kv, d_head, dtype, scratch)
 
     @property
     def n_layers(self) -> int:
@@ -345,7 +335,16 @@ class DecoderByTarget:
     A sweep's contraction multiplies these directly (no per-sweep gather or cast of decoder blocks).
     Memory: every active entry's rows in the compute dtype (`nbytes`)."""
 
-    def __init__(self, layouts: list[Layout], n_layers: int, n_pos: int, d_model: int, dtype, device):
+    def __init__(
+        self,
+        layouts: list[Layout],
+        n_layers: int,
+        n_pos: int,
+        d_model: int,
+        dtype,
+        device,
+        workspace: Workspace | None = None,
+    ):
         self.layouts, self.n_layers, self.n_pos = layouts, n_layers, n_pos
         count = [[0] * n_pos for _ in range(n_layers)]  # entries per (layer, position)
         for lay in layouts:
@@ -361,16 +360,19 @@ class DecoderByTarget:
                 self.entries[q].append((lay, e, c, self.offset[lay.layer][q]))
         sizes = [sum(self.below[q]) * d_model for q in range(n_pos)]
         self.nbytes = sum(sizes) * torch.finfo(dtype).bits // 8
-        self._flat = [torch.empty(n, dtype=dtype, device=device) for n in sizes]
+        self.dtype = dtype
+        whole = (Workspace() if workspace is None else workspace)(
+            "decoder_by_target", (sum(sizes),), dtype, device
+        )
         self.mats: list[list[Tensor]] = []
+        a = 0
         for q in range(n_pos):
-            starts = [0]
-            for t in range(n_layers - 1):
-                starts.append(starts[-1] + self.below[q][t] * d_model)
-            flat = self._flat[q]
-            self.mats.append(
-                [flat[a : a + self.below[q][t] * d_model].view(-1, d_model) for t, a in enumerate(starts)]
-            )
+            mats = []
+            for t in range(n_layers):
+                n = self.below[q][t] * d_model
+                mats.append(whole[a : a + n].view(-1, d_model))
+                a += n
+            self.mats.append(mats)
 
     @staticmethod
     def bytes_needed(layouts: list[Layout], n_layers: int, d_model: int, dtype: torch.dtype) -> int:
@@ -392,7 +394,7 @@ class DecoderByTarget:
     ) -> Float[Tensor, "n_layers pos d_model"]:
         """The CLT's reconstruction of every MLP output (as `clt.decode`), in the compute dtype."""
         d = b_dec.shape[-1]
-        out = b_dec.to(self._flat[0].dtype).view(self.n_layers, 1, d).expand(-1, self.n_pos, -1).clone()
+        out = b_dec.to(self.dtype).view(self.n_layers, 1, d).expand(-1, self.n_pos, -1).clone()
         for q in range(self.n_pos):
             if not self.entries[q]:
                 continue
@@ -435,6 +437,7 @@ class EdgeRows:
         block_bytes: int = 256 << 20,
         band_rows: int = 128,
         by_target: DecoderByTarget | None = None,
+        workspace: Workspace | None = None,
     ):
         self.model, self.decoder = model, decoder
         self.dtype = model.dtype
@@ -452,7 +455,7 @@ class EdgeRows:
         self.by_target = by_target
         self.stats = RowStats()
         self._dec_flops_per_pos = self._decoder_flops_table()
-        self.scratch = Scratch()
+        self.scratch = Workspace() if workspace is None else workspace
 
     @property
     def n_sources(self) -> int:

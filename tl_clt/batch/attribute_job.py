@@ -100,6 +100,20 @@ class Loader:
 
 
 @dataclass(frozen=True)
+class AttributeSetup:
+    """A worker's context for attribution: what `loader` loads and one `tl_clt.Workspace`, so that its
+    graphs reuse their work memory instead of faulting in fresh GBs per prompt (freed with the worker)."""
+
+    loader: Loader
+
+    def __call__(self):
+        from tl_clt.workspace import Workspace
+
+        model, clt = self.loader()
+        return model, clt, Workspace()
+
+
+@dataclass(frozen=True)
 class AttributePrompt:
     """`fn(context, item)` of the job: one prompt -> files in the run folder + its manifest fields."""
 
@@ -114,10 +128,11 @@ class AttributePrompt:
         from tl_clt.attribution import attribute
         from tl_clt.export import graph_to_dict
 
-        model, clt = context
+        model, clt, workspace = context
         run = RunDir(self.out_dir)
         start = time.perf_counter()
-        graph = attribute(model, clt, item.prompt, **self.options.attribute_kwargs(), verbose=False)
+        kwargs = self.options.attribute_kwargs()
+        graph = attribute(model, clt, item.prompt, **kwargs, verbose=False, workspace=workspace)
         seconds_attribute = time.perf_counter() - start
         pruned = graph.prune(**self.options.prune_kwargs())
         scores = graph.scores()

@@ -11,7 +11,14 @@ from datetime import datetime, timezone
 
 from tqdm.auto import tqdm
 
-from tl_clt.batch.attribute_job import AttributeOptions, AttributePrompt, Loader, check_sources, source_name
+from tl_clt.batch.attribute_job import (
+    AttributeOptions,
+    AttributePrompt,
+    AttributeSetup,
+    Loader,
+    check_sources,
+    source_name,
+)
 from tl_clt.batch.engines import TaskResult, make_engine
 from tl_clt.batch.layout import RunDir
 from tl_clt.batch.manifest import DONE, FAILED, Manifest
@@ -96,7 +103,9 @@ def attribute_many(
         }
         sources = {"model": source_name(model), "clt": source_name(clt)}
         manifest, todo = _open_run(run, items, settings, sources, retry_failed)
-        setup = Loader(model, clt, dtype=dtype, device=device, threads=runner.threads_per_worker)
+        setup = AttributeSetup(
+            Loader(model, clt, dtype=dtype, device=device, threads=runner.threads_per_worker)
+        )
         fn = AttributePrompt(str(run.root), options, save_graph=save_graphs, scan=scan)
         bar = tqdm(total=len(items), initial=len(items) - len(todo), desc="prompts", disable=not verbose)
         counts = {DONE: 0, FAILED: 0}
