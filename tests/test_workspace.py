@@ -43,6 +43,23 @@ def test_graphs_with_one_workspace_equal_fresh_graphs_and_keep_nothing_of_it(mod
         assert graph.meta["engine"] == fresh.meta["engine"]
 
 
+def test_what_a_graph_leaves_in_the_workspace_is_never_read_by_the_next(model_dir, clt):
+    """Buffers come back uninitialised: with every one of them filled with NaN between graphs (influence's
+    B^T included: max_feature_nodes), the graphs are still the fresh ones."""
+    model = tl_clt.load_qwen3(model_dir)
+    ws = tl_clt.Workspace()
+    for run in RUNS:
+        _graph(model, clt, run, workspace=ws)
+        for buf in ws._buffers.values():
+            buf.fill_(float("nan"))
+        assert "influence_BT" in ws._buffers or "max_feature_nodes" not in run
+        for again in (run, RUNS[1]):
+            graph = _graph(model, clt, again, workspace=ws)
+            assert_same_graph(graph, _graph(model, clt, again), skip=("meta",))
+            for buf in ws._buffers.values():
+                buf.fill_(float("nan"))
+
+
 def test_the_next_graph_reuses_the_memory(model_dir, clt):
     """A second graph of the same prompt allocates nothing: every buffer is where it was."""
     model = tl_clt.load_qwen3(model_dir)

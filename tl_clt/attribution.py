@@ -588,8 +588,9 @@ def _build_graph(
     n_logits = len(logit_ids)
     n_wanted = n_active if max_feature_nodes is None else min(max_feature_nodes, n_active)
     device = state.mlp_in.device
-    # target rows first, then feature rows in visiting order; one buffer, filled in place
-    rows = workspace.zeros("rows", (n_logits + n_wanted, lin.n_sources), torch.float32, device)
+    # target rows first, then feature rows in visiting order; one buffer, filled in place (uninitialised:
+    # fill_rows zeroes each block it writes, and only blocks written are read)
+    rows = workspace("rows", (n_logits + n_wanted, lin.n_sources), torch.float32, device)
     abs_sums = torch.zeros(n_logits + n_wanted, device=device)
     dev = readouts.device
     lin.fill_rows(site_layers.to(dev), positions.to(dev), readouts, out=rows[:n_logits])
@@ -598,7 +599,7 @@ def _build_graph(
     visited = torch.zeros(n_active, dtype=torch.bool)
     probs = logit_probs.to(device)
     # keeps its work between refreshes (rows only grow): B [rows, rows] allocated once
-    tracker = PartialInfluence(lin.n_sources, capacity=n_logits + n_wanted)
+    tracker = PartialInfluence(lin.n_sources, capacity=n_logits + n_wanted, workspace=workspace)
     seconds_influence = 0.0
     bar = tqdm(total=n_wanted, desc="feature rows", disable=not verbose, leave=False)
     while len(order) < n_wanted:

@@ -15,6 +15,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tl_clt.checks import as_number
+from tl_clt.workspace import Workspace
 
 if TYPE_CHECKING:
     from tl_clt.graph import AttributionGraph
@@ -82,10 +83,17 @@ class PartialInfluence:
     absolute values stay in cache, `GPU_CHUNK_BYTES` elsewhere), accumulated in float64.
     """
 
-    def __init__(self, n_sources: int, chunk_bytes: int | None = None, capacity: int = 0):
+    def __init__(
+        self,
+        n_sources: int,
+        chunk_bytes: int | None = None,
+        capacity: int = 0,
+        workspace: Workspace | None = None,
+    ):
         self.n_sources = n_sources
         self.chunk_bytes = chunk_bytes
         self.capacity = capacity  # rows expected in all: B^T [capacity, capacity] is allocated once
+        self.workspace = workspace  # where B^T is first allocated (kept for the next graph)
         self._BT: Tensor | None = None  # B^T[j, i] = |rows[i, node of row j]| / row i's sum of |edges|
         self._nodes: Tensor | None = None  # row_nodes of the rows in B^T
         self._seen = 0
@@ -99,7 +107,10 @@ class PartialInfluence:
         if same_kind and old.shape[0] >= r:
             return
         cap = max(r, self.capacity, 2 * old.shape[0] if old is not None else 0)
-        self._BT = torch.zeros(cap, cap, dtype=dtype, device=device)
+        if old is None and self.workspace is not None:  # uninitialised: [:r, :r] is written before it is read
+            self._BT = self.workspace("influence_BT", (cap, cap), dtype, device)
+        else:
+            self._BT = torch.zeros(cap, cap, dtype=dtype, device=device)
         if same_kind:
             self._BT[: self._seen, : self._seen] = old[: self._seen, : self._seen]
         else:

@@ -46,10 +46,6 @@ class Workspace:
             buf = self._buffers[name] = torch.empty(numel, dtype=dtype, device=device)
         return buf[:numel].view(shape)
 
-    def zeros(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device) -> Tensor:
-        """Buffer `name` as `shape`, zeroed."""
-        return self(name, shape, dtype, device).zero_()
-
     @contextmanager
     def in_use(self):
         """Held by one graph at a time; a second user gets `WorkspaceBusyError`."""
