@@ -175,6 +175,26 @@ def test_local_matches_attribute_and_records_a_bad_prompt(loaded, reference, tmp
         check_feature_rows(tables.features[tables.features["id"] == row["id"]], ref)
 
 
+def test_a_worker_gives_its_graphs_one_workspace(loaded, tmp_path, monkeypatch):
+    """The prompts of a worker share one tl_clt.Workspace (no fresh work memory per prompt); the graphs
+    stay `attribute`'s (the test above)."""
+    from tl_clt import attribution
+
+    seen = []
+    attribute = attribution.attribute
+
+    def spy(*args, workspace=None, **kwargs):
+        seen.append(workspace)
+        return attribute(*args, workspace=workspace, **kwargs)
+
+    monkeypatch.setattr(attribution, "attribute", spy)
+    model, clt = loaded
+    rows = [{"id": f"p{i}", "prompt": p} for i, p in enumerate(PROMPTS[:3])]
+    tl_clt.attribute_many(model, clt, write_jsonl(tmp_path / "p.jsonl", rows), tmp_path / "run", **OPTS)
+    assert len(seen) == 3 and isinstance(seen[0], tl_clt.Workspace)
+    assert all(ws is seen[0] for ws in seen) and len(seen[0]) > 0
+
+
 def check_feature_rows(rows, graph: AttributionGraph) -> None:
     """The feature table's rows of one prompt, against the pruned graph read through networkx."""
     G, P = graph.to_networkx(), graph.prune().to_networkx()
