@@ -190,3 +190,28 @@ def test_bridge_calls_show_no_edit_warning(model_dir, clt):
     hooks = tl_clt.steering_hooks(bridge, clt, ivs, tokens=tokens, direct_effects=True)
     with pytest.warns(UserWarning, match="native-autograd path"), bridge.hooks(fwd_hooks=hooks):
         bridge(tokens[None])
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 1024])
+def test_the_adjacency_places_rows_by_node_and_columns_by_keep_cols(chunk):
+    """`_adjacency` against the definition, entry by entry: node j's row is feature row n_logits + perm[j]
+    of the buffer, target rows last, column c of the kept block is buffer column keep_cols[c]."""
+    from tl_clt.attribution import _adjacency
+
+    gen = torch.Generator().manual_seed(0)
+    n_logits, n_sel, n_sources, extra = 2, 7, 12, 3
+    rows = torch.randn(n_logits + n_sel + 4, n_sources, generator=gen)  # 4 spare rows, never read
+    selected = torch.tensor([1, 4, 5, 6, 7, 8, 9])  # sorted, as in _build_graph
+    order = selected[torch.randperm(n_sel, generator=gen)]  # visiting order
+    _, perm = torch.sort(order)
+    keep_cols = torch.cat([selected, torch.arange(n_sources - extra, n_sources)])
+    n_nodes = n_sel + extra + n_logits
+    got = _adjacency(rows, n_logits, perm, keep_cols, n_nodes, chunk=chunk)
+    want = torch.zeros(n_nodes, n_nodes)
+    for j in range(n_sel):
+        for c, col in enumerate(keep_cols.tolist()):
+            want[j, c] = rows[n_logits + int(perm[j]), col]
+    for i in range(n_logits):
+        for c, col in enumerate(keep_cols.tolist()):
+            want[n_nodes - n_logits + i, c] = rows[i, col]
+    assert torch.equal(got, want)

@@ -631,11 +631,7 @@ def _build_graph(
     keep_cols = torch.cat([selected, torch.arange(n_active, lin.n_sources)]).to(device)
     n_sel = len(selected)
     n_nodes = n_sel + (L + 1) * lin.n_pos + n_logits
-    adjacency = torch.zeros(n_nodes, n_nodes)
-    for c in range(0, n_sel, 1024):  # in chunks: no second copy of the feature rows
-        src = (perm[c : c + 1024] + n_logits).to(device)
-        adjacency[c : c + len(src), : keep_cols.numel()] = rows[src][:, keep_cols].cpu()
-    adjacency[n_nodes - n_logits :, : keep_cols.numel()] = rows[:n_logits][:, keep_cols].cpu()
+    adjacency = _adjacency(rows, n_logits, perm, keep_cols, n_nodes)
     del rows
     graph = AttributionGraph(
         tokens=state.tokens.cpu(),
@@ -657,6 +653,30 @@ def _build_graph(
     graph.meta["influence_by_layers"] = tracker.layered if tracker.calls else None
     graph.meta["seconds_influence"] = seconds_influence
     return graph
+
+
+def _adjacency(
+    rows: Float[Tensor, "rows n_sources"],
+    n_logits: int,
+    perm: Int[Tensor, " n_sel"],
+    keep_cols: Int[Tensor, " k"],
+    n_nodes: int,
+    chunk: int = 1024,
+) -> Float[Tensor, "n_nodes n_nodes"]:
+    """The graph's adjacency (CPU) from the rows buffer: target rows first, then feature rows in visiting
+    order; feature row n_logits + perm[j] goes to node j (the selected features sorted), the target rows
+    last; columns `keep_cols` (selected features, errors, tokens) first. `chunk` rows at a time: a view of
+    consecutive rows, their kept columns gathered once (no copy of whole feature rows)."""
+    n_sel, k = len(perm), keep_cols.numel()
+    adjacency = torch.zeros(n_nodes, n_nodes)
+    dest = torch.empty_like(perm)
+    dest[perm] = torch.arange(n_sel)  # feature row n_logits + i (visiting order) is node dest[i]
+    for c in range(0, n_sel, chunk):
+        e = min(c + chunk, n_sel)
+        block = rows[n_logits + c : n_logits + e].index_select(1, keep_cols)
+        adjacency[dest[c:e], :k] = block.cpu()
+    adjacency[n_nodes - n_logits :, :k] = rows[:n_logits].index_select(1, keep_cols).cpu()
+    return adjacency
 
 
 def _target_rows(model, lin: FrozenRows | LinearReplacement, targets, W_U: Tensor):
