@@ -161,3 +161,52 @@ def test_wrong_d_model_is_refused(model, tmp_path):
         import tl_clt
 
         tl_clt.attribute(model, CrossLayerTranscoder.from_pretrained(folder), "hello")
+
+
+def _row_requests(n_features: int) -> list[torch.Tensor]:
+    """Row indices with one run, a few, many (>= PARALLEL_MIN_RUNS, read by threads), repeats and disorder."""
+    gen = torch.Generator().manual_seed(0)
+    return [
+        torch.arange(10, 30),
+        torch.tensor([3, 4, 5, 40, 41, 90]),
+        torch.sort(torch.randperm(n_features, generator=gen)[:60]).values,
+        torch.randperm(n_features, generator=gen)[:50],
+        torch.tensor([7, 7, 8, 2, 95, 0]),
+        torch.tensor([], dtype=torch.long),
+    ]
+
+
+@pytest.mark.parametrize("how", ["threads", "one thread", "no preadv", "partial reads"])
+def test_lazy_rows_read_every_way_equal_the_file(clt_dir, monkeypatch, how):
+    """Rows read on demand (by threads when there are many runs, one at a time, without positional reads,
+    or with reads that return a few bytes at a time) are the file's rows, and no thread is left behind."""
+    import os
+    import threading
+
+    from tl_clt import clt as clt_module
+
+    if how == "one thread":
+        monkeypatch.setattr(clt_module, "PARALLEL_MIN_RUNS", 10**9)
+    elif how == "no preadv":
+        monkeypatch.delattr(os, "preadv")
+    elif how == "partial reads":
+        preadv = os.preadv
+        monkeypatch.setattr(os, "preadv", lambda fd, bufs, off: preadv(fd, [bufs[0][:7]], off))
+    threads = threading.active_count()
+    _, dec = _raw(clt_dir, 3)
+    lazy = CrossLayerTranscoder.from_pretrained(clt_dir)
+    for layer in range(3):
+        for rows in _row_requests(lazy.n_features):
+            got = lazy.decoder_rows(layer, rows)
+            assert got.dtype == dec[layer].dtype and torch.equal(got, dec[layer][rows])
+    assert threading.active_count() == threads
+
+
+def test_a_read_that_ends_early_names_the_file(clt_dir, monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "preadv", lambda fd, bufs, off: 0)  # the file ends where rows should be
+    lazy = CrossLayerTranscoder.from_pretrained(clt_dir)
+    for rows in (torch.arange(3), _row_requests(lazy.n_features)[2]):  # one thread, then threads
+        with pytest.raises(ValueError, match=r"W_dec_1.safetensors is truncated \(short read\)"):
+            lazy.decoder_rows(1, rows)
