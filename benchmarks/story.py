@@ -2,10 +2,11 @@
 
     PYTHONPATH=$PWD python benchmarks/story.py [--per-key 3] [--json out.json] [--world DIR] [--mechanism]
         [--prompts validation] [--push-cover 0.8] [--token-share 0.5] [--no-complete]
+        [--min-size 2] [--min-influence 0.02] [--all-groups]
 
 (`--world`: a toy world built elsewhere, `python -m tl_clt.toyworld.build --out DIR`; default the
-shipped one. `--push-cover`, `--token-share`, `--no-complete`: `propose_supernodes`' options; default its
-defaults.)
+shipped one. `--push-cover`, `--token-share`, `--no-complete`, `--min-size`, `--min-influence`,
+`--all-groups`: `propose_supernodes`' options; default its defaults.)
 
 For the seed's prompt and every held-out prompt (`tl_clt.toyworld.story.held_out_prompts`): check
 the model answers right, attribute, prune (0.8, 0.98), `propose_supernodes` (`unpruned=` the graph), find
@@ -169,6 +170,8 @@ def report(rows: list[dict]) -> None:
         f"  all proposed groups, majority-label purity (member-weighted): {maj / max(1, n):.2f} "
         f"over {n} features"
     )
+    sizes = sorted(len(r["groups"]) for r in rows)
+    print(f"  groups per prompt: {sum(sizes) / len(sizes):.1f} on average ({sizes[0]}-{sizes[-1]})")
     strict = [
         r["effects"][k]["top_is_filler"] for r in held for k in ("office", "say a name") if k in r["effects"]
     ]
@@ -295,6 +298,9 @@ def main() -> None:
     ap.add_argument("--token-share", type=float, default=None, help="proposals' token_share (0: off)")
     ap.add_argument("--push-cover", type=float, default=None, help="proposals' push_cover (0: off)")
     ap.add_argument("--no-complete", action="store_true", help="proposals: complete=False")
+    ap.add_argument("--min-size", type=int, default=None, help="proposals' min_size")
+    ap.add_argument("--min-influence", type=float, default=None, help="proposals' min_influence")
+    ap.add_argument("--all-groups", action="store_true", help="proposals: max_groups=None (no cap)")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     model, clt = load_toyworld(root=args.world)
@@ -311,7 +317,10 @@ def main() -> None:
         print(f"feature labels from the corpus ({time.time() - t0:.0f} s): {labels.counts()}")
         given = {"push_cover": args.push_cover, "token_share": args.token_share}
         given["complete"] = False if args.no_complete else None
+        given |= {"min_size": args.min_size, "min_influence": args.min_influence}
         options = {k: v for k, v in given.items() if v is not None}
+        if args.all_groups:
+            options["max_groups"] = None
         print(f"propose_supernodes options: {options or 'the defaults'}")
         rows = [run_prompt(model, clt, sp, labels, options) for sp in tqdm(prompts, desc="prompts")]
     (mechanism_report if args.mechanism else report)(rows)
