@@ -405,8 +405,8 @@ def propose_supernodes(
     token_share: float = 0.5,
     complete: bool = True,
     unpruned: AttributionGraph | None = None,
-    min_size: int = 2,
-    min_influence: float = 0.02,
+    min_size: int = 1,
+    min_influence: float = 0.0,
     max_groups: int | None = 8,
 ) -> SupernodeProposals:
     """Named groups of the feature nodes of a pruned graph: `{name: [node id, ...]}`.
@@ -432,7 +432,9 @@ def propose_supernodes(
     default `clt.dashboards` is read where it exists. Labels describe groups (`info[name].label`)
     and name the groups that have no word of their own; they do not change the grouping.
     Groups with fewer than `min_size` members or less than `min_influence` of the features' summed
-    influence are left out; at most `max_groups` are kept, most influential first. Deterministic.
+    influence are left out (by default none: pruning has already kept the features by influence, and a
+    word with one feature left, "prime" of "prime minister", is part of the circuit); at most `max_groups`
+    are kept, most influential first. Deterministic.
     Returns a `SupernodeProposals` (a dict with `.info`). See docs/supernodes.md.
     """
     if (model is None) != (clt is None):
