@@ -115,7 +115,10 @@ def _demo(args) -> list[str]:
     groups, steered = _groups(pruned, graph, model, clt)
     if groups:
         out.append("groups (tl_clt.propose_supernodes):")
-        out += [f"  {name}: {len(m)} nodes, e.g. {', '.join(map(str, m[:3]))}" for name, m in groups.items()]
+        out += [
+            f"  {name}: {len(m)} node{'s' * (len(m) != 1)}, e.g. {', '.join(map(str, m[:3]))}"
+            for name, m in groups.items()
+        ]
         out.append("each group steered whole (with the features pruning left out where it sits):")
         out += _steering_table(model, clt, graph, prompt, steered)
     else:
