@@ -126,7 +126,7 @@ class TransposedModel:
     n_kv_heads: int
     d_head: int
     dtype: torch.dtype
-    scratch: Workspace = field(default_factory=Workspace)  # work buffers, see tl_clt.workspace
+    scratch: Workspace  # work buffers, see tl_clt.workspace
 
     @classmethod
     def from_weights(
@@ -137,10 +137,10 @@ class TransposedModel:
         ln1_scale: Sequence[Float[Tensor, "pos 1"]],
         patterns: Sequence[Float[Tensor, "n_heads pos pos"]],
         dtype: torch.dtype,
-        workspace: Workspace | None = None,
+        workspace: Workspace,
     ) -> TransposedModel:
         """From per-layer weights in TransformerLens layouts and the clean pass's frozen values; work buffers
-        in `workspace` (a fresh one if None)."""
+        in `workspace`."""
         n_heads, d_head, d_model = W_O[0].shape
         n_kv = W_V[0].shape[0]
         with torch.no_grad():  # views where the layout allows (nn.Linear's is a transposed one): no copy
@@ -152,8 +152,7 @@ class TransposedModel:
                 f = inv * w.detach().to(dtype)[:, None] if w is not None else inv.expand(d_model, -1)
                 factors.append(f.contiguous())
             pats = [p.detach().reshape(n_heads, *p.shape[-2:]).to(dtype).contiguous() for p in patterns]
-        scratch = Workspace() if workspace is None else workspace
-        return cls(W_O_flat, W_V_T, pats, factors, n_heads, n_kv, d_head, dtype, scratch)
+        return cls(W_O_flat, W_V_T, pats, factors, n_heads, n_kv, d_head, dtype, workspace)
 
     @property
     def n_layers(self) -> int:
@@ -343,7 +342,7 @@ class DecoderByTarget:
         d_model: int,
         dtype,
         device,
-        workspace: Workspace | None = None,
+        workspace: Workspace,
     ):
         self.layouts, self.n_layers, self.n_pos = layouts, n_layers, n_pos
         count = [[0] * n_pos for _ in range(n_layers)]  # entries per (layer, position)
@@ -361,9 +360,7 @@ class DecoderByTarget:
         sizes = [sum(self.below[q]) * d_model for q in range(n_pos)]
         self.nbytes = sum(sizes) * torch.finfo(dtype).bits // 8
         self.dtype = dtype
-        whole = (Workspace() if workspace is None else workspace)(
-            "decoder_by_target", (sum(sizes),), dtype, device
-        )
+        whole = workspace("decoder_by_target", (sum(sizes),), dtype, device)
         self.mats: list[list[Tensor]] = []
         a = 0
         for q in range(n_pos):
@@ -437,7 +434,8 @@ class EdgeRows:
         block_bytes: int = 256 << 20,
         band_rows: int = 128,
         by_target: DecoderByTarget | None = None,
-        workspace: Workspace | None = None,
+        *,
+        workspace: Workspace,
     ):
         self.model, self.decoder = model, decoder
         self.dtype = model.dtype
@@ -455,7 +453,7 @@ class EdgeRows:
         self.by_target = by_target
         self.stats = RowStats()
         self._dec_flops_per_pos = self._decoder_flops_table()
-        self.scratch = Workspace() if workspace is None else workspace
+        self.scratch = workspace
 
     @property
     def n_sources(self) -> int:
