@@ -11,7 +11,7 @@ from tl_clt.attribution import FrozenRows, LinearReplacement, find_active_featur
 from tl_clt.frozen import clean_pass
 from tl_clt.influence import PartialInfluence, normalize_rows, partial_influence
 from tl_clt.prompts import to_tokens
-from tl_clt.transpose import default_compute_dtype
+from tl_clt.transpose import Sweep, default_compute_dtype
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,18 @@ def test_rows_equal_autograd_rows(world, budget, one_sweep_per_batch, band_rows,
     perm = torch.randperm(len(idx), generator=torch.Generator().manual_seed(0))
     idx = idx[perm]
     ours = torch.zeros(len(idx), fr.n_sources)
+    gathered = 0
+    column_index = Sweep.column_index
+
+    def counted(self, *args):
+        nonlocal gathered
+        gathered += 1
+        return column_index(self, *args)
+
+    monkeypatch.setattr(Sweep, "column_index", counted)
     fr.fill_rows(idx[:, 0], idx[:, 1], fr.feature_readout(idx[:, 0], idx[:, 1], idx[:, 2]), out=ours)
+    # many bands in a sweep: their columns above a layer are gathered into one product
+    assert (gathered > 0) == (not one_sweep_per_batch and band_rows <= 10)
     ref = _autograd_rows(lin, idx[:, 0], idx[:, 1], lin.feature_readout(idx[:, 0], idx[:, 1], idx[:, 2]))
     scale = ref.abs().max()
     assert scale > 0 and (ours != 0).any()
@@ -471,3 +482,40 @@ def test_the_contraction_multiplies_no_zeros_of_rows_at_one_position(world, band
     positions = torch.randint(1, last + 1, (n,), generator=gen)
     done, ideal = _contraction_flops(fr, sites, positions, readouts)
     assert ideal > 0 and done >= ideal
+
+
+@pytest.mark.parametrize("by_target, band_rows", [(True, 1), (True, 1000), (False, 1), (False, 1000)])
+def test_rows_for_some_features_equal_the_full_rows_there_and_zero_elsewhere(
+    world, by_target, band_rows, monkeypatch
+):
+    """`features=` (the graph's last rows, whose other feature columns nobody reads) gives the full rows'
+    values in those features' columns and in every error and token column, exact zeros in the other features'
+    columns, and counts only the kept features' contractions as ideal FLOPs (the formula over them)."""
+    from tl_clt.transpose import DecoderByTarget
+
+    model, clt, state, active, _ = world
+    if not by_target:
+        monkeypatch.setattr(DecoderByTarget, "bytes_needed", staticmethod(lambda *a: 1 << 62))
+    fr = FrozenRows(model, clt, state, batch_size=4, compute_dtype=None, decoder_cache_bytes=1 << 30)
+    assert (fr.by_target is not None) == by_target
+    fr.edges.band_rows = band_rows
+    gen = torch.Generator().manual_seed(4)
+    n_active = len(active.index)
+    rows = torch.randperm(n_active, generator=gen)[:17]
+    idx = active.index[rows]
+    readouts = fr.feature_readout(idx[:, 0], idx[:, 1], idx[:, 2])
+    full = torch.zeros(len(idx), fr.n_sources)
+    fr.fill_rows(idx[:, 0], idx[:, 1], readouts, out=full)
+    kept = torch.sort(torch.randperm(n_active, generator=gen)[: n_active // 3]).values
+    before = fr.edges.stats.flops_decoder
+    part = torch.full((len(idx), fr.n_sources), float("nan"))
+    fr.fill_rows(idx[:, 0], idx[:, 1], readouts, out=part, features=kept)
+    others = torch.ones(fr.n_sources, dtype=torch.bool)
+    others[kept] = False
+    others[n_active:] = False
+    assert (full[:, kept] != 0).sum() > 10 and (full[:, others] != 0).any()
+    torch.testing.assert_close(part[:, kept], full[:, kept], atol=1e-6 * float(full.abs().max()), rtol=0)
+    assert part[:, n_active:].equal(full[:, n_active:])
+    assert (part[:, others] == 0).all()
+    _, decoder = _ideal_flops_by_hand(model.cfg, active.index[kept], idx[:, 0].tolist(), idx[:, 1].tolist())
+    assert fr.edges.stats.flops_decoder - before == decoder > 0

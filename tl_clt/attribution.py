@@ -182,8 +182,16 @@ class LinearReplacement:
     def n_sources(self) -> int:
         return n_source_columns(len(self.active.values), self.n_layers, self.n_pos)
 
-    def fill_rows(self, site_layers: Tensor, positions: Tensor, readouts: Tensor, out: Tensor) -> None:
-        """`rows` for any number of targets, `batch_size` per backward pass, written into `out`."""
+    def fill_rows(
+        self,
+        site_layers: Tensor,
+        positions: Tensor,
+        readouts: Tensor,
+        out: Tensor,
+        features: Tensor | None = None,
+    ) -> None:
+        """`rows` for any number of targets, `batch_size` per backward pass, written into `out` (all their
+        columns: `features`, the hint that only those features' columns are read, is not used here)."""
         B = self.batch_size
         for i in range(0, len(site_layers), B):
             out[i : i + B] = self.rows(site_layers[i : i + B], positions[i : i + B], readouts[i : i + B])
@@ -535,10 +543,18 @@ class FrozenRows:
         w = norm_weight / self.state.final_scale[-1]
         return (directions * w).to(self.dtype).detach()
 
-    def fill_rows(self, site_layers: Tensor, positions: Tensor, readouts: Tensor, out: Tensor) -> None:
+    def fill_rows(
+        self,
+        site_layers: Tensor,
+        positions: Tensor,
+        readouts: Tensor,
+        out: Tensor,
+        features: Tensor | None = None,
+    ) -> None:
         """Edge rows of targets read at (site layer, position) by `readouts` (n_layers: the final residual),
-        written into `out`."""
-        self.edges.rows(site_layers, positions, readouts, out=out)
+        written into `out`; with `features` (active-feature indices) only those features' columns (the
+        others stay zero)."""
+        self.edges.rows(site_layers, positions, readouts, out=out, features=features)
 
     def all_features_order(self) -> Tensor:
         """Visiting order for every active feature (the engine sorts each sweep itself)."""
@@ -620,9 +636,13 @@ def _build_graph(
         block = rows[start : start + len(queue)]
         idx = active.index[queue]
         readout = lin.feature_readout(idx[:, 0], idx[:, 1], idx[:, 2])
-        lin.fill_rows(idx[:, 0], idx[:, 1], readout, out=block)
-        abs_sums[start : start + len(queue)] = block.abs().sum(1)
         order = torch.cat([order, queue])
+        if len(order) == n_wanted and n_wanted < n_active:
+            # the last rows: no refresh reads them, the adjacency only their selected features' columns
+            lin.fill_rows(idx[:, 0], idx[:, 1], readout, out=block, features=torch.sort(order).values)
+        else:
+            lin.fill_rows(idx[:, 0], idx[:, 1], readout, out=block)
+            abs_sums[start : start + len(queue)] = block.abs().sum(1)
         visited[queue] = True
         bar.update(len(queue))
     bar.close()

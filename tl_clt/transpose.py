@@ -23,6 +23,7 @@ of them, each row only at the layers below its target.
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -459,13 +460,16 @@ class EdgeRows:
     def n_sources(self) -> int:
         return n_source_columns(self.n_active, self.n_layers, self.n_pos)
 
-    def _decoder_flops_table(self) -> list[list[int]]:
-        """T[s][q] = 2 * d_model * sum over active features at layer k < s, position <= q of (s - k)."""
+    def _decoder_flops_table(self, keep: Tensor | None = None) -> list[list[int]]:
+        """T[s][q] = 2 * d_model * sum over active features (those in `keep` if given) at layer k < s,
+        position <= q of (s - k)."""
         L, P = self.n_layers, self.n_pos
         count = torch.zeros(L, P, dtype=torch.long)
         for lay in self.decoder.layouts:
-            for p, _, n in lay.spans:
-                count[lay.layer, p] += n
+            for p, e, n in lay.spans:
+                count[lay.layer, p] += (
+                    n if keep is None else int(keep[lay.first + e : lay.first + e + n].sum())
+                )
         cum = count.cumsum(1)  # features at layer k with position <= q
         table = torch.zeros(L + 1, P, dtype=torch.long)
         for s in range(L + 1):
@@ -473,14 +477,16 @@ class EdgeRows:
                 table[s] += (s - k) * cum[k]
         return (2 * self.d_model * table).tolist()
 
-    def row_flops(self, sites: Tensor, positions: Tensor) -> tuple[int, int]:
+    def row_flops(self, sites: Tensor, positions: Tensor, keep: Tensor | None = None) -> tuple[int, int]:
         """(all, decoder) FLOPs of these rows done ideally: each row's transposed pass through the layers at
         and below its target, up to its position, plus its decoder contractions (layers below its target,
-        positions up to its own); errors and tokens (d_model per source) are included in all."""
+        positions up to its own; with `keep`, only the kept features'); errors and tokens (d_model per
+        source) are included in all."""
         total = decoder = 0
         d = self.d_model
+        table = self._dec_flops_per_pos if keep is None else self._decoder_flops_table(keep)
         for s, q in zip(sites.tolist(), positions.tolist(), strict=True):
-            dec = self._dec_flops_per_pos[s][q]
+            dec = table[s][q]
             total += self.model.flops(s, q) + dec + 2 * d * (q + 1) * (min(s, self.n_layers) + 1)
             decoder += dec
         return total, decoder
@@ -491,9 +497,12 @@ class EdgeRows:
         positions: Int[Tensor, " n"],
         readouts: Float[Tensor, "n d_model"],
         out: Float[Tensor, "n n_sources"] | None = None,
+        features: Int[Tensor, " k"] | None = None,
     ) -> Float[Tensor, "n n_sources"]:
         """Edge rows of targets read at (site, position) by `readouts` (resid-stream vectors, see
-        `TransposedModel.backward`); written into `out` (zeroed first) if given.
+        `TransposedModel.backward`); written into `out` (zeroed first) if given. `features` (indices of
+        active features): only their columns are computed, the other features' stay zero (for rows whose
+        other columns nobody reads: the last rows of a graph, after which no influence is refreshed).
 
         Rows go in sweeps of at most `gradient_bytes` of gradients (at least 4 sub-batches). A sweep runs
         its rows down the model in sub-batches of `batch_size` rows of nearby positions (each only through
@@ -506,7 +515,11 @@ class EdgeRows:
             out = torch.zeros(n, self.n_sources, dtype=self.out_dtype, device=readouts.device)
         else:
             out.zero_()
-        flops, flops_decoder = self.row_flops(sites, positions)
+        keep = None
+        if features is not None:
+            keep = torch.zeros(self.n_active, dtype=torch.bool)
+            keep[features.cpu()] = True
+        flops, flops_decoder = self.row_flops(sites, positions, keep)
         self.stats.flops_ideal += flops
         self.stats.flops_decoder += flops_decoder
         order = torch.argsort(positions.cpu(), stable=True)
@@ -529,7 +542,7 @@ class EdgeRows:
                 self._backward(sweep, sub, G, rows.to(out.device), readouts[rows.to(readouts.device)], out)
                 self.stats.n_backward += 1
             t1 = time.perf_counter()
-            self._contract_features(sweep, G, chunk[sweep.rows_by_column].to(out.device), out)
+            self._contract_features(sweep, G, chunk[sweep.rows_by_column].to(out.device), out, keep)
             self.stats.seconds["gradients"] += t1 - t0
             self.stats.seconds["contract"] += time.perf_counter() - t1
             self.stats.n_sweeps += 1
@@ -564,7 +577,9 @@ class EdgeRows:
         start = self.n_active + self.n_layers * self.n_pos
         out[rows_out, start : start + p] = tok.to(out.dtype)
 
-    def _contract_features(self, sweep: Sweep, G: Tensor, out_rows: Tensor, out: Tensor) -> None:
+    def _contract_features(
+        self, sweep: Sweep, G: Tensor, out_rows: Tensor, out: Tensor, keep: Tensor | None = None
+    ) -> None:
         """Feature columns: act_f * sum_{l = k_f}^{s - 1} W_dec_{k_f}[f, l] . G[p_f, l, :, row] for the rows
         with site s > k_f and position >= p_f.
 
@@ -575,33 +590,56 @@ class EdgeRows:
         rows before the position hold exact zeros there): one matrix product [features <= l, d] x [d, rows]
         per (position, block, target layer, band), no row multiplied at a layer it does not reach,
         accumulated over l in a [features, rows] result that is scaled by the activations and written once.
+        `keep` (a mask over active features): only those are contracted.
         """
         if self.by_target is not None:
-            return self._contract_by_target(sweep, G, out_rows, out)
+            return self._contract_by_target(sweep, G, out_rows, out, keep)
         top, P = sweep.top, sweep.n_pos
         layouts = [lay for lay in self.decoder.layouts if lay.layer < top]
         for group in self._layer_groups(layouts):
             rows = {lay.layer: self.decoder.read(lay) for lay in group}
             for pos in range(P):
-                spans = [(lay, e, c) for lay in group for q, e, c in lay.spans if q == pos]
+                spans = [
+                    (lay, e2, c2)
+                    for lay in group
+                    for q, e, c in lay.spans
+                    if q == pos
+                    for e2, c2 in _kept_runs(lay.first, e, c, keep)
+                ]
                 for chunk in self._chunks(spans, top):
                     self._contract_chunk(chunk, rows, pos, sweep, G, out_rows, out)
             del rows
 
-    def _contract_by_target(self, sweep: Sweep, G: Tensor, out_rows: Tensor, out: Tensor) -> None:
+    def _contract_by_target(
+        self, sweep: Sweep, G: Tensor, out_rows: Tensor, out: Tensor, keep: Tensor | None = None
+    ) -> None:
         """As `_contract_features`, with `DecoderByTarget`'s matrices: per (position, target layer, band)
-        one product [features <= t, d] x [d, rows above t] on matrices built once per graph."""
+        one product [features <= t, d] x [d, rows above t] on matrices built once per graph (with `keep`,
+        the kept features' rows of them, gathered)."""
         bt = self.by_target
         for pos in range(sweep.n_pos):
-            n_feat = bt.below[pos][sweep.top - 1]
+            if keep is None:
+                entries, local = bt.entries[pos], None
+            else:
+                entries, local = _kept_entries(bt.entries[pos], keep)
+            n_feat = bt.below[pos][sweep.top - 1] if local is None else len(local)
             if not n_feat:
                 continue
             res = self.scratch("res", (n_feat, sweep.n_rows), self.dtype, G.device).zero_()
             for t in range(sweep.top):
-                if bt.below[pos][t]:
-                    _band_products(res, bt.mats[pos][t], G, pos, t, sweep)
+                A = bt.mats[pos][t]
+                if local is not None:  # the kept features of layers <= t: a prefix of `local`
+                    m = int(torch.searchsorted(local, bt.below[pos][t]))
+                    A = torch.index_select(
+                        A,
+                        0,
+                        local[:m].to(A.device),
+                        out=self.scratch("kept rows", (m, self.d_model), A.dtype, A.device),
+                    )
+                if len(A):
+                    _band_products(res, A, G, pos, t, sweep, self.scratch)
             # features of layers >= top: no row of the sweep reaches them, their columns stay zero
-            reached = [entry for entry in bt.entries[pos] if entry[0].layer < sweep.top]
+            reached = [entry for entry in entries if entry[0].layer < sweep.top]
             self._write_features(res, reached, out_rows, out)
 
     def _layer_groups(self, layouts: list[Layout]) -> list[list[Layout]]:
@@ -647,7 +685,7 @@ class EdgeRows:
             off += c
         res = self.scratch("res", (n_feat, sweep.n_rows), self.dtype, G.device).zero_()
         for t in range(k0, top):  # target layer
-            _band_products(res, block[: below[t - k0], t - k0], G, pos, t, sweep)
+            _band_products(res, block[: below[t - k0], t - k0], G, pos, t, sweep, self.scratch)
         self._write_features(res, placed, out_rows, out)
 
     def _write_features(self, res: Tensor, entries, out_rows: Tensor, out: Tensor) -> None:
@@ -659,14 +697,59 @@ class EdgeRows:
             dst.index_copy_(0, out_rows, (res[off : off + c] * acts).T.to(out.dtype))
 
 
-def _band_products(res: Tensor, A: Float[Tensor, "n d"], G: Tensor, pos: int, t: int, sweep: Sweep) -> None:
-    """res[:n, rows] += A @ G[pos, t, :, rows] for every band that reaches `pos`, over its rows above target
-    layer t (a prefix of the band's columns): the contraction's products at one (position, target layer)."""
-    for band in sweep.bands:
-        n_cols = band.n_above[t]
-        if n_cols and band.last >= pos:
-            cols = slice(band.start, band.start + n_cols)
-            res[: len(A), cols].addmm_(A, G[pos, t, :, cols])
+def _kept_runs(first: int, e: int, c: int, keep: Tensor | None) -> list[tuple[int, int]]:
+    """(start entry, count) of the stretches of entries e..e + c of a layout (active features first + e...)
+    that `keep` keeps; all of them without `keep`."""
+    if keep is None:
+        return [(e, c)]
+    return [(e + a, b - a) for a, b in _true_runs(keep[first + e : first + e + c])]
+
+
+def _true_runs(mask: Tensor) -> list[tuple[int, int]]:
+    """(start, end) of the maximal stretches of True in a 1-d bool mask."""
+    padded = torch.cat(
+        [torch.zeros(1, dtype=torch.int8), mask.to(torch.int8), torch.zeros(1, dtype=torch.int8)]
+    )
+    edges = (padded[1:] - padded[:-1]).nonzero().squeeze(-1).tolist()
+    return list(zip(edges[0::2], edges[1::2], strict=True))
+
+
+def _kept_entries(entries: list, keep: Tensor) -> tuple[list, Tensor]:
+    """`DecoderByTarget.entries[pos]` restricted to the kept features: (layout, first entry, count, row in
+    the result) per kept stretch, and the kept features' rows in the position's matrices (ascending)."""
+    kept, local, n = [], [], 0
+    for lay, e, c, off in entries:
+        for e2, c2 in _kept_runs(lay.first, e, c, keep):
+            kept.append((lay, e2, c2, n))
+            local.append(torch.arange(off + e2 - e, off + e2 - e + c2))
+            n += c2
+    return kept, (torch.cat(local) if local else torch.zeros(0, dtype=torch.long))
+
+
+def _band_products(
+    res: Tensor, A: Float[Tensor, "n d"], G: Tensor, pos: int, t: int, sweep: Sweep, scratch: Workspace
+) -> None:
+    """res[:n, rows] += A @ G[pos, t, :, rows] over the rows above target layer t of every band that reaches
+    `pos` (a prefix of each band's columns): the contraction's products at one (position, target layer).
+
+    Where those columns are one stretch, one product on it; otherwise they are gathered into one matrix
+    first, so that A (up to GBs of decoder rows over a sweep) is read once instead of once per band: at high
+    target layers each band has only a few rows above t, and a product with few columns runs at a quarter
+    of the matmul rate or less (A is re-read from memory for each)."""
+    runs = sweep.column_runs(pos, t)
+    if not runs:
+        return
+    n = len(A)
+    if len(runs) == 1:
+        start, width = runs[0]
+        res[:n, start : start + width].addmm_(A, G[pos, t, :, start : start + width])
+        return
+    idx = sweep.column_index(pos, t, G.device)
+    gathered = scratch("gathered G", (G.shape[2], len(idx)), G.dtype, G.device)
+    torch.index_select(G[pos, t], 1, idx, out=gathered)
+    part = scratch("gathered res", (n, len(idx)), G.dtype, G.device)
+    part.addmm_(A, gathered, beta=0)  # beta 0: part's old contents are not read
+    res[:n].index_add_(1, idx, part)
 
 
 @dataclass
@@ -744,6 +827,36 @@ class Sweep:
             by_column.append(rows[order])
             col += len(rows)
         self.rows_by_column = torch.cat(by_column)
+        self._lasts = [band.last for band in self.bands]  # ascending: bands follow positions
+        self._runs: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        self._index: dict[tuple[int, int, torch.device], Tensor] = {}
+
+    def column_runs(self, pos: int, t: int) -> list[tuple[int, int]]:
+        """(first column, width) of the maximal stretches of G columns that a (position, target layer)
+        product reads: the rows above t of every band that reaches `pos` (those are the bands from the
+        first whose last position is >= pos)."""
+        first = bisect.bisect_left(self._lasts, pos)
+        key = (first, t)
+        if key not in self._runs:
+            runs: list[tuple[int, int]] = []
+            for band in self.bands[first:]:
+                width = band.n_above[t]
+                if not width:
+                    continue
+                if runs and sum(runs[-1]) == band.start:
+                    runs[-1] = (runs[-1][0], runs[-1][1] + width)
+                else:
+                    runs.append((band.start, width))
+            self._runs[key] = runs
+        return self._runs[key]
+
+    def column_index(self, pos: int, t: int, device) -> Int[Tensor, " m"]:
+        """The columns of `column_runs(pos, t)`, one by one, on `device`."""
+        key = (bisect.bisect_left(self._lasts, pos), t, torch.device(device))
+        if key not in self._index:
+            runs = self.column_runs(pos, t)
+            self._index[key] = torch.cat([torch.arange(s, s + w) for s, w in runs]).to(device)
+        return self._index[key]
 
 
 def _runs(columns: Tensor) -> list[tuple[int, int, int]]:
