@@ -91,6 +91,27 @@ def test_pre_activations_of_a_bf16_encoder_cast_in_blocks(tmp_path, monkeypatch,
     torch.testing.assert_close(xg.grad, clt.W_enc[1].float().sum(0).expand(2, 5, 16))
 
 
+@pytest.mark.parametrize("n_rows", [1, 10, 300])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pre_activations_in_encoder_blocks_equal_the_whole_product(tmp_path, monkeypatch, n_rows, dtype):
+    """A prompt's worth of rows on a CPU (W_enc streamed in blocks of 7 features that do not divide the 40,
+    each times x^T), and more rows than that path takes: the pre-activations equal x @ W_enc^T + b_enc
+    computed in float64, for a float32 and a bf16 encoder, any leading shape."""
+    from tl_clt import clt as clt_module
+
+    monkeypatch.setattr(clt_module, "ENCODER_BLOCK_ROWS", 7)
+    monkeypatch.setattr(clt_module, "CAST_BLOCK_BYTES", 7 * 16 * 4)
+    monkeypatch.setattr(clt_module, "SKINNY_ROWS", 256)
+    folder = synthetic.make_random_clt_folder(tmp_path / "enc", 2, 16, 40)
+    clt = CrossLayerTranscoder.from_pretrained(folder, dtype=dtype)
+    x = torch.randn(n_rows, 1, 16)
+    for layer in range(2):
+        want = x.double() @ clt.W_enc[layer].double().T + clt.b_enc[layer].double()
+        got = clt.pre_activations(x, layer)
+        assert got.shape == (n_rows, 1, 40) and got.dtype == torch.float32 and got.is_contiguous()
+        torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+
+
 @pytest.fixture()
 def broken(tmp_path):
     return synthetic.make_random_clt_folder(tmp_path / "c", 2, 16, 8)
