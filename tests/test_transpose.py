@@ -519,3 +519,30 @@ def test_rows_for_some_features_equal_the_full_rows_there_and_zero_elsewhere(
     assert (part[:, others] == 0).all()
     _, decoder = _ideal_flops_by_hand(model.cfg, active.index[kept], idx[:, 0].tolist(), idx[:, 1].tolist())
     assert fr.edges.stats.flops_decoder - before == decoder > 0
+
+
+def test_decoder_matrices_are_the_same_from_float32_and_bf16_rows(world, clt_dir):
+    """`DecoderByTarget` gathers rows already in the compute dtype straight into place (an eager float32 CLT)
+    and casts rows kept in bf16 (a lazy one, read compact): the same matrices, entry for entry, and each
+    entry is W_dec_k[f, t - k] of its feature (checked against the CLT's own rows)."""
+    from tl_clt.clt import CrossLayerTranscoder
+
+    model, lazy, state, _, _ = world
+    eager = CrossLayerTranscoder.from_pretrained(clt_dir, dtype=torch.float32, lazy_decoder=False)
+    assert lazy.decoder_rows(0, torch.tensor([0]), compact=True).dtype == torch.bfloat16
+    assert eager.decoder_rows(0, torch.tensor([0]), compact=True).dtype == torch.float32
+    built = [
+        FrozenRows(model, c, state, batch_size=4, compute_dtype=None, decoder_cache_bytes=1 << 30).by_target
+        for c in (lazy, eager)
+    ]
+    assert all(b is not None for b in built)
+    mats = [torch.cat([m for per_pos in b.mats for m in per_pos]) for b in built]
+    assert mats[0].shape == mats[1].shape and len(mats[0]) > 50
+    assert mats[0].equal(mats[1])
+    bt = built[1]
+    for q, entries in enumerate(bt.entries):
+        for lay, e, c, off in entries:
+            features = lay.features[e : e + c]
+            for t in range(lay.layer, bt.n_layers):
+                want = eager.decoder_rows(lay.layer, features)[:, t - lay.layer]
+                assert bt.mats[q][t][off : off + c].equal(want)

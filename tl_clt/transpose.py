@@ -382,8 +382,13 @@ class DecoderByTarget:
         """Place one source layer's rows (its unique features', as `DecoderRows.read` gives them)."""
         k = lay.layer
         for q, e, c in lay.spans:
-            block = rows[lay.inverse[e : e + c].to(rows.device)]  # [c, n_out, d], storage dtype
+            inverse = lay.inverse[e : e + c].to(rows.device)
             off = self.offset[k][q]
+            if rows.dtype == self.dtype:  # gathered straight into place: one copy, not two
+                for t in range(k, self.n_layers):
+                    torch.index_select(rows[:, t - k], 0, inverse, out=self.mats[q][t][off : off + c])
+                continue
+            block = rows[inverse]  # [c, n_out, d], storage dtype
             for t in range(k, self.n_layers):
                 self.mats[q][t][off : off + c].copy_(block[:, t - k])
 
