@@ -41,6 +41,8 @@ def _autograd_rows(lin, sites, positions, readouts):
         (1 << 30, True, 64, True),
         (1 << 30, False, 1, True),
         (1 << 30, False, 10, True),
+        ("bf16", False, 10, True),
+        ("bf16", True, 64, True),
         (1 << 30, False, 10, False),
         (0, False, 1000, False),
     ],
@@ -48,14 +50,24 @@ def _autograd_rows(lin, sites, positions, readouts):
 def test_rows_equal_autograd_rows(world, budget, one_sweep_per_batch, band_rows, by_target, monkeypatch):
     """Every feature row and the logit rows match autograd (GQA model; any decoder budget; one or many
     sub-batches per sweep; bands of one sub-batch, of several, or one band; decoder rows as matrices per
-    target layer built once, or as the storage dtype's cache / reads cast per sweep)."""
-    from tl_clt.transpose import DecoderByTarget
+    target layer built once, in the compute dtype or, with a budget that only fits the bf16 rows, in bf16
+    cast a few rows at a time; or as the storage dtype's cache / reads cast per sweep)."""
+    from tl_clt import transpose
+    from tl_clt.transpose import DecoderByTarget, layouts
 
     model, clt, state, active, lin = world
     if not by_target:  # as when the matrices would not fit the budget
         monkeypatch.setattr(DecoderByTarget, "bytes_needed", staticmethod(lambda *a: 1 << 62))
+    if budget == "bf16":  # room for the bf16 matrices, not the float32 ones
+        lays = layouts(active.index, clt.n_layers)
+        budget = DecoderByTarget.bytes_needed(lays, clt.n_layers, clt.d_model, torch.bfloat16)
+        assert DecoderByTarget.bytes_needed(lays, clt.n_layers, clt.d_model, torch.float32) > budget
+        monkeypatch.setattr(transpose, "CAST_ROWS", 3)
     fr = FrozenRows(model, clt, state, batch_size=5, compute_dtype=None, decoder_cache_bytes=budget)
     assert (fr.by_target is not None) == by_target
+    if by_target:
+        assert fr.by_target.dtype == (torch.bfloat16 if budget < (1 << 30) else torch.float32)
+        assert fr.by_target.compute_dtype == torch.float32
     if one_sweep_per_batch:
         fr.edges.gradient_bytes = 1
     fr.edges.band_rows = band_rows
@@ -484,20 +496,29 @@ def test_the_contraction_multiplies_no_zeros_of_rows_at_one_position(world, band
     assert ideal > 0 and done >= ideal
 
 
-@pytest.mark.parametrize("by_target, band_rows", [(True, 1), (True, 1000), (False, 1), (False, 1000)])
+@pytest.mark.parametrize(
+    "by_target, band_rows", [(True, 1), (True, 1000), ("bf16", 1), (False, 1), (False, 1000)]
+)
 def test_rows_for_some_features_equal_the_full_rows_there_and_zero_elsewhere(
     world, by_target, band_rows, monkeypatch
 ):
     """`features=` (the graph's last rows, whose other feature columns nobody reads) gives the full rows'
     values in those features' columns and in every error and token column, exact zeros in the other features'
     columns, and counts only the kept features' contractions as ideal FLOPs (the formula over them)."""
-    from tl_clt.transpose import DecoderByTarget
+    from tl_clt import transpose
+    from tl_clt.transpose import DecoderByTarget, layouts
 
     model, clt, state, active, _ = world
+    budget = 1 << 30
     if not by_target:
         monkeypatch.setattr(DecoderByTarget, "bytes_needed", staticmethod(lambda *a: 1 << 62))
-    fr = FrozenRows(model, clt, state, batch_size=4, compute_dtype=None, decoder_cache_bytes=1 << 30)
-    assert (fr.by_target is not None) == by_target
+    if by_target == "bf16":  # matrices in bf16, cast 3 rows at a time
+        lays = layouts(active.index, clt.n_layers)
+        budget = DecoderByTarget.bytes_needed(lays, clt.n_layers, clt.d_model, torch.bfloat16)
+        monkeypatch.setattr(transpose, "CAST_ROWS", 3)
+    fr = FrozenRows(model, clt, state, batch_size=4, compute_dtype=None, decoder_cache_bytes=budget)
+    assert (fr.by_target is not None) == bool(by_target)
+    assert by_target != "bf16" or fr.by_target.dtype == torch.bfloat16
     fr.edges.band_rows = band_rows
     gen = torch.Generator().manual_seed(4)
     n_active = len(active.index)

@@ -478,10 +478,20 @@ class FrozenRows:
             )  # fmt: skip
             budget = default_decoder_cache_bytes(device, reserve, reusable_bytes=ws.bytes_on(device))
         lays = layouts(index, L)
-        need = DecoderByTarget.bytes_needed(lays, L, clt.d_model, self.dtype)
-        if self.dtype in (torch.float32, torch.float64) and need <= budget:  # rows once, in compute dtype
-            self.decoder = DecoderRows(clt, lays, 0, device)
-            self.by_target = DecoderByTarget(lays, L, self.n_pos, clt.d_model, self.dtype, device, ws)
+        self.decoder = DecoderRows(clt, lays, 0, device)
+        # the matrices per target layer in the compute dtype, or else in the rows' (narrower) storage dtype
+        by_target_dtype = next(
+            (
+                dt
+                for dt in (self.dtype, self.decoder.storage_dtype)
+                if DecoderByTarget.bytes_needed(lays, L, clt.d_model, dt) <= budget
+            ),
+            None,
+        )
+        if self.dtype in (torch.float32, torch.float64) and by_target_dtype is not None:  # rows once
+            self.by_target = DecoderByTarget(
+                lays, L, self.n_pos, clt.d_model, by_target_dtype, device, ws, compute_dtype=self.dtype
+            )
             self.decoder.fill(self.by_target.add)
             recon = self.by_target.reconstruction(values, clt.b_dec).to(acts.dtype)
         else:  # the storage dtype's rows that fit the budget, the rest read per sweep

@@ -44,6 +44,10 @@ def default_compute_dtype(model_dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if model_dtype == torch.float64 else torch.float32
 
 
+# DecoderByTarget's matrices stored narrower than the compute dtype are cast CAST_ROWS rows at a time (a 4 MB
+# float32 block at d_model 2048) before their products: 136 GFLOP/s against 113 for float32 matrices read
+# from memory, and 22 against 23 for 8-column products (benchmarks/README.md).
+CAST_ROWS = 512
 GRADIENT_BYTES = 64 << 20  # a sweep's gradient buffer beyond its minimum of 4 sub-batches
 
 
@@ -290,6 +294,14 @@ class DecoderRows:
             if consume is not None:
                 consume(lay, rows)
 
+    @property
+    def storage_dtype(self) -> torch.dtype:
+        """The dtype `read` gives: a lazy decoder's file dtype where it is narrower than the CLT's."""
+        if not self.clt.lazy_decoder or not self.layouts:
+            return self.clt.dtype
+        on_disk = self.clt._W_dec[self.layouts[0].layer].torch_dtype
+        return on_disk if torch.finfo(on_disk).bits < torch.finfo(self.clt.dtype).bits else self.clt.dtype
+
     def layer_bytes(self, lay: Layout) -> int:
         """Bytes of one layer's rows as read (storage dtype)."""
         dtype = self.clt._W_dec[lay.layer].torch_dtype if self.clt.lazy_decoder else self.clt.dtype
@@ -332,8 +344,11 @@ class DecoderByTarget:
     """The active features' decoder rows in the compute dtype, once per graph, per position and target
     layer: `mats[pos][t]` [features at pos of layers <= t, d_model] holds W_dec_{k_f}[f, t - k_f], features
     ordered by layer, then entry (so the features of layers <= t are a prefix of those of layers <= t + 1).
-    A sweep's contraction multiplies these directly (no per-sweep gather or cast of decoder blocks).
-    Memory: every active entry's rows in the compute dtype (`nbytes`)."""
+    A sweep's contraction multiplies these directly (no per-sweep gather of decoder blocks).
+    `dtype`: the matrices' dtype, the compute dtype's or, where that would not fit the budget, the rows'
+    storage dtype (bf16 beside float32 arithmetic: the 1.7B shape's 9.6 GB in float32 are 4.8 GB): the
+    contraction then casts `CAST_ROWS` rows at a time into a buffer that stays in cache, as fast as products
+    on float32 matrices (benchmarks/README.md). Memory: every active entry's rows in `dtype` (`nbytes`)."""
 
     def __init__(
         self,
@@ -344,6 +359,7 @@ class DecoderByTarget:
         dtype,
         device,
         workspace: Workspace,
+        compute_dtype: torch.dtype | None = None,
     ):
         self.layouts, self.n_layers, self.n_pos = layouts, n_layers, n_pos
         count = [[0] * n_pos for _ in range(n_layers)]  # entries per (layer, position)
@@ -361,6 +377,7 @@ class DecoderByTarget:
         sizes = [sum(self.below[q]) * d_model for q in range(n_pos)]
         self.nbytes = sum(sizes) * torch.finfo(dtype).bits // 8
         self.dtype = dtype
+        self.compute_dtype = dtype if compute_dtype is None else compute_dtype
         whole = workspace("decoder_by_target", (sum(sizes),), dtype, device)
         self.mats: list[list[Tensor]] = []
         a = 0
@@ -397,7 +414,7 @@ class DecoderByTarget:
     ) -> Float[Tensor, "n_layers pos d_model"]:
         """The CLT's reconstruction of every MLP output (as `clt.decode`), in the compute dtype."""
         d = b_dec.shape[-1]
-        out = b_dec.to(self.dtype).view(self.n_layers, 1, d).expand(-1, self.n_pos, -1).clone()
+        out = b_dec.to(self.compute_dtype).view(self.n_layers, 1, d).expand(-1, self.n_pos, -1).clone()
         for q in range(self.n_pos):
             if not self.entries[q]:
                 continue
@@ -406,7 +423,7 @@ class DecoderByTarget:
             for t in range(self.n_layers):
                 n = self.below[q][t]
                 if n:
-                    out[t, q] += a[:n] @ self.mats[q][t]
+                    out[t, q] += a[:n] @ self.mats[q][t].to(out.dtype)
         return out
 
 
@@ -641,8 +658,15 @@ class EdgeRows:
                         local[:m].to(A.device),
                         out=self.scratch("kept rows", (m, self.d_model), A.dtype, A.device),
                     )
-                if len(A):
-                    _band_products(res, A, G, pos, t, sweep, self.scratch)
+                if A.dtype == self.dtype:
+                    if len(A):
+                        _band_products(res, A, G, pos, t, sweep, self.scratch)
+                    continue
+                for r0 in range(0, len(A), CAST_ROWS):  # stored narrower: cast a block at a time
+                    block = A[r0 : r0 + CAST_ROWS]
+                    cast = self.scratch("cast rows", tuple(block.shape), self.dtype, G.device)
+                    cast.copy_(block)
+                    _band_products(res[r0:], cast, G, pos, t, sweep, self.scratch)
             # features of layers >= top: no row of the sweep reaches them, their columns stay zero
             reached = [entry for entry in entries if entry[0].layer < sweep.top]
             self._write_features(res, reached, out_rows, out)
