@@ -35,26 +35,31 @@ def _autograd_rows(lin, sites, positions, readouts):
 
 
 @pytest.mark.parametrize(
-    "budget, one_sweep_per_batch, band_rows, by_target",
+    "budget, one_sweep_per_batch, band_rows, by_target, gather_below",
     [
-        (0, True, 64, False),
-        (1 << 30, True, 64, True),
-        (1 << 30, False, 1, True),
-        (1 << 30, False, 10, True),
-        ("bf16", False, 10, True),
-        ("bf16", True, 64, True),
-        (1 << 30, False, 10, False),
-        (0, False, 1000, False),
+        (0, True, 64, False, 48),
+        (1 << 30, True, 64, True, 48),
+        (1 << 30, False, 1, True, 48),
+        (1 << 30, False, 1, True, 0),
+        (1 << 30, False, 10, True, 48),
+        ("bf16", False, 10, True, 48),
+        ("bf16", True, 64, True, 48),
+        (1 << 30, False, 10, False, 48),
+        (0, False, 1000, False, 48),
     ],
 )
-def test_rows_equal_autograd_rows(world, budget, one_sweep_per_batch, band_rows, by_target, monkeypatch):
+def test_rows_equal_autograd_rows(
+    world, budget, one_sweep_per_batch, band_rows, by_target, gather_below, monkeypatch
+):
     """Every feature row and the logit rows match autograd (GQA model; any decoder budget; one or many
-    sub-batches per sweep; bands of one sub-batch, of several, or one band; decoder rows as matrices per
-    target layer built once, in the compute dtype or, with a budget that only fits the bf16 rows, in bf16
-    cast a few rows at a time; or as the storage dtype's cache / reads cast per sweep)."""
+    sub-batches per sweep; bands of one sub-batch, of several, or one band, their columns gathered into one
+    product or not; decoder rows as matrices per target layer built once, in the compute dtype or, with a
+    budget that only fits the bf16 rows, in bf16 cast a few rows at a time; or as the storage dtype's cache
+    / reads cast per sweep)."""
     from tl_clt import transpose
     from tl_clt.transpose import DecoderByTarget, layouts
 
+    monkeypatch.setattr(transpose, "GATHER_BELOW_WIDTH", gather_below)
     model, clt, state, active, lin = world
     if not by_target:  # as when the matrices would not fit the budget
         monkeypatch.setattr(DecoderByTarget, "bytes_needed", staticmethod(lambda *a: 1 << 62))
@@ -91,7 +96,7 @@ def test_rows_equal_autograd_rows(world, budget, one_sweep_per_batch, band_rows,
     monkeypatch.setattr(Sweep, "column_index", counted)
     fr.fill_rows(idx[:, 0], idx[:, 1], fr.feature_readout(idx[:, 0], idx[:, 1], idx[:, 2]), out=ours)
     # many bands in a sweep: their columns above a layer are gathered into one product
-    assert (gathered > 0) == (not one_sweep_per_batch and band_rows <= 10)
+    assert (gathered > 0) == (not one_sweep_per_batch and band_rows <= 10 and gather_below > 0)
     ref = _autograd_rows(lin, idx[:, 0], idx[:, 1], lin.feature_readout(idx[:, 0], idx[:, 1], idx[:, 2]))
     scale = ref.abs().max()
     assert scale > 0 and (ours != 0).any()

@@ -48,6 +48,10 @@ def default_compute_dtype(model_dtype: torch.dtype) -> torch.dtype:
 # float32 block at d_model 2048) before their products: 136 GFLOP/s against 113 for float32 matrices read
 # from memory, and 22 against 23 for 8-column products (benchmarks/README.md).
 CAST_ROWS = 512
+# A (position, target layer)'s stretches of sweep columns are gathered into one product when they are
+# narrower than this on average: 4 stretches of 30 columns took 1.65 ms gathered against 2.69 one by one,
+# 4 of 64 took 4.23 against 3.02 ([1000, 1024] decoder rows, float32, this 2-core machine).
+GATHER_BELOW_WIDTH = 48
 GRADIENT_BYTES = 64 << 20  # a sweep's gradient buffer beyond its minimum of 4 sub-batches
 
 
@@ -761,17 +765,17 @@ def _band_products(
     """res[:n, rows] += A @ G[pos, t, :, rows] over the rows above target layer t of every band that reaches
     `pos` (a prefix of each band's columns): the contraction's products at one (position, target layer).
 
-    Where those columns are one stretch, one product on it; otherwise they are gathered into one matrix
-    first, so that A (up to GBs of decoder rows over a sweep) is read once instead of once per band: at high
-    target layers each band has only a few rows above t, and a product with few columns runs at a quarter
-    of the matmul rate or less (A is re-read from memory for each)."""
+    Stretches of columns GATHER_BELOW_WIDTH wide or more on average get a product each; narrower ones are
+    gathered into one matrix first, so that A (up to GBs of decoder rows over a sweep) is read once instead
+    of once per band: at high target layers each band has only a few rows above t, and a product with few
+    columns runs at a quarter of the matmul rate or less (A is re-read from memory for each)."""
     runs = sweep.column_runs(pos, t)
     if not runs:
         return
     n = len(A)
-    if len(runs) == 1:
-        start, width = runs[0]
-        res[:n, start : start + width].addmm_(A, G[pos, t, :, start : start + width])
+    if len(runs) == 1 or sum(w for _, w in runs) >= GATHER_BELOW_WIDTH * len(runs):  # a product per stretch
+        for start, width in runs:
+            res[:n, start : start + width].addmm_(A, G[pos, t, :, start : start + width])
         return
     idx = sweep.column_index(pos, t, G.device)
     gathered = scratch("gathered G", (G.shape[2], len(idx)), G.dtype, G.device)
