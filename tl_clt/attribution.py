@@ -346,8 +346,9 @@ def attribute(
     computes in the model's dtype), and `decoder_cache_bytes`, memory for the active features' decoder
     rows, read once per graph (default min(8 GiB, half the memory available beyond the graph's other
     buffers, `transpose.buffer_bytes`)): when all of them fit it in the compute dtype they are laid out
-    once per target layer (fastest), else those that fit stay in the CLT's dtype and layers beyond it
-    are read again from the CLT files when used.
+    once per target layer (fastest); else, when they fit in their storage dtype (bf16 on disk), laid out
+    so and cast a block at a time (nearly as fast); else those that fit stay in the CLT's dtype and layers
+    beyond it are read again from the CLT files when used.
 
     `workspace`: a `tl_clt.Workspace` whose buffers the graph uses and leaves for the next graph (no fresh
     memory, so no page faults, when graphs follow each other); None: fresh buffers, freed on return.

@@ -15,10 +15,11 @@ positions after the batch's last target, and skips layers above each row's targe
 
 Edge rows are then contractions of these gradients with the sources: `act * (G . W_dec row)` for features
 (decoder rows read once per graph by `DecoderRows`; laid out per position and target layer by
-`DecoderByTarget` when that fits the memory budget), `G . error` for errors, `G_emb . embedding` for tokens.
-`EdgeRows.rows` does it for any number of rows in memory-bounded sweeps: every sweep computes the gradients
-of its rows in position-sorted sub-batches of `batch_size`, then contracts the decoder rows once with all
-of them, each row only at the layers below its target.
+`DecoderByTarget` when that fits the memory budget, in the compute dtype or in bf16 as stored),
+`G . error` for errors, `G_emb . embedding` for tokens. `EdgeRows.rows` does it for any number of rows in
+memory-bounded sweeps: every sweep computes the gradients of its rows in position-sorted sub-batches of
+`batch_size`, then contracts the decoder rows once with all of them, each row only at the layers below its
+target (a graph's last rows only with the selected features: `features=`).
 """
 
 from __future__ import annotations
