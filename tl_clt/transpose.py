@@ -663,15 +663,7 @@ class EdgeRows:
                         local[:m].to(A.device),
                         out=self.scratch("kept rows", (m, self.d_model), A.dtype, A.device),
                     )
-                if A.dtype == self.dtype:
-                    if len(A):
-                        _band_products(res, A, G, pos, t, sweep, self.scratch)
-                    continue
-                for r0 in range(0, len(A), CAST_ROWS):  # stored narrower: cast a block at a time
-                    block = A[r0 : r0 + CAST_ROWS]
-                    cast = self.scratch("cast rows", tuple(block.shape), self.dtype, G.device)
-                    cast.copy_(block)
-                    _band_products(res[r0:], cast, G, pos, t, sweep, self.scratch)
+                _band_products(res, A, G, pos, t, sweep, self.scratch)  # A stored narrower: cast in blocks
             # features of layers >= top: no row of the sweep reaches them, their columns stay zero
             reached = [entry for entry in entries if entry[0].layer < sweep.top]
             self._write_features(res, reached, out_rows, out)
@@ -767,23 +759,45 @@ def _band_products(
     `pos` (a prefix of each band's columns): the contraction's products at one (position, target layer).
 
     Stretches of columns GATHER_BELOW_WIDTH wide or more on average get a product each; narrower ones are
-    gathered into one matrix first, so that A (up to GBs of decoder rows over a sweep) is read once instead
-    of once per band: at high target layers each band has only a few rows above t, and a product with few
-    columns runs at a quarter of the matmul rate or less (A is re-read from memory for each)."""
+    gathered into one matrix first (once for all of A), so that A (up to GBs of decoder rows over a sweep)
+    is read once instead of once per band: at high target layers each band has only a few rows above t,
+    and a product with few columns runs at a quarter of the matmul rate or less (A is re-read from memory
+    for each). A stored narrower than G (bf16) is cast CAST_ROWS rows at a time into a block that stays in
+    cache, each block multiplied by every stretch before the next is cast."""
     runs = sweep.column_runs(pos, t)
-    if not runs:
+    if not runs or not len(A):
         return
-    n = len(A)
     if len(runs) == 1 or sum(w for _, w in runs) >= GATHER_BELOW_WIDTH * len(runs):  # a product per stretch
-        for start, width in runs:
-            res[:n, start : start + width].addmm_(A, G[pos, t, :, start : start + width])
+        for r0, a in _row_blocks(A, G.dtype, scratch):
+            for start, width in runs:
+                res[r0 : r0 + len(a), start : start + width].addmm_(a, G[pos, t, :, start : start + width])
         return
     idx = sweep.column_index(pos, t, G.device)
     gathered = scratch("gathered G", (G.shape[2], len(idx)), G.dtype, G.device)
     torch.index_select(G[pos, t], 1, idx, out=gathered)
-    part = scratch("gathered res", (n, len(idx)), G.dtype, G.device)
-    part.addmm_(A, gathered, beta=0)  # beta 0: part's old contents are not read
-    res[:n].index_add_(1, idx, part)
+    part = scratch("gathered res", (min(len(A), _block_rows(A, G.dtype)), len(idx)), G.dtype, G.device)
+    for r0, a in _row_blocks(A, G.dtype, scratch):
+        p = part[: len(a)]
+        p.addmm_(a, gathered, beta=0)  # beta 0: p's old contents are not read
+        res[r0 : r0 + len(a)].index_add_(1, idx, p)
+
+
+def _block_rows(A: Tensor, dtype: torch.dtype) -> int:
+    """Rows per block of `_row_blocks`: all of A in its own dtype, CAST_ROWS where it must be cast."""
+    return len(A) if A.dtype == dtype else CAST_ROWS
+
+
+def _row_blocks(A: Tensor, dtype: torch.dtype, scratch: Workspace):
+    """(first row, rows) of A in `dtype`: A itself, or blocks of CAST_ROWS rows cast into one reused buffer
+    (each overwritten by the next: use it before asking for the next)."""
+    if A.dtype == dtype:
+        yield 0, A
+        return
+    for r0 in range(0, len(A), CAST_ROWS):
+        block = A[r0 : r0 + CAST_ROWS]
+        cast = scratch("cast rows", tuple(block.shape), dtype, A.device)
+        cast.copy_(block)
+        yield r0, cast
 
 
 @dataclass
