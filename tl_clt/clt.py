@@ -130,7 +130,7 @@ class SafetensorsRows:
         with open(self.path, "rb", buffering=0) as f:
             self._check_unchanged(f)
             starts = rows.tolist()
-            spans = _runs(rows) if len(rows) else []
+            spans = consecutive_spans(rows)
 
             def read(span: tuple[int, int]) -> None:
                 i, j = span
@@ -192,8 +192,11 @@ def _stamp(stat: os.stat_result) -> tuple[int, int, int, int]:
     return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
-def _runs(rows: Tensor) -> list[tuple[int, int]]:
-    """(i, j) spans of `rows` whose values are consecutive integers, covering all of it in order."""
+def consecutive_spans(rows: Int[Tensor, " n"]) -> list[tuple[int, int]]:
+    """(i, j) spans of `rows` whose values are consecutive integers, covering all of it in order (none for
+    an empty `rows`)."""
+    if not len(rows):
+        return []
     breaks = ((rows[1:] - rows[:-1]) != 1).nonzero().squeeze(-1) + 1
     edges = [0, *breaks.tolist(), len(rows)]
     return list(zip(edges[:-1], edges[1:]))

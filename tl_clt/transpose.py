@@ -33,7 +33,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tl_clt.clt import cast_row_blocks
+from tl_clt.clt import cast_row_blocks, consecutive_spans
 from tl_clt.workspace import Workspace
 
 
@@ -728,16 +728,8 @@ def _kept_runs(first: int, e: int, c: int, keep: Tensor | None) -> list[tuple[in
     that `keep` keeps; all of them without `keep`."""
     if keep is None:
         return [(e, c)]
-    return [(e + a, b - a) for a, b in _true_runs(keep[first + e : first + e + c])]
-
-
-def _true_runs(mask: Tensor) -> list[tuple[int, int]]:
-    """(start, end) of the maximal stretches of True in a 1-d bool mask."""
-    padded = torch.cat(
-        [torch.zeros(1, dtype=torch.int8), mask.to(torch.int8), torch.zeros(1, dtype=torch.int8)]
-    )
-    edges = (padded[1:] - padded[:-1]).nonzero().squeeze(-1).tolist()
-    return list(zip(edges[0::2], edges[1::2], strict=True))
+    kept = keep[first + e : first + e + c].nonzero().squeeze(-1)
+    return [(e + int(kept[i]), j - i) for i, j in consecutive_spans(kept)]
 
 
 def _kept_entries(entries: list, keep: Tensor) -> tuple[list, Tensor]:
@@ -909,11 +901,4 @@ class Sweep:
 
 def _runs(columns: Tensor) -> list[tuple[int, int, int]]:
     """(first, end, first column) of the maximal stretches of consecutive `columns`."""
-    cols = columns.tolist()
-    runs = []
-    for i, c in enumerate(cols):
-        if runs and c == runs[-1][2] + i - runs[-1][0]:
-            runs[-1] = (runs[-1][0], i + 1, runs[-1][2])
-        else:
-            runs.append((i, i + 1, c))
-    return runs
+    return [(i, j, int(columns[i])) for i, j in consecutive_spans(columns)]
