@@ -42,15 +42,29 @@ _ITEMSIZE = {  # bytes per element of every safetensors dtype (F8 and smaller: 1
 }
 
 
-def cast_row_blocks(W: Float[Tensor, "n m"], dtype: torch.dtype, device=None):
-    """Yield (first row, rows) of W cast to `dtype` (and moved to `device`), `CAST_BLOCK_BYTES` at a time,
-    each block in one reused buffer: a matrix stored in another dtype (bf16 beside float32 arithmetic) is
-    used without a whole copy, whose fresh pages cost more than the cast (the buffer stays in cache).
-    A block is overwritten by the next: use it before asking for the next one."""
+def cast_row_blocks(
+    W: Float[Tensor, "n m"],
+    dtype: torch.dtype,
+    device=None,
+    *,
+    block_rows: int | None = None,
+    buffer: Tensor | None = None,
+):
+    """Yield (first row, rows) of W in `dtype` (and on `device`), `block_rows` at a time (default
+    `CAST_BLOCK_BYTES` of them): views of W where it is in that dtype and on that device already, else each
+    block cast into one reused buffer (`buffer`, at least [min(block_rows, n), m], or a fresh one): a matrix
+    stored in another dtype (bf16 beside float32 arithmetic) is used without a whole copy, whose fresh pages
+    cost more than the cast (the buffer stays in cache). A cast block is overwritten by the next: use it
+    before asking for the next one."""
     n, m = W.shape
+    device = W.device if device is None else torch.device(device)
     item = torch.finfo(dtype).bits // 8
-    step = max(1, CAST_BLOCK_BYTES // max(1, m * item))
-    buf = torch.empty(min(step, n), m, dtype=dtype, device=W.device if device is None else device)
+    step = block_rows or max(1, CAST_BLOCK_BYTES // max(1, m * item))
+    if W.dtype == dtype and W.device == device:
+        for r0 in range(0, n, step):
+            yield r0, W[r0 : r0 + step]
+        return
+    buf = torch.empty(min(step, n), m, dtype=dtype, device=device) if buffer is None else buffer
     for r0 in range(0, n, step):
         block = buf[: min(step, n - r0)]
         block.copy_(W[r0 : r0 + len(block)])
@@ -319,12 +333,10 @@ class CrossLayerTranscoder(torch.nn.Module):
         ):
             pre = x @ W.to(x.dtype).T
         else:
-            if W.dtype == x.dtype:
-                blocks = (
-                    (f0, W[f0 : f0 + ENCODER_BLOCK_ROWS]) for f0 in range(0, len(W), ENCODER_BLOCK_ROWS)
-                )
-            else:
-                blocks = cast_row_blocks(W, x.dtype, x.device)
+            # views of W in ENCODER_BLOCK_ROWS blocks, or CAST_BLOCK_BYTES cast at a time
+            blocks = cast_row_blocks(
+                W, x.dtype, x.device, block_rows=ENCODER_BLOCK_ROWS if W.dtype == x.dtype else None
+            )
             if len(flat) <= SKINNY_ROWS:  # [F, rows], transposed once at the end
                 pre_T = x.new_empty(W.shape[0], flat.shape[0])
                 for f0, w in blocks:

@@ -767,29 +767,19 @@ def _band_products(
     idx = sweep.column_index(pos, t, G.device)
     gathered = scratch("gathered G", (G.shape[2], len(idx)), G.dtype, G.device)
     torch.index_select(G[pos, t], 1, idx, out=gathered)
-    part = scratch("gathered res", (min(len(A), _block_rows(A, G.dtype)), len(idx)), G.dtype, G.device)
     for r0, a in _row_blocks(A, G.dtype, scratch):
-        p = part[: len(a)]
-        p.addmm_(a, gathered, beta=0)  # beta 0: p's old contents are not read
-        res[r0 : r0 + len(a)].index_add_(1, idx, p)
-
-
-def _block_rows(A: Tensor, dtype: torch.dtype) -> int:
-    """Rows per block of `_row_blocks`: all of A in its own dtype, CAST_ROWS where it must be cast."""
-    return len(A) if A.dtype == dtype else CAST_ROWS
+        part = scratch("gathered res", (len(a), len(idx)), G.dtype, G.device)
+        part.addmm_(a, gathered, beta=0)  # beta 0: part's old contents are not read
+        res[r0 : r0 + len(a)].index_add_(1, idx, part)
 
 
 def _row_blocks(A: Tensor, dtype: torch.dtype, scratch: Workspace):
-    """(first row, rows) of A in `dtype`: A itself, or blocks of CAST_ROWS rows cast into one reused buffer
-    (each overwritten by the next: use it before asking for the next)."""
+    """(first row, rows) of A in `dtype`: A whole, or CAST_ROWS rows at a time cast into one workspace
+    buffer (`cast_row_blocks`)."""
     if A.dtype == dtype:
-        yield 0, A
-        return
-    for r0 in range(0, len(A), CAST_ROWS):
-        block = A[r0 : r0 + CAST_ROWS]
-        cast = scratch("cast rows", tuple(block.shape), dtype, A.device)
-        cast.copy_(block)
-        yield r0, cast
+        return [(0, A)]
+    buffer = scratch("cast rows", (min(CAST_ROWS, len(A)), A.shape[1]), dtype, A.device)
+    return cast_row_blocks(A, dtype, block_rows=CAST_ROWS, buffer=buffer)
 
 
 @dataclass
