@@ -479,7 +479,7 @@ class FrozenRows:
             )  # fmt: skip
             budget = default_decoder_cache_bytes(device, reserve, reusable_bytes=ws.bytes_on(device))
         lays = layouts(index, L)
-        self.decoder = DecoderRows(clt, lays, 0, device)
+        self.decoder = DecoderRows(clt, lays, 0, device)  # nothing cached unless the matrices do not fit
         # the matrices per target layer in the compute dtype, or else in the rows' (narrower) storage dtype
         by_target_dtype = next(
             (
@@ -496,7 +496,7 @@ class FrozenRows:
             self.decoder.fill(self.by_target.add)
             recon = self.by_target.reconstruction(values, clt.b_dec).to(acts.dtype)
         else:  # the storage dtype's rows that fit the budget, the rest read per sweep
-            self.decoder = DecoderRows(clt, lays, int(budget), device)
+            self.decoder.budget_bytes = int(budget)
             self.by_target = None
             recon = reconstruction(clt, list(acts), self.decoder, self.n_pos, acts.dtype)
         del acts

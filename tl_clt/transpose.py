@@ -299,19 +299,23 @@ class DecoderRows:
             if consume is not None:
                 consume(lay, rows)
 
+    def read_dtype(self, layer: int) -> torch.dtype:
+        """The dtype `read` gives for a layer (`decoder_rows(compact=True)`): a lazy decoder's file dtype
+        where it is narrower than the CLT's, else the CLT's."""
+        if not self.clt.lazy_decoder:
+            return self.clt.dtype
+        on_disk = self.clt._W_dec[layer].torch_dtype
+        return on_disk if torch.finfo(on_disk).bits < torch.finfo(self.clt.dtype).bits else self.clt.dtype
+
     @property
     def storage_dtype(self) -> torch.dtype:
-        """The dtype `read` gives: a lazy decoder's file dtype where it is narrower than the CLT's."""
-        if not self.clt.lazy_decoder or not self.layouts:
-            return self.clt.dtype
-        on_disk = self.clt._W_dec[self.layouts[0].layer].torch_dtype
-        return on_disk if torch.finfo(on_disk).bits < torch.finfo(self.clt.dtype).bits else self.clt.dtype
+        """The dtype `read` gives (the first active layer's: a CLT's decoder files share one)."""
+        return self.read_dtype(self.layouts[0].layer) if self.layouts else self.clt.dtype
 
     def layer_bytes(self, lay: Layout) -> int:
         """Bytes of one layer's rows as read (storage dtype)."""
-        dtype = self.clt._W_dec[lay.layer].torch_dtype if self.clt.lazy_decoder else self.clt.dtype
         n_out = self.clt.n_layers - lay.layer
-        return len(lay.unique) * n_out * self.clt.d_model * torch.finfo(dtype).bits // 8
+        return len(lay.unique) * n_out * self.clt.d_model * torch.finfo(self.read_dtype(lay.layer)).bits // 8
 
     @property
     def cached_bytes(self) -> int:
