@@ -9,8 +9,9 @@ Builds (or reuses) a size from `sizes.py`, runs one warm-up graph, then one grap
 table: FLOPs, seconds and rate per kind, the rest of the graph (setup, copies, element-wise work, Python),
 and the roofline: the graph's ideal FLOPs (`graph.meta["row_flops"]`) over the 2048-sized matmul rate of
 the same process. "floor" is what the ratio would be if everything but these products took no time: the
-products at the rates they reach at the graph's own shapes. Then the decoder contraction's FLOPs done
-against its ideal (`graph.meta["row_flops_decoder"]`).
+products at the rates they reach at the graph's own shapes. Then the passes' products by their number of
+columns (rows reaching the layer x positions: few columns run far below the machine's rate), and the
+decoder contraction's FLOPs done against its ideal (`graph.meta["row_flops_decoder"]`).
 """
 
 from __future__ import annotations
@@ -31,10 +32,13 @@ class ProductTimer:
 
     KINDS = {"mm": "passes: W_O^T, W_V^T", "bmm": "pattern^T", "addmm_": "decoder contraction"}
 
+    COLUMN_BUCKETS = (0, 128, 256, 512, 1024)  # the passes' products by their columns (rows x positions)
+
     def __init__(self) -> None:
         self.seconds = dict.fromkeys(self.KINDS, 0.0)
         self.flops = dict.fromkeys(self.KINDS, 0)
         self.calls = dict.fromkeys(self.KINDS, 0)
+        self.passes = {b: [0, 0.0, 0] for b in self.COLUMN_BUCKETS}  # bucket: [calls, seconds, FLOPs]
 
     def _timed(self, kind, fn, flops):
         def wrapped(*args, **kwargs):
@@ -42,9 +46,13 @@ class ProductTimer:
                 return fn(*args, **kwargs)
             t0 = time.perf_counter()
             out = fn(*args, **kwargs)
-            self.seconds[kind] += time.perf_counter() - t0
-            self.flops[kind] += flops(*args)
+            seconds, n = time.perf_counter() - t0, flops(*args)
+            self.seconds[kind] += seconds
+            self.flops[kind] += n
             self.calls[kind] += 1
+            if kind == "mm":
+                bucket = self.passes[max(b for b in self.COLUMN_BUCKETS if b <= args[1].shape[1])]
+                bucket[0], bucket[1], bucket[2] = bucket[0] + 1, bucket[1] + seconds, bucket[2] + n
             return out
 
         return wrapped
@@ -143,6 +151,13 @@ def main() -> None:
         f"\nroofline {roofline:.3f} s (ideal FLOPs / 2048 rate): ratio {total / roofline:.2f}; "
         f"floor {products / roofline:.2f} (the products alone, at the rates they reach here)"
     )
+    print("\n| passes' products by columns (rows x positions) | calls | GFLOP | s | GFLOP/s |")
+    print("|---|---|---|---|---|")
+    edges = ProductTimer.COLUMN_BUCKETS
+    for lo, hi in zip(edges, edges[1:] + (None,), strict=True):
+        calls, s, f = timer.passes[lo]
+        if calls:
+            print(f"| {lo}-{hi - 1 if hi else ''} | {calls} | {f / 1e9:.2f} | {s:.3f} | {f / s / 1e9:.1f} |")
     dec = g.meta["row_flops_decoder"]
     print(
         f"decoder contraction: {timer.flops['addmm_'] / 1e9:.2f} GFLOP done, {dec / 1e9:.2f} ideal "
