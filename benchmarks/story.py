@@ -2,11 +2,12 @@
 
     PYTHONPATH=$PWD python benchmarks/story.py [--per-key 3] [--json out.json] [--world DIR] [--mechanism]
         [--prompts validation] [--push-cover 0.8] [--token-share 0.5] [--no-complete]
-        [--min-size 2] [--min-influence 0.02] [--all-groups]
+        [--min-size 2] [--min-influence 0.02] [--all-groups] [--factor -1.5]
 
 (`--world`: a toy world built elsewhere, `python -m tl_clt.toyworld.build --out DIR`; default the
 shipped one. `--push-cover`, `--token-share`, `--no-complete`, `--min-size`, `--min-influence`,
-`--all-groups`: `propose_supernodes`' options; default its defaults.)
+`--all-groups`: `propose_supernodes`' options; default its defaults. `--factor`: every role steered by
+this factor instead of the story's `STEERING`; the year's ablation beside it stays x0.)
 
 For the seed's prompt and every held-out prompt (`tl_clt.toyworld.story.held_out_prompts`): check
 the model answers right, attribute, prune (0.8, 0.98), `propose_supernodes` (`unpruned=` the graph), find
@@ -83,13 +84,14 @@ def _members_only(proposals):
     return type(proposals)(dict(proposals), info, proposals.signals)
 
 
-def run_prompt(model, clt, sp, labels, options: dict) -> dict:
+def run_prompt(model, clt, sp, labels, options: dict, factor: float | None = None) -> dict:
     t0 = time.time()
     graph = tl_clt.attribute(model, clt, sp.prompt, verbose=False)
     pruned = graph.prune(0.8, 0.98)
     proposals = tl_clt.propose_supernodes(pruned, model=model, clt=clt, unpruned=graph, **options)
     roles = story_roles(proposals, sp)
-    result = story_effects(model, clt, sp, graph, roles)
+    steering = None if factor is None else dict.fromkeys(ROLES, factor)  # every role by one factor
+    result = story_effects(model, clt, sp, graph, roles, steering=steering)
     ablated = story_effects(model, clt, sp, graph, {"year": roles["year"]}, steering={"year": 0.0})
     groups = {}
     for name, members in proposals.items():
@@ -301,6 +303,9 @@ def main() -> None:
     ap.add_argument("--min-size", type=int, default=None, help="proposals' min_size")
     ap.add_argument("--min-influence", type=float, default=None, help="proposals' min_influence")
     ap.add_argument("--all-groups", action="store_true", help="proposals: max_groups=None (no cap)")
+    ap.add_argument(
+        "--factor", type=float, default=None, help="every role steered by this factor (default: the story's)"
+    )
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     model, clt = load_toyworld(root=args.world)
@@ -322,7 +327,10 @@ def main() -> None:
         if args.all_groups:
             options["max_groups"] = None
         print(f"propose_supernodes options: {options or 'the defaults'}")
-        rows = [run_prompt(model, clt, sp, labels, options) for sp in tqdm(prompts, desc="prompts")]
+        print(f"steering: every role x{args.factor}" if args.factor is not None else "steering: the story's")
+        rows = [
+            run_prompt(model, clt, sp, labels, options, args.factor) for sp in tqdm(prompts, desc="prompts")
+        ]
     (mechanism_report if args.mechanism else report)(rows)
     if args.json:
         with open(args.json, "w") as f:
