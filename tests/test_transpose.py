@@ -68,7 +68,18 @@ def test_rows_equal_autograd_rows(
         budget = DecoderByTarget.bytes_needed(lays, clt.n_layers, clt.d_model, torch.bfloat16)
         assert DecoderByTarget.bytes_needed(lays, clt.n_layers, clt.d_model, torch.float32) > budget
         monkeypatch.setattr(transpose, "CAST_ROWS", 3)
+    cast_blocks, cast = [], transpose.cast_row_blocks  # rows of each block cast from bf16 matrices
+
+    def spied(*args, **kwargs):
+        for r0, block in cast(*args, **kwargs):
+            cast_blocks.append(len(block))
+            yield r0, block
+
+    monkeypatch.setattr(transpose, "cast_row_blocks", spied)
     fr = FrozenRows(model, clt, state, batch_size=5, compute_dtype=None, decoder_cache_bytes=budget)
+    # the reconstruction (built here) reads bf16 matrices CAST_ROWS rows at a time, never cast whole
+    bf16 = fr.by_target is not None and fr.by_target.dtype == torch.bfloat16
+    assert bf16 <= (len(cast_blocks) > 0 and max(cast_blocks) <= 3)
     assert (fr.by_target is not None) == by_target
     if by_target:
         assert fr.by_target.dtype == (torch.bfloat16 if budget < (1 << 30) else torch.float32)
