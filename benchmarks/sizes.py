@@ -8,6 +8,7 @@ well under 1 GiB of memory.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -101,7 +102,7 @@ def size_arguments(ap, batch_size: int) -> None:
     ap.add_argument("--nodes", type=int, default=None, help="max_feature_nodes (default: all)")
     ap.add_argument("--length", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=batch_size)
-    ap.add_argument("--root", default=".bench")
+    ap.add_argument("--root", default=str(Path(__file__).resolve().parent.parent / ".bench"))
 
 
 def loaded(args, clt_dtype: torch.dtype | None = torch.float32):
@@ -118,12 +119,52 @@ def loaded(args, clt_dtype: torch.dtype | None = torch.float32):
     return model, clt, tokens
 
 
+def data_bytes(size: str) -> tuple[int, int]:
+    """Bytes on disk of `size`'s (model folder, CLT folder), weights only, from its shapes: the model in
+    bf16 where streamed, else float32; the CLT in bf16 (W_enc [F, d] and W_dec [F, L - k, d] per layer k)."""
+    spec = SIZES[size]
+    m = spec["model"]
+    L, d, V = m["num_hidden_layers"], m["hidden_size"], m["vocab_size"]
+    H, Hkv, dh = m["num_attention_heads"], m["num_key_value_heads"], m["head_dim"]
+    per_layer = d * dh * (2 * H + 2 * Hkv) + 3 * d * m["intermediate_size"] + 2 * d + 2 * dh
+    n_model = V * d * (1 if m.get("tie_word_embeddings") else 2) + L * per_layer + d
+    clt = spec["features"] * d * (L + L * (L + 1) // 2) * 2
+    return n_model * (2 if spec.get("stream_model") else 4), clt
+
+
+def missing_bytes(size: str, mdir: Path, cdir: Path) -> int:
+    """Bytes still to write for `size`'s folders: `data_bytes` of each unfinished one, less its weight files
+    already there (a streamed CLT resumes from its finished layers)."""
+    need = 0
+    for folder, total, marker in zip((mdir, cdir), data_bytes(size), ("config.json", "config.yaml")):
+        if not (folder / marker).exists():
+            have = sum(f.stat().st_size for f in folder.glob("*.safetensors")) if folder.is_dir() else 0
+            need += max(0, total - have)
+    return need
+
+
+def check_disk(size: str, root: Path, mdir: Path, cdir: Path) -> None:
+    """Refuse to start making `size`'s data where the disk under `root` cannot hold what is still missing
+    (`missing_bytes`) plus 1 GiB: a disk filled half way leaves a broken folder and a machine whose other
+    programs fail."""
+    need = missing_bytes(size, mdir, cdir)
+    existing = next(p for p in (root, *root.resolve().parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    if need and need + (1 << 30) > free:
+        raise SystemExit(
+            f"making the {size} size's model and CLT needs ~{need / 1e9:.1f} GB more under {root.resolve()}, "
+            f"but {free / 1e9:.1f} GB are free there: free some disk, or pass --root DIR on a larger disk "
+            f"(or DIR where they are made already)"
+        )
+
+
 def build(size: str, root: Path, seed: int = 0, device: str = "cpu") -> tuple[Path, Path]:
     """(model_dir, clt_dir) for `size` under root, created once and reused; a streamed CLT's random
     numbers are drawn on `device` (a GPU draws the real size's ~9e9 in seconds, a CPU thread in minutes;
-    the two devices' streams differ)."""
+    the two devices' streams differ). Refused up front if the disk cannot hold them (`check_disk`)."""
     spec = SIZES[size]
     mdir, cdir = root / f"{size}-model", root / f"{size}-clt"
+    check_disk(size, root, mdir, cdir)
     if not (mdir / "config.json").exists():
         tok = synthetic.make_tokenizer(spec["model"]["vocab_size"])
         make_model = stream_qwen3_folder if spec.get("stream_model") else synthetic.make_qwen3_folder
