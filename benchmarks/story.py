@@ -2,12 +2,13 @@
 
     PYTHONPATH=$PWD python benchmarks/story.py [--per-key 3] [--json out.json] [--world DIR] [--mechanism]
         [--prompts validation] [--push-cover 0.8] [--token-share 0.5] [--no-complete]
-        [--min-size 2] [--min-influence 0.02] [--all-groups] [--factor -1.5]
+        [--min-size 2] [--min-influence 0.02] [--all-groups] [--factor -1.5] [--steer 'say a name=0']
 
 (`--world`: a toy world built elsewhere, `python -m tl_clt.toyworld.build --out DIR`; default the
 shipped one. `--push-cover`, `--token-share`, `--no-complete`, `--min-size`, `--min-influence`,
 `--all-groups`: `propose_supernodes`' options; default its defaults. `--factor`: every role steered by
-this factor instead of the story's `STEERING`; the year's ablation beside it stays x0.)
+this factor instead of the story's `STEERING`; the year's ablation beside it stays x0. `--steer ROLE=F`:
+that role by F, after `--factor`.)
 
 For the seed's prompt and every held-out prompt (`tl_clt.toyworld.story.held_out_prompts`): check
 the model answers right, attribute, prune (0.8, 0.98), `propose_supernodes` (`unpruned=` the graph), find
@@ -84,13 +85,16 @@ def _members_only(proposals):
     return type(proposals)(dict(proposals), info, proposals.signals)
 
 
-def run_prompt(model, clt, sp, labels, options: dict, factor: float | None = None) -> dict:
+def run_prompt(
+    model, clt, sp, labels, options: dict, factor: float | None = None, steer: dict | None = None
+) -> dict:
     t0 = time.time()
     graph = tl_clt.attribute(model, clt, sp.prompt, verbose=False)
     pruned = graph.prune(0.8, 0.98)
     proposals = tl_clt.propose_supernodes(pruned, model=model, clt=clt, unpruned=graph, **options)
     roles = story_roles(proposals, sp)
-    steering = None if factor is None else dict.fromkeys(ROLES, factor)  # every role by one factor
+    steering = {} if factor is None else dict.fromkeys(ROLES, factor)  # every role by one factor
+    steering |= steer or {}
     result = story_effects(model, clt, sp, graph, roles, steering=steering)
     ablated = story_effects(model, clt, sp, graph, {"year": roles["year"]}, steering={"year": 0.0})
     groups = {}
@@ -174,10 +178,30 @@ def report(rows: list[dict]) -> None:
     )
     sizes = sorted(len(r["groups"]) for r in rows)
     print(f"  groups per prompt: {sum(sizes) / len(sizes):.1f} on average ({sizes[0]}-{sizes[-1]})")
-    strict = [
-        r["effects"][k]["top_is_filler"] for r in held for k in ("office", "say a name") if k in r["effects"]
-    ]
-    print(f"\nstricter reading (a filler word on top) for office / say a name: {sum(strict)}/{len(strict)}")
+    strict_report(rows[0], held)
+
+
+def strict_report(seed: dict, held: list[dict]) -> None:
+    """The office / "say a name" effects read strictly: a filler word is the top answer after the steering
+    (not only filler up 5x and names below it), and every effect at once with that reading."""
+
+    def strict(r: dict, role: str) -> bool:
+        e = r["effects"].get(role)
+        return bool(e and e["holds"] and e["top_is_filler"])
+
+    n = len(held)
+    print("\nstricter reading: a filler word on top after the office / say a name steering")
+    for role in ("office", "say a name"):
+        ok = [r for r in held if strict(r, role)]
+        missed = [r for r in held if role in r["effects"] and not strict(r, role)]
+        tops = Counter(r["effects"][role]["top_after"] for r in missed)
+        pf = sorted(r["effects"][role]["p_filler"][1] for r in held if role in r["effects"])
+        median = pf[len(pf) // 2] if pf else float("nan")
+        print(f"  {role:10s}: {len(ok)}/{n} (median p(filler words) after {median:.3f}; "
+              f"on top otherwise: {dict(tops.most_common(6))})")  # fmt: skip
+    every = sum(r["holds"] and strict(r, "office") and strict(r, "say a name") for r in held)
+    seed_ok = seed["holds"] and strict(seed, "office") and strict(seed, "say a name")
+    print(f"  every effect at once, read so: {every}/{n}; the seed's prompt: {seed_ok}")
 
 
 def p_names_filler(model, logits) -> tuple[float, float, str]:
@@ -306,6 +330,10 @@ def main() -> None:
     ap.add_argument(
         "--factor", type=float, default=None, help="every role steered by this factor (default: the story's)"
     )
+    ap.add_argument(
+        "--steer", action="append", default=[], metavar="ROLE=F",
+        help="one role steered by F (after --factor; repeatable), e.g. 'say a name=0'",
+    )  # fmt: skip
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     model, clt = load_toyworld(root=args.world)
@@ -327,9 +355,17 @@ def main() -> None:
         if args.all_groups:
             options["max_groups"] = None
         print(f"propose_supernodes options: {options or 'the defaults'}")
-        print(f"steering: every role x{args.factor}" if args.factor is not None else "steering: the story's")
+        steer = {}
+        for item in args.steer:
+            role, _, f = item.rpartition("=")
+            if role not in ROLES:
+                ap.error(f"--steer {item!r}: the role must be one of {ROLES}")
+            steer[role] = float(f)
+        print(f"steering: every role x{args.factor}" if args.factor is not None else "steering: the story's",
+              f"and {steer}" if steer else "")  # fmt: skip
         rows = [
-            run_prompt(model, clt, sp, labels, options, args.factor) for sp in tqdm(prompts, desc="prompts")
+            run_prompt(model, clt, sp, labels, options, args.factor, steer)
+            for sp in tqdm(prompts, desc="prompts")
         ]
     (mechanism_report if args.mechanism else report)(rows)
     if args.json:
