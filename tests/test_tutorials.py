@@ -219,7 +219,7 @@ def test_removing_the_office_gives_filler(president, judge, effects):
     base = judge.summary(judge.logits(PROMPT))
     ablated, steered = effects["President"]["ablate"], effects["President"]["x-1"]
     assert ablated["p_filler"] > 5 * base["p_filler"] and ablated["p_presidents"] < base["p_presidents"]
-    assert steered["top"] in FILLER and steered["p_filler"] > 0.3
+    assert steered["top"] in FILLER_WORDS and steered["p_filler"] > 0.3  # the story's filler words
 
 
 def test_the_recipes_say_a_name_group_removes_the_names(president, judge, effects):
@@ -228,7 +228,7 @@ def test_the_recipes_say_a_name_group_removes_the_names(president, judge, effect
     ablated, steered = effects["Say a political figure"]["ablate"], effects["Say a political figure"]["x-1"]
     assert ablated["p_filler"] > 5 * base["p_filler"] and ablated["p_barack"] < 0.6 * base["p_barack"]
     assert steered["p_presidents"] < 0.02 and steered["p_filler"] > 0.1
-    assert steered["top"] in FILLER
+    assert steered["top"] in FILLER_WORDS  # the story's filler words (FILLER also has " in", " was")
 
 
 def test_the_recipes_events_group_does_not_move_the_answer(president, judge, effects):
@@ -375,9 +375,13 @@ def test_second_prompt_reading_is_true(second):
     assert era["x-1"]["top"] in CANADIAN_PMS and era["x-1"]["top"] not in (" Brian", " Pierre")
     assert era["ablate"]["top"] in CANADIAN_PMS and era["ablate"]["top"] != " Brian"
     assert year["x-1"]["top"] in CANADIAN_PMS and year["x-1"]["top"] != " Brian"
-    for name in ("say a name", "minister"):  # they move both names alike; steered down, filler on top
+    for name in ("say a name", "minister"):  # they move both names alike
         assert groups[name]["ablate"]["diff"] > 0.6 * lead
-        assert groups[name]["x-1"]["top"] in FILLER
+    # steered down: minister puts a filler word on top; say a name " in", not a filler word of the story's
+    assert groups["minister"]["x-1"]["top"] in FILLER_WORDS
+    assert groups["say a name"]["x-1"]["top"] == " in" and " in" not in FILLER_WORDS
+    say = second[0]["story"].effects["say a name"]
+    assert say.holds and not say.top_is_filler and say.p_names[1] < 0.03 and say.p_filler[1] < 0.03
     assert groups["minister"]["ablate"]["top"] == " Brian"
     holders = {" " + n.split()[0] for table in HOLDERS.values() for n in table.values() if n}
     assert groups["say a name"]["ablate"]["top"] in holders - set(CANADIAN_PMS)  # another office's holder

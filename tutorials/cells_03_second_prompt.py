@@ -152,9 +152,12 @@ word's features that the year feeds most) turns the lead to -3.69 and the answer
 that read the digits) takes the lead to 2.53 and the answer to " Jean"; steered down, to " Stephen" (Harper,
 the 2000s). The *say a name* and *minister* groups, ablated, keep most of Brian's lead (6.95, 7.70): they
 push Brian and Pierre alike (ablated, *minister* leaves Brian on top, *say a name* puts another office's
-holder there, " Helmut"); steered down, they put filler words on top (" in", " the"). All four of the
-story's effects (section 5) hold on this prompt; over held-out prompts `benchmarks/story.py` measures how
-often they do.
+holder there, " Helmut"). Steered down, *minister* puts a filler word on top (" the"); *say a name* takes
+the names to 0.02 but puts " in" on top, with filler words at 0.02 (section 5). All four of the story's
+effects hold on this prompt by the story's test (filler words up 5x, names below them and halved); read
+strictly, with a filler word on top, "say a name" does not, as on most held-out prompts of this world
+(docs/supernodes.md, "Read strictly"). Over held-out prompts `benchmarks/story.py` measures how often
+each holds, both ways.
 """,
     ),
 ]
