@@ -423,8 +423,9 @@ class DecoderByTarget:
         self, values: Float[Tensor, " n_active"], b_dec: Float[Tensor, "n_layers d_model"]
     ) -> Float[Tensor, "n_layers pos d_model"]:
         """The CLT's reconstruction of every MLP output (as `clt.decode`), in the compute dtype. Matrices
-        stored narrower (bf16) are cast CAST_ROWS rows at a time, as in the contraction: a whole cast per
-        (position, target layer) would write and read again twice their bytes (9.6 GB at the 1.7B shape)."""
+        stored narrower (bf16) are cast CAST_ROWS rows at a time into a buffer that stays in cache, as in the
+        contraction: cast whole, the 1.7B shape's 4.45 GB would become 8.9 GB of float32 copies, written
+        and read again (1.5-2.3 s against 0.4-0.6 s, benchmarks/README.md)."""
         d = b_dec.shape[-1]
         out = b_dec.to(self.compute_dtype).view(self.n_layers, 1, d).expand(-1, self.n_pos, -1).clone()
         for q in range(self.n_pos):
