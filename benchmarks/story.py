@@ -50,7 +50,7 @@ from tqdm import tqdm
 
 import tl_clt
 from tl_clt.prompts import to_tokens
-from tl_clt.proposals import word_spans, word_texts
+from tl_clt.proposals import decoder_directions, logit_readout, word_spans, word_texts
 from tl_clt.steering import Intervention
 from tl_clt.toyworld import load_toyworld
 from tl_clt.toyworld.corpus import NOUNS, first_names
@@ -253,6 +253,13 @@ def mechanism_row(model, clt, sp) -> dict:
         after = tl_clt.steer(model, clt, sp.prompt, ivs)[-1].softmax(-1)
         return top_holder(model, clt, sp, ivs, after)
 
+    # the last word's features' summed direct effect on the (de-meaned) logits: the tokens it lowers most
+    on_last = [(i, (layer, f)) for i, (layer, pos, f) in enumerate(keys) if pos == last]
+    effect = torch.tensor([values[i] for i, _ in on_last]) @ (
+        decoder_directions(clt, [k for _, k in on_last]) @ logit_readout(model)
+    )
+    lowered = [model.tokenizer.decode([int(t)]) for t in effect.argsort()[:30]]
+
     _, cache = model.run_with_cache(tokens[None], names_filter="blocks.0.attn.hook_pattern")
     attention = cache["blocks.0.attn.hook_pattern"][0, :, last, office].max()
     embed = p_names_filler(
@@ -270,6 +277,8 @@ def mechanism_row(model, clt, sp) -> dict:
         last_features_x0=steered([last], 0.0),
         last_features_x_1=steered([last], -1.0),
         layer0_attention=float(attention),
+        last_lowers_digits=sum(t.strip().isdigit() for t in lowered),  # of the 30 lowered most
+        last_lowers=lowered,
         year_features_x_1=year_ceiling(-1.0),
         year_features_x0=year_ceiling(0.0),
     )
@@ -290,7 +299,13 @@ def mechanism_report(rows: list[dict]) -> None:
     for c in cols[1:]:
         kept = sum(r[c][0] >= 0.5 for r in rows)
         filler = sum(r[c][1] > r[c][0] for r in rows)
-        print(f"  {c:24s}: names still >= 0.5 on {kept}/{n}, filler above names on {filler}/{n}")
+        top = sum(r[c][2] in FILLER_WORDS for r in rows)
+        print(f"  {c:24s}: names still >= 0.5 on {kept}/{n}, filler above names on {filler}/{n}, "
+              f"a filler word on top on {top}/{n}")  # fmt: skip
+    digits = sorted(r["last_lowers_digits"] for r in rows)
+    print(f"  the last word's features, summed: digits among the 30 tokens they lower most: "
+          f"{digits[0]}-{digits[-1]} (median {digits[n // 2]}); the seed's prompt: "
+          f"{rows[0]['last_lowers'][:12]}")  # fmt: skip
     print("\nceilings: what a group on the office's words / on the year's tokens could do at most")
     office_ok = []
     for r in rows:
