@@ -246,8 +246,8 @@ def test_smoothed_loss_equals_a_sum_written_out(smoothing):
             {"n_features": 1024, "smoothing_to": "followers"},
         ),
         (
-            ["--action-share", "0.5", "--office-filler-share", "0.1"],
-            {"action_share": 0.5, "office_filler_share": 0.1},
+            ["--action-share", "0.5", "--office-filler-share", "0.1", "--filler-share", "0.6"],
+            {"action_share": 0.5, "office_filler_share": 0.1, "filler_share": 0.6},
         ),
         (
             ["--silent-attention", "--label-smoothing", "0.1", "--sparsity", "2e-4", "--init-seed", "1"],
@@ -318,6 +318,27 @@ def test_office_filler_sentences_end_a_training_fact_prompt_in_filler():
         assert ending.removesuffix(".") in FILLERS
     extra = round(0.1 * len(fact_sentences(train)))
     assert len(make_corpus(0, office_filler_share=0.1)) == len(make_corpus(0)) + extra
+
+
+def test_build_hands_its_corpus_options_to_make_corpus(monkeypatch, tmp_path):
+    """`build`'s corpus options (`--filler-share`, `--action-share`, `--office-filler-share`) reach
+    `make_corpus` as given; the build stops there (a stand-in raises)."""
+    from tl_clt.toyworld import build as module
+
+    class Stop(Exception):
+        pass
+
+    seen = {}
+
+    def stand_in(seed, **kw):
+        seen.update(seed=seed, **kw)
+        raise Stop
+
+    monkeypatch.setattr(module, "make_corpus", stand_in)
+    with pytest.raises(Stop):
+        module.build(tmp_path, seed=3, filler_share=0.6, action_share=0.5, office_filler_share=0.1)
+    assert seen == dict(seed=3, filler_share=0.6, action_share=0.5, office_filler_share=0.1)
+    assert not any(tmp_path.iterdir())
 
 
 def test_a_build_records_the_experiment_options_it_was_given():

@@ -82,12 +82,15 @@ def build(
     label_smoothing: float = 0.0,
     office_filler_share: float = 0.0,
     smoothing_to: str = "uniform",
+    filler_share: float = 0.4,
 ) -> dict:
     """Run the whole pipeline into `out`; returns the report that is also saved as report.json."""
     options = experiment_options(**{k: v for k, v in locals().items() if k not in ("out", "seed")})
     timings, t0 = {}, time.time()
     train_seed = seed if init_seed is None else init_seed  # the model's and the CLT's training
-    corpus = make_corpus(seed, action_share=action_share, office_filler_share=office_filler_share)
+    corpus = make_corpus(
+        seed, filler_share=filler_share, action_share=action_share, office_filler_share=office_filler_share
+    )
     tokenizer = train_tokenizer(corpus, first_names(), vocab_size=1024)
     print(f"corpus: {len(corpus)} sentences, vocab {len(tokenizer)}")
 
@@ -156,6 +159,7 @@ FLAGS = {
     "action_share": (float, "office sentences ending in an action"),
     "label_smoothing": (float, "of the model's training loss"),
     "office_filler_share": (float, "office prompts ending in filler (experiment)"),
+    "filler_share": (float, "plain-noun filler sentences' share of the corpus"),
 }
 
 
