@@ -3,6 +3,7 @@
     PYTHONPATH=$PWD python benchmarks/story.py [--per-key 3] [--json out.json] [--world DIR] [--mechanism]
         [--prompts validation] [--push-cover 0.8] [--token-share 0.5] [--no-complete]
         [--min-size 2] [--min-influence 0.02] [--all-groups] [--factor -1.5] [--steer 'say a name=0']
+        [--oracle [--oracle-steps 12] [--oracle-min-layer 1]]
 
 (`--world`: a toy world built elsewhere, `python -m tl_clt.toyworld.build --out DIR`; default the
 shipped one. `--push-cover`, `--token-share`, `--no-complete`, `--min-size`, `--min-influence`,
@@ -35,6 +36,17 @@ effects with the prompt's own features: every CLT feature on the office's words 
 cannot hold more: filler up, names down, as `story_effects` reads it), and every feature on the year's
 tokens x-1 and ablated (a year or era group cannot hold more: the holder named after it, `top_holder`,
 is another one).
+
+`--oracle` (instead of the proposals): how far a group on the last word *could* go with the strict
+reading of "say a name", found by brute force knowing the answer. Per prompt, a greedy search over the
+CLT features active on the last word (`oracle_row`): at each step the feature that, added to those
+chosen and all steered x-1 with attention frozen, most raises the margin (log p of the best filler word
+minus log p of the best other token), until no feature raises it or `--oracle-steps` are chosen
+(`--oracle-min-layer L`: only features of layer L and up, e.g. 1 to leave out layer 0's: on the last
+word they are the same five features at the same activations on every prompt, the token " was"). It
+prints the margin, the top token, p(filler words) and p(names) after, and how many of the chosen
+features the proposed "say a name" group (whole) holds. The search knows the filler words, which a
+proposal cannot: it bounds what the world allows, it is not a way to find the group.
 """
 
 from __future__ import annotations
@@ -51,7 +63,7 @@ from tqdm import tqdm
 import tl_clt
 from tl_clt.prompts import to_tokens
 from tl_clt.proposals import decoder_directions, logit_readout, word_spans, word_texts
-from tl_clt.steering import Intervention
+from tl_clt.steering import Intervention, scale
 from tl_clt.toyworld import load_toyworld
 from tl_clt.toyworld.corpus import NOUNS, first_names
 from tl_clt.toyworld.labels import feature_labels
@@ -284,6 +296,59 @@ def mechanism_row(model, clt, sp) -> dict:
     )
 
 
+def oracle_row(model, clt, sp, steps: int = 12, factor: float = -1.0, min_layer: int = 0) -> dict:
+    """Greedy search over the last word's active features (of layers `min_layer` and up) for the set
+    that, steered by `factor` (attention frozen), puts a filler word on top by the widest margin (module
+    docstring, `--oracle`)."""
+    graph = tl_clt.attribute(model, clt, sp.prompt, verbose=False)
+    last = graph.n_pos - 1
+    filler = torch.tensor(token_ids(model, FILLER_WORDS))
+    keys = graph.feature_keys.tolist()
+    candidates = [graph.node_id(i) for i, k in enumerate(keys) if k[1] == last and k[0] >= min_layer]
+
+    def margin(chosen: list[str]) -> float:
+        logp = tl_clt.steer(model, clt, sp.prompt, scale(chosen, factor, graph))[-1].log_softmax(-1)
+        other = logp.clone()
+        other[filler] = -torch.inf
+        return float(logp[filler].max() - other.max())
+
+    chosen, margins = [], [margin([])]
+    while len(chosen) < steps:
+        best, node = max((margin(chosen + [c]), c) for c in candidates if c not in chosen)
+        if best <= margins[-1]:
+            break
+        chosen.append(node)
+        margins.append(best)
+    after = tl_clt.steer(model, clt, sp.prompt, scale(chosen, factor, graph))
+    p_names, p_filler, top = p_names_filler(model, after)
+    clean_names, clean_filler, _ = p_names_filler(model, model(to_tokens(model, sp.prompt)[None])[0])
+    proposals = tl_clt.propose_supernodes(graph.prune(0.8, 0.98), model=model, clt=clt, unpruned=graph)
+    say = set(story_roles(proposals, sp)["say a name"])
+    return dict(
+        prompt=sp.prompt, n_candidates=len(candidates), chosen=chosen, margins=margins, top=top,
+        top_is_filler=top in FILLER_WORDS, p_names=p_names, p_filler=p_filler,
+        holds=filler_effect_holds((clean_names, p_names), (clean_filler, p_filler)),
+        in_say_a_name=sum(c in say for c in chosen), say_a_name_size=len(say),
+    )  # fmt: skip
+
+
+def oracle_report(rows: list[dict]) -> None:
+    print(f"\n{'prompt':52s} {'cands':>5s} {'chosen':>6s} {'in say':>6s} {'margin':>7s} {'top':>10s} "
+          f"{'p(filler)':>9s} {'p(names)':>8s}")  # fmt: skip
+    for r in rows:
+        n, say, m = len(r["chosen"]), r["in_say_a_name"], r["margins"][-1]
+        print(f"{r['prompt'][:52]:52s} {r['n_candidates']:5d} {n:6d} {say:6d} {m:+7.2f} "
+              f"{r['top']!r:>10s} {r['p_filler']:9.2f} {r['p_names']:8.2f}")  # fmt: skip
+    held = rows[1:]
+    on_top = sum(r["top_is_filler"] for r in held)
+    both = sum(r["top_is_filler"] and r["holds"] for r in held)
+    chosen, say = sum(len(r["chosen"]) for r in held), sum(r["in_say_a_name"] for r in held)
+    print(f"held-out prompts: a filler word on top after the search on {on_top}/{len(held)} "
+          f"(seed's prompt: {rows[0]['top_is_filler']}); {chosen} features chosen, {say} of them in the "
+          "proposed 'say a name' group (whole)")  # fmt: skip
+    print(f"  on top, and by the 5x test too (filler up 5x, names halved and below it): {both}/{len(held)}")
+
+
 def mechanism_report(rows: list[dict]) -> None:
     cols = ("clean", "office_features_x0", "office_features_x_1", "office_mlp_zeroed",
             "office_embedding_noun", "last_features_x0", "last_features_x_1")  # fmt: skip
@@ -330,6 +395,9 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--world", default=None, help="folder of a toy world (default: the shipped one)")
     ap.add_argument("--mechanism", action="store_true", help="where the decision is carried (no proposals)")
+    ap.add_argument("--oracle", action="store_true", help="greedy search for 'say a name' read strictly")
+    ap.add_argument("--oracle-steps", type=int, default=12, help="--oracle: most features chosen")
+    ap.add_argument("--oracle-min-layer", type=int, default=0, help="--oracle: features of this layer and up")
     ap.add_argument(
         "--prompts",
         choices=("test", "validation"),
@@ -357,7 +425,13 @@ def main() -> None:
         if args.prompts == "test"
         else validation_prompts(test_per_key=args.per_key)
     )
-    if args.mechanism:
+    if args.oracle:
+        rows = [
+            oracle_row(model, clt, sp, args.oracle_steps, min_layer=args.oracle_min_layer)
+            for sp in tqdm(prompts, desc="prompts")
+        ]
+        oracle_report(rows)
+    elif args.mechanism:
         rows = [mechanism_row(model, clt, sp) for sp in tqdm(prompts, desc="prompts")]
     else:
         t0 = time.time()
@@ -382,7 +456,8 @@ def main() -> None:
             run_prompt(model, clt, sp, labels, options, args.factor, steer)
             for sp in tqdm(prompts, desc="prompts")
         ]
-    (mechanism_report if args.mechanism else report)(rows)
+    if not args.oracle:
+        (mechanism_report if args.mechanism else report)(rows)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
