@@ -1,22 +1,17 @@
 """benchmarks/sizes.py's disk check: what a size needs on disk (`data_bytes`) against the folders it writes,
 and `build` refusing up front where the disk cannot hold the rest (the 1.7B shape writes ~40 GB)."""
 
-import importlib.util
 import shutil
 from collections import namedtuple
 from pathlib import Path
 
+import benchmark_scripts
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def sizes():
-    spec = importlib.util.spec_from_file_location("bench_sizes", BENCHMARKS / "sizes.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_scripts.load("sizes")
 
 
 def _weights(folder: Path) -> int:

@@ -5,9 +5,7 @@ adds widened the margin it reports."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
+import benchmark_scripts
 import pytest
 import torch
 from test_tutorials import Judge
@@ -15,15 +13,10 @@ from test_tutorials import Judge
 from tl_clt.toyworld import load_toyworld
 from tl_clt.toyworld.story import FILLER_WORDS, SEED
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-
 
 @pytest.fixture(scope="module")
 def story():
-    spec = importlib.util.spec_from_file_location("bench_story", BENCHMARKS / "story.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_scripts.load("story")
 
 
 @pytest.fixture(scope="module")
