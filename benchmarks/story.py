@@ -2,14 +2,15 @@
 
     PYTHONPATH=$PWD python benchmarks/story.py [--per-key 3] [--json out.json] [--world DIR] [--mechanism]
         [--prompts validation] [--push-cover 0.8] [--token-share 0.5] [--no-complete]
-        [--min-size 2] [--min-influence 0.02] [--all-groups] [--factor -1.5] [--steer 'say a name=0']
+        [--min-size 2] [--min-influence 0.02] [--all-groups] [--mediate 20] [--factor -1.5]
+        [--steer 'say a name=0']
         [--oracle [--oracle-steps 12] [--oracle-min-layer 1]]
 
 (`--world`: a toy world built elsewhere, `python -m tl_clt.toyworld.build --out DIR`; default the
 shipped one. `--push-cover`, `--token-share`, `--no-complete`, `--min-size`, `--min-influence`,
-`--all-groups`: `propose_supernodes`' options; default its defaults. `--factor`: every role steered by
-this factor instead of the story's `STEERING`; the year's ablation beside it stays x0. `--steer ROLE=F`:
-that role by F, after `--factor`.)
+`--all-groups`, `--mediate`: `propose_supernodes`' options; default its defaults. `--factor`: every role
+steered by this factor instead of the story's `STEERING`; the year's ablation beside it stays x0.
+`--steer ROLE=F`: that role by F, after `--factor`.)
 
 For the seed's prompt and every held-out prompt (`tl_clt.toyworld.story.held_out_prompts`): check
 the model answers right, attribute, prune (0.8, 0.98), `propose_supernodes` (`unpruned=` the graph), find
@@ -410,6 +411,7 @@ def main() -> None:
     ap.add_argument("--min-size", type=int, default=None, help="proposals' min_size")
     ap.add_argument("--min-influence", type=float, default=None, help="proposals' min_influence")
     ap.add_argument("--all-groups", action="store_true", help="proposals: max_groups=None (no cap)")
+    ap.add_argument("--mediate", type=int, default=None, help="proposals' mediate (0: off)")
     ap.add_argument(
         "--factor", type=float, default=None, help="every role steered by this factor (default: the story's)"
     )
@@ -439,7 +441,7 @@ def main() -> None:
         print(f"feature labels from the corpus ({time.time() - t0:.0f} s): {labels.counts()}")
         given = {"push_cover": args.push_cover, "token_share": args.token_share}
         given["complete"] = False if args.no_complete else None
-        given |= {"min_size": args.min_size, "min_influence": args.min_influence}
+        given |= {"min_size": args.min_size, "min_influence": args.min_influence, "mediate": args.mediate}
         options = {k: v for k, v in given.items() if v is not None}
         if args.all_groups:
             options["max_groups"] = None

@@ -87,6 +87,12 @@ def _preserve_body(model):
         return model(_tokens(model)[None])
 
 
+def _mediators(model, clt):
+    graph = tl_clt.attribute(model, clt, PROMPT, verbose=False)
+    ids = [graph.node_id(i) for i in range(graph.n_features)]
+    return tl_clt.mediators(model, clt, graph, ids[:2], ids[2:6], 2)
+
+
 def _attribute_many(model, clt):
     """A batch run on the user's objects; a prompt's recorded failure is raised, as `attribute` would."""
     with tempfile.TemporaryDirectory() as out:
@@ -184,6 +190,14 @@ CALLS = {
             tl_clt.attribute(m, c, PROMPT, verbose=False).prune(), model=m, clt=c
         ),
     ),
+    "propose_supernodes_mediate": (
+        "propose_supernodes",
+        True,
+        lambda m, c: tl_clt.propose_supernodes(
+            tl_clt.attribute(m, c, PROMPT, verbose=False).prune(), model=m, clt=c, mediate=2
+        ),
+    ),
+    "mediators": ("mediators", True, _mediators),
     "build_feature_dashboards": (
         "build_feature_dashboards",
         True,

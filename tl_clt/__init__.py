@@ -15,7 +15,7 @@ from tl_clt.loading import load_qwen3
 from tl_clt.nodes import Node, from_json_id, node_id, parse_node, to_json_id
 from tl_clt.plot import plot_graph
 from tl_clt.prompts import to_tokens
-from tl_clt.proposals import SupernodeInfo, SupernodeProposals, propose_supernodes
+from tl_clt.proposals import SupernodeInfo, SupernodeProposals, mediators, propose_supernodes
 from tl_clt.replacement import (
     ReconstructionReport,
     feature_activations,
@@ -78,6 +78,7 @@ __all__ = [
     "plot_graph",
     "prediction_table",
     "propose_supernodes",
+    "mediators",
     "preserve",
     "reconstruction_report",
     "recurring_features",

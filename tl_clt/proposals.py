@@ -20,6 +20,10 @@ by three signals (docs/supernodes.md):
 - what it *reads* again: the rest of the last word's features join the group of the word whose
   token embeddings feed them most (features on " president" and the last-word features that read
   it are one group);
+- what it *carries*, measured (`mediate`, off by default): "say a name" keeps only the features through
+  which the most influential word ("president") acts on the answer: those, chosen greedily, whose
+  steering down brings the next-token distribution closest to that word's group steered down; the
+  rest of the last word's features form a group of their own;
 - where it sits, for what pruning dropped: the graph's feature nodes that node pruning left out are
   listed with the group of where they sit (`info[name].pruned_out`), and `proposals.whole(name)` (the
   members and those) is what to steer: a concept is spread over more features than pruning keeps.
@@ -392,6 +396,93 @@ def _carried_word(reads: Tensor, sits: int, words: list[str]) -> int:
     return sits
 
 
+def mediators(
+    model,
+    clt,
+    graph: AttributionGraph,
+    source: list[str],
+    candidates: list[str],
+    k: int,
+    factor: float = -1.0,
+    verbose: bool = True,
+) -> list[str]:
+    """At most `k` of `candidates` (feature node ids) through which `source` acts on the next token: chosen
+    greedily, each step adding the candidate that, steered by `factor` with those chosen (attention
+    frozen), brings the next-token distribution closest (KL) to `source` steered by `factor`; stops when
+    no candidate brings it closer. `graph`: the prompt's graph (its activations). Deterministic (ties:
+    the earlier candidate). Up to `k` x len(candidates) steered forward passes (a tqdm bar per step when
+    `verbose`)."""
+    from tl_clt.progress import tqdm
+    from tl_clt.steering import scale, steer
+
+    if k < 0:
+        raise ValueError(f"k is a count of features, got {k}.")
+
+    def log_probs(nodes: list[str]) -> Tensor:
+        return steer(model, clt, graph.tokens, scale(nodes, factor, graph))[-1].double().log_softmax(-1)
+
+    target = log_probs(source)
+    p = target.exp()
+
+    def distance(nodes: list[str]) -> float:
+        return float((p * (target - log_probs(nodes))).sum())
+
+    chosen: list[str] = []
+    best = distance(chosen)
+    rest = list(candidates)
+    with tqdm(total=k, desc="mediators", disable=not verbose or not rest, leave=False) as bar:
+        while rest and len(chosen) < k:
+            scores = [distance(chosen + [c]) for c in rest]
+            i = min(range(len(rest)), key=lambda j: (scores[j], j))
+            if scores[i] >= best:
+                break
+            best = scores[i]
+            chosen.append(rest.pop(i))
+            bar.update()
+    return chosen
+
+
+def _mediated(
+    kept: list[tuple[tuple, list[int]]],
+    lost_keys: list[tuple[str, tuple]],
+    nodes: _Nodes,
+    words: list[str],
+    infl: Tensor,
+    graph: AttributionGraph,
+    model,
+    clt,
+    k: int,
+    max_groups: int | None,
+) -> tuple[list[tuple[tuple, list[int]]], list[tuple[str, tuple]], bool]:
+    """The kept clusters with "say a name" (("say",)) narrowed to its `mediators` of the most influential
+    word group (a ("word", w) key on a word that is no number). The rest of it joins the ("last",) group,
+    which is added where `max_groups` leaves room (the cap was applied before: no other group is pushed
+    out) and left out otherwise. Unchanged when either group is missing or no member is chosen."""
+    keys = [key for key, _ in kept]
+    words_kept = [key for key in keys if key[0] == "word" and not _is_number(words[key[1]])]
+    if ("say",) not in keys or not words_kept:
+        return kept, lost_keys, False
+    top = words_kept[0]  # kept is sorted by influence
+    rows = dict(kept)
+    ids = [nodes.ids[i] for i in nodes.features]
+    source = [ids[r] for r in rows[top]] + [n for n, key in lost_keys if key == top]
+    candidates = [ids[r] for r in rows[("say",)]] + [n for n, key in lost_keys if key == ("say",)]
+    chosen = set(mediators(model, clt, graph, source, candidates, k))
+    say = [r for r in rows[("say",)] if ids[r] in chosen]
+    if not say:
+        return kept, lost_keys, False
+    rest = [r for r in rows[("say",)] if ids[r] not in chosen]
+    rows[("say",)] = say
+    room = ("last",) in rows or max_groups is None or len(rows) < max_groups
+    if rest and room:
+        rows[("last",)] = sorted(rows.get(("last",), []) + rest)
+    rest_key = ("last",) if room else None
+    lost_keys = [(n, rest_key if key == ("say",) and n not in chosen else key) for n, key in lost_keys]
+    lost_keys = [(n, key) for n, key in lost_keys if key is not None]
+    kept = sorted(rows.items(), key=lambda kv: (-float(infl[kv[1]].sum()), kv[1][0]))
+    return kept, lost_keys, True
+
+
 def propose_supernodes(
     graph: AttributionGraph,
     *,
@@ -408,6 +499,7 @@ def propose_supernodes(
     min_size: int = 1,
     min_influence: float = 0.0,
     max_groups: int | None = 8,
+    mediate: int = 0,
 ) -> SupernodeProposals:
     """Named groups of the feature nodes of a pruned graph: `{name: [node id, ...]}`.
 
@@ -435,6 +527,11 @@ def propose_supernodes(
     influence are left out (by default none: pruning has already kept the features by influence, and a
     word with one feature left, "prime" of "prime minister", is part of the circuit); at most `max_groups`
     are kept, most influential first. Deterministic.
+    `mediate` (0: off; needs `model` and `clt`): "say a name" keeps at most this many of its features
+    (of `whole("say a name")`): those through which the most influential word group acts, chosen
+    greedily (`mediators`); the others join the last word's leftover group ("says" kind) where
+    `max_groups` leaves room, and no group otherwise (no other group is pushed out). It runs the model
+    once per candidate per step: up to `mediate` x the group's size steered forward passes.
     Returns a `SupernodeProposals` (a dict with `.info`). See docs/supernodes.md.
     """
     if (model is None) != (clt is None):
@@ -449,6 +546,8 @@ def propose_supernodes(
         raise ValueError(f"push_cover is a share in [0, 1], got {push_cover}.")
     if not 0 <= token_share <= 1:
         raise ValueError(f"token_share is a share in [0, 1], got {token_share}.")
+    if mediate < 0 or (mediate and model is None):
+        raise ValueError(f"mediate is a count of features (0: off) and needs model= and clt=, got {mediate}.")
     if graph.node_mask is None:
         pruned, unpruned = graph.prune(), graph
     else:
@@ -471,10 +570,11 @@ def propose_supernodes(
     says_strs = [[decode(t if says_tokens is None else says_tokens[t]) for t in row] for row in top]
     pushes = _pushers(nodes, spans, says, push_k, push_cover) if says_tokens is None else set()
     keys = _keys(nodes, spans, words, reads, says_strs, name_share, pushes, token_share)
+    infl = torch.tensor([float(nodes.attrs[i].get("influence") or 0.0) for i in nodes.features])
+    lost_keys = _pruned_out_keys(pruned, unpruned, spans, words, token_share) if complete else []
     text = _feature_labels(
         clt, [(nodes.attrs[i]["layer"], nodes.attrs[i]["feature"]) for i in nodes.features], labels
     )
-    infl = torch.tensor([float(nodes.attrs[i].get("influence") or 0.0) for i in nodes.features])
     by_key: dict[tuple, list[int]] = {}
     for row, key in enumerate(keys):
         by_key.setdefault(key, []).append(row)
@@ -484,18 +584,24 @@ def propose_supernodes(
         (k, c) for k, c in clusters if len(c) >= min_size and float(infl[c].sum()) >= min_influence * total
     ]
     kept = kept[:max_groups] if max_groups is not None else kept
+    carried = False
+    if mediate:
+        kept, lost_keys, carried = _mediated(
+            kept, lost_keys, nodes, words, infl, pruned, model, clt, mediate, max_groups
+        )
     ctx = _NamingContext(nodes, spans, words, reads, says, says_tokens, infl, decode, text)
     infos = _name_groups([ctx.describe(k, c) for k, c in kept])
     if complete:
         name_of = {k: info.name for (k, _), info in zip(kept, infos, strict=True)}
         lost: dict[str, list[str]] = {}
-        for node_id, key in _pruned_out_keys(pruned, unpruned, spans, words, token_share):
+        for node_id, key in lost_keys:
             if key in name_of:
                 lost.setdefault(name_of[key], []).append(node_id)
         infos = [replace(i, pruned_out=lost.get(i.name, [])) for i in infos]
     last = max(spans)
     fed = any(k[0] == "era" and spans[nodes.attrs[i]["pos"]] != last for k, i in zip(keys, nodes.features))
     signals = ["sits", "reads", "says"] + (["pushes"] if pushes else []) + (["feeds"] if fed else [])
+    signals += ["carries"] if carried else []
     signals += ["completes"] if any(i.pruned_out for i in infos) else []
     signals += ["labels"] if text is not None else []
     return SupernodeProposals(
