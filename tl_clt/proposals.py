@@ -412,14 +412,25 @@ def mediators(
     no candidate brings it closer. `graph`: the prompt's graph (its activations). Deterministic (ties:
     the earlier candidate). Up to `k` x len(candidates) steered forward passes (a tqdm bar per step when
     `verbose`)."""
+    from tl_clt.frozen import clean_pass
+    from tl_clt.hooks import preserve
     from tl_clt.progress import tqdm
-    from tl_clt.steering import scale, steer
+    from tl_clt.prompts import to_tokens
+    from tl_clt.steering import check_interventions, plan_interventions, run_steered, scale
 
     if k < 0:
         raise ValueError(f"k is a count of features, got {k}.")
+    sites = check_compatible(model, clt)
+    tokens = to_tokens(model, graph.tokens)
+    with preserve(model), torch.no_grad():
+        clean = clean_pass(model, clt, tokens, sites)  # the frozen values, once for every steering
 
     def log_probs(nodes: list[str]) -> Tensor:
-        return steer(model, clt, graph.tokens, scale(nodes, factor, graph))[-1].double().log_softmax(-1)
+        ivs = check_interventions(scale(nodes, factor, graph), clt, len(tokens))
+        logits = run_steered(
+            model, clt, sites, plan_interventions(clt, ivs), tokens, freeze_attention=True, clean=clean
+        )
+        return logits[-1].double().log_softmax(-1)
 
     target = log_probs(source)
     p = target.exp()

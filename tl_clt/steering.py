@@ -342,10 +342,12 @@ def build_steering_hooks(
     *,
     freeze_attention: bool,
     direct_effects: bool,
+    clean: PromptState | None = None,
 ) -> HookList:
     """The hooks of `steering_hooks` from checked inputs: `sites` from `check_compatible`, `plans` from
     `plan_interventions` (positions resolved against `tokens` if given), `tokens` from `to_tokens`
-    (needed when freezing). Reads no decoder rows."""
+    (needed when freezing). `clean`: `clean_pass` of `tokens` if already made (one pass saved per
+    call when many steerings share a prompt). Reads no decoder rows."""
     frozen = freeze_attention or direct_effects
     st = SteeringState(model, clt, sites, plans, None)
     first_out = 0 if direct_effects else st.first
@@ -360,8 +362,10 @@ def build_steering_hooks(
         hooks += [(pattern.format(layer=layer), guard) for layer in sorted({0, *st.plans})]
     hooks += [(pattern.format(layer=layer), layer_hook(st.see_pattern, layer)) for layer in st.plans]
     if frozen:
-        with preserve(model), torch.no_grad():
-            state = clean_pass(model, clt, tokens, sites)
+        state = clean
+        if state is None:
+            with preserve(model), torch.no_grad():
+                state = clean_pass(model, clt, tokens, sites)
         hooks += freeze_hooks(state.everything() if direct_effects else state.patterns())
         st.clean = state if direct_effects else None
     return hooks
@@ -421,12 +425,15 @@ def run_steered(
     *,
     freeze_attention: bool,
     direct_effects: bool = False,
+    clean: PromptState | None = None,
 ) -> Float[Tensor, "pos d_vocab"]:
-    """Logits of `tokens` with planned interventions applied (inputs checked by the caller)."""
+    """Logits of `tokens` with planned interventions applied (inputs checked by the caller; `clean`:
+    see `build_steering_hooks`)."""
     with preserve(model), torch.no_grad():
         hooks = build_steering_hooks(
-            model, clt, sites, plans, tokens, freeze_attention=freeze_attention, direct_effects=direct_effects
-        )
+            model, clt, sites, plans, tokens, freeze_attention=freeze_attention,
+            direct_effects=direct_effects, clean=clean,
+        )  # fmt: skip
         with model.hooks(fwd_hooks=hooks):
             return model(tokens[None])[0]
 
