@@ -64,7 +64,7 @@ from tqdm import tqdm
 import tl_clt
 from tl_clt.prompts import to_tokens
 from tl_clt.proposals import decoder_directions, logit_readout, word_spans, word_texts
-from tl_clt.steering import Intervention, scale
+from tl_clt.steering import Intervention, scale, steerer
 from tl_clt.toyworld import load_toyworld
 from tl_clt.toyworld.corpus import NOUNS, first_names
 from tl_clt.toyworld.labels import feature_labels
@@ -306,9 +306,10 @@ def oracle_row(model, clt, sp, steps: int = 12, factor: float = -1.0, min_layer:
     filler = torch.tensor(token_ids(model, FILLER_WORDS))
     keys = graph.feature_keys.tolist()
     candidates = [graph.node_id(i) for i, k in enumerate(keys) if k[1] == last and k[0] >= min_layer]
+    steer = steerer(model, clt, sp.prompt)  # one clean pass for every steering
 
     def margin(chosen: list[str]) -> float:
-        logp = tl_clt.steer(model, clt, sp.prompt, scale(chosen, factor, graph))[-1].log_softmax(-1)
+        logp = steer(scale(chosen, factor, graph))[-1].log_softmax(-1)
         other = logp.clone()
         other[filler] = -torch.inf
         return float(logp[filler].max() - other.max())
@@ -320,8 +321,7 @@ def oracle_row(model, clt, sp, steps: int = 12, factor: float = -1.0, min_layer:
             break
         chosen.append(node)
         margins.append(best)
-    after = tl_clt.steer(model, clt, sp.prompt, scale(chosen, factor, graph))
-    p_names, p_filler, top = p_names_filler(model, after)
+    p_names, p_filler, top = p_names_filler(model, steer(scale(chosen, factor, graph)))
     clean_names, clean_filler, _ = p_names_filler(model, model(to_tokens(model, sp.prompt)[None])[0])
     proposals = tl_clt.propose_supernodes(graph.prune(0.8, 0.98), model=model, clt=clt, unpruned=graph)
     say = set(story_roles(proposals, sp)["say a name"])

@@ -412,25 +412,15 @@ def mediators(
     no candidate brings it closer. `graph`: the prompt's graph (its activations). Deterministic (ties:
     the earlier candidate). Up to `k` x len(candidates) steered forward passes (a tqdm bar per step when
     `verbose`)."""
-    from tl_clt.frozen import clean_pass
-    from tl_clt.hooks import preserve
     from tl_clt.progress import tqdm
-    from tl_clt.prompts import to_tokens
-    from tl_clt.steering import check_interventions, plan_interventions, run_steered, scale
+    from tl_clt.steering import scale, steerer
 
     if k < 0:
         raise ValueError(f"k is a count of features, got {k}.")
-    sites = check_compatible(model, clt)
-    tokens = to_tokens(model, graph.tokens)
-    with preserve(model), torch.no_grad():
-        clean = clean_pass(model, clt, tokens, sites)  # the frozen values, once for every steering
+    steer = steerer(model, clt, graph.tokens)  # one clean pass for every steering
 
     def log_probs(nodes: list[str]) -> Tensor:
-        ivs = check_interventions(scale(nodes, factor, graph), clt, len(tokens))
-        logits = run_steered(
-            model, clt, sites, plan_interventions(clt, ivs), tokens, freeze_attention=True, clean=clean
-        )
-        return logits[-1].double().log_softmax(-1)
+        return steer(scale(nodes, factor, graph))[-1].double().log_softmax(-1)
 
     target = log_probs(source)
     p = target.exp()
@@ -469,12 +459,11 @@ def _mediated(
     word group (a ("word", w) key on a word that is no number). The rest of it joins the ("last",) group,
     which is added where `max_groups` leaves room (the cap was applied before: no other group is pushed
     out) and left out otherwise. Unchanged when either group is missing or no member is chosen."""
-    keys = [key for key, _ in kept]
-    words_kept = [key for key in keys if key[0] == "word" and not _is_number(words[key[1]])]
-    if ("say",) not in keys or not words_kept:
+    rows = dict(kept)
+    words_kept = [key for key in rows if key[0] == "word" and not _is_number(words[key[1]])]
+    if ("say",) not in rows or not words_kept:
         return kept, lost_keys, False
     top = words_kept[0]  # kept is sorted by influence
-    rows = dict(kept)
     ids = [nodes.ids[i] for i in nodes.features]
     source = [ids[r] for r in rows[top]] + [n for n, key in lost_keys if key == top]
     candidates = [ids[r] for r in rows[("say",)]] + [n for n, key in lost_keys if key == ("say",)]

@@ -449,12 +449,37 @@ def steer(
 ) -> Float[Tensor, "pos d_vocab"]:
     """Logits of `prompt` (sink token at 0 included) with `interventions` applied, as by
     `steering_hooks`."""
+    return steerer(model, clt, prompt, freeze_attention=freeze_attention, direct_effects=direct_effects)(
+        interventions
+    )
+
+
+def steerer(
+    model,
+    clt: CrossLayerTranscoder,
+    prompt: Prompt,
+    *,
+    freeze_attention: bool = True,
+    direct_effects: bool = False,
+) -> Callable[[Intervention | Iterable[Intervention]], Float[Tensor, "pos d_vocab"]]:
+    """`steer` of one prompt as a function of the interventions, for many steerings of it: model, CLT and
+    prompt are checked once, and the clean pass that gives the frozen values is made at the first call
+    (after its interventions are checked) and kept. The model must not change between calls."""
     sites = check_compatible(model, clt)
     tokens = to_tokens(model, prompt)
-    plans = plan_interventions(clt, check_interventions(interventions, clt, len(tokens)))
-    return run_steered(
-        model, clt, sites, plans, tokens, freeze_attention=freeze_attention, direct_effects=direct_effects
-    )
+    kept: list[PromptState] = []
+
+    def run(interventions: Intervention | Iterable[Intervention]) -> Float[Tensor, "pos d_vocab"]:
+        plans = plan_interventions(clt, check_interventions(interventions, clt, len(tokens)))
+        if (freeze_attention or direct_effects) and not kept:
+            with preserve(model), torch.no_grad():
+                kept.append(clean_pass(model, clt, tokens, sites))
+        return run_steered(
+            model, clt, sites, plans, tokens, freeze_attention=freeze_attention,
+            direct_effects=direct_effects, clean=kept[0] if kept else None,
+        )  # fmt: skip
+
+    return run
 
 
 # ------------------------------------------------------------------------ scale / ablate
