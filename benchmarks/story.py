@@ -64,7 +64,7 @@ from tqdm import tqdm
 import tl_clt
 from tl_clt.prompts import to_tokens
 from tl_clt.proposals import decoder_directions, logit_readout, word_spans, word_texts
-from tl_clt.steering import Intervention, scale, steerer
+from tl_clt.steering import Intervention, Steerer, scale
 from tl_clt.toyworld import load_toyworld
 from tl_clt.toyworld.corpus import NOUNS, first_names
 from tl_clt.toyworld.labels import feature_labels
@@ -306,7 +306,7 @@ def oracle_row(model, clt, sp, steps: int = 12, factor: float = -1.0, min_layer:
     filler = torch.tensor(token_ids(model, FILLER_WORDS))
     keys = graph.feature_keys.tolist()
     candidates = [graph.node_id(i) for i, k in enumerate(keys) if k[1] == last and k[0] >= min_layer]
-    steer = steerer(model, clt, sp.prompt)  # one clean pass for every steering
+    steer = Steerer(model, clt, sp.prompt)  # one clean pass for every steering
 
     def margin(chosen: list[str]) -> float:
         logp = steer(scale(chosen, factor, graph))[-1].log_softmax(-1)

@@ -69,6 +69,27 @@ def test_relu_when_no_threshold(tmp_path):
     torch.testing.assert_close(clt.encode(x, 0), torch.relu(clt.pre_activations(x, 0)))
 
 
+@pytest.mark.parametrize("jumprelu", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_encode_features_computes_only_the_chosen_columns(tmp_path, jumprelu, dtype):
+    """`encode_features(x, layer, f)` equals the float64 JumpReLU / ReLU of the chosen features, for any
+    leading shape, repeated and unsorted indices; an index out of range is refused."""
+    folder = synthetic.make_random_clt_folder(tmp_path / "c", 2, 16, 40, jumprelu=jumprelu)
+    clt = CrossLayerTranscoder.from_pretrained(folder, dtype=dtype)
+    x = torch.randn(3, 5, 16) * 2
+    features = torch.tensor([7, 0, 39, 7])
+    for layer in range(2):
+        pre = x.double() @ clt.W_enc[layer].double().T + clt.b_enc[layer].double()
+        thr = clt.threshold[layer].double() if jumprelu else torch.zeros(40, dtype=torch.float64)
+        want = (pre * (pre > thr))[..., features]
+        got = clt.encode_features(x, layer, features)
+        assert got.shape == (3, 5, 4) and got.dtype == torch.float32
+        torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+    assert (want > 0).any() and (want == 0).any()
+    with pytest.raises(IndexError, match="out of range"):
+        clt.encode_features(x, 0, torch.tensor([40]))
+
+
 @pytest.mark.parametrize("block_bytes", [3 * 16 * 4, 1 << 30])
 def test_pre_activations_of_a_bf16_encoder_cast_in_blocks(tmp_path, monkeypatch, block_bytes):
     """A bf16 encoder with a float32 input: the pre-activations (cast a block of rows at a time, blocks of

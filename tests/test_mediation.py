@@ -75,6 +75,16 @@ def test_narrowed_group_is_the_mediators_of_the_top_word_and_nothing_else_moves(
     assert "carries" in narrowed.signals["signals"] and "carries" not in base.signals["signals"]
 
 
+def test_batched_choice_equals_one_steering_per_pass(seed):
+    """The greedy choice does not depend on how many steerings share a forward pass (the default batch
+    runs 16; batch_size=1 is one pass per candidate, as before batching)."""
+    model, clt, graph, _, base, _ = seed
+    source, candidates = base.whole(_top_word(base)), base.whole("say a name")
+    one = mediators(model, clt, graph, source, candidates, 6, batch_size=1)
+    assert len(one) == 6
+    assert mediators(model, clt, graph, source, candidates, 6, batch_size=7) == one
+
+
 def test_the_cap_pushes_no_group_out(seed):
     model, clt, graph, pruned, base, _ = seed
     capped = tl_clt.propose_supernodes(

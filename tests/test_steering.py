@@ -192,6 +192,73 @@ def test_current_activation_is_read_in_the_steered_pass(setup, clt, freeze):
     assert (out[-1] - clean[-1]).abs().max() > 1e-3
 
 
+def _batch_of_steerings(acts) -> list[list[Intervention]]:
+    """Steerings that differ in layers, positions (int, negative, slices, named) and features; one empty,
+    one repeated, and two setting the same feature to different values."""
+    f0 = acts[0, 3].nonzero()[:3].squeeze(-1).tolist()
+    f1 = int(acts[1, -1].argmax())
+    return [
+        [Intervention(0, 3, f, 0.0) for f in f0],
+        [Intervention(1, -1, f1, 2.5), Intervention(2, slice(2, 6), 7, 1.0)],
+        [],
+        [Intervention(0, slice(5, None), 11, 4.0), Intervention(1, -1, f1, 0.0)],
+        [Intervention(1, -1, f1, -3.0)],
+        [Intervention(2, "prompt", 7, 0.5), Intervention(0, 3, f0[0], 1.5)],
+        [Intervention(0, 3, f, 0.0) for f in f0],
+    ]
+
+
+def _reference_ivs(ivs, n):
+    def where(pos):
+        if pos == "prompt":
+            return list(range(n))
+        return list(range(n))[pos] if isinstance(pos, slice) else [pos % n]
+
+    return [(iv.layer, where(iv.pos), iv.feature, iv.value) for iv in ivs]
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+@pytest.mark.parametrize("batch_size", [1, 3, 16])
+def test_batched_steerings_equal_the_independent_reference_one_by_one(setup, clt, freeze, batch_size):
+    """`Steerer.last` runs steerings side by side along the batch; each row equals that steering computed
+    alone by the reference (raw tensors, plain hooks), and the steerings really differ."""
+    from tl_clt.steering import Steerer
+
+    model, tokens, raw, clean = setup
+    steerings = _batch_of_steerings(clean_acts(model, raw, tokens))
+    out = Steerer(model, clt, PROMPT, freeze_attention=freeze).last(steerings, batch_size=batch_size)
+    assert out.shape == (len(steerings), model.cfg.d_vocab)
+    for row, ivs in zip(out, steerings, strict=True):
+        _close(row, reference_steer(model, raw, tokens, _reference_ivs(ivs, len(tokens)), freeze)[-1])
+    _close(out[2], clean[-1])  # the empty steering
+    assert min((out[i] - out[j]).abs().max() for i in range(6) for j in range(i + 1, 6)) > 1e-3
+
+
+def test_batched_direct_effects_equal_steer_one_by_one(setup, clt):
+    from tl_clt.steering import Steerer
+
+    model, tokens, raw, _ = setup
+    steerings = _batch_of_steerings(clean_acts(model, raw, tokens))
+    out = Steerer(model, clt, PROMPT, direct_effects=True).last(steerings, batch_size=4)
+    for row, ivs in zip(out, steerings, strict=True):
+        _close(row, steer(model, clt, PROMPT, ivs, direct_effects=True)[-1])
+
+
+def test_batched_steerings_are_all_checked_before_any_pass(setup, clt, monkeypatch):
+    from tl_clt import steering
+
+    model = setup[0]
+    ran = []
+    monkeypatch.setattr(steering, "run_steered", lambda *a, **k: ran.append(1))
+    st = steering.Steerer(model, clt, PROMPT)
+    with pytest.raises(ValueError, match="feature 99999 is out of range"):
+        st.last([[Intervention(0, 1, 2, 0.0)]] * 5 + [[Intervention(0, 1, 99999, 0.0)]], batch_size=2)
+    with pytest.raises(ValueError, match="batch_size"):
+        st.last([[]], batch_size=0)
+    assert ran == []
+    assert st.last([]).shape == (0, model.cfg.d_vocab)
+
+
 @pytest.mark.parametrize("factor", [0.0, 3.0])
 def test_direct_effects_reproduce_the_graphs_logit_edges(setup, clt, graph, factor):
     """In direct-effect mode, setting a feature to k*a moves each de-meaned logit by (k-1)*edge."""
@@ -317,15 +384,15 @@ def test_nothing_is_left_behind_also_when_a_hook_raises(setup, clt, monkeypatch)
         assert _snapshot(model) == before
 
         calls = []
-        real_encode = clt.encode
+        real_encode = clt.encode_features  # what the steering hooks call at each steered layer
 
-        def encode_then_fail(x, layer):
+        def encode_then_fail(x, layer, features):
             calls.append(layer)
             if layer == 1:
                 raise RuntimeError("boom in layer 1")
-            return real_encode(x, layer)
+            return real_encode(x, layer, features)
 
-        monkeypatch.setattr(clt, "encode", encode_then_fail)
+        monkeypatch.setattr(clt, "encode_features", encode_then_fail)
         for run in (
             lambda: steer(model, clt, PROMPT, ivs, freeze_attention=False),
             lambda: tl_clt.generate(model, clt, PROMPT, ivs, max_new_tokens=2),

@@ -359,6 +359,17 @@ class CrossLayerTranscoder(torch.nn.Module):
         """Feature activations of layer `layer` for MLP inputs x."""
         return self.activation_fn(self.pre_activations(x, layer), layer)
 
+    def encode_features(
+        self, x: Float[Tensor, "... d_model"], layer: int, features: Int[Tensor, " m"]
+    ) -> Float[Tensor, "... m"]:
+        """`encode(x, layer)[..., features]`, computing only those features (steering reads a few)."""
+        self.check_layer(layer)
+        features = _feature_indices(features, self.n_features, layer).to(self.W_enc[layer].device)
+        pre = x @ self.W_enc[layer][features].to(x.dtype).T + self.b_enc[layer][features].to(x.dtype)
+        if self.threshold is None:
+            return torch.relu(pre)
+        return pre * (pre > self.threshold[layer][features].to(pre.dtype))
+
     def decoder_rows(
         self, layer: int, features: Int[Tensor, " n"], *, compact: bool = False
     ) -> Float[Tensor, "n n_out_layers d_model"]:

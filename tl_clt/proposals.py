@@ -405,35 +405,37 @@ def mediators(
     k: int,
     factor: float = -1.0,
     verbose: bool = True,
+    batch_size: int = 16,
 ) -> list[str]:
     """At most `k` of `candidates` (feature node ids) through which `source` acts on the next token: chosen
     greedily, each step adding the candidate that, steered by `factor` with those chosen (attention
     frozen), brings the next-token distribution closest (KL) to `source` steered by `factor`; stops when
     no candidate brings it closer. `graph`: the prompt's graph (its activations). Deterministic (ties:
-    the earlier candidate). Up to `k` x len(candidates) steered forward passes (a tqdm bar per step when
-    `verbose`)."""
+    the earlier candidate). Up to `k` x len(candidates) steerings, `batch_size` of them per forward
+    pass (a tqdm bar per step when `verbose`)."""
     from tl_clt.progress import tqdm
-    from tl_clt.steering import scale, steerer
+    from tl_clt.steering import Steerer, scale
 
     if k < 0:
         raise ValueError(f"k is a count of features, got {k}.")
-    steer = steerer(model, clt, graph.tokens)  # one clean pass for every steering
+    steer = Steerer(model, clt, graph.tokens)  # one clean pass for every steering
 
-    def log_probs(nodes: list[str]) -> Tensor:
-        return steer(scale(nodes, factor, graph))[-1].double().log_softmax(-1)
+    def log_probs(node_sets: list[list[str]]) -> Float[Tensor, "n d_vocab"]:
+        steerings = [scale(nodes, factor, graph) for nodes in node_sets]
+        return steer.last(steerings, batch_size=batch_size).double().log_softmax(-1)
 
-    target = log_probs(source)
+    target = log_probs([source])[0]
     p = target.exp()
 
-    def distance(nodes: list[str]) -> float:
-        return float((p * (target - log_probs(nodes))).sum())
+    def distances(node_sets: list[list[str]]) -> list[float]:
+        return (p * (target - log_probs(node_sets))).sum(-1).tolist()
 
     chosen: list[str] = []
-    best = distance(chosen)
+    best = distances([chosen])[0]
     rest = list(candidates)
     with tqdm(total=k, desc="mediators", disable=not verbose or not rest, leave=False) as bar:
         while rest and len(chosen) < k:
-            scores = [distance(chosen + [c]) for c in rest]
+            scores = distances([chosen + [c] for c in rest])
             i = min(range(len(rest)), key=lambda j: (scores[j], j))
             if scores[i] >= best:
                 break

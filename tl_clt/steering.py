@@ -101,8 +101,11 @@ def _int(x, what: str, iv: Intervention) -> int:
         raise TypeError(f"{iv}: {what} must be an int, got {type(x).__name__}.") from None
 
 
-def check_intervention(iv: Intervention, clt: CrossLayerTranscoder, n_pos: int | None = None) -> Intervention:
-    """`iv` with plain-Python fields, or a clear error naming what is wrong and how to fix it."""
+def check_intervention(
+    iv: Intervention, clt: CrossLayerTranscoder, n_pos: int | None = None, *, fingerprint: bool = True
+) -> Intervention:
+    """`iv` with plain-Python fields, or a clear error naming what is wrong and how to fix it.
+    `fingerprint=False`: its graph's CLT fingerprint was checked already (`check_fingerprints`)."""
     layer = _int(iv.layer, "layer", iv)
     feature = _int(iv.feature, "feature", iv)
     if not 0 <= layer < clt.n_layers:
@@ -111,7 +114,8 @@ def check_intervention(iv: Intervention, clt: CrossLayerTranscoder, n_pos: int |
         raise ValueError(
             f"{iv}: feature {feature} is out of range; layer {layer} has features 0..{clt.n_features - 1}."
         )
-    check_clt(iv.clt_fingerprint, clt, f"{iv} comes from a graph that")
+    if fingerprint:
+        check_clt(iv.clt_fingerprint, clt, f"{iv} comes from a graph that")
     try:
         value = as_number(iv.value, "value", finite=False)
     except TypeError as err:
@@ -164,7 +168,18 @@ def resolve_positions(iv: Intervention, n_prompt: int) -> Intervention:
 
 def check_interventions(interventions, clt: CrossLayerTranscoder, n_pos: int | None) -> list[Intervention]:
     """`as_interventions(interventions)`, each checked by `check_intervention`."""
-    return [check_intervention(iv, clt, n_pos) for iv in as_interventions(interventions)]
+    ivs = as_interventions(interventions)
+    check_fingerprints(ivs, clt)
+    return [check_intervention(iv, clt, n_pos, fingerprint=False) for iv in ivs]
+
+
+def check_fingerprints(ivs: Iterable[Intervention], clt: CrossLayerTranscoder) -> None:
+    """`check_clt` of each distinct graph fingerprint among `ivs` (one per graph, not one per feature)."""
+    seen: set[int] = set()
+    for iv in ivs:
+        if iv.clt_fingerprint and id(iv.clt_fingerprint) not in seen:
+            seen.add(id(iv.clt_fingerprint))
+            check_clt(iv.clt_fingerprint, clt, f"{iv} comes from a graph that")
 
 
 def _check_slice(pos: slice, iv: Intervention, n_pos: int | None) -> None:
@@ -208,19 +223,25 @@ def _counts_from_end(pos: int | slice) -> bool:
 # ------------------------------------------------------------------------ hooks
 @dataclass
 class LayerPlan:
-    """The interventions of one layer: their distinct features and those features' decoder rows."""
+    """The interventions of one layer: their distinct features and those features' decoder rows.
+    With `n_batch`, the plan of `n_batch` steerings run side by side (one per batch element)."""
 
     layer: int
     features: Int[Tensor, " m"]
     rows: Float[Tensor, "m n_out_layers d_model"]
-    items: list[tuple[int | slice, int, float]]  # (pos, column in `features`, value), in given order
+    # (batch element, or None: unbatched; pos; column in `features`; value), in given order
+    items: list[tuple[int | None, int | slice, int, float]]
+    n_batch: int | None = None
 
     def targets(self, n_pos: int, offset: int = 0) -> tuple[Tensor, Tensor]:
-        """Which (pos, feature column) are set, and to what, for positions offset..n_pos-1 of a sequence
-        of `n_pos` tokens (a KV-cache pass runs only those). Later interventions win."""
-        mask = torch.zeros(n_pos, len(self.features), dtype=torch.bool)
-        value = torch.zeros(n_pos, len(self.features), dtype=torch.float64)  # exact for any model dtype
-        for pos, col, v in self.items:
+        """Which ([batch,] pos, feature column) are set, and to what, for positions offset..n_pos-1 of a
+        sequence of `n_pos` tokens (a KV-cache pass runs only those). Later interventions win."""
+        shape = (
+            (n_pos, len(self.features)) if self.n_batch is None else (self.n_batch, n_pos, len(self.features))
+        )
+        mask = torch.zeros(shape, dtype=torch.bool)
+        value = torch.zeros(shape, dtype=torch.float64)  # exact for any model dtype
+        for b, pos, col, v in self.items:
             if offset and _counts_from_end(pos):
                 raise ValueError(
                     f"Intervention pos {pos} counts from the end, but these hooks were built without "
@@ -228,22 +249,34 @@ class LayerPlan:
                     "in model.generate), so the prompt's end is unknown: build them with "
                     "tokens=tl_clt.to_tokens(model, prompt)."
                 )
-            p = positions(pos, n_pos)
-            mask[p, col] = True
-            value[p, col] = v
-        return mask[offset:], value[offset:]
+            at = (positions(pos, n_pos), col) if b is None else (b, positions(pos, n_pos), col)
+            mask[at] = True
+            value[at] = v
+        return mask[..., offset:, :], value[..., offset:, :]
 
 
 def plan_interventions(clt: CrossLayerTranscoder, interventions: list[Intervention]) -> list[LayerPlan]:
     """Checked interventions grouped by layer, each layer's decoder rows read once."""
+    return _plans(clt, [(None, iv) for iv in interventions], None)
+
+
+def plan_batch(clt: CrossLayerTranscoder, steerings: list[list[Intervention]]) -> list[LayerPlan]:
+    """`plan_interventions` of several steerings at once: steering b runs as batch element b."""
+    return _plans(clt, [(b, iv) for b, ivs in enumerate(steerings) for iv in ivs], len(steerings))
+
+
+def _plans(
+    clt: CrossLayerTranscoder, tagged: list[tuple[int | None, Intervention]], n_batch
+) -> list[LayerPlan]:
     plans = []
-    for layer in sorted({iv.layer for iv in interventions}):
-        mine = [iv for iv in interventions if iv.layer == layer]
-        features = sorted({iv.feature for iv in mine})
+    for layer in sorted({iv.layer for _, iv in tagged}):
+        mine = [(b, iv) for b, iv in tagged if iv.layer == layer]
+        features = sorted({iv.feature for _, iv in mine})
         col = {f: i for i, f in enumerate(features)}
         features_t = torch.tensor(features, dtype=torch.long)
         rows = clt.decoder_rows(layer, features_t)
-        plans.append(LayerPlan(layer, features_t, rows, [(iv.pos, col[iv.feature], iv.value) for iv in mine]))
+        items = [(b, iv.pos, col[iv.feature], iv.value) for b, iv in mine]
+        plans.append(LayerPlan(layer, features_t, rows, items, n_batch))
     return plans
 
 
@@ -270,12 +303,11 @@ class SteeringState(CrossLayerWrites):
 
     def current(self, value: Tensor, layer: int) -> Float[Tensor, "... pos m"]:
         """Activations of the planned features: from this pass, or the clean pass (direct mode)."""
-        features = self.plans[layer].features.to(value.device)
         if self.clean is not None:
             x = self.clean.mlp_in[layer].to(value.dtype)
         else:
             x = self.sites.to_clt_input(self.model, self.clt.feature_input_hook, layer, value)
-        return self.clt.encode(x, layer)[..., features]
+        return self.clt.encode_features(x, layer, self.plans[layer].features)
 
     def reset(self) -> None:
         super().reset()
@@ -426,16 +458,19 @@ def run_steered(
     freeze_attention: bool,
     direct_effects: bool = False,
     clean: PromptState | None = None,
-) -> Float[Tensor, "pos d_vocab"]:
+    n_batch: int | None = None,
+) -> Float[Tensor, "*batch pos d_vocab"]:
     """Logits of `tokens` with planned interventions applied (inputs checked by the caller; `clean`:
-    see `build_steering_hooks`)."""
+    see `build_steering_hooks`). `n_batch`: plans from `plan_batch` of that many steerings; logits
+    [n_batch, pos, d_vocab], one per steering."""
     with preserve(model), torch.no_grad():
         hooks = build_steering_hooks(
             model, clt, sites, plans, tokens, freeze_attention=freeze_attention,
             direct_effects=direct_effects, clean=clean,
         )  # fmt: skip
         with model.hooks(fwd_hooks=hooks):
-            return model(tokens[None])[0]
+            logits = model(tokens[None].expand(n_batch or 1, -1))
+    return logits if n_batch is not None else logits[0]
 
 
 def steer(
@@ -449,37 +484,69 @@ def steer(
 ) -> Float[Tensor, "pos d_vocab"]:
     """Logits of `prompt` (sink token at 0 included) with `interventions` applied, as by
     `steering_hooks`."""
-    return steerer(model, clt, prompt, freeze_attention=freeze_attention, direct_effects=direct_effects)(
+    return Steerer(model, clt, prompt, freeze_attention=freeze_attention, direct_effects=direct_effects)(
         interventions
     )
 
 
-def steerer(
-    model,
-    clt: CrossLayerTranscoder,
-    prompt: Prompt,
-    *,
-    freeze_attention: bool = True,
-    direct_effects: bool = False,
-) -> Callable[[Intervention | Iterable[Intervention]], Float[Tensor, "pos d_vocab"]]:
+class Steerer:
     """`steer` of one prompt as a function of the interventions, for many steerings of it: model, CLT and
     prompt are checked once, and the clean pass that gives the frozen values is made at the first call
-    (after its interventions are checked) and kept. The model must not change between calls."""
-    sites = check_compatible(model, clt)
-    tokens = to_tokens(model, prompt)
-    kept: list[PromptState] = []
+    (after its interventions are checked) and kept. The model must not change between calls.
 
-    def run(interventions: Intervention | Iterable[Intervention]) -> Float[Tensor, "pos d_vocab"]:
-        plans = plan_interventions(clt, check_interventions(interventions, clt, len(tokens)))
-        if (freeze_attention or direct_effects) and not kept:
-            with preserve(model), torch.no_grad():
-                kept.append(clean_pass(model, clt, tokens, sites))
+    `steerer(interventions)`: logits [pos, d_vocab], as `steer`. `steerer.last(steerings, batch_size)`:
+    the last position's logits [len(steerings), d_vocab] of many steerings, `batch_size` of them side
+    by side in each forward pass (the prompt repeated along the batch)."""
+
+    def __init__(
+        self, model, clt: CrossLayerTranscoder, prompt: Prompt, *, freeze_attention: bool = True,
+        direct_effects: bool = False,
+    ):  # fmt: skip
+        self.model, self.clt = model, clt
+        self.sites = check_compatible(model, clt)
+        self.tokens = to_tokens(model, prompt)
+        self.freeze_attention, self.direct_effects = freeze_attention, direct_effects
+        self._clean: PromptState | None = None
+
+    def _run(self, plans: list[LayerPlan], n_batch: int | None) -> Tensor:
+        if (self.freeze_attention or self.direct_effects) and self._clean is None:
+            with preserve(self.model), torch.no_grad():
+                self._clean = clean_pass(self.model, self.clt, self.tokens, self.sites)
         return run_steered(
-            model, clt, sites, plans, tokens, freeze_attention=freeze_attention,
-            direct_effects=direct_effects, clean=kept[0] if kept else None,
+            self.model, self.clt, self.sites, plans, self.tokens, freeze_attention=self.freeze_attention,
+            direct_effects=self.direct_effects, clean=self._clean, n_batch=n_batch,
         )  # fmt: skip
 
-    return run
+    def __call__(self, interventions: Intervention | Iterable[Intervention]) -> Float[Tensor, "pos d_vocab"]:
+        return self._run(plan_interventions(self.clt, self._checked(interventions)), None)
+
+    def last(
+        self, steerings: Iterable[Intervention | Iterable[Intervention]], *, batch_size: int = 16
+    ) -> Float[Tensor, "n d_vocab"]:
+        """Last-position logits of each steering in `steerings`, `batch_size` per forward pass (equal to
+        `self(s)[-1]` for each, up to float rounding)."""
+        batch_size = as_int(batch_size, "batch_size")
+        if batch_size < 1:
+            raise ValueError(f"batch_size is the steerings run per forward pass (>= 1), got {batch_size}.")
+        given = [as_interventions(s) for s in steerings]
+        check_fingerprints((iv for ivs in given for iv in ivs), self.clt)
+        checked = [self._checked(ivs, fingerprint=False) for ivs in given]  # all refused before any pass
+        out = []
+        for i in range(0, len(checked), batch_size):
+            chunk = checked[i : i + batch_size]
+            out.append(self._run(plan_batch(self.clt, chunk), len(chunk))[:, -1])
+        if not out:
+            return torch.empty(0, self.model.cfg.d_vocab)
+        return torch.cat(out)
+
+    def _checked(self, interventions, fingerprint: bool = True) -> list[Intervention]:
+        n_pos = len(self.tokens)
+        if fingerprint:
+            return [
+                resolve_positions(iv, n_pos) for iv in check_interventions(interventions, self.clt, n_pos)
+            ]
+        ivs = (check_intervention(iv, self.clt, n_pos, fingerprint=False) for iv in interventions)
+        return [resolve_positions(iv, n_pos) for iv in ivs]
 
 
 # ------------------------------------------------------------------------ scale / ablate
