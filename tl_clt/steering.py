@@ -518,7 +518,9 @@ class Steerer:
         )  # fmt: skip
 
     def __call__(self, interventions: Intervention | Iterable[Intervention]) -> Float[Tensor, "pos d_vocab"]:
-        return self._run(plan_interventions(self.clt, self._checked(interventions)), None)
+        ivs = as_interventions(interventions)
+        check_fingerprints(ivs, self.clt)
+        return self._run(plan_interventions(self.clt, self._checked(ivs)), None)
 
     def last(
         self, steerings: Iterable[Intervention | Iterable[Intervention]], *, batch_size: int = 16
@@ -530,7 +532,7 @@ class Steerer:
             raise ValueError(f"batch_size is the steerings run per forward pass (>= 1), got {batch_size}.")
         given = [as_interventions(s) for s in steerings]
         check_fingerprints((iv for ivs in given for iv in ivs), self.clt)
-        checked = [self._checked(ivs, fingerprint=False) for ivs in given]  # all refused before any pass
+        checked = [self._checked(ivs) for ivs in given]  # all refused before any pass runs
         out = []
         for i in range(0, len(checked), batch_size):
             chunk = checked[i : i + batch_size]
@@ -539,14 +541,12 @@ class Steerer:
             return torch.empty(0, self.model.cfg.d_vocab)
         return torch.cat(out)
 
-    def _checked(self, interventions, fingerprint: bool = True) -> list[Intervention]:
+    def _checked(self, ivs: list[Intervention]) -> list[Intervention]:
+        """`ivs` checked (their fingerprints already were) and resolved against the prompt."""
         n_pos = len(self.tokens)
-        if fingerprint:
-            return [
-                resolve_positions(iv, n_pos) for iv in check_interventions(interventions, self.clt, n_pos)
-            ]
-        ivs = (check_intervention(iv, self.clt, n_pos, fingerprint=False) for iv in interventions)
-        return [resolve_positions(iv, n_pos) for iv in ivs]
+        return [
+            resolve_positions(check_intervention(iv, self.clt, n_pos, fingerprint=False), n_pos) for iv in ivs
+        ]
 
 
 # ------------------------------------------------------------------------ scale / ablate
