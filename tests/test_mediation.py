@@ -7,6 +7,7 @@ narrowed group, steered down, puts a filler word on top (the strict reading of t
 
 from __future__ import annotations
 
+import benchmark_scripts
 import pytest
 import torch
 from test_tutorials import Judge
@@ -83,6 +84,29 @@ def test_batched_choice_equals_one_steering_per_pass(seed):
     one = mediators(model, clt, graph, source, candidates, 6, batch_size=1)
     assert len(one) == 6
     assert mediators(model, clt, graph, source, candidates, 6, batch_size=7) == one
+
+
+@pytest.mark.parametrize(("n", "k"), [(10, 3), (8, 20)])
+def test_the_benchmark_counts_the_steerings_and_passes_mediators_runs(seed, monkeypatch, n, k):
+    """benchmarks/mediate.py's table prints steerings and forward passes from a formula; it equals what
+    `mediators` ran (k reached; all candidates taken or an early stop)."""
+    from tl_clt.steering import Steerer
+
+    mediate = benchmark_scripts.load("mediate")
+    model, clt, graph, _, base, _ = seed
+    counted = []
+    real = Steerer.last
+
+    def spy(self, steerings, *, batch_size):
+        steerings = list(steerings)
+        counted.append(len(steerings))
+        return real(self, steerings, batch_size=batch_size)
+
+    monkeypatch.setattr(Steerer, "last", spy)
+    source, candidates = base.whole(_top_word(base)), base.whole("say a name")[:n]
+    chosen = mediators(model, clt, graph, source, candidates, k, batch_size=4)
+    passes = sum(-(-c // 4) for c in counted)
+    assert mediate.steering_counts(n, k, len(chosen), 4) == (sum(counted), passes)
 
 
 def test_the_cap_pushes_no_group_out(seed):

@@ -1,0 +1,103 @@
+"""What `tl_clt.mediators` (`propose_supernodes(..., mediate=k)`) costs, by how many steerings share a pass.
+
+    PYTHONPATH=. python benchmarks/mediate.py [--sizes toy real] [--batch-sizes 1 4 16 32]
+        [--candidates 48] [--steps 3] [--length 16] [--root benchmarks/.bench] [--device cpu]
+
+- `toy`: the seed's prompt in the shipped toy world, with the greedy search the proposals run: the source
+  is the most influential word group (`whole`), the candidates `whole("say a name")`, k = 20.
+- a size of `sizes.py` (`tiny`, `medium`, `real`: the Qwen3-0.6B shape, random weights; built under
+  `--root` if missing): a graph of a `--length`-token prompt (256 feature nodes), the candidates its
+  first `--candidates` feature nodes on the last position, the source a third of them (random weights
+  carry no story: the search is given one it can find), k = `--steps` (the table prints how many were
+  chosen: the search stops early when no candidate brings the output closer).
+
+Per size and batch size: seconds, steered forward passes run (steerings / batch), milliseconds per
+steering, and whether the choice equals batch size 1's (the batch changes float rounding only). The
+first row of each size (batch size 1) is one forward pass per steering, as before batching.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import sizes
+import torch
+from runner_common import peak_rss_mib
+
+import tl_clt
+from tl_clt.proposals import mediators
+
+
+def toy_problem(device: str):
+    from tl_clt.toyworld import load_toyworld
+    from tl_clt.toyworld.story import SEED
+
+    model, clt = load_toyworld()
+    model, clt = model.to(device), clt.to(device)
+    graph = tl_clt.attribute(model, clt, SEED.prompt, verbose=False)
+    proposals = tl_clt.propose_supernodes(graph.prune(0.8, 0.98), model=model, clt=clt, unpruned=graph)
+    words = [n for n, i in proposals.info.items() if i.kind == "word"]
+    top = max(words, key=lambda n: proposals.info[n].influence)
+    return model, clt, graph, proposals.whole(top), proposals.whole("say a name"), 20
+
+
+def size_problem(size: str, args):
+    from transformers import AutoTokenizer
+
+    mdir, cdir = sizes.build(size, Path(args.root))
+    model = tl_clt.load_qwen3(str(mdir), device=args.device, dtype=torch.float32)
+    clt = tl_clt.CrossLayerTranscoder.from_pretrained(str(cdir), dtype=torch.float32, device=args.device)
+    tokens = torch.tensor(sizes.prompt_of_length(AutoTokenizer.from_pretrained(str(mdir)), args.length))
+    graph = tl_clt.attribute(model, clt, tokens, max_feature_nodes=256, verbose=False)
+    last = graph.n_pos - 1
+    on_last = [graph.node_id(i) for i, k in enumerate(graph.feature_keys.tolist()) if k[1] == last]
+    candidates = sorted(on_last[: args.candidates])  # sorted by id: the source's members spread among them
+    source = on_last[: args.candidates // 3]
+    return model, clt, graph, source, candidates, args.steps
+
+
+def steering_counts(n: int, k: int, chosen: int, batch_size: int) -> tuple[int, int]:
+    """(steerings, forward passes) of a `mediators` run over `n` candidates that chose `chosen` of at most
+    `k`: the source's and the empty steering (one pass each), then one steering per remaining candidate
+    at each step tried (a step that chose nothing was tried too, unless k or the candidates ran out)."""
+    steps = chosen + (chosen < min(k, n))
+    rest = [n - i for i in range(steps)]
+    return 2 + sum(rest), 2 + sum(-(-r // batch_size) for r in rest)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", nargs="+", default=["toy", "real"], choices=["toy", *sorted(sizes.SIZES)])
+    ap.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 4, 16, 32])
+    ap.add_argument("--candidates", type=int, default=48)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--length", type=int, default=16)
+    ap.add_argument("--root", default=str(Path(__file__).resolve().parent / ".bench"))
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    print(f"{torch.get_num_threads()} threads, device {args.device}")
+    print(
+        "size   tokens  source  candidates   k  batch  chosen  steerings  passes  seconds  ms/steering  same"
+    )
+    for size in args.sizes:
+        problem = toy_problem(args.device) if size == "toy" else size_problem(size, args)
+        model, clt, graph, source, candidates, k = problem
+        first = None
+        for bs in args.batch_sizes:
+            t0 = time.perf_counter()
+            chosen = mediators(model, clt, graph, source, candidates, k, verbose=False, batch_size=bs)
+            seconds = time.perf_counter() - t0
+            first = chosen if first is None else first
+            n, passes = steering_counts(len(candidates), k, len(chosen), bs)
+            print(
+                f"{size:<6} {graph.n_pos:>6}  {len(source):>6}  {len(candidates):>10}  {k:>2}  {bs:>5}  "
+                f"{len(chosen):>6}  {n:>9}  {passes:>6}  {seconds:>7.2f}  {1e3 * seconds / n:>11.1f}  "
+                f"{'yes' if chosen == first else 'NO'}"
+            )
+    print(f"peak RSS {peak_rss_mib():.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
