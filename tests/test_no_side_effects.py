@@ -154,6 +154,16 @@ CALLS = {
     ),
     "steer": ("steer", True, lambda m, c: tl_clt.steer(m, c, PROMPT, IVS)),
     "steer_direct": ("steer", True, lambda m, c: tl_clt.steer(m, c, PROMPT, IVS, direct_effects=True)),
+    "steer_many": (
+        "steer_many",
+        True,
+        lambda m, c: tl_clt.steer_many(m, c, PROMPT, [IVS, IVS[:1], []], batch_size=2),
+    ),
+    "steer_many_direct": (
+        "steer_many",
+        True,
+        lambda m, c: tl_clt.steer_many(m, c, PROMPT, [IVS, IVS[:1]], direct_effects=True),
+    ),
     "generate": ("generate", True, lambda m, c: tl_clt.generate(m, c, PROMPT, IVS, max_new_tokens=2)),
     "generate_frozen": (
         "generate",

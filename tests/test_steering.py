@@ -234,6 +234,20 @@ def test_batched_steerings_equal_the_independent_reference_one_by_one(setup, clt
     assert min((out[i] - out[j]).abs().max() for i in range(6) for j in range(i + 1, 6)) > 1e-3
 
 
+def test_steer_many_sweeps_a_group_as_steer_does_one_by_one(setup, clt, graph):
+    """The public sweep: a group at several factors (and ablated) in one call equals `steer` of each."""
+    model = setup[0]
+    ids = [graph.node_id(i) for i in range(6)]
+    factors = (-2.0, -1.0, 0.0, 1.0, 3.0)
+    steerings = [scale(ids, f, graph) for f in factors]
+    out = tl_clt.steer_many(model, clt, PROMPT, steerings, batch_size=2)
+    assert out.shape == (len(factors), model.cfg.d_vocab)
+    for row, ivs in zip(out, steerings, strict=True):
+        _close(row, steer(model, clt, PROMPT, ivs)[-1])
+    _close(out[factors.index(1.0)], setup[3][-1])  # x1 is the clean prompt
+    assert (out[0] - out[-1]).abs().max() > 1e-3
+
+
 def test_batched_direct_effects_equal_steer_one_by_one(setup, clt):
     from tl_clt.steering import Steerer
 

@@ -23,7 +23,7 @@ from tl_clt.replacement import (
     replacement_hooks,
 )
 from tl_clt.sites import Sites, UnsupportedModelError, sites_for
-from tl_clt.steering import Intervention, ablate, scale, steer, steering_hooks
+from tl_clt.steering import Intervention, ablate, scale, steer, steer_many, steering_hooks
 from tl_clt.supernodes import (
     Candidate,
     TokenScore,
@@ -85,6 +85,7 @@ __all__ = [
     "replacement_hooks",
     "scale",
     "steer",
+    "steer_many",
     "steering_hooks",
     "to_tokens",
     "top_inputs",

@@ -419,9 +419,11 @@ def mediators(
     if k < 0:
         raise ValueError(f"k is a count of features, got {k}.")
     steer = Steerer(model, clt, graph.tokens)  # one clean pass for every steering
+    every = list(dict.fromkeys([*source, *candidates]))
+    scaled = dict(zip(every, scale(every, factor, graph), strict=True))  # the graph's activations read once
 
     def log_probs(node_sets: list[list[str]]) -> Float[Tensor, "n d_vocab"]:
-        steerings = [scale(nodes, factor, graph) for nodes in node_sets]
+        steerings = [[scaled[n] for n in group] for group in node_sets]
         return steer.last(steerings, batch_size=batch_size).double().log_softmax(-1)
 
     target = log_probs([source])[0]

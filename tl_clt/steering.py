@@ -489,6 +489,26 @@ def steer(
     )
 
 
+def steer_many(
+    model,
+    clt: CrossLayerTranscoder,
+    prompt: Prompt,
+    steerings: Iterable[Intervention | Iterable[Intervention]],
+    *,
+    batch_size: int = 16,
+    freeze_attention: bool = True,
+    direct_effects: bool = False,
+) -> Float[Tensor, "n d_vocab"]:
+    """Next-token logits (the prompt's last position) under each of `steerings`, each what `steer` takes:
+    row i equals `steer(model, clt, prompt, steerings[i], ...)[-1]` up to float rounding. `batch_size`
+    steerings run side by side in one forward pass (the prompt repeated along the batch), and one clean
+    pass gives the frozen values of all. For sweeps: a group at several factors, each group ablated in
+    turn. Every steering is checked before any pass runs."""
+    return Steerer(model, clt, prompt, freeze_attention=freeze_attention, direct_effects=direct_effects).last(
+        steerings, batch_size=batch_size
+    )
+
+
 class Steerer:
     """`steer` of one prompt as a function of the interventions, for many steerings of it: model, CLT and
     prompt are checked once, and the clean pass that gives the frozen values is made at the first call
@@ -601,4 +621,4 @@ def ablate(nodes: NodeLike | Iterable[NodeLike]) -> list[Intervention]:
     return [Intervention(layer, pos, feature, 0.0) for layer, pos, feature in keys]
 
 
-__all__ = ["Intervention", "ablate", "scale", "steer", "steering_hooks"]
+__all__ = ["Intervention", "ablate", "scale", "steer", "steer_many", "steering_hooks"]
