@@ -12,8 +12,9 @@
   chosen: the search stops early when no candidate brings the output closer).
 
 Per size and batch size: seconds, steered forward passes run (steerings / batch), milliseconds per
-steering, and whether the choice equals batch size 1's (the batch changes float rounding only). The
-first row of each size (batch size 1) is one forward pass per steering, as before batching.
+steering, the floor (a plain forward pass of the same batch without hooks, per steering, best of 3, same
+process) and whether the choice equals batch size 1's (the batch changes float rounding only). The first
+row of each size (batch size 1) is one forward pass per steering, as before batching.
 """
 
 from __future__ import annotations
@@ -58,6 +59,18 @@ def size_problem(size: str, args):
     return model, clt, graph, source, candidates, args.steps
 
 
+def plain_forward(model, tokens, batch_size: int, repeats: int = 3) -> float:
+    """Seconds of one plain forward pass (no hooks) of `batch_size` copies of `tokens`, best of `repeats`:
+    the floor under a steered pass of that batch."""
+    best = float("inf")
+    with torch.no_grad():
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(tokens[None].expand(batch_size, -1))
+            best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def steering_counts(n: int, k: int, chosen: int, batch_size: int) -> tuple[int, int]:
     """(steerings, forward passes) of a `mediators` run over `n` candidates that chose `chosen` of at most
     `k`: the source's and the empty steering (one pass each), then one steering per remaining candidate
@@ -79,7 +92,8 @@ def main() -> None:
     args = ap.parse_args()
     print(f"{torch.get_num_threads()} threads, device {args.device}")
     print(
-        "size   tokens  source  candidates   k  batch  chosen  steerings  passes  seconds  ms/steering  same"
+        "size   tokens  source  candidates   k  batch  chosen  steerings  passes  seconds  ms/steering  "
+        "floor ms  same"
     )
     for size in args.sizes:
         problem = toy_problem(args.device) if size == "toy" else size_problem(size, args)
@@ -91,10 +105,11 @@ def main() -> None:
             seconds = time.perf_counter() - t0
             first = chosen if first is None else first
             n, passes = steering_counts(len(candidates), k, len(chosen), bs)
+            floor = plain_forward(model, graph.tokens, bs) / bs
             print(
                 f"{size:<6} {graph.n_pos:>6}  {len(source):>6}  {len(candidates):>10}  {k:>2}  {bs:>5}  "
                 f"{len(chosen):>6}  {n:>9}  {passes:>6}  {seconds:>7.2f}  {1e3 * seconds / n:>11.1f}  "
-                f"{'yes' if chosen == first else 'NO'}"
+                f"{1e3 * floor:>8.1f}  {'yes' if chosen == first else 'NO'}"
             )
     print(f"peak RSS {peak_rss_mib():.0f} MiB")
 
