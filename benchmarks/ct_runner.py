@@ -4,13 +4,15 @@ Run with the circuit-tracer venv (`.ctvenv/bin/python benchmarks/ct_runner.py ..
 runner_common.py for the options); it imports only circuit-tracer, TransformerLens 2.x and transformers,
 never tl_clt. The model is built with `TransformerLensReplacementModel.from_config` from a
 HookedTransformerConfig made here (RMSNorm weights *not* folded, as the CLT reads the true MLP input),
-then the folder's weights are loaded into it. Prints one `BENCH_RESULT {json}` line.
+then the folder's weights are loaded into it. Prints one `BENCH_RESULT {json}` line. `--steerings N`: times
+N `feature_intervention` calls instead of building graphs (benchmarks/mediate.py).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 import warnings
 from pathlib import Path
 
@@ -202,14 +204,31 @@ def count_backward_passes() -> list[int]:
     return counter
 
 
+def time_steerings(model: TransformerLensReplacementModel, tokens: torch.Tensor, n: int) -> list[float]:
+    """Seconds of each of `n` calls of `feature_intervention` (attention frozen, no activations returned),
+    each ablating one feature on the last position (features 0..n-1 of the middle layer)."""
+    layer, last = model.cfg.n_layers // 2, len(tokens) - 1
+    model.feature_intervention(tokens, [(layer, last, 0, 0.0)], return_activations=False)  # warm-up
+    times = []
+    for f in range(n):
+        t0 = time.perf_counter()
+        model.feature_intervention(tokens, [(layer, last, f, 0.0)], return_activations=False)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
 def main() -> None:
-    args = parse_args(__doc__)
+    args = parse_args(__doc__, options=[("--steerings", "0", "time this many steerings instead of graphs")])
     dtype = DTYPES[args.dtype]
     if args.clt_dtype not in ("same", args.dtype):
         raise SystemExit("circuit-tracer casts the CLT to the model's dtype: --clt-dtype must be 'same'")
     model, load_s = timed(load, args.model, args.clt, dtype, args.device)
     rss_loaded, gpu_loaded = current_rss_mib(), gpu_allocated_mib()
     tokens = torch.tensor(token_list(args))
+    if int(args.steerings):
+        times = time_steerings(model, tokens, int(args.steerings))
+        emit(dict(engine="circuit-tracer", load_s=load_s, steering_times=times, n_pos=len(tokens)))
+        return
     counter = count_backward_passes()
 
     def build():

@@ -20,12 +20,15 @@ row of each size (batch size 1) is one forward pass per steering, as before batc
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import time
 from pathlib import Path
 
 import sizes
 import torch
-from runner_common import peak_rss_mib
+from runner_common import RESULT_TAG, peak_rss_mib
 
 import tl_clt
 from tl_clt.proposals import mediators
@@ -80,6 +83,41 @@ def steering_counts(n: int, k: int, chosen: int, batch_size: int) -> tuple[int, 
     return 2 + sum(rest), 2 + sum(-(-r // batch_size) for r in rest)
 
 
+def one_feature_steerings(model, clt, tokens, n: int, batch_size: int, ct_python: str | None, mdir, cdir):
+    """ms per steering of `n` steerings that each ablate one feature (0..n-1 of the middle layer) on the
+    last position, attention, norms and MLPs frozen (circuit-tracer's `freeze_attention=True`, tl_clt's
+    `direct_effects=True`): tl_clt's `steer` one by one, `steer_many` by `batch_size`, and circuit-tracer's
+    `feature_intervention` (its venv, a fresh process: `ct_runner.py --steerings n`) where `ct_python`."""
+    layer, last = clt.n_layers // 2, len(tokens) - 1
+    steerings = [[tl_clt.Intervention(layer, last, f, 0.0)] for f in range(n)]
+    tl_clt.steer(model, clt, tokens, steerings[0], direct_effects=True)  # warm-up
+    t0 = time.perf_counter()
+    for ivs in steerings:
+        tl_clt.steer(model, clt, tokens, ivs, direct_effects=True)
+    ours_one = (time.perf_counter() - t0) / n
+    t0 = time.perf_counter()
+    tl_clt.steer_many(model, clt, tokens, steerings, batch_size=batch_size, direct_effects=True)
+    ours_many = (time.perf_counter() - t0) / n
+    ct = None
+    if ct_python and Path(ct_python).exists():
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        cmd = [
+            ct_python,
+            str(Path(__file__).parent / "ct_runner.py"),
+            "--model",
+            str(mdir),
+            "--clt",
+            str(cdir),
+        ]
+        cmd += ["--tokens", ",".join(map(str, tokens.tolist())), "--steerings", str(n)]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True).stdout
+        records = [
+            json.loads(line[len(RESULT_TAG) :]) for line in out.splitlines() if line.startswith(RESULT_TAG)
+        ]
+        ct = sum(records[0]["steering_times"]) / n if records else None
+    return ours_one, ours_many, ct
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", nargs="+", default=["toy", "real"], choices=["toy", *sorted(sizes.SIZES)])
@@ -89,6 +127,13 @@ def main() -> None:
     ap.add_argument("--length", type=int, default=16)
     ap.add_argument("--root", default=str(Path(__file__).resolve().parent / ".bench"))
     ap.add_argument("--device", default="cpu")
+    ap.add_argument(
+        "--one-feature", type=int, default=16, help="steerings in the one-feature table (0: none)"
+    )
+    ap.add_argument(
+        "--ct-python",
+        default=os.environ.get("TL_CLT_CT_PYTHON", str(Path(__file__).parent.parent / ".ctvenv/bin/python")),
+    )
     args = ap.parse_args()
     print(f"{torch.get_num_threads()} threads, device {args.device}")
     print(
@@ -111,7 +156,18 @@ def main() -> None:
                 f"{len(chosen):>6}  {n:>9}  {passes:>6}  {seconds:>7.2f}  {1e3 * seconds / n:>11.1f}  "
                 f"{1e3 * floor:>8.1f}  {'yes' if chosen == first else 'NO'}"
             )
-    print(f"peak RSS {peak_rss_mib():.0f} MiB")
+        if size != "toy" and args.one_feature:
+            mdir, cdir = sizes.build(size, Path(args.root))
+            one, many, ct = one_feature_steerings(
+                model, clt, graph.tokens, args.one_feature, 16, args.ct_python, mdir, cdir
+            )
+            ct_text = f"{1e3 * ct:.1f}" if ct is not None else f"n/a (no {args.ct_python})"
+            print(
+                f"  {size}, {args.one_feature} steerings of one feature on the last position, all frozen: "
+                f"ms a steering: tl_clt steer {1e3 * one:.1f}, steer_many (batch 16) {1e3 * many:.1f}, "
+                f"circuit-tracer feature_intervention {ct_text}"
+            )
+    print(f"peak RSS {peak_rss_mib():.0f} MiB (this process)")
 
 
 if __name__ == "__main__":

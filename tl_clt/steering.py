@@ -502,8 +502,8 @@ def steer_many(
     """Next-token logits (the prompt's last position) under each of `steerings`, each what `steer` takes:
     row i equals `steer(model, clt, prompt, steerings[i], ...)[-1]` up to float rounding. `batch_size`
     steerings run side by side in one forward pass (the prompt repeated along the batch), and one clean
-    pass gives the frozen values of all. For sweeps: a group at several factors, each group ablated in
-    turn. Every steering is checked before any pass runs."""
+    pass gives the frozen values of all (a pass holds batch_size x pos x d_vocab logits). For sweeps: a
+    group at several factors, each group ablated in turn. Every steering is checked before any pass runs."""
     return Steerer(model, clt, prompt, freeze_attention=freeze_attention, direct_effects=direct_effects).last(
         steerings, batch_size=batch_size
     )
@@ -514,7 +514,7 @@ class Steerer:
     prompt are checked once, and the clean pass that gives the frozen values is made at the first call
     (after its interventions are checked) and kept. The model must not change between calls.
 
-    `steerer(interventions)`: logits [pos, d_vocab], as `steer`. `steerer.last(steerings, batch_size)`:
+    `Steerer(...)(interventions)`: logits [pos, d_vocab], as `steer`. `.last(steerings, batch_size=...)`:
     the last position's logits [len(steerings), d_vocab] of many steerings, `batch_size` of them side
     by side in each forward pass (the prompt repeated along the batch)."""
 
