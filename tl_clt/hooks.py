@@ -367,12 +367,15 @@ def _restored(model) -> Iterator[None]:
         yield
     finally:
         quiet.__exit__(None, None, None)
+        # only what differs is set back (Module.__setattr__ is slow: a tiny model has ~1000 modules)
         for name, hp in hook_points(model).items():
             keep = set(handles.get(name, ()))
-            for h in [h for h in hp.fwd_hooks + hp.bwd_hooks if id(h) not in keep]:
+            extra = [h for h in hp.fwd_hooks + hp.bwd_hooks if id(h) not in keep]
+            for h in extra:
                 h.hook.remove()
-            hp.fwd_hooks = [h for h in hp.fwd_hooks if id(h) in keep]
-            hp.bwd_hooks = [h for h in hp.bwd_hooks if id(h) in keep]
+            if extra:
+                hp.fwd_hooks = [h for h in hp.fwd_hooks if id(h) in keep]
+                hp.bwd_hooks = [h for h in hp.bwd_hooks if id(h) in keep]
         model.context_level = context_level
         for k, v in cfg.items():  # by setattr first: a bridge's cfg hands hook flags on to its components
             if model.cfg.__dict__.get(k, v) is not v:
@@ -380,7 +383,10 @@ def _restored(model) -> Iterator[None]:
         model.cfg.__dict__.clear()
         model.cfg.__dict__.update(cfg)
         for n, p in model.named_parameters():
-            p.requires_grad_(requires_grad[n])
-            p.grad = grads[n]
+            if p.requires_grad != requires_grad[n]:
+                p.requires_grad_(requires_grad[n])
+            if p.grad is not grads[n]:
+                p.grad = grads[n]
         for n, m in model.named_modules():
-            m.training = training[n]
+            if m.training != training[n]:
+                m.training = training[n]
