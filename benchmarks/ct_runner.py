@@ -209,10 +209,13 @@ def time_steerings(model: TransformerLensReplacementModel, tokens: torch.Tensor,
     each ablating one feature on the last position (features 0..n-1 of the middle layer)."""
     layer, last = model.cfg.n_layers // 2, len(tokens) - 1
     model.feature_intervention(tokens, [(layer, last, 0, 0.0)], return_activations=False)  # warm-up
+    cuda = tokens.device.type == "cuda" or next(model.parameters()).device.type == "cuda"
     times = []
     for f in range(n):
         t0 = time.perf_counter()
         model.feature_intervention(tokens, [(layer, last, f, 0.0)], return_activations=False)
+        if cuda:
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     return times
 

@@ -11,6 +11,7 @@
 #   OURS_PYTHON=python CT_PYTHON=/x/bin/python benchmarks/gpu.sh      # existing environments, no installs
 #   DRY_RUN=1 benchmarks/gpu.sh               # print the commands only
 #   ENGINES=ours COMPUTE=bfloat16 PROFILE=1 ...   # one engine; tl_clt's compute_dtype; a torch.profiler table
+#   NO_STEER=1 ...                            # without the steering table (benchmarks/mediate.py) at the end
 #   DEVICE=cpu SIZE=tiny NODES=64 LENGTHS=8 BATCH=16 DTYPES=float32 OURS_PYTHON=python \
 #     CT_PYTHON=/work/main/.ctvenv/bin/python benchmarks/gpu.sh       # the same pipeline on a CPU (smoke test)
 set -euo pipefail
@@ -72,4 +73,16 @@ for length in ${LENGTHS//,/ }; do  # each case's table is added as soon as it is
     fi
   done
 done
+# many steerings of one prompt (steer_many, mediators) against circuit-tracer's feature_intervention
+if [ -z "${NO_STEER:-}" ]; then
+  steer=(env PYTHONPATH=. "$OURS_PYTHON" benchmarks/mediate.py --sizes toy "$SIZE" --device "$DEVICE" \
+    --root "$DATA" --batch-sizes 1 16 64 --length "${LENGTHS%%,*}" --ct-python "$CT_PYTHON")
+  if [ -n "${DRY_RUN:-}" ]; then
+    run "${steer[@]}"
+  else
+    printf '\n## Many steerings of one prompt (benchmarks/mediate.py)\n\n```\n' >>"$TABLES"
+    "${steer[@]}" | grep -v "^Moving model to device" | tee -a "$TABLES"
+    printf '```\n' >>"$TABLES"
+  fi
+fi
 [ -n "${DRY_RUN:-}" ] || echo "tables: $TABLES"

@@ -62,15 +62,22 @@ def size_problem(size: str, args):
     return model, clt, graph, source, candidates, args.steps
 
 
+def synced() -> float:
+    """time.perf_counter() once the device has finished what was queued (CUDA runs asynchronously)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 def plain_forward(model, tokens, batch_size: int, repeats: int = 3) -> float:
     """Seconds of one plain forward pass (no hooks) of `batch_size` copies of `tokens`, best of `repeats`:
     the floor under a steered pass of that batch."""
     best = float("inf")
     with torch.no_grad():
         for _ in range(repeats):
-            t0 = time.perf_counter()
+            t0 = synced()
             model(tokens[None].expand(batch_size, -1))
-            best = min(best, time.perf_counter() - t0)
+            best = min(best, synced() - t0)
     return best
 
 
@@ -83,7 +90,9 @@ def steering_counts(n: int, k: int, chosen: int, batch_size: int) -> tuple[int, 
     return 2 + sum(rest), 2 + sum(-(-r // batch_size) for r in rest)
 
 
-def one_feature_steerings(model, clt, tokens, n: int, batch_size: int, ct_python: str | None, mdir, cdir):
+def one_feature_steerings(
+    model, clt, tokens, n: int, batch_size: int, ct_python: str | None, mdir, cdir, device: str = "cpu"
+):
     """ms per steering of `n` steerings that each ablate one feature (0..n-1 of the middle layer) on the
     last position, attention, norms and MLPs frozen (circuit-tracer's `freeze_attention=True`, tl_clt's
     `direct_effects=True`): tl_clt's `steer` one by one, `steer_many` by `batch_size`, and circuit-tracer's
@@ -91,13 +100,13 @@ def one_feature_steerings(model, clt, tokens, n: int, batch_size: int, ct_python
     layer, last = clt.n_layers // 2, len(tokens) - 1
     steerings = [[tl_clt.Intervention(layer, last, f, 0.0)] for f in range(n)]
     tl_clt.steer(model, clt, tokens, steerings[0], direct_effects=True)  # warm-up
-    t0 = time.perf_counter()
+    t0 = synced()
     for ivs in steerings:
         tl_clt.steer(model, clt, tokens, ivs, direct_effects=True)
-    ours_one = (time.perf_counter() - t0) / n
-    t0 = time.perf_counter()
+    ours_one = (synced() - t0) / n
+    t0 = synced()
     tl_clt.steer_many(model, clt, tokens, steerings, batch_size=batch_size, direct_effects=True)
-    ours_many = (time.perf_counter() - t0) / n
+    ours_many = (synced() - t0) / n
     ct = None
     if ct_python and Path(ct_python).exists():
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -109,7 +118,7 @@ def one_feature_steerings(model, clt, tokens, n: int, batch_size: int, ct_python
             "--clt",
             str(cdir),
         ]
-        cmd += ["--tokens", ",".join(map(str, tokens.tolist())), "--steerings", str(n)]
+        cmd += ["--tokens", ",".join(map(str, tokens.tolist())), "--steerings", str(n), "--device", device]
         out = subprocess.run(cmd, env=env, capture_output=True, text=True).stdout
         records = [
             json.loads(line[len(RESULT_TAG) :]) for line in out.splitlines() if line.startswith(RESULT_TAG)
@@ -145,9 +154,9 @@ def main() -> None:
         model, clt, graph, source, candidates, k = problem
         first = None
         for bs in args.batch_sizes:
-            t0 = time.perf_counter()
+            t0 = synced()
             chosen = mediators(model, clt, graph, source, candidates, k, verbose=False, batch_size=bs)
-            seconds = time.perf_counter() - t0
+            seconds = synced() - t0
             first = chosen if first is None else first
             n, passes = steering_counts(len(candidates), k, len(chosen), bs)
             floor = plain_forward(model, graph.tokens, bs) / bs
@@ -159,7 +168,7 @@ def main() -> None:
         if size != "toy" and args.one_feature:
             mdir, cdir = sizes.build(size, Path(args.root))
             one, many, ct = one_feature_steerings(
-                model, clt, graph.tokens, args.one_feature, 16, args.ct_python, mdir, cdir
+                model, clt, graph.tokens, args.one_feature, 16, args.ct_python, mdir, cdir, args.device
             )
             ct_text = f"{1e3 * ct:.1f}" if ct is not None else f"n/a (no {args.ct_python})"
             print(
