@@ -93,6 +93,12 @@ def _mediators(model, clt):
     return tl_clt.mediators(model, clt, graph, ids[:2], ids[2:6], 2)
 
 
+def _group_effects(model, clt):
+    graph = tl_clt.attribute(model, clt, PROMPT, verbose=False)
+    ids = [graph.node_id(i) for i in range(graph.n_features)]
+    return tl_clt.group_effects(model, clt, graph, {"a": ids[:2], "b": ids[2:4]}, batch_size=2)
+
+
 def _attribute_many(model, clt):
     """A batch run on the user's objects; a prompt's recorded failure is raised, as `attribute` would."""
     with tempfile.TemporaryDirectory() as out:
@@ -208,6 +214,7 @@ CALLS = {
         ),
     ),
     "mediators": ("mediators", True, _mediators),
+    "group_effects": ("group_effects", True, _group_effects),
     "build_feature_dashboards": (
         "build_feature_dashboards",
         True,

@@ -6,7 +6,8 @@
   tokens), `contrast_features` (features that need what a counterfactual prompt changes),
   `top_inputs` / `top_outputs` (largest edges into / out of a node) and
   `feature_output_tokens` (a feature's top tokens through the unembedding).
-- `group_interventions(graph, members, factor)`: one `Intervention` per member, to steer a group.
+- `group_interventions(graph, members, factor)`: one `Intervention` per member, to steer a group;
+  `group_effects(model, clt, graph, groups)`: a table of what steering each group does to the next token.
 Nodes are given in any spelling of `tl_clt.nodes` ("F:l:p:f", "E:l:p", "T:p", "L:token_id", JSON ids, or
 (layer, pos, feature) keys).
 """
@@ -141,6 +142,73 @@ def group_interventions(
             "and logit nodes from the members you steer."
         )
     return scale(members, factor, graph)
+
+
+def group_effects(
+    model,
+    clt: CrossLayerTranscoder,
+    graph: AttributionGraph,
+    groups: Mapping[str, Iterable[NodeLike]],
+    *,
+    factors: Iterable[float] = (-1.0, 0.0),
+    token_sets: Mapping[str, Iterable[str | int]] | None = None,
+    k: int = 3,
+    batch_size: int = 16,
+    freeze_attention: bool = True,
+):
+    """What steering each group does to the next token: a pandas DataFrame, a "(clean)" row then one row
+    per (group, factor), each group's features set to `factor` x their activation in `graph` (0 ablates,
+    -1 steers down; attention frozen unless `freeze_attention=False`).
+
+    Columns: `group`, `factor`, `features` (how many steered), `top` (the `k` likeliest next tokens after,
+    with their probabilities), `top_changed` (its first token differs from the clean one), `p(clean top)`
+    (the clean prompt's likeliest token), `kl` (KL(clean || steered), nats) and `p(<label>)` for each
+    `token_sets` entry ({label: one-token strings or ids}: summed probability). Groups from
+    `propose_supernodes` are steered whole (`proposals.whole(name)`: members and the features pruning left
+    out where they sit); groups' token, error and logit nodes are not steered. One `tl_clt.steer_many`
+    call: `batch_size` steerings per forward pass, one clean pass for the frozen values."""
+    import pandas as pd
+
+    from tl_clt.steering import steer_many
+    from tl_clt.targets import TargetError, token_id_of
+
+    factors = [as_number(f, "factor") for f in factors]
+    k = check_k(k, what="tokens in `top`")
+    sets = {}
+    for label, tokens in (token_sets or {}).items():
+        try:
+            given = [tokens] if isinstance(tokens, (str, int)) else list(tokens)
+            sets[label] = [token_id_of(model, t) for t in given]
+        except TargetError as err:
+            raise ValueError(f"token_sets[{label!r}]: {err}") from None
+    whole = getattr(groups, "whole", None)
+    n_layers = getattr(graph, "n_layers", None)
+    rows, steerings = [("(clean)", float("nan"), 0)], [[]]
+    for name in groups:
+        members = whole(name) if callable(whole) else group_members(name, groups[name])
+        features = [m for m in members if node_kind(m, n_layers=n_layers) == "feature"]
+        for f in factors:
+            rows.append((name, f, len(features)))
+            steerings.append(scale(features, f, graph))
+    logits = steer_many(
+        model, clt, graph.tokens, steerings, batch_size=batch_size, freeze_attention=freeze_attention
+    )
+    logp = logits.double().log_softmax(-1)
+    p = logp.exp()
+    clean_top = int(p[0].argmax())
+    out = []
+    for (name, factor, n), lp, q in zip(rows, logp, p, strict=True):
+        top = q.topk(k)
+        row = dict(group=name, factor=factor, features=n)
+        pairs = zip(top.values.tolist(), top.indices.tolist(), strict=True)
+        row["top"] = ", ".join(f"{model.tokenizer.decode([i])!r} {v:.2f}" for v, i in pairs)
+        row["top_changed"] = int(top.indices[0]) != clean_top
+        row["p(clean top)"] = float(q[clean_top])
+        row["kl"] = float((p[0] * (logp[0] - lp)).sum())
+        for label, ids in sets.items():
+            row[f"p({label})"] = float(q[ids].sum())
+        out.append(row)
+    return pd.DataFrame(out)
 
 
 # ------------------------------------------------------------------------ candidate finders
