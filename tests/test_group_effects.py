@@ -1,6 +1,6 @@
 """`tl_clt.group_effects`: the table of what steering each group does to the next token. Every number is
 recomputed with the independent steering of tests/test_tutorials.py's Judge (raw safetensors tensors and
-plain TransformerLens hooks, no tl_clt code) on the seed's prompt, with the proposals' groups steered whole."""
+plain TransformerLens hooks, no tl_clt code) on the seed's prompt, the proposals' groups steered whole."""
 
 from __future__ import annotations
 
@@ -78,4 +78,11 @@ def test_bad_token_sets_and_factors_are_refused(seed):
         tl_clt.group_effects(model, clt, graph, proposals, token_sets={"names": [" Barack Obama"]})
     with pytest.raises(TypeError, match="factor"):
         tl_clt.group_effects(model, clt, graph, proposals, factors=["down"])
-    assert torch.is_grad_enabled()
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_the_gradient_mode_is_left_as_found(seed, grad):
+    model, clt, graph, _, _ = seed
+    with torch.set_grad_enabled(grad):
+        tl_clt.group_effects(model, clt, graph, {"a": [graph.node_id(0)]})
+        assert torch.is_grad_enabled() == grad

@@ -63,6 +63,7 @@ def execute_in_process(name: str, cwd: Path) -> tuple[dict, str]:
     config.InteractiveShell.colors = "nocolor"
     shell = Shell.instance(config=config)
     printed = io.StringIO()
+    grad = torch.is_grad_enabled()  # the notebooks switch gradients off for the whole process
     try:
         with _cwd(cwd), contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
             for i, cell in enumerate(c for c in nb.cells if c.cell_type == "code"):
@@ -74,6 +75,7 @@ def execute_in_process(name: str, cwd: Path) -> tuple[dict, str]:
                     )
         return dict(shell.user_ns), printed.getvalue()
     finally:
+        torch.set_grad_enabled(grad)  # later test modules run as they would alone
         Shell.clear_instance()
         plt.close("all")
         matplotlib.use(backend)  # %matplotlib inline switched it
@@ -273,6 +275,36 @@ def test_proposed_groups_have_the_story_effects_the_reading_claims(president, ju
     jaccard = {k: v["jaccard"] for k, v in ns["results"]["proposed"].items()}
     assert jaccard["President"] > 0.5 and jaccard["Year ~2010"] > 0.5  # reading: most features shared
     assert jaccard["Say a political figure"] > 0.2 and jaccard["Events ~2010"] > 0.2
+
+
+def test_the_group_effects_table_the_notebook_shows(president, judge):
+    """The notebook's one-call table (`tl_clt.group_effects` over the proposals, x0 and x-1): every group
+    steered whole, its numbers what the Judge's steering measures, and the story visible in it."""
+    ns = president[0]
+    rows = ns["results"]["group_effects"]
+    proposals = ns["proposals"]
+    assert [r["group"] for r in rows] == ["(clean)"] + [g for g in proposals for _ in (0, 1)]
+    presidents = judge.ids([w for era in ns["US_PRESIDENTS"].values() for w in era])
+    filler = judge.ids(ns["FILLER"])
+    for r in rows[1:]:
+        features = [n for n in proposals.whole(r["group"]) if n.startswith("F:")]
+        p = judge.steer(PROMPT, features, r["factor"])[-1].double().softmax(-1)
+        assert r["features"] == len(features)
+        assert r["p(presidents)"] == pytest.approx(float(p[presidents].sum()), abs=1e-4), r["group"]
+        assert r["p(filler)"] == pytest.approx(float(p[filler].sum()), abs=1e-4), r["group"]
+        assert r["top"].startswith(repr(judge.model.tokenizer.decode([int(p.argmax())])))
+    kind = {name: info.kind for name, info in proposals.info.items()}
+    down = {
+        role: next(r for r in rows if r["factor"] == -1.0 and (kind[r["group"]], r["group"]) in keys)
+        for role, keys in (
+            ("office", {("word", "president")}),
+            ("say a name", {("say a name", n) for n in proposals}),
+            ("year", {("year", n) for n in proposals}),
+        )
+    }
+    assert down["office"]["p(filler)"] > 0.5 and down["office"]["p(presidents)"] < 0.05
+    assert down["say a name"]["p(presidents)"] < 0.05 and rows[0]["p(presidents)"] > 0.9
+    assert down["year"]["top_changed"] and not down["year"]["top"].startswith("' Barack'")
 
 
 def test_the_notebook_printed_what_was_measured(president, effects):

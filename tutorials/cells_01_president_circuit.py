@@ -356,6 +356,25 @@ for role, e in story.effects.items():
     (
         "md",
         """
+The same for every proposed group in one call, ablated (x0) and steered down (x-1): `tl_clt.group_effects`
+steers each group whole, 16 steerings per forward pass, and returns a pandas DataFrame (it displays itself
+in a notebook).
+""",
+    ),
+    (
+        "code",
+        """
+effects = tl_clt.group_effects(
+    model, clt, graph, proposals, factors=(0.0, -1.0),
+    token_sets={"presidents": [w for era in US_PRESIDENTS.values() for w in era], "filler": FILLER},
+)
+results["group_effects"] = effects.to_dict("records")
+effects.round(3)
+""",
+    ),
+    (
+        "md",
+        """
 ## 7. Reading
 
 - **Year ~2010** carries the era. Ablating it, the model still names a US president but one of another era
