@@ -258,6 +258,44 @@ def test_batched_direct_effects_equal_steer_one_by_one(setup, clt):
         _close(row, steer(model, clt, PROMPT, ivs, direct_effects=True)[-1])
 
 
+@pytest.mark.parametrize("mode", ["frozen", "unfrozen", "direct"])
+def test_tail_passes_equal_whole_passes(setup, clt, backend, mode, monkeypatch):
+    """Steerings that touch no position before p run only the positions from p, on a KV cache of the
+    clean prompt before it (HookedTransformer; the bridge runs whole passes): the same logits."""
+    from tl_clt.steering import Steerer
+
+    model, tokens, raw, _ = setup
+    acts = clean_acts(model, raw, tokens)
+    n = len(tokens)
+    f1 = int(acts[1, -1].argmax())
+    steerings = [
+        [Intervention(1, -1, f1, 0.0)],
+        [Intervention(0, n - 3, 11, 4.0), Intervention(2, slice(n - 2, None), 7, 1.0)],
+        [Intervention(2, "generated", 7, 1.0)],  # touches nothing
+        [],
+    ]
+    kw = dict(freeze_attention=mode == "frozen", direct_effects=mode == "direct")
+    whole = Steerer(model, clt, PROMPT, **kw)
+    whole.tail_passes = False
+    expected = whole.last(steerings, batch_size=4)
+    lengths = []
+    forward = model.forward
+
+    def counting(tokens, *a, **k):
+        lengths.append(tokens.shape[-1])
+        return forward(tokens, *a, **k)
+
+    monkeypatch.setattr(model, "forward", counting)
+    got = Steerer(model, clt, PROMPT, **kw).last(steerings, batch_size=4)
+    monkeypatch.undo()
+    _close(got, expected)
+    assert (expected[0] - expected[1]).abs().max() > 1e-3
+    if backend == "hooked":  # the prefix (n-3 tokens), the clean pass where frozen, one pass over the last 3
+        assert lengths == ([n - 3, 3] if mode == "unfrozen" else [n - 3, n, 3]), lengths
+    else:
+        assert lengths[-1] == n, lengths
+
+
 def test_batched_steerings_are_all_checked_before_any_pass(setup, clt, monkeypatch):
     from tl_clt import steering
 

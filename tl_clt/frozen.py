@@ -108,11 +108,18 @@ def clean_pass(
 
 
 def freeze_hooks(frozen: dict[str, Tensor]) -> HookList:
-    """Forward hooks that replace norm scales and attention patterns by their clean-pass values."""
+    """Forward hooks that replace norm scales and attention patterns by their clean-pass values. A pass
+    over the prompt's last positions only (a KV cache holding the others) gets those positions' values:
+    scales [batch, pos, 1] and patterns [batch, head, query, key] both have positions at dim -2."""
 
     def replace(value: Tensor):  # bound per name (a bridge's hook.name may be another alias)
         def fn(tensor: Tensor, *, hook) -> Tensor:
-            return value.to(tensor.dtype).expand_as(
+            held = (
+                value[..., value.shape[-2] - tensor.shape[-2] :, :]
+                if value.shape[-2] > tensor.shape[-2]
+                else value
+            )
+            return held.to(tensor.dtype).expand_as(
                 tensor
             )  # a new tensor: the bridge detects edits by identity
 

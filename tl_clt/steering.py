@@ -35,7 +35,7 @@ from tl_clt.frozen import PromptState, clean_pass, freeze_hooks
 from tl_clt.hooks import CrossLayerWrites, HookList, check_compatible, layer_hook, preserve, refuse_saes_at
 from tl_clt.nodes import NodeLike, as_node_list, feature_key
 from tl_clt.prompts import Prompt, to_tokens
-from tl_clt.sites import Sites
+from tl_clt.sites import HOOKED_TRANSFORMER, Sites
 
 if TYPE_CHECKING:
     from tl_clt.graph import AttributionGraph
@@ -303,8 +303,10 @@ class SteeringState(CrossLayerWrites):
 
     def current(self, value: Tensor, layer: int) -> Float[Tensor, "... pos m"]:
         """Activations of the planned features: from this pass, or the clean pass (direct mode)."""
-        if self.clean is not None:
-            x = self.clean.mlp_in[layer].to(value.dtype)
+        if (
+            self.clean is not None
+        ):  # the clean inputs of this pass's positions (a tail pass runs the last ones)
+            x = self.clean.mlp_in[layer][-value.shape[-2] :].to(value.dtype)
         else:
             x = self.sites.to_clt_input(self.model, self.clt.feature_input_hook, layer, value)
         return self.clt.encode_features(x, layer, self.plans[layer].features)
@@ -330,7 +332,7 @@ class SteeringState(CrossLayerWrites):
 
     def write_output(self, mlp_out: Tensor, *, hook, layer: int) -> Tensor:
         if self.clean is not None:
-            mlp_out = self.clean.mlp_out[layer].to(mlp_out.dtype).expand_as(mlp_out)
+            mlp_out = self.clean.mlp_out[layer][-mlp_out.shape[-2] :].to(mlp_out.dtype).expand_as(mlp_out)
         delta = self.take(layer)
         return mlp_out if delta is None else mlp_out + delta.to(mlp_out.dtype)  # the model's dtype goes on
 
@@ -375,11 +377,13 @@ def build_steering_hooks(
     freeze_attention: bool,
     direct_effects: bool,
     clean: PromptState | None = None,
+    tail: bool = False,
 ) -> HookList:
     """The hooks of `steering_hooks` from checked inputs: `sites` from `check_compatible`, `plans` from
     `plan_interventions` (positions resolved against `tokens` if given), `tokens` from `to_tokens`
     (needed when freezing). `clean`: `clean_pass` of `tokens` if already made (one pass saved per
-    call when many steerings share a prompt). Reads no decoder rows."""
+    call when many steerings share a prompt). `tail`: the pass runs only the prompt's last positions,
+    on a KV cache of the others (`Steerer.last`): no length guards. Reads no decoder rows."""
     frozen = freeze_attention or direct_effects
     st = SteeringState(model, clt, sites, plans, None)
     first_out = 0 if direct_effects else st.first
@@ -387,7 +391,7 @@ def build_steering_hooks(
     # pass-start hooks first (nothing kept between forward passes), then reads and writes
     hooks: HookList = st.hooks(sites, clt, [plan.layer for plan in plans], write_layers)
     pattern = sites.patterns[0]  # [batch, head, q_pos, k_pos]: its shape tells where the pass sits
-    if tokens is not None:
+    if tokens is not None and not tail:
         guard = _length_guard(len(tokens), frozen)
         at = [sites.resid_pre] if frozen else []  # frozen scales fire before the first pattern
         hooks += [(name.format(layer=layer), guard) for layer in range(clt.n_layers) for name in at]
@@ -459,18 +463,41 @@ def run_steered(
     direct_effects: bool = False,
     clean: PromptState | None = None,
     n_batch: int | None = None,
+    prefix=None,
 ) -> Float[Tensor, "*batch pos d_vocab"]:
     """Logits of `tokens` with planned interventions applied (inputs checked by the caller; `clean`:
     see `build_steering_hooks`). `n_batch`: plans from `plan_batch` of that many steerings; logits
-    [n_batch, pos, d_vocab], one per steering."""
+    [n_batch, pos, d_vocab], one per steering. `prefix`: a frozen TransformerLens KV cache of the first
+    tokens (`Steerer._prefix`; no plan touches them): only the positions after it run, and only their
+    logits come back."""
+    b = n_batch or 1
+    start = 0 if prefix is None else prefix[0].past_keys.shape[1]
     with preserve(model), torch.no_grad():
         hooks = build_steering_hooks(
             model, clt, sites, plans, tokens, freeze_attention=freeze_attention,
-            direct_effects=direct_effects, clean=clean,
+            direct_effects=direct_effects, clean=clean, tail=prefix is not None,
         )  # fmt: skip
         with model.hooks(fwd_hooks=hooks):
-            logits = model(tokens[None].expand(n_batch or 1, -1))
+            if prefix is None:
+                logits = model(tokens[None].expand(b, -1))
+            else:
+                tail = tokens[None, start:].expand(b, -1)
+                mask = torch.ones_like(tail)
+                logits = model(tail, past_kv_cache=_batched(prefix, b), attention_mask=mask)
     return logits if n_batch is not None else logits[0]
+
+
+def _batched(cache, n: int):
+    """A frozen KV cache (batch 1) seen as `n` copies (views, nothing copied)."""
+    from transformer_lens import TransformerLensKeyValueCache, TransformerLensKeyValueCacheEntry
+
+    entries = [
+        TransformerLensKeyValueCacheEntry(
+            e.past_keys.expand(n, -1, -1, -1), e.past_values.expand(n, -1, -1, -1), frozen=True
+        )
+        for e in cache.entries
+    ]
+    return TransformerLensKeyValueCache(entries, cache.previous_attention_mask.expand(n, -1), frozen=True)
 
 
 def steer(
@@ -527,15 +554,39 @@ class Steerer:
         self.tokens = to_tokens(model, prompt)
         self.freeze_attention, self.direct_effects = freeze_attention, direct_effects
         self._clean: PromptState | None = None
+        self._prefixes: dict[int, object] = {}  # first steered position -> KV cache of the tokens before it
+        self.tail_passes = (
+            True  # `last` runs only the positions from the first steered one (HookedTransformer)
+        )
 
-    def _run(self, plans: list[LayerPlan], n_batch: int | None) -> Tensor:
+    def _run(self, plans: list[LayerPlan], n_batch: int | None, prefix=None) -> Tensor:
         if (self.freeze_attention or self.direct_effects) and self._clean is None:
             with preserve(self.model), torch.no_grad():
                 self._clean = clean_pass(self.model, self.clt, self.tokens, self.sites)
         return run_steered(
             self.model, self.clt, self.sites, plans, self.tokens, freeze_attention=self.freeze_attention,
-            direct_effects=self.direct_effects, clean=self._clean, n_batch=n_batch,
+            direct_effects=self.direct_effects, clean=self._clean, n_batch=n_batch, prefix=prefix,
         )  # fmt: skip
+
+    def _prefix(self, steerings: list[list[Intervention]]):
+        """A frozen KV cache of the clean prompt's tokens before the first position any of `steerings`
+        touches (those positions are the clean prompt's in every steering: causal attention), or None
+        where that is position 0 or the backend has no such cache (TransformerBridge)."""
+        n = len(self.tokens)
+        first = [iv.pos if isinstance(iv.pos, int) else iv.pos.start or 0 for ivs in steerings for iv in ivs]
+        start = min(min(first, default=n - 1), n - 1)
+        if start < 1 or self.sites.backend != HOOKED_TRANSFORMER or not self.tail_passes:
+            return None
+        if start not in self._prefixes:
+            from transformer_lens import TransformerLensKeyValueCache
+
+            cache = TransformerLensKeyValueCache.init_cache(self.model.cfg, self.model.cfg.device, 1)
+            head = self.tokens[None, :start]
+            with preserve(self.model), torch.no_grad():
+                self.model(head, past_kv_cache=cache, attention_mask=torch.ones_like(head))
+            cache.freeze()
+            self._prefixes[start] = cache
+        return self._prefixes[start]
 
     def __call__(self, interventions: Intervention | Iterable[Intervention]) -> Float[Tensor, "pos d_vocab"]:
         ivs = as_interventions(interventions)
@@ -556,7 +607,7 @@ class Steerer:
         out = []
         for i in range(0, len(checked), batch_size):
             chunk = checked[i : i + batch_size]
-            out.append(self._run(plan_batch(self.clt, chunk), len(chunk))[:, -1])
+            out.append(self._run(plan_batch(self.clt, chunk), len(chunk), self._prefix(chunk))[:, -1])
         if not out:
             return torch.empty(0, self.model.cfg.d_vocab)
         return torch.cat(out)
