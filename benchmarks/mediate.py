@@ -12,9 +12,11 @@
   chosen: the search stops early when no candidate brings the output closer).
 
 Per size and batch size: seconds, steered forward passes run (steerings / batch), milliseconds per
-steering, the floor (a plain forward pass of the same batch without hooks, per steering, best of 3, same
-process) and whether the choice equals batch size 1's (the batch changes float rounding only). The first
-row of each size (batch size 1) is one forward pass per steering, as before batching.
+steering, two floors per steering (best of 3, same process, no hooks): a plain forward pass of the same
+batch over the whole prompt, and over its last token only on a KV cache of the others (what a tail pass
+runs: `Steerer.last` runs the positions from the first one a batch's steerings touch, here the last),
+and whether the choice equals batch size 1's (the batch changes float rounding only). The first row of
+each size (batch size 1) is one steering per forward pass.
 """
 
 from __future__ import annotations
@@ -77,6 +79,31 @@ def plain_forward(model, tokens, batch_size: int, repeats: int = 3) -> float:
         for _ in range(repeats):
             t0 = synced()
             model(tokens[None].expand(batch_size, -1))
+            best = min(best, synced() - t0)
+    return best
+
+
+def plain_tail(model, tokens, batch_size: int, repeats: int = 3) -> float:
+    """Seconds of a plain forward pass of `batch_size` copies of the last token on a KV cache of the
+    others, best of `repeats`: the floor under a tail pass (`Steerer.last`) of steerings on the last
+    token. NaN where the model has no TransformerLens KV cache (TransformerBridge)."""
+    try:
+        from transformer_lens import HookedTransformer, TransformerLensKeyValueCache
+    except ImportError:
+        return float("nan")
+    if not isinstance(model, HookedTransformer):
+        return float("nan")
+    from tl_clt.steering import _batched
+
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, 1)
+    head, last = tokens[None, :-1], tokens[None, -1:].expand(batch_size, -1)
+    best = float("inf")
+    with torch.no_grad():
+        model(head, past_kv_cache=cache, attention_mask=torch.ones_like(head))
+        cache.freeze()
+        for _ in range(repeats):
+            t0 = synced()
+            model(last, past_kv_cache=_batched(cache, batch_size), attention_mask=torch.ones_like(last))
             best = min(best, synced() - t0)
     return best
 
@@ -147,7 +174,7 @@ def main() -> None:
     print(f"{torch.get_num_threads()} threads, device {args.device}")
     print(
         "size   tokens  source  candidates   k  batch  chosen  steerings  passes  seconds  ms/steering  "
-        "floor ms  same"
+        "floor ms (whole / tail)  same"
     )
     for size in args.sizes:
         problem = toy_problem(args.device) if size == "toy" else size_problem(size, args)
@@ -160,10 +187,11 @@ def main() -> None:
             first = chosen if first is None else first
             n, passes = steering_counts(len(candidates), k, len(chosen), bs)
             floor = plain_forward(model, graph.tokens, bs) / bs
+            tail = plain_tail(model, graph.tokens, bs) / bs
             print(
                 f"{size:<6} {graph.n_pos:>6}  {len(source):>6}  {len(candidates):>10}  {k:>2}  {bs:>5}  "
                 f"{len(chosen):>6}  {n:>9}  {passes:>6}  {seconds:>7.2f}  {1e3 * seconds / n:>11.1f}  "
-                f"{1e3 * floor:>8.1f}  {'yes' if chosen == first else 'NO'}"
+                f"{1e3 * floor:>12.1f} / {1e3 * tail:>8.1f}  {'yes' if chosen == first else 'NO'}"
             )
         if size != "toy" and args.one_feature:
             mdir, cdir = sizes.build(size, Path(args.root))

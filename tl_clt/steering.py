@@ -529,8 +529,11 @@ def steer_many(
     """Next-token logits (the prompt's last position) under each of `steerings`, each what `steer` takes:
     row i equals `steer(model, clt, prompt, steerings[i], ...)[-1]` up to float rounding. `batch_size`
     steerings run side by side in one forward pass (the prompt repeated along the batch), and one clean
-    pass gives the frozen values of all (a pass holds batch_size x pos x d_vocab logits). For sweeps: a
-    group at several factors, each group ablated in turn. Every steering is checked before any pass runs."""
+    pass gives the frozen values of all (a pass holds batch_size x pos x d_vocab logits). On a
+    HookedTransformer a pass runs only the positions from the first one its steerings touch, on a KV
+    cache of the clean prompt before it (steerings on the last token: one position per copy). For
+    sweeps: a group at several factors, each group ablated in turn. Every steering is checked before any
+    pass runs."""
     return Steerer(model, clt, prompt, freeze_attention=freeze_attention, direct_effects=direct_effects).last(
         steerings, batch_size=batch_size
     )
