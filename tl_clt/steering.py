@@ -546,7 +546,8 @@ class Steerer:
 
     `Steerer(...)(interventions)`: logits [pos, d_vocab], as `steer`. `.last(steerings, batch_size=...)`:
     the last position's logits [len(steerings), d_vocab] of many steerings, `batch_size` of them side
-    by side in each forward pass (the prompt repeated along the batch)."""
+    by side in each forward pass (the prompt repeated along the batch), each pass over the positions from
+    the first one its steerings touch only (`tail_passes`, on a HookedTransformer)."""
 
     def __init__(
         self, model, clt: CrossLayerTranscoder, prompt: Prompt, *, freeze_attention: bool = True,
@@ -558,9 +559,8 @@ class Steerer:
         self.freeze_attention, self.direct_effects = freeze_attention, direct_effects
         self._clean: PromptState | None = None
         self._prefixes: dict[int, object] = {}  # first steered position -> KV cache of the tokens before it
-        self.tail_passes = (
-            True  # `last` runs only the positions from the first steered one (HookedTransformer)
-        )
+        # `last` runs only the positions from the first one a batch's steerings touch (HookedTransformer)
+        self.tail_passes = True
 
     def _run(self, plans: list[LayerPlan], n_batch: int | None, prefix=None) -> Tensor:
         if (self.freeze_attention or self.direct_effects) and self._clean is None:
