@@ -72,25 +72,21 @@ def _groups(pruned, graph, model, clt) -> tuple[dict[str, list[str]], dict[str, 
     return groups, {name: whole(name) if whole else members for name, members in groups.items()}
 
 
-def _steering_table(model, clt, graph, prompt: str, groups: dict[str, list[str]]) -> list[str]:
+def _steering_table(model, clt, graph, groups: dict[str, list[str]]) -> list[str]:
+    """Each group ablated and steered x-1 (`tl_clt.group_effects`): the top token after and the clean
+    answer's probability."""
     import tl_clt
 
-    clean = model(tl_clt.to_tokens(model, prompt)[None])[0]
-    answer = int(clean[-1].argmax())
-    word = model.tokenizer.decode([answer])
+    table = tl_clt.group_effects(model, clt, graph, groups, factors=(0.0, -1.0), k=1)
+    word = table["top"][0].rsplit(" ", 1)[0]
     cols = f"{'ablated: top (p)':24s} {'x-1: top (p)':24s}"
-    head = f"{'group':28s} {'nodes':>5s}  {cols}  p({word!r}) ablated / x-1"
+    head = f"{'group':28s} {'nodes':>5s}  {cols}  p({word}) ablated / x-1"
     lines = [head, "-" * len(head)]
-    for name, members in groups.items():
-        features = [m for m in members if str(m).startswith("F:")]
-        cells = []
-        for ivs in (tl_clt.ablate(features), tl_clt.scale(features, -1.0, graph)):
-            p = tl_clt.steer(model, clt, prompt, ivs)[-1].detach().float().softmax(-1)
-            top = int(p.argmax())
-            cells.append((f"{model.tokenizer.decode([top])!r} {float(p[top]):.2f}", float(p[answer])))
+    rows = table.iloc[1:].to_dict("records")
+    for ablated, down in zip(rows[::2], rows[1::2], strict=True):
         lines.append(
-            f"{name[:28]:28s} {len(features):5d}  {cells[0][0]:24s} {cells[1][0]:24s}  "
-            f"{cells[0][1]:.2f} / {cells[1][1]:.2f}"
+            f"{ablated['group'][:28]:28s} {ablated['features']:5d}  {ablated['top']:24s} {down['top']:24s}  "
+            f"{ablated['p(clean top)']:.2f} / {down['p(clean top)']:.2f}"
         )
     return lines
 
@@ -120,7 +116,7 @@ def _demo(args) -> list[str]:
             for name, m in groups.items()
         ]
         out.append("each group steered whole (with the features pruning left out where it sits):")
-        out += _steering_table(model, clt, graph, prompt, steered)
+        out += _steering_table(model, clt, graph, steered)
     else:
         out.append(
             "groups: none (this version has no tl_clt.propose_supernodes; pass your own to plot_circuit)"
