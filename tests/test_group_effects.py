@@ -72,6 +72,22 @@ def test_hand_made_groups_steer_only_their_features(seed):
     assert (steered["kl"] > 0).all()
 
 
+@pytest.mark.parametrize("mode", ["unfrozen", "direct"])
+def test_other_steering_modes_equal_steer_one_by_one(seed, mode):
+    """`freeze_attention=False` and `direct_effects=True` reach the steering: each row equals `steer` in
+    that mode (unfrozen and direct give other numbers than frozen)."""
+    model, clt, graph, proposals, frozen = seed
+    kw = dict(freeze_attention=mode != "unfrozen", direct_effects=mode == "direct")
+    table = tl_clt.group_effects(model, clt, graph, proposals, factors=[-1.0], **kw)
+    clean_top = int(model(graph.tokens[None])[0, -1].argmax())
+    for _, row in table.iloc[1:].iterrows():
+        ivs = tl_clt.scale([n for n in proposals.whole(row["group"]) if n.startswith("F:")], -1.0, graph)
+        p = tl_clt.steer(model, clt, graph.tokens, ivs, **kw)[-1].double().softmax(-1)
+        assert row["p(clean top)"] == pytest.approx(float(p[clean_top]), abs=1e-4), row["group"]
+    same_rows = frozen[frozen["factor"] == -1.0].reset_index(drop=True)
+    assert (table.iloc[1:].reset_index(drop=True)["kl"] - same_rows["kl"]).abs().max() > 1e-3
+
+
 def test_bad_token_sets_and_factors_are_refused(seed):
     model, clt, graph, proposals, _ = seed
     with pytest.raises(ValueError, match=r"token_sets\['names'\].*tokens"):

@@ -155,10 +155,12 @@ def group_effects(
     k: int = 3,
     batch_size: int = 16,
     freeze_attention: bool = True,
+    direct_effects: bool = False,
 ):
     """What steering each group does to the next token: a pandas DataFrame, a "(clean)" row then one row
     per (group, factor), each group's features set to `factor` x their activation in `graph` (0 ablates,
-    -1 steers down; attention frozen unless `freeze_attention=False`).
+    -1 steers down; attention frozen unless `freeze_attention=False`; `direct_effects=True`: the graph's
+    frozen linear model, as in `steer`).
 
     Columns: `group`, `factor`, `features` (how many steered), `top` (the `k` likeliest next tokens after,
     with their probabilities), `top_changed` (its first token differs from the clean one), `p(clean top)`
@@ -191,8 +193,9 @@ def group_effects(
             rows.append((name, f, len(features)))
             steerings.append(scale(features, f, graph))
     logits = steer_many(
-        model, clt, graph.tokens, steerings, batch_size=batch_size, freeze_attention=freeze_attention
-    )
+        model, clt, graph.tokens, steerings, batch_size=batch_size, freeze_attention=freeze_attention,
+        direct_effects=direct_effects,
+    )  # fmt: skip
     logp = logits.double().log_softmax(-1)
     p = logp.exp()
     clean_top = int(p[0].argmax())
