@@ -261,7 +261,8 @@ def test_batched_direct_effects_equal_steer_one_by_one(setup, clt):
 @pytest.mark.parametrize("mode", ["frozen", "unfrozen", "direct"])
 def test_tail_passes_equal_whole_passes(setup, clt, backend, mode, monkeypatch):
     """Steerings that touch no position before p run only the positions from p, on a KV cache of the
-    clean prompt before it (HookedTransformer; the bridge runs whole passes): the same logits."""
+    clean prompt before it (HookedTransformer; the bridge runs whole passes): the same logits. The cache
+    comes from the clean pass itself where frozen values are needed, and serves any start."""
     from tl_clt.steering import Steerer
 
     model, tokens, raw, _ = setup
@@ -290,10 +291,17 @@ def test_tail_passes_equal_whole_passes(setup, clt, backend, mode, monkeypatch):
     monkeypatch.undo()
     _close(got, expected)
     assert (expected[0] - expected[1]).abs().max() > 1e-3
-    if backend == "hooked":  # the prefix (n-3 tokens), the clean pass where frozen, one pass over the last 3
-        assert lengths == ([n - 3, 3] if mode == "unfrozen" else [n - 3, n, 3]), lengths
+    if backend == "hooked":  # one pass over the prompt (the clean one where frozen) fills the KV cache,
+        assert lengths == [n, 3], lengths  # then one pass over the last 3
     else:
         assert lengths[-1] == n, lengths
+    lengths.clear()
+    monkeypatch.setattr(model, "forward", counting)
+    one_by_one = Steerer(model, clt, PROMPT, **kw).last(steerings[:2], batch_size=1)
+    monkeypatch.undo()
+    _close(one_by_one, expected[:2])
+    if backend == "hooked":  # one cache, two starts (the last token; the last 3)
+        assert lengths == [n, 1, 3], lengths
 
 
 def test_batched_steerings_are_all_checked_before_any_pass(setup, clt, monkeypatch):

@@ -70,12 +70,17 @@ def capture_hooks(model, clt: CrossLayerTranscoder, sites: Sites, store: dict[st
 
 
 def clean_pass(
-    model, clt: CrossLayerTranscoder, tokens: Int[Tensor, " pos"], sites: Sites | None = None
+    model,
+    clt: CrossLayerTranscoder,
+    tokens: Int[Tensor, " pos"],
+    sites: Sites | None = None,
+    kv_cache=None,
 ) -> PromptState:
     """One no-grad forward pass over `tokens` caching CLT inputs, MLP outputs, norm scales and patterns.
 
     Public entries check model and CLT once (`tl_clt.hooks.check_compatible` gives `sites`) and guard
-    the model with `preserve`; without `sites` they are looked up here.
+    the model with `preserve`; without `sites` they are looked up here. `kv_cache`: an empty
+    TransformerLens KV cache (HookedTransformer) that the pass fills with the prompt's keys and values.
     """
     sites = sites or sites_for(model)
     store: dict[str, list] = {}
@@ -91,8 +96,11 @@ def clean_pass(
     names = sites.block_hooks(sites.frozen_scales + sites.patterns, clt.n_layers) + [sites.final_scale]
     names.append(sites.embed)
     hooks = capture_hooks(model, clt, sites, store) + [(n, save(n)) for n in names]
+    kv = (
+        {} if kv_cache is None else dict(past_kv_cache=kv_cache, attention_mask=torch.ones_like(tokens[None]))
+    )
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-        logits = model(tokens[None])
+        logits = model(tokens[None], **kv)
     final_scale = frozen.pop(sites.final_scale)
     embed = frozen.pop(sites.embed)
     return PromptState(

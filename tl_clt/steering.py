@@ -487,6 +487,17 @@ def run_steered(
     return logits if n_batch is not None else logits[0]
 
 
+def _head(cache, n: int):
+    """A frozen KV cache of the first `n` positions of `cache` (views)."""
+    from transformer_lens import TransformerLensKeyValueCache, TransformerLensKeyValueCacheEntry
+
+    entries = [
+        TransformerLensKeyValueCacheEntry(e.past_keys[:, :n], e.past_values[:, :n], frozen=True)
+        for e in cache.entries
+    ]
+    return TransformerLensKeyValueCache(entries, cache.previous_attention_mask[:, :n], frozen=True)
+
+
 def _batched(cache, n: int):
     """A frozen KV cache (batch 1) seen as `n` copies (views, nothing copied)."""
     from transformer_lens import TransformerLensKeyValueCache, TransformerLensKeyValueCacheEntry
@@ -558,14 +569,21 @@ class Steerer:
         self.tokens = to_tokens(model, prompt)
         self.freeze_attention, self.direct_effects = freeze_attention, direct_effects
         self._clean: PromptState | None = None
-        self._prefixes: dict[int, object] = {}  # first steered position -> KV cache of the tokens before it
+        self._kv = None  # the clean prompt's TransformerLens KV cache (frozen), for tail passes
         # `last` runs only the positions from the first one a batch's steerings touch (HookedTransformer)
         self.tail_passes = True
 
+    def _frozen(self) -> bool:
+        return self.freeze_attention or self.direct_effects
+
+    def _clean_state(self, kv_cache=None) -> None:
+        """The clean pass giving the frozen values (once), filling `kv_cache` if given."""
+        with preserve(self.model), torch.no_grad():
+            self._clean = clean_pass(self.model, self.clt, self.tokens, self.sites, kv_cache)
+
     def _run(self, plans: list[LayerPlan], n_batch: int | None, prefix=None) -> Tensor:
-        if (self.freeze_attention or self.direct_effects) and self._clean is None:
-            with preserve(self.model), torch.no_grad():
-                self._clean = clean_pass(self.model, self.clt, self.tokens, self.sites)
+        if self._frozen() and self._clean is None:
+            self._clean_state()
         return run_steered(
             self.model, self.clt, self.sites, plans, self.tokens, freeze_attention=self.freeze_attention,
             direct_effects=self.direct_effects, clean=self._clean, n_batch=n_batch, prefix=prefix,
@@ -574,22 +592,29 @@ class Steerer:
     def _prefix(self, steerings: list[list[Intervention]]):
         """A frozen KV cache of the clean prompt's tokens before the first position any of `steerings`
         touches (those positions are the clean prompt's in every steering: causal attention), or None
-        where that is position 0 or the backend has no such cache (TransformerBridge)."""
+        where that is position 0 or the backend has no such cache (TransformerBridge). The cache comes
+        from the clean pass (frozen modes) or one plain pass, and serves every start as a view."""
         n = len(self.tokens)
         first = [iv.pos if isinstance(iv.pos, int) else iv.pos.start or 0 for ivs in steerings for iv in ivs]
         start = min(min(first, default=n - 1), n - 1)
         if start < 1 or self.sites.backend != HOOKED_TRANSFORMER or not self.tail_passes:
             return None
-        if start not in self._prefixes:
+        if self._kv is None:
             from transformer_lens import TransformerLensKeyValueCache
 
             cache = TransformerLensKeyValueCache.init_cache(self.model.cfg, self.model.cfg.device, 1)
-            head = self.tokens[None, :start]
-            with preserve(self.model), torch.no_grad():
-                self.model(head, past_kv_cache=cache, attention_mask=torch.ones_like(head))
+            if self._frozen() and self._clean is None:
+                self._clean_state(cache)  # the clean pass the frozen values need fills it too
+            else:
+                with preserve(self.model), torch.no_grad():
+                    self.model(
+                        self.tokens[None],
+                        past_kv_cache=cache,
+                        attention_mask=torch.ones_like(self.tokens[None]),
+                    )
             cache.freeze()
-            self._prefixes[start] = cache
-        return self._prefixes[start]
+            self._kv = cache
+        return _head(self._kv, start)
 
     def __call__(self, interventions: Intervention | Iterable[Intervention]) -> Float[Tensor, "pos d_vocab"]:
         ivs = as_interventions(interventions)
