@@ -47,7 +47,9 @@ minus log p of the best other token), until no feature raises it or `--oracle-st
 word they are the same five features at the same activations on every prompt, the token " was"). It
 prints the margin, the top token, p(filler words) and p(names) after, and how many of the chosen
 features the proposed "say a name" group (whole) holds. The search knows the filler words, which a
-proposal cannot: it bounds what the world allows, it is not a way to find the group.
+proposal cannot: it bounds what the world allows, it is not a way to find the group. Each step's
+steerings run 16 to a forward pass (`Steerer.last`, ties: the larger node id, as before batching): the
+22 prompts take ~42 s, with the same choices as one steering per pass (7.5 min).
 """
 
 from __future__ import annotations
@@ -306,17 +308,18 @@ def oracle_row(model, clt, sp, steps: int = 12, factor: float = -1.0, min_layer:
     filler = torch.tensor(token_ids(model, FILLER_WORDS))
     keys = graph.feature_keys.tolist()
     candidates = [graph.node_id(i) for i, k in enumerate(keys) if k[1] == last and k[0] >= min_layer]
-    steer = Steerer(model, clt, sp.prompt)  # one clean pass for every steering
+    steer = Steerer(model, clt, sp.prompt)  # one clean pass and KV cache for every steering
 
-    def margin(chosen: list[str]) -> float:
-        logp = steer(scale(chosen, factor, graph))[-1].log_softmax(-1)
+    def margins_of(node_sets: list[list[str]]) -> list[float]:
+        logp = steer.last([scale(nodes, factor, graph) for nodes in node_sets]).log_softmax(-1)
         other = logp.clone()
-        other[filler] = -torch.inf
-        return float(logp[filler].max() - other.max())
+        other[:, filler] = -torch.inf
+        return (logp[:, filler].max(-1).values - other.max(-1).values).tolist()
 
-    chosen, margins = [], [margin([])]
+    chosen, margins = [], margins_of([[]])
     while len(chosen) < steps:
-        best, node = max((margin(chosen + [c]), c) for c in candidates if c not in chosen)
+        rest = [c for c in candidates if c not in chosen]
+        best, node = max(zip(margins_of([chosen + [c] for c in rest]), rest))
         if best <= margins[-1]:
             break
         chosen.append(node)
