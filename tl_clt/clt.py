@@ -349,11 +349,13 @@ class CrossLayerTranscoder(torch.nn.Module):
             pre = pre.view(*x.shape[:-1], W.shape[0])
         return pre.add_(self.b_enc[layer].to(x.dtype))  # in place: the same values, one [..., F] tensor less
 
-    def activation_fn(self, pre: Tensor, layer: int) -> Tensor:
-        """JumpReLU (`pre * (pre > threshold)`) when thresholds exist, else ReLU."""
+    def activation_fn(self, pre: Tensor, layer: int, features: Tensor | None = None) -> Tensor:
+        """JumpReLU (`pre * (pre > threshold)`) when thresholds exist, else ReLU. `features`: `pre` holds
+        only those features' columns (their thresholds are used)."""
         if self.threshold is None:
             return torch.relu(pre)
-        return pre * (pre > self.threshold[layer].to(pre.dtype))
+        threshold = self.threshold[layer] if features is None else self.threshold[layer][features]
+        return pre * (pre > threshold.to(pre.dtype))
 
     def encode(self, x: Float[Tensor, "... d_model"], layer: int) -> Float[Tensor, "... n_features"]:
         """Feature activations of layer `layer` for MLP inputs x."""
@@ -366,9 +368,7 @@ class CrossLayerTranscoder(torch.nn.Module):
         self.check_layer(layer)
         features = _feature_indices(features, self.n_features, layer).to(self.W_enc[layer].device)
         pre = x @ self.W_enc[layer][features].to(x.dtype).T + self.b_enc[layer][features].to(x.dtype)
-        if self.threshold is None:
-            return torch.relu(pre)
-        return pre * (pre > self.threshold[layer][features].to(pre.dtype))
+        return self.activation_fn(pre, layer, features)
 
     def decoder_rows(
         self, layer: int, features: Int[Tensor, " n"], *, compact: bool = False

@@ -115,6 +115,12 @@ def clean_pass(
     )
 
 
+def last_positions(value: Float[Tensor, "... pos d"], n: int) -> Float[Tensor, "... n d"]:
+    """A clean value's last `n` positions (dim -2): what a pass over the prompt's last `n` tokens only (a
+    KV cache holding the others) is frozen to; the whole value when it has no more than `n`."""
+    return value[..., value.shape[-2] - n :, :] if value.shape[-2] > n else value
+
+
 def freeze_hooks(frozen: dict[str, Tensor]) -> HookList:
     """Forward hooks that replace norm scales and attention patterns by their clean-pass values. A pass
     over the prompt's last positions only (a KV cache holding the others) gets those positions' values:
@@ -122,11 +128,7 @@ def freeze_hooks(frozen: dict[str, Tensor]) -> HookList:
 
     def replace(value: Tensor):  # bound per name (a bridge's hook.name may be another alias)
         def fn(tensor: Tensor, *, hook) -> Tensor:
-            held = (
-                value[..., value.shape[-2] - tensor.shape[-2] :, :]
-                if value.shape[-2] > tensor.shape[-2]
-                else value
-            )
+            held = last_positions(value, tensor.shape[-2])
             return held.to(tensor.dtype).expand_as(
                 tensor
             )  # a new tensor: the bridge detects edits by identity

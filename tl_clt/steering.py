@@ -31,7 +31,7 @@ from torch import Tensor
 from tl_clt.checks import as_int, as_number
 from tl_clt.clt import CrossLayerTranscoder
 from tl_clt.fingerprints import check_clt
-from tl_clt.frozen import PromptState, clean_pass, freeze_hooks
+from tl_clt.frozen import PromptState, clean_pass, freeze_hooks, last_positions
 from tl_clt.hooks import CrossLayerWrites, HookList, check_compatible, layer_hook, preserve, refuse_saes_at
 from tl_clt.nodes import NodeLike, as_node_list, feature_key
 from tl_clt.prompts import Prompt, to_tokens
@@ -101,11 +101,9 @@ def _int(x, what: str, iv: Intervention) -> int:
         raise TypeError(f"{iv}: {what} must be an int, got {type(x).__name__}.") from None
 
 
-def check_intervention(
-    iv: Intervention, clt: CrossLayerTranscoder, n_pos: int | None = None, *, fingerprint: bool = True
-) -> Intervention:
-    """`iv` with plain-Python fields, or a clear error naming what is wrong and how to fix it.
-    `fingerprint=False`: its graph's CLT fingerprint was checked already (`check_fingerprints`)."""
+def check_intervention(iv: Intervention, clt: CrossLayerTranscoder, n_pos: int | None = None) -> Intervention:
+    """`iv` with plain-Python fields, or a clear error naming what is wrong and how to fix it. The CLT
+    fingerprint of the graph it came from is checked apart, once per graph (`check_fingerprints`)."""
     layer = _int(iv.layer, "layer", iv)
     feature = _int(iv.feature, "feature", iv)
     if not 0 <= layer < clt.n_layers:
@@ -114,8 +112,6 @@ def check_intervention(
         raise ValueError(
             f"{iv}: feature {feature} is out of range; layer {layer} has features 0..{clt.n_features - 1}."
         )
-    if fingerprint:
-        check_clt(iv.clt_fingerprint, clt, f"{iv} comes from a graph that")
     try:
         value = as_number(iv.value, "value", finite=False)
     except TypeError as err:
@@ -170,7 +166,7 @@ def check_interventions(interventions, clt: CrossLayerTranscoder, n_pos: int | N
     """`as_interventions(interventions)`, each checked by `check_intervention`."""
     ivs = as_interventions(interventions)
     check_fingerprints(ivs, clt)
-    return [check_intervention(iv, clt, n_pos, fingerprint=False) for iv in ivs]
+    return [check_intervention(iv, clt, n_pos) for iv in ivs]
 
 
 def check_fingerprints(ivs: Iterable[Intervention], clt: CrossLayerTranscoder) -> None:
@@ -306,7 +302,7 @@ class SteeringState(CrossLayerWrites):
         if (
             self.clean is not None
         ):  # the clean inputs of this pass's positions (a tail pass runs the last ones)
-            x = self.clean.mlp_in[layer][-value.shape[-2] :].to(value.dtype)
+            x = last_positions(self.clean.mlp_in[layer], value.shape[-2]).to(value.dtype)
         else:
             x = self.sites.to_clt_input(self.model, self.clt.feature_input_hook, layer, value)
         return self.clt.encode_features(x, layer, self.plans[layer].features)
@@ -332,7 +328,11 @@ class SteeringState(CrossLayerWrites):
 
     def write_output(self, mlp_out: Tensor, *, hook, layer: int) -> Tensor:
         if self.clean is not None:
-            mlp_out = self.clean.mlp_out[layer][-mlp_out.shape[-2] :].to(mlp_out.dtype).expand_as(mlp_out)
+            mlp_out = (
+                last_positions(self.clean.mlp_out[layer], mlp_out.shape[-2])
+                .to(mlp_out.dtype)
+                .expand_as(mlp_out)
+            )
         delta = self.take(layer)
         return mlp_out if delta is None else mlp_out + delta.to(mlp_out.dtype)  # the model's dtype goes on
 
@@ -443,7 +443,7 @@ def steering_hooks(
     _check_freeze_tokens(tokens, freeze_attention, direct_effects)
     toks = None if tokens is None else to_tokens(model, tokens)
     n_pos = None if toks is None else len(toks)
-    ivs = [check_intervention(iv, clt, n_pos) for iv in as_interventions(interventions)]
+    ivs = check_interventions(interventions, clt, n_pos)
     plans = plan_interventions(clt, ivs if n_pos is None else [resolve_positions(iv, n_pos) for iv in ivs])
     hooks = build_steering_hooks(
         model, clt, sites, plans, toks, freeze_attention=freeze_attention, direct_effects=direct_effects
@@ -643,9 +643,7 @@ class Steerer:
     def _checked(self, ivs: list[Intervention]) -> list[Intervention]:
         """`ivs` checked (their fingerprints already were) and resolved against the prompt."""
         n_pos = len(self.tokens)
-        return [
-            resolve_positions(check_intervention(iv, self.clt, n_pos, fingerprint=False), n_pos) for iv in ivs
-        ]
+        return [resolve_positions(check_intervention(iv, self.clt, n_pos), n_pos) for iv in ivs]
 
 
 # ------------------------------------------------------------------------ scale / ablate
