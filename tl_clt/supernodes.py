@@ -185,13 +185,18 @@ def group_effects(
             raise ValueError(f"token_sets[{label!r}]: {err}") from None
     whole = getattr(groups, "whole", None)
     n_layers = getattr(graph, "n_layers", None)
-    rows, steerings = [("(clean)", float("nan"), 0)], [[]]
+    features = {}  # name -> its feature members
     for name in groups:
         members = whole(name) if callable(whole) else group_members(name, groups[name])
-        features = [m for m in members if node_kind(m, n_layers=n_layers) == "feature"]
-        for f in factors:
-            rows.append((name, f, len(features)))
-            steerings.append(scale(features, f, graph))
+        features[name] = [m for m in members if node_kind(m, n_layers=n_layers) == "feature"]
+    every = [m for members in features.values() for m in members]
+    scaled = [scale(every, f, graph) for f in factors]  # the graph's activations read once per factor
+    rows, steerings, start = [("(clean)", float("nan"), 0)], [[]], 0
+    for name, members in features.items():
+        for f, ivs in zip(factors, scaled, strict=True):
+            rows.append((name, f, len(members)))
+            steerings.append(ivs[start : start + len(members)])
+        start += len(members)
     logits = steer_many(
         model, clt, graph.tokens, steerings, batch_size=batch_size, freeze_attention=freeze_attention,
         direct_effects=direct_effects,
