@@ -309,9 +309,10 @@ def oracle_row(model, clt, sp, steps: int = 12, factor: float = -1.0, min_layer:
     keys = graph.feature_keys.tolist()
     candidates = [graph.node_id(i) for i, k in enumerate(keys) if k[1] == last and k[0] >= min_layer]
     steer = Steerer(model, clt, sp.prompt)  # one clean pass and KV cache for every steering
+    scaled = dict(zip(candidates, scale(candidates, factor, graph), strict=True))  # activations read once
 
     def margins_of(node_sets: list[list[str]]) -> list[float]:
-        logp = steer.last([scale(nodes, factor, graph) for nodes in node_sets]).log_softmax(-1)
+        logp = steer.last([[scaled[n] for n in nodes] for nodes in node_sets]).log_softmax(-1)
         other = logp.clone()
         other[:, filler] = -torch.inf
         return (logp[:, filler].max(-1).values - other.max(-1).values).tolist()
