@@ -49,7 +49,7 @@ prints the margin, the top token, p(filler words) and p(names) after, and how ma
 features the proposed "say a name" group (whole) holds. The search knows the filler words, which a
 proposal cannot: it bounds what the world allows, it is not a way to find the group. Each step's
 steerings run 16 to a forward pass (`Steerer.last`, ties: the larger node id, as before batching): the
-22 prompts take ~42 s, with the same choices as one steering per pass (7.5 min).
+22 prompts take ~36 s, with the same choices as one steering per pass (7.5 min).
 """
 
 from __future__ import annotations
