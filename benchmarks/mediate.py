@@ -2,6 +2,7 @@
 
     PYTHONPATH=. python benchmarks/mediate.py [--sizes toy real] [--batch-sizes 1 4 16 32]
         [--candidates 48] [--steps 3] [--length 16] [--root benchmarks/.bench] [--device cpu]
+        [--backend hooked|bridge] [--no-tail]
 
 - `toy`: the seed's prompt in the shipped toy world, with the greedy search the proposals run: the source
   is the most influential word group (`whole`), the candidates `whole("say a name")`, k = 20.
@@ -16,7 +17,9 @@ steering, two floors per steering (best of 3, same process, no hooks): a plain f
 batch over the whole prompt, and over its last token only on a KV cache of the others (what a tail pass
 runs: `Steerer.last` runs the positions from the first one a batch's steerings touch, here the last),
 and whether the choice equals batch size 1's (the batch changes float rounding only). The first row of
-each size (batch size 1) is one steering per forward pass.
+each size (batch size 1) is one steering per forward pass. `--backend bridge`: the same on a
+TransformerBridge (`load_qwen3(..., backend="bridge")`); `--no-tail`: every `Steerer` runs whole passes
+(what-if: the time before tail passes, or on a bridge whose cache does not fill).
 """
 
 from __future__ import annotations
@@ -36,11 +39,13 @@ import tl_clt
 from tl_clt.proposals import mediators
 
 
-def toy_problem(device: str):
-    from tl_clt.toyworld import load_toyworld
+def toy_problem(device: str, backend: str = "hooked"):
+    from tl_clt.toyworld import load_toyworld, toyworld_paths
     from tl_clt.toyworld.story import SEED
 
     model, clt = load_toyworld()
+    if backend == "bridge":
+        model = tl_clt.load_qwen3(toyworld_paths(None)[0], backend="bridge")
     model, clt = model.to(device), clt.to(device)
     graph = tl_clt.attribute(model, clt, SEED.prompt, verbose=False)
     proposals = tl_clt.propose_supernodes(graph.prune(0.8, 0.98), model=model, clt=clt, unpruned=graph)
@@ -53,7 +58,7 @@ def size_problem(size: str, args):
     from transformers import AutoTokenizer
 
     mdir, cdir = sizes.build(size, Path(args.root))
-    model = tl_clt.load_qwen3(str(mdir), device=args.device, dtype=torch.float32)
+    model = tl_clt.load_qwen3(str(mdir), device=args.device, dtype=torch.float32, backend=args.backend)
     clt = tl_clt.CrossLayerTranscoder.from_pretrained(str(cdir), dtype=torch.float32, device=args.device)
     tokens = torch.tensor(sizes.prompt_of_length(AutoTokenizer.from_pretrained(str(mdir)), args.length))
     graph = tl_clt.attribute(model, clt, tokens, max_feature_nodes=256, verbose=False)
@@ -86,24 +91,29 @@ def plain_forward(model, tokens, batch_size: int, repeats: int = 3) -> float:
 def plain_tail(model, tokens, batch_size: int, repeats: int = 3) -> float:
     """Seconds of a plain forward pass of `batch_size` copies of the last token on a KV cache of the
     others, best of `repeats`: the floor under a tail pass (`Steerer.last`) of steerings on the last
-    token. NaN where the model has no TransformerLens KV cache (TransformerBridge)."""
-    try:
-        from transformer_lens import HookedTransformer, TransformerLensKeyValueCache
-    except ImportError:
-        return float("nan")
-    if not isinstance(model, HookedTransformer):
-        return float("nan")
-    from tl_clt.steering import _batched
+    token (`tl_clt.prefix_cache`: a TransformerLens cache seen as copies on a HookedTransformer, a
+    Hugging Face cache copied per pass on a TransformerBridge; NaN where the bridge's cache does not fill)."""
+    from tl_clt.prefix_cache import HFPrefix, TLPrefix
+    from tl_clt.sites import HOOKED_TRANSFORMER, backend_of
 
-    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, 1)
-    head, last = tokens[None, :-1], tokens[None, -1:].expand(batch_size, -1)
-    best = float("inf")
+    last = tokens[None, -1:].expand(batch_size, -1)
     with torch.no_grad():
-        model(head, past_kv_cache=cache, attention_mask=torch.ones_like(head))
-        cache.freeze()
+        if backend_of(model) == HOOKED_TRANSFORMER:
+            from transformer_lens import TransformerLensKeyValueCache
+
+            cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, 1)
+            head = tokens[None, :-1]
+            model(head, past_kv_cache=cache, attention_mask=torch.ones_like(head))
+            cache.freeze()
+            prefix = TLPrefix(cache)
+        else:
+            prefix = HFPrefix.fill(model, tokens, len(tokens) - 1)
+            if prefix is None:
+                return float("nan")
+        best = float("inf")
         for _ in range(repeats):
             t0 = synced()
-            model(last, past_kv_cache=_batched(cache, batch_size), attention_mask=torch.ones_like(last))
+            prefix.run(model, last)
             best = min(best, synced() - t0)
     return best
 
@@ -163,6 +173,10 @@ def main() -> None:
     ap.add_argument("--length", type=int, default=16)
     ap.add_argument("--root", default=str(Path(__file__).resolve().parent / ".bench"))
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--backend", default="hooked", choices=["hooked", "bridge"], help="load_qwen3's backend")
+    ap.add_argument(
+        "--no-tail", action="store_true", help="what-if: Steerer runs whole passes (as before tail passes)"
+    )
     ap.add_argument(
         "--one-feature", type=int, default=16, help="steerings in the one-feature table (0: none)"
     )
@@ -171,13 +185,24 @@ def main() -> None:
         default=os.environ.get("TL_CLT_CT_PYTHON", str(Path(__file__).parent.parent / ".ctvenv/bin/python")),
     )
     args = ap.parse_args()
-    print(f"{torch.get_num_threads()} threads, device {args.device}")
+    if args.no_tail:
+        from tl_clt import steering
+
+        init = steering.Steerer.__init__
+
+        def whole_passes(self, *a, **kw):
+            init(self, *a, **kw)
+            self.tail_passes = False
+
+        steering.Steerer.__init__ = whole_passes
+    tail_text = "whole passes (--no-tail)" if args.no_tail else "tail passes"
+    print(f"{torch.get_num_threads()} threads, device {args.device}, backend {args.backend}, {tail_text}")
     print(
         "size   tokens  source  candidates   k  batch  chosen  steerings  passes  seconds  ms/steering  "
         "floor ms (whole / tail)  same"
     )
     for size in args.sizes:
-        problem = toy_problem(args.device) if size == "toy" else size_problem(size, args)
+        problem = toy_problem(args.device, args.backend) if size == "toy" else size_problem(size, args)
         model, clt, graph, source, candidates, k = problem
         first = None
         for bs in args.batch_sizes:

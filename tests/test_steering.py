@@ -9,7 +9,7 @@ from conftest import PROMPT
 from safetensors.torch import load_file
 
 import tl_clt
-from tl_clt import Intervention, ablate, scale, steer, steering_hooks, synthetic
+from tl_clt import Intervention, ablate, load_qwen3, scale, steer, steering_hooks, synthetic
 from tl_clt.prompts import to_tokens
 
 
@@ -261,8 +261,9 @@ def test_batched_direct_effects_equal_steer_one_by_one(setup, clt):
 @pytest.mark.parametrize("mode", ["frozen", "unfrozen", "direct"])
 def test_tail_passes_equal_whole_passes(setup, clt, backend, mode, monkeypatch):
     """Steerings that touch no position before p run only the positions from p, on a KV cache of the
-    clean prompt before it (HookedTransformer; the bridge runs whole passes): the same logits. The cache
-    comes from the clean pass itself where frozen values are needed, and serves any start."""
+    clean prompt before it: the same logits. HookedTransformer: the cache comes from the clean pass
+    itself where frozen values are needed, and serves any start. TransformerBridge: a Hugging Face cache
+    filled by a plain pass over the first p tokens, per start."""
     from tl_clt.steering import Steerer
 
     model, tokens, raw, _ = setup
@@ -291,10 +292,11 @@ def test_tail_passes_equal_whole_passes(setup, clt, backend, mode, monkeypatch):
     monkeypatch.undo()
     _close(got, expected)
     assert (expected[0] - expected[1]).abs().max() > 1e-3
+    clean = [n] if mode != "unfrozen" else []  # the pass that gives the frozen values
     if backend == "hooked":  # one pass over the prompt (the clean one where frozen) fills the KV cache,
         assert lengths == [n, 3], lengths  # then one pass over the last 3
-    else:
-        assert lengths[-1] == n, lengths
+    else:  # a plain pass over the first n - 3 fills the cache (before the clean pass), then the last 3
+        assert lengths == [n - 3, *clean, 3], lengths
     lengths.clear()
     monkeypatch.setattr(model, "forward", counting)
     one_by_one = Steerer(model, clt, PROMPT, **kw).last(steerings[:2], batch_size=1)
@@ -302,6 +304,49 @@ def test_tail_passes_equal_whole_passes(setup, clt, backend, mode, monkeypatch):
     _close(one_by_one, expected[:2])
     if backend == "hooked":  # one cache, two starts (the last token; the last 3)
         assert lengths == [n, 1, 3], lengths
+    else:  # a cache per start
+        assert lengths == [n - 1, *clean, 1, n - 3, 3], lengths
+
+
+@pytest.mark.bridge
+def test_bridge_without_a_working_cache_runs_whole_passes(model_dir, clt, monkeypatch):
+    """A bridge whose attention never sees the cache (as transformer-lens' bridge under transformers 5
+    without `bridge_cache_kwargs`): the prefix is refused, whole passes run, and the logits are right."""
+    from contextlib import contextmanager
+
+    from tl_clt import prefix_cache
+    from tl_clt.steering import Steerer
+
+    model = load_qwen3(model_dir, backend="bridge")
+    n = len(to_tokens(model, PROMPT))
+    steerings = [[Intervention(1, -1, 3, 0.0)], [Intervention(2, -1, 7, 2.0)]]
+    expected = torch.stack([steer(model, clt, PROMPT, ivs)[-1] for ivs in steerings])
+
+    @contextmanager
+    def cache_dropped(model):
+        def drop(module, args, kwargs):
+            return args, {k: v for k, v in kwargs.items() if k not in ("cache", "past_key_values")}
+
+        handles = [block.attn.register_forward_pre_hook(drop, with_kwargs=True) for block in model.blocks]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    monkeypatch.setattr(prefix_cache, "bridge_cache_kwargs", cache_dropped)
+    lengths = []
+    forward = model.forward
+
+    def counting(tokens, *a, **k):
+        lengths.append(tokens.shape[-1])
+        return forward(tokens, *a, **k)
+
+    monkeypatch.setattr(model, "forward", counting)
+    st = Steerer(model, clt, PROMPT)
+    _close(st.last(steerings, batch_size=2), expected)
+    assert not st.tail_passes
+    assert lengths == [n - 1, n, n], lengths  # the refused fill, the clean pass, one whole pass
 
 
 def test_batched_steerings_are_all_checked_before_any_pass(setup, clt, monkeypatch):

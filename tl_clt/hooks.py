@@ -24,6 +24,9 @@ from tl_clt.sites import Sites, hook_points, sites_for
 HookList = list[tuple[str, Callable]]
 # start of the TransformerBridge's UserWarning when a hook returns a new norm scale (freezing does)
 BRIDGE_EDIT_WARNING = "A forward hook edited hook_scale/hook_normalized on the native-autograd path"
+# transformers 5's FutureWarning when a bridge pass is given `past_key_values` (tail passes do: the
+# bridge's own name for the cache; `tl_clt.prefix_cache`)
+CACHE_NAME_WARNING = "`past_key_values` is deprecated"
 
 
 def layer_hook(fn: Callable, layer: int) -> Callable:
@@ -306,7 +309,8 @@ def preserve(model) -> Iterator[Guard]:
       names in `Guard.user_backward_hooks`.
     Our own code adds hooks only through `model.hooks(...)`; this guard is the safety net under it.
     Inside it, the TransformerBridge's warning that a hook edited a norm's scale (what freezing does, on
-    purpose) is silenced; the user's own forward passes still show it.
+    purpose) and transformers' that `past_key_values` is deprecated (tail passes name the cache so) are
+    silenced; the user's own forward passes still show them.
     """
     lock = model_lock(model)
     lock.acquire()
@@ -363,6 +367,7 @@ def _restored(model) -> Iterator[None]:
     quiet = warnings.catch_warnings()
     quiet.__enter__()
     warnings.filterwarnings("ignore", message=BRIDGE_EDIT_WARNING, category=UserWarning)
+    warnings.filterwarnings("ignore", message=CACHE_NAME_WARNING, category=FutureWarning)
     try:
         yield
     finally:

@@ -34,8 +34,9 @@ from tl_clt.fingerprints import check_clt
 from tl_clt.frozen import PromptState, clean_pass, freeze_hooks, last_positions
 from tl_clt.hooks import CrossLayerWrites, HookList, check_compatible, layer_hook, preserve, refuse_saes_at
 from tl_clt.nodes import NodeLike, as_node_list, feature_key
+from tl_clt.prefix_cache import HFPrefix, TLPrefix
 from tl_clt.prompts import Prompt, to_tokens
-from tl_clt.sites import HOOKED_TRANSFORMER, Sites
+from tl_clt.sites import HOOKED_TRANSFORMER, TRANSFORMER_BRIDGE, Sites
 
 if TYPE_CHECKING:
     from tl_clt.graph import AttributionGraph
@@ -467,11 +468,11 @@ def run_steered(
 ) -> Float[Tensor, "*batch pos d_vocab"]:
     """Logits of `tokens` with planned interventions applied (inputs checked by the caller; `clean`:
     see `build_steering_hooks`). `n_batch`: plans from `plan_batch` of that many steerings; logits
-    [n_batch, pos, d_vocab], one per steering. `prefix`: a frozen TransformerLens KV cache of the first
-    tokens (`Steerer._prefix`; no plan touches them): only the positions after it run, and only their
-    logits come back."""
+    [n_batch, pos, d_vocab], one per steering. `prefix`: the clean prompt's keys and values before a
+    position (`Steerer._prefix`, a `TLPrefix` or `HFPrefix`; no plan touches those positions): only the
+    positions after it run, and only their logits come back."""
     b = n_batch or 1
-    start = 0 if prefix is None else prefix[0].past_keys.shape[1]
+    start = 0 if prefix is None else prefix.start
     with preserve(model), torch.no_grad():
         hooks = build_steering_hooks(
             model, clt, sites, plans, tokens, freeze_attention=freeze_attention,
@@ -481,34 +482,8 @@ def run_steered(
             if prefix is None:
                 logits = model(tokens[None].expand(b, -1))
             else:
-                tail = tokens[None, start:].expand(b, -1)
-                mask = torch.ones_like(tail)
-                logits = model(tail, past_kv_cache=_batched(prefix, b), attention_mask=mask)
+                logits = prefix.run(model, tokens[None, start:].expand(b, -1))
     return logits if n_batch is not None else logits[0]
-
-
-def _head(cache, n: int):
-    """A frozen KV cache of the first `n` positions of `cache` (views)."""
-    from transformer_lens import TransformerLensKeyValueCache, TransformerLensKeyValueCacheEntry
-
-    entries = [
-        TransformerLensKeyValueCacheEntry(e.past_keys[:, :n], e.past_values[:, :n], frozen=True)
-        for e in cache.entries
-    ]
-    return TransformerLensKeyValueCache(entries, cache.previous_attention_mask[:, :n], frozen=True)
-
-
-def _batched(cache, n: int):
-    """A frozen KV cache (batch 1) seen as `n` copies (views, nothing copied)."""
-    from transformer_lens import TransformerLensKeyValueCache, TransformerLensKeyValueCacheEntry
-
-    entries = [
-        TransformerLensKeyValueCacheEntry(
-            e.past_keys.expand(n, -1, -1, -1), e.past_values.expand(n, -1, -1, -1), frozen=True
-        )
-        for e in cache.entries
-    ]
-    return TransformerLensKeyValueCache(entries, cache.previous_attention_mask.expand(n, -1), frozen=True)
 
 
 def steer(
@@ -540,9 +515,9 @@ def steer_many(
     """Next-token logits (the prompt's last position) under each of `steerings`, each what `steer` takes:
     row i equals `steer(model, clt, prompt, steerings[i], ...)[-1]` up to float rounding. `batch_size`
     steerings run side by side in one forward pass (the prompt repeated along the batch), and one clean
-    pass gives the frozen values of all (a pass holds batch_size x pos x d_vocab logits). On a
-    HookedTransformer a pass runs only the positions from the first one its steerings touch, on a KV
-    cache of the clean prompt before it (steerings on the last token: one position per copy). For
+    pass gives the frozen values of all (a pass holds batch_size x pos x d_vocab logits). A pass runs
+    only the positions from the first one its steerings touch, on a KV cache of the clean prompt before
+    it (steerings on the last token: one position per copy; `tl_clt.prefix_cache`). For
     sweeps: a group at several factors, each group ablated in turn. Every steering is checked before any
     pass runs."""
     return Steerer(model, clt, prompt, freeze_attention=freeze_attention, direct_effects=direct_effects).last(
@@ -558,7 +533,7 @@ class Steerer:
     `Steerer(...)(interventions)`: logits [pos, d_vocab], as `steer`. `.last(steerings, batch_size=...)`:
     the last position's logits [len(steerings), d_vocab] of many steerings, `batch_size` of them side
     by side in each forward pass (the prompt repeated along the batch), each pass over the positions from
-    the first one its steerings touch only (`tail_passes`, on a HookedTransformer)."""
+    the first one its steerings touch only (`tail_passes`; `tl_clt.prefix_cache`)."""
 
     def __init__(
         self, model, clt: CrossLayerTranscoder, prompt: Prompt, *, freeze_attention: bool = True,
@@ -570,7 +545,8 @@ class Steerer:
         self.freeze_attention, self.direct_effects = freeze_attention, direct_effects
         self._clean: PromptState | None = None
         self._kv = None  # the clean prompt's TransformerLens KV cache (frozen), for tail passes
-        # `last` runs only the positions from the first one a batch's steerings touch (HookedTransformer)
+        self._hf: dict[int, HFPrefix | None] = {}  # a bridge's Hugging Face caches, per start
+        # `last` runs only the positions from the first one a batch's steerings touch
         self.tail_passes = True
 
     def _frozen(self) -> bool:
@@ -589,15 +565,25 @@ class Steerer:
             direct_effects=self.direct_effects, clean=self._clean, n_batch=n_batch, prefix=prefix,
         )  # fmt: skip
 
-    def _prefix(self, steerings: list[list[Intervention]]):
-        """A frozen KV cache of the clean prompt's tokens before the first position any of `steerings`
-        touches (those positions are the clean prompt's in every steering: causal attention), or None
-        where that is position 0 or the backend has no such cache (TransformerBridge). The cache comes
-        from the clean pass (frozen modes) or one plain pass, and serves every start as a view."""
+    def _prefix(self, steerings: list[list[Intervention]]) -> TLPrefix | HFPrefix | None:
+        """The clean prompt's keys and values before the first position any of `steerings` touches (those
+        positions are the clean prompt's in every steering: causal attention), or None where that is
+        position 0 or no cache can be had. HookedTransformer: a frozen TransformerLens KV cache from the
+        clean pass (frozen modes) or one plain pass, serving every start as views. TransformerBridge: a
+        Hugging Face cache from one plain pass over the prefix, per start (`HFPrefix.fill`; where it
+        does not fill, whole passes from then on)."""
         n = len(self.tokens)
         first = [iv.pos if isinstance(iv.pos, int) else iv.pos.start or 0 for ivs in steerings for iv in ivs]
         start = min(min(first, default=n - 1), n - 1)
-        if start < 1 or self.sites.backend != HOOKED_TRANSFORMER or not self.tail_passes:
+        if start < 1 or not self.tail_passes:
+            return None
+        if self.sites.backend == TRANSFORMER_BRIDGE:
+            if start not in self._hf:
+                with preserve(self.model):
+                    self._hf[start] = HFPrefix.fill(self.model, self.tokens, start)
+                self.tail_passes = self._hf[start] is not None
+            return self._hf[start]
+        if self.sites.backend != HOOKED_TRANSFORMER:
             return None
         if self._kv is None:
             from transformer_lens import TransformerLensKeyValueCache
@@ -614,7 +600,7 @@ class Steerer:
                     )
             cache.freeze()
             self._kv = cache
-        return _head(self._kv, start)
+        return TLPrefix.head(self._kv, start)
 
     def __call__(self, interventions: Intervention | Iterable[Intervention]) -> Float[Tensor, "pos d_vocab"]:
         ivs = as_interventions(interventions)

@@ -1,0 +1,110 @@
+"""The clean prompt's keys and values before a position, for tail passes (`steering.Steerer.last`).
+
+A steering that touches no position before p leaves positions 0..p-1 as in the clean prompt (attention is
+causal), so a pass can run positions p.. only, on those positions' cached keys and values.
+- HookedTransformer: a frozen TransformerLens KV cache, filled once over the whole prompt (by the clean
+  pass where frozen values are needed) and served to any start as views (`TLPrefix`).
+- TransformerBridge: Hugging Face's `DynamicCache`, filled by one plain pass over the first p tokens and
+  copied for each pass (a pass appends its own keys to the cache it is given). transformers 5 hands the
+  cache to each attention module as `cache=`, while the bridge's attention (transformer-lens 3.9 and 4.3)
+  reads `past_key_values=`: without a mapping the cache stays empty and a pass over the tail sees only
+  itself. `bridge_cache_kwargs` maps it, with forward pre-hooks on the attention modules that are removed
+  when it exits; a prefix is used only when the filled cache holds exactly p positions (`HFPrefix.fill`),
+  so another pairing of versions falls back to whole passes instead of wrong logits.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class TLPrefix:
+    """A frozen TransformerLens KV cache (batch 1) of a HookedTransformer's first `start` positions."""
+
+    cache: object  # transformer_lens.TransformerLensKeyValueCache
+
+    @property
+    def start(self) -> int:
+        return self.cache.entries[0].past_keys.shape[1]
+
+    @staticmethod
+    def head(cache, n: int) -> TLPrefix:
+        """The first `n` positions of a frozen `cache` (views)."""
+        from transformer_lens import TransformerLensKeyValueCache, TransformerLensKeyValueCacheEntry
+
+        entries = [
+            TransformerLensKeyValueCacheEntry(e.past_keys[:, :n], e.past_values[:, :n], frozen=True)
+            for e in cache.entries
+        ]
+        mask = cache.previous_attention_mask[:, :n]
+        return TLPrefix(TransformerLensKeyValueCache(entries, mask, frozen=True))
+
+    def run(self, model, tail: Int[Tensor, "batch q"]) -> Float[Tensor, "batch q d_vocab"]:
+        """Logits of `tail` after the prefix, the cache seen as batch copies (views, nothing copied)."""
+        from transformer_lens import TransformerLensKeyValueCache, TransformerLensKeyValueCacheEntry
+
+        b = tail.shape[0]
+        entries = [
+            TransformerLensKeyValueCacheEntry(
+                e.past_keys.expand(b, -1, -1, -1), e.past_values.expand(b, -1, -1, -1), frozen=True
+            )
+            for e in self.cache.entries
+        ]
+        mask = self.cache.previous_attention_mask.expand(b, -1)
+        batched = TransformerLensKeyValueCache(entries, mask, frozen=True)
+        return model(tail, past_kv_cache=batched, attention_mask=torch.ones_like(tail))
+
+
+@dataclass(frozen=True)
+class HFPrefix:
+    """A Hugging Face `DynamicCache` (batch 1) of a TransformerBridge's first `start` positions."""
+
+    cache: object  # transformers.DynamicCache
+    start: int
+
+    @staticmethod
+    def fill(model, tokens: Int[Tensor, " pos"], start: int) -> HFPrefix | None:
+        """One plain pass over `tokens[:start]` into a fresh cache; None when the cache does not come
+        back holding exactly `start` positions (a bridge that does not pass it to its attention)."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        with torch.no_grad(), bridge_cache_kwargs(model):
+            model(tokens[None, :start], past_key_values=cache)
+        return HFPrefix(cache, start) if cache.get_seq_length() == start else None
+
+    def run(self, model, tail: Int[Tensor, "batch q"]) -> Float[Tensor, "batch q d_vocab"]:
+        """Logits of `tail` after the prefix, on a copy of the cache repeated along the batch."""
+        cache = copy.deepcopy(self.cache)
+        if tail.shape[0] > 1:
+            cache.batch_repeat_interleave(tail.shape[0])
+        with bridge_cache_kwargs(model):
+            return model(tail, past_key_values=cache)
+
+
+@contextmanager
+def bridge_cache_kwargs(model) -> Iterator[None]:
+    """Inside it, each of the bridge's attention modules that is given transformers 5's `cache=` but no
+    `past_key_values=` gets the cache under that name too (forward pre-hooks, removed on exit)."""
+
+    def pre_hook(module, args, kwargs):
+        if kwargs.get("past_key_values") is None and kwargs.get("cache") is not None:
+            return args, {**kwargs, "past_key_values": kwargs["cache"]}
+        return None
+
+    handles = []
+    try:
+        for block in model.blocks:
+            handles.append(block.attn.register_forward_pre_hook(pre_hook, with_kwargs=True))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
