@@ -349,6 +349,22 @@ def test_bridge_without_a_working_cache_runs_whole_passes(model_dir, clt, monkey
     assert lengths == [n - 1, n, n], lengths  # the refused fill, the clean pass, one whole pass
 
 
+@pytest.mark.bridge
+def test_bridge_tail_passes_warn_nothing(model_dir, clt):
+    """Tail passes name the bridge's cache `past_key_values` (what the bridge reads); transformers 5 warns
+    that the name is deprecated, once per pass, and each call's guard would show it again: silenced
+    inside the guard, while the user's own passes still show it."""
+    import warnings
+
+    model = load_qwen3(model_dir, backend="bridge")
+    steerings = [[Intervention(1, -1, 3, 0.0)], [Intervention(2, -1, 7, 2.0)]]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tl_clt.steer_many(model, clt, PROMPT, steerings, batch_size=2)
+        tl_clt.steer_many(model, clt, PROMPT, steerings, batch_size=1, freeze_attention=False)
+    assert not [w for w in caught if "past_key_values" in str(w.message)], [str(w.message) for w in caught]
+
+
 def test_batched_steerings_are_all_checked_before_any_pass(setup, clt, monkeypatch):
     from tl_clt import steering
 
