@@ -31,7 +31,7 @@ from tl_clt.clt import CrossLayerTranscoder
 from tl_clt.fingerprints import clt_fingerprint, model_fingerprint
 from tl_clt.frozen import PromptState, all_activations, clean_pass, freeze_hooks
 from tl_clt.graph import AttributionGraph
-from tl_clt.hooks import check_compatible, preserve
+from tl_clt.hooks import added_hooks, check_compatible, preserve
 from tl_clt.influence import PartialInfluence
 from tl_clt.progress import tqdm
 from tl_clt.prompts import SINK_POS, Prompt, prompt_offset, tokens_after_sink
@@ -127,7 +127,7 @@ class LinearReplacement:
 
     def run_forward(self) -> None:
         """Build the autograd graph of the frozen model (batch 1; rows are vmapped over it)."""
-        with torch.enable_grad(), self.model.hooks(fwd_hooks=self._hooks()):
+        with torch.enable_grad(), added_hooks(self.model, self._hooks()):
             resid = self.model_sites.forward_to(self.model, self.state.tokens[None], self.n_layers)
         self.sites[self.n_layers] = resid
 

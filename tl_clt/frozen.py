@@ -18,7 +18,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tl_clt.clt import CrossLayerTranscoder
-from tl_clt.hooks import HookList, layer_hook
+from tl_clt.hooks import HookList, added_hooks, layer_hook
 from tl_clt.sites import Sites, sites_for
 
 
@@ -99,7 +99,7 @@ def clean_pass(
     kv = (
         {} if kv_cache is None else dict(past_kv_cache=kv_cache, attention_mask=torch.ones_like(tokens[None]))
     )
-    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+    with torch.no_grad(), added_hooks(model, hooks):
         logits = model(tokens[None], **kv)
     final_scale = frozen.pop(sites.final_scale)
     embed = frozen.pop(sites.embed)

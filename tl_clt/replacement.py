@@ -12,7 +12,7 @@ from torch import Tensor
 from tl_clt.clt import CrossLayerTranscoder
 from tl_clt.display import as_feature_activations
 from tl_clt.frozen import all_activations, clean_pass
-from tl_clt.hooks import CrossLayerWrites, HookList, check_compatible, preserve, refuse_saes_at
+from tl_clt.hooks import CrossLayerWrites, HookList, added_hooks, check_compatible, preserve, refuse_saes_at
 from tl_clt.prompts import SINK_POS, Prompt, to_tokens, tokens_after_sink
 from tl_clt.sites import Sites
 
@@ -110,7 +110,7 @@ def reconstruction_report(model, clt: CrossLayerTranscoder, prompt: Prompt) -> R
         state = clean_pass(model, clt, tokens, sites)
         acts = all_activations(clt, state.mlp_in)
         recon = clt.decode(acts)
-        with model.hooks(fwd_hooks=build_replacement_hooks(model, clt, sites, use_error_term=False)):
+        with added_hooks(model, build_replacement_hooks(model, clt, sites, use_error_term=False)):
             rep_logits = model(tokens[None])[0]
     mlp_out, logits = state.mlp_out, state.logits
     body = slice(SINK_POS + 1, None)

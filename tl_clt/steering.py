@@ -32,7 +32,15 @@ from tl_clt.checks import as_int, as_number
 from tl_clt.clt import CrossLayerTranscoder
 from tl_clt.fingerprints import check_clt
 from tl_clt.frozen import PromptState, clean_pass, freeze_hooks, last_positions
-from tl_clt.hooks import CrossLayerWrites, HookList, check_compatible, layer_hook, preserve, refuse_saes_at
+from tl_clt.hooks import (
+    CrossLayerWrites,
+    HookList,
+    added_hooks,
+    check_compatible,
+    layer_hook,
+    preserve,
+    refuse_saes_at,
+)
 from tl_clt.nodes import NodeLike, as_node_list, feature_key
 from tl_clt.prefix_cache import HFPrefix, TLPrefix
 from tl_clt.prompts import Prompt, to_tokens
@@ -478,7 +486,7 @@ def run_steered(
             model, clt, sites, plans, tokens, freeze_attention=freeze_attention,
             direct_effects=direct_effects, clean=clean, tail=prefix is not None,
         )  # fmt: skip
-        with model.hooks(fwd_hooks=hooks):
+        with added_hooks(model, hooks):
             if prefix is None:
                 logits = model(tokens[None].expand(b, -1))
             else:
