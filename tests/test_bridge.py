@@ -85,3 +85,62 @@ def test_sites_give_the_same_weights_on_both_backends(bridge, model_dir):
             torch.testing.assert_close(x, y)
     for path in (a.W_U, a.b_U, a.final_norm_weight):
         torch.testing.assert_close(a.weight(hooked, path), b.weight(bridge, path))
+
+
+@pytest.mark.bridge
+def test_added_hooks_run_as_model_hooks_does(bridge):
+    """Our passes' hooks on a bridge go in as one filter hook: the same logits as the bridge's own
+    `hooks()` with the same list (hooks at one point chained in list order, an alias and its point's own
+    name the same point), the bridge's hook dict built a fixed number of times however many hooks there
+    are, nothing left after, and an unknown name refused before any hook goes in."""
+    from tl_clt.hooks import added_hooks
+
+    calls = []
+
+    def add(value, tag):
+        def fn(tensor, *, hook):
+            calls.append(tag)
+            return tensor + value
+
+        return fn
+
+    def double(tensor, *, hook):
+        calls.append("x2")
+        return tensor * 2
+
+    hooks = [
+        ("blocks.0.hook_mlp_out", add(1.0, "alias +1")),  # the HookedTransformer name of the point below
+        ("blocks.0.mlp.hook_out", double),
+        ("blocks.1.hook_resid_pre", add(-0.5, "resid")),
+        ("blocks.0.hook_mlp_out", add(0.25, "again")),
+    ]
+    tokens = tl_clt.to_tokens(bridge, PROMPT)[None]
+    with torch.no_grad():
+        with bridge.hooks(fwd_hooks=hooks):
+            expected = bridge(tokens)
+        order = list(calls)
+        calls.clear()
+        with added_hooks(bridge, hooks):
+            got = bridge(tokens)
+        plain = bridge(tokens)
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
+    assert calls == order == ["alias +1", "x2", "again", "resid"]
+    assert (got - plain).abs().max() > 1e-2
+    assert not any(hp.fwd_hooks for hp in bridge.hook_dict.values())
+    with pytest.raises(KeyError, match="blocks.0.no_such_hook"):
+        added_hooks(bridge, [*hooks, ("blocks.0.no_such_hook", double)])
+    assert not any(hp.fwd_hooks for hp in bridge.hook_dict.values())
+    builds = []
+    cls = type(bridge)
+    original = cls.hook_dict
+    try:
+        cls.hook_dict = property(lambda self: builds.append(1) or original.fget(self))
+        counts = []
+        for n in (1, 40):
+            builds.clear()
+            with added_hooks(bridge, hooks[1:2] * n):
+                pass
+            counts.append(len(builds))
+        assert counts[0] == counts[1] <= 5, counts  # the bridge's own hooks(): one more per named hook
+    finally:
+        cls.hook_dict = original

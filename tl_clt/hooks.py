@@ -42,14 +42,15 @@ def added_hooks(model, hooks: HookList):
     """`model.hooks(fwd_hooks=hooks)`, the context our own passes add their hooks in. On a
     TransformerBridge the hooks go in as one filter hook that runs them at each hook point in list order:
     the bridge's `hooks()` builds its hook dict again for every named hook (11 ms at the Qwen3-0.6B shape,
-    about 1 s a pass for a steering's ~100 hooks). Names the model does not have are skipped, as there."""
+    about 1 s a pass for a steering's ~100 hooks). A name the model does not have is a KeyError."""
     if not hooks or backend_of(model) != TRANSFORMER_BRIDGE:
         return model.hooks(fwd_hooks=hooks)
     points = model.hook_dict  # built once: every name our hooks use, aliases included
     by_point: dict[int, list[Callable]] = {}
     for name, fn in hooks:
-        if name in points:
-            by_point.setdefault(id(points[name]), []).append(fn)
+        if name not in points:  # transformer-lens 4.x's bridge refuses it too (3.9's skips it)
+            raise KeyError(f"Hook name {name!r} does not exist on this model.")
+        by_point.setdefault(id(points[name]), []).append(fn)
 
     def wanted(name: str) -> bool:
         return name in points and id(points[name]) in by_point
