@@ -258,6 +258,19 @@ def test_batched_direct_effects_equal_steer_one_by_one(setup, clt):
         _close(row, steer(model, clt, PROMPT, ivs, direct_effects=True)[-1])
 
 
+def _count_passes(model, monkeypatch) -> list[int]:
+    """The token length of each forward pass `model` runs from now on (until `monkeypatch.undo()`)."""
+    lengths: list[int] = []
+    forward = model.forward
+
+    def counting(tokens, *a, **k):
+        lengths.append(tokens.shape[-1])
+        return forward(tokens, *a, **k)
+
+    monkeypatch.setattr(model, "forward", counting)
+    return lengths
+
+
 @pytest.mark.parametrize("mode", ["frozen", "unfrozen", "direct"])
 def test_tail_passes_equal_whole_passes(setup, clt, backend, mode, monkeypatch):
     """Steerings that touch no position before p run only the positions from p, on a KV cache of the
@@ -280,14 +293,7 @@ def test_tail_passes_equal_whole_passes(setup, clt, backend, mode, monkeypatch):
     whole = Steerer(model, clt, PROMPT, **kw)
     whole.tail_passes = False
     expected = whole.last(steerings, batch_size=4)
-    lengths = []
-    forward = model.forward
-
-    def counting(tokens, *a, **k):
-        lengths.append(tokens.shape[-1])
-        return forward(tokens, *a, **k)
-
-    monkeypatch.setattr(model, "forward", counting)
+    lengths = _count_passes(model, monkeypatch)
     got = Steerer(model, clt, PROMPT, **kw).last(steerings, batch_size=4)
     monkeypatch.undo()
     _close(got, expected)
@@ -297,8 +303,7 @@ def test_tail_passes_equal_whole_passes(setup, clt, backend, mode, monkeypatch):
         assert lengths == [n, 3], lengths  # then one pass over the last 3
     else:  # a plain pass over the first n - 3 fills the cache (before the clean pass), then the last 3
         assert lengths == [n - 3, *clean, 3], lengths
-    lengths.clear()
-    monkeypatch.setattr(model, "forward", counting)
+    lengths = _count_passes(model, monkeypatch)
     one_by_one = Steerer(model, clt, PROMPT, **kw).last(steerings[:2], batch_size=1)
     monkeypatch.undo()
     _close(one_by_one, expected[:2])
@@ -335,14 +340,7 @@ def test_bridge_without_a_working_cache_runs_whole_passes(model_dir, clt, monkey
                 handle.remove()
 
     monkeypatch.setattr(prefix_cache, "bridge_cache_kwargs", cache_dropped)
-    lengths = []
-    forward = model.forward
-
-    def counting(tokens, *a, **k):
-        lengths.append(tokens.shape[-1])
-        return forward(tokens, *a, **k)
-
-    monkeypatch.setattr(model, "forward", counting)
+    lengths = _count_passes(model, monkeypatch)
     st = Steerer(model, clt, PROMPT)
     _close(st.last(steerings, batch_size=2), expected)
     assert not st.tail_passes
