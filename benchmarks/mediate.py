@@ -99,13 +99,7 @@ def plain_tail(model, tokens, batch_size: int, repeats: int = 3) -> float:
     last = tokens[None, -1:].expand(batch_size, -1)
     with torch.no_grad():
         if backend_of(model) == HOOKED_TRANSFORMER:
-            from transformer_lens import TransformerLensKeyValueCache
-
-            cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, 1)
-            head = tokens[None, :-1]
-            model(head, past_kv_cache=cache, attention_mask=torch.ones_like(head))
-            cache.freeze()
-            prefix = TLPrefix(cache)
+            prefix = TLPrefix.fill(model, tokens).head(len(tokens) - 1)
         else:
             prefix = HFPrefix.fill(model, tokens, len(tokens) - 1)
             if prefix is None:

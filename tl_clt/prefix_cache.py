@@ -3,7 +3,7 @@
 A steering that touches no position before p leaves positions 0..p-1 as in the clean prompt (attention is
 causal), so a pass can run positions p.. only, on those positions' cached keys and values.
 - HookedTransformer: a frozen TransformerLens KV cache, filled once over the whole prompt (by the clean
-  pass where frozen values are needed) and served to any start as views (`TLPrefix`).
+  pass where frozen values are needed, else `TLPrefix.fill`) and served to any start as views (`TLPrefix`).
 - TransformerBridge: Hugging Face's `DynamicCache`, filled by one plain pass over the first p tokens and
   copied for each pass (a pass appends its own keys to the cache it is given). transformers 5 hands the
   cache to each attention module as `cache=`, while the bridge's attention (transformer-lens 3.9 and 4.3)
@@ -36,15 +36,36 @@ class TLPrefix:
         return self.cache.entries[0].past_keys.shape[1]
 
     @staticmethod
-    def head(cache, n: int) -> TLPrefix:
-        """The first `n` positions of a frozen `cache` (views)."""
+    def new_cache(model):
+        """An empty TransformerLens KV cache (batch 1) for a pass over the prompt to fill (`clean_pass`'s
+        `kv_cache`; then `frozen`)."""
+        from transformer_lens import TransformerLensKeyValueCache
+
+        return TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, 1)
+
+    @staticmethod
+    def frozen(cache) -> TLPrefix:
+        """A filled cache, frozen (a pass given it reads it and appends nothing)."""
+        cache.freeze()
+        return TLPrefix(cache)
+
+    @staticmethod
+    def fill(model, tokens: Int[Tensor, " pos"]) -> TLPrefix:
+        """One plain pass over `tokens` into a fresh cache, frozen: `head(n)` serves any start."""
+        cache = TLPrefix.new_cache(model)
+        with torch.no_grad():
+            model(tokens[None], past_kv_cache=cache, attention_mask=torch.ones_like(tokens[None]))
+        return TLPrefix.frozen(cache)
+
+    def head(self, n: int) -> TLPrefix:
+        """Its first `n` positions (views)."""
         from transformer_lens import TransformerLensKeyValueCache, TransformerLensKeyValueCacheEntry
 
         entries = [
             TransformerLensKeyValueCacheEntry(e.past_keys[:, :n], e.past_values[:, :n], frozen=True)
-            for e in cache.entries
+            for e in self.cache.entries
         ]
-        mask = cache.previous_attention_mask[:, :n]
+        mask = self.cache.previous_attention_mask[:, :n]
         return TLPrefix(TransformerLensKeyValueCache(entries, mask, frozen=True))
 
     def run(self, model, tail: Int[Tensor, "batch q"]) -> Float[Tensor, "batch q d_vocab"]:

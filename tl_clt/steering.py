@@ -308,9 +308,7 @@ class SteeringState(CrossLayerWrites):
 
     def current(self, value: Tensor, layer: int) -> Float[Tensor, "... pos m"]:
         """Activations of the planned features: from this pass, or the clean pass (direct mode)."""
-        if (
-            self.clean is not None
-        ):  # the clean inputs of this pass's positions (a tail pass runs the last ones)
+        if self.clean is not None:  # the clean inputs of this pass's positions (a tail pass: the last ones)
             x = last_positions(self.clean.mlp_in[layer], value.shape[-2]).to(value.dtype)
         else:
             x = self.sites.to_clt_input(self.model, self.clt.feature_input_hook, layer, value)
@@ -552,7 +550,7 @@ class Steerer:
         self.tokens = to_tokens(model, prompt)
         self.freeze_attention, self.direct_effects = freeze_attention, direct_effects
         self._clean: PromptState | None = None
-        self._kv = None  # the clean prompt's TransformerLens KV cache (frozen), for tail passes
+        self._kv: TLPrefix | None = None  # the whole clean prompt's, for tail passes (HookedTransformer)
         self._hf: dict[int, HFPrefix | None] = {}  # a bridge's Hugging Face caches, per start
         # `last` runs only the positions from the first one a batch's steerings touch
         self.tail_passes = True
@@ -594,21 +592,14 @@ class Steerer:
         if self.sites.backend != HOOKED_TRANSFORMER:
             return None
         if self._kv is None:
-            from transformer_lens import TransformerLensKeyValueCache
-
-            cache = TransformerLensKeyValueCache.init_cache(self.model.cfg, self.model.cfg.device, 1)
             if self._frozen() and self._clean is None:
+                cache = TLPrefix.new_cache(self.model)
                 self._clean_state(cache)  # the clean pass the frozen values need fills it too
+                self._kv = TLPrefix.frozen(cache)
             else:
-                with preserve(self.model), torch.no_grad():
-                    self.model(
-                        self.tokens[None],
-                        past_kv_cache=cache,
-                        attention_mask=torch.ones_like(self.tokens[None]),
-                    )
-            cache.freeze()
-            self._kv = cache
-        return TLPrefix.head(self._kv, start)
+                with preserve(self.model):
+                    self._kv = TLPrefix.fill(self.model, self.tokens)
+        return self._kv.head(start)
 
     def __call__(self, interventions: Intervention | Iterable[Intervention]) -> Float[Tensor, "pos d_vocab"]:
         ivs = as_interventions(interventions)
