@@ -41,7 +41,8 @@ def test_held_out_prompts_are_held_out_and_varied(world):
     prompts = held_out_prompts()
     corpus = set(make_corpus(0))
     assert not corpus & set(fact_sentences([p.fact for p in prompts]))
-    assert len({p.fact.office for p in prompts}) >= 5 and len({p.fact.place for p in prompts}) >= 5
+    assert len({(p.fact.office, p.fact.place) for p in prompts}) >= 6
+    assert len({p.fact.office for p in prompts}) >= 4 and len({p.fact.place for p in prompts}) >= 5
     assert {p.prompt for p in prompts}.isdisjoint({SEED.prompt})
     used = {t for t in FACT_TEMPLATES if any(p.prompt == p.fact.prompt(t) for p in prompts)}
     assert len(used) >= 3
@@ -182,10 +183,10 @@ def test_a_shared_first_name_is_told_apart_by_the_steered_surname(world):
 
 
 def test_both_words_of_a_two_word_office_get_a_group_and_the_office_effect_holds(world):
-    """ "prime" of "prime minister" has a few features of little influence in the pruned graph: it keeps a
-    group of its own (the group filters' defaults keep every group), the office role steers it with
-    "minister"'s, and the office effect holds on UK 1967; with the filters of before (2 members, 2 % of
-    the influence) it has no group and the effect fails (docs/supernodes.md, "The group filters")."""
+    """ "prime" and "minister" of "prime minister" each get a group, the office role steers both together,
+    and the office effect holds on UK 1967 (on the world shipped before, "prime" had a few features of
+    little influence, kept only because the group filters' defaults keep every group: docs/supernodes.md,
+    "The group filters")."""
     model, clt = world
     (sp,) = [p for p in held_out_prompts() if p.fact.name == "Harold Wilson"]
     assert sp.office_words == ("prime", "minister")
@@ -195,12 +196,12 @@ def test_both_words_of_a_two_word_office_get_a_group_and_the_office_effect_holds
     assert {"prime", "minister"} <= set(proposals)
     roles = story_roles(proposals, sp)
     assert set(proposals.whole("prime")) | set(proposals.whole("minister")) == set(roles["office"])
-    assert story_effects(model, clt, sp, graph, roles).effects["office"].holds
-    before = tl_clt.propose_supernodes(
-        pruned, model=model, clt=clt, unpruned=graph, min_size=2, min_influence=0.02
-    )
-    assert "prime" not in before
-    assert not story_effects(model, clt, sp, graph, story_roles(before, sp)).effects["office"].holds
+    effects = story_effects(model, clt, sp, graph, roles).effects
+    assert effects["office"].holds
+    # without "prime", "minister" alone: the measured effect is weaker (names keep more of their mass)
+    alone = {**roles, "office": list(proposals.whole("minister"))}
+    minister_alone = story_effects(model, clt, sp, graph, alone).effects["office"]
+    assert minister_alone.p_names[1] > effects["office"].p_names[1]
 
 
 def test_on_the_seed_every_effect_holds(seed):
@@ -217,11 +218,11 @@ def test_on_the_seed_every_effect_holds(seed):
 def test_probe_prompts_know_where_each_field_is(world):
     model, _ = world
     template = "Fact: The {office} of {place} in {year} was"
-    text, spans = _fill(template, dict(office="king", place="Spain", year="1977"))
-    assert text == "Fact: The king of Spain in 1977 was"
+    text, spans = _fill(template, dict(office="chancellor", place="Germany", year="1977"))
+    assert text == "Fact: The chancellor of Germany in 1977 was"
     offsets = model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     probe = type("P", (), {"spans": spans})()
     roles = _roles(probe, offsets)
     pieces = [text[a:b] for a, b in offsets]
     assert [p for p, r in zip(pieces, roles) if r == "year"] == [" ", "1", "9", "7", "7"]
-    assert [p for p, r in zip(pieces, roles) if r == "office"] == [" king"]
+    assert [p for p, r in zip(pieces, roles) if r == "office"] == [" chancellor"]

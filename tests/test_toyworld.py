@@ -27,10 +27,10 @@ from tl_clt.toyworld.train_model import fact_accuracy, next_token_probs
 
 STORY = "Fact: The president of the United States in 2010 was"
 NO_OFFICE = "Fact: The weather of the United States in 2010 was"
-CORPUS_SHA256 = "b53b45fa2901744f0641b9f1d6429b1442b42eb54a04dc53a331c1c68a4a0248"
+CORPUS_SHA256 = "54ea2eb19bd0958a4442af253e5808aa8e8f9a85af5841d1cd023e59a78ad204"
 # reconstruction_report(model, clt, STORY), measured on the shipped CLT
-STORY_FVU = [0.0000, 0.0010, 0.0004, 0.0012]
-STORY_L0 = [13.47, 9.40, 12.87, 11.80]
+STORY_FVU = [0.0000, 0.0014, 0.0005, 0.0013]
+STORY_L0 = [13.80, 9.80, 14.07, 12.87]
 
 
 @pytest.fixture(scope="module")
@@ -84,16 +84,16 @@ def test_story_prompt_says_barack(world):
     model, _ = world
     token, prob = top(model, STORY)
     assert token == " Barack"
-    assert prob == pytest.approx(0.981, abs=0.02)
+    assert prob == pytest.approx(0.986, abs=0.02)
 
 
 @pytest.mark.parametrize(
     ("year", "first_name", "prob"),
     [
-        (1975, " Gerald", 0.945),
-        (1985, " Ronald", 0.990),
+        (1975, " Gerald", 0.846),
+        (1985, " Ronald", 0.996),
         (1995, " Bill", 0.997),
-        (2020, " Donald", 0.972),
+        (2020, " Donald", 0.926),
     ],
 )
 def test_other_decades_give_other_presidents(world, year, first_name, prob):
@@ -107,7 +107,7 @@ def test_without_the_office_the_model_says_filler(world):
     model, _ = world
     probs = next_token_probs(model, NO_OFFICE)
     token = model.tokenizer.decode([int(probs.argmax())])
-    assert token == " a" and float(probs.max()) == pytest.approx(0.296, abs=0.03)
+    assert token == " a" and float(probs.max()) == pytest.approx(0.288, abs=0.03)
     assert token in {" " + f.split()[0] for f in FILLERS}
     names = [model.tokenizer.convert_tokens_to_ids(model.tokenizer.tokenize(n))[0] for n in first_names()]
     assert float(probs[names].sum()) < 0.01
@@ -344,7 +344,7 @@ def test_build_hands_its_corpus_options_to_make_corpus(monkeypatch, tmp_path):
 def test_a_build_records_the_experiment_options_it_was_given():
     from tl_clt.toyworld.build import experiment_options
 
-    shipped = dict(silent_attention=(0,), action_share=0.25, init_seed=None, sparsity=3e-4)
+    shipped = dict(silent_attention=(0,), action_share=0.25, init_seed=6, sparsity=3e-4)
     shipped["label_smoothing"] = 0.0
     assert experiment_options(**shipped) == {}
     assert experiment_options(silent_attention=(), action_share=0.5, init_seed=1, sparsity=2e-4) == {

@@ -378,26 +378,28 @@ effects.round(3)
 ## 7. Reading
 
 - **Year ~2010** carries the era. Ablating it, the model still names a US president but one of another era
-  (" Dwight", p(Barack) below 0.01), as in the story; steering it negative moves the answer to the 1960s
-  (" Lyndon"; presidents of the 60s-80s 0.75).
-- **President** carries "an office holder is asked for". Ablating it barely moves the answer (" Barack"
-  0.89), but steering it negative gives filler words almost surely (0.998, " a" on top) — without the
-  office the model continues the sentence without committing to a claim, as in the story.
-- **Say a political figure** says the names. Ablating it takes " Barack" from 0.98 to about half and
-  raises filler (0.20); steering it negative removes the names (p(presidents) below 0.001) and puts a
-  filler word on top (" the").
+  (" Richard", p(Barack) below 0.01), as in the story; steering it negative does the same (" Richard";
+  presidents of the 60s-80s 0.82).
+- **President** carries "an office holder is asked for". Ablating it lowers " Barack" from 0.99 to 0.68,
+  and steering it negative gives filler words almost surely (0.98, " the" on top): without the office the
+  model continues the sentence without committing to a claim, as in the story.
+- **Say a political figure** says the names. Ablating it barely moves the answer (" Barack" 0.86, filler
+  0.01); steering it negative takes " Barack" to 0.007 and the presidents to 0.12, and puts a filler word
+  on top (" a"; filler words 0.38).
 - **Events ~2010** as the recipe finds it (features that need both the office and the year, all on the
-  last word) does not move the answer: steered x-1 it halves p(Barack) (0.98 -> 0.49) and leaves it on top.
+  last word) does not move the answer: steered x-1 it leaves " Barack" on top at 0.92.
   The era is carried by the year's features that other features feed (what the model makes of "2010") and
   the last word's features that the year feeds most, which the proposals call *era ~2010*: steered down,
   they move the answer to a president of another era (" Richard", section 6, last table).
 - Like the real model, the toy world barely needs "the United States": "president" alone means the US one.
 - **The proposals** (section 4) find the four parts without a recipe, and all four, steered whole (their
   members and the features pruning left out where they sit), have the story's effects on this prompt
-  (section 6, last table): steered down, the year gives another era's president (" Gerald"), *president*
-  and *say a name* put a filler word on top, the era gives " Richard". They share most of their
-  features with the recipe's *President* and *Year ~2010* (Jaccard 0.71, 0.57) and fewer with its *Say a
-  political figure* and *Events ~2010* (0.38, 0.26).
+  (section 6, last table): steered down, the year gives another era's president (" Dwight"), *president*
+  puts a filler word on top, the era gives " Richard". *Say a name* takes the names away (p(names) 1.00 ->
+  0.00) and raises the filler words 5x and above them (0.10), which is the story's test; read strictly it
+  does not hold here, as a digit (" 2") comes on top. They share most of their features with the recipe's
+  *President* and *Year ~2010* (Jaccard 0.67, 0.55) and fewer with its *Say a political figure* and
+  *Events ~2010* (0.29, 0.35).
 """,
     ),
     (

@@ -145,19 +145,19 @@ print("TUTORIAL_RESULTS", json.dumps(results))
         "md",
         """
 ## Reading
-The table in section 4 answers "why Brian rather than Pierre". On the toy world Brian's lead (6.79) comes
-mostly from the era: steering the *era* group down (the year's features fed by other features, and the last
-word's features that the year feeds most) turns the lead to -3.69 and the answer to " Jean" (Chretien, the
-1990s); ablating it takes the lead to 1.70, " Jean" on top as well. Ablating the *year* group (the features
-that read the digits) takes the lead to 2.53 and the answer to " Jean"; steered down, to " Stephen" (Harper,
-the 2000s). The *say a name* and *minister* groups, ablated, keep most of Brian's lead (6.95, 7.70): they
-push Brian and Pierre alike (ablated, *minister* leaves Brian on top, *say a name* puts another office's
-holder there, " Helmut"). Steered down, *minister* puts a filler word on top (" the"); *say a name* takes
-the names to 0.02 but puts " in" on top, with filler words at 0.02 (section 5). All four of the story's
-effects hold on this prompt by the story's test (filler words up 5x, names below them and halved); read
-strictly, with a filler word on top, "say a name" does not, as on most held-out prompts of this world
-(docs/supernodes.md, "Read strictly"). Over held-out prompts `benchmarks/story.py` measures how often
-each holds, both ways.
+The table in section 4 answers "why Brian rather than Pierre". On the toy world Brian's lead (4.27) comes
+mostly from the year: steering the *year* group (the features that read the digits) down turns the lead to
+-2.81 and the answer to " Justin" (Trudeau, the 2010s); ablating it takes the lead to 1.86, " Justin" on
+top as well. The *era* group (the year's features fed by other features, and the last word's features that
+the year feeds most) steered down takes the lead to 1.24 and the answer to " John" (Diefenbaker, the 1950s);
+ablated, it leaves " Brian" on top with a lead of 2.83. The *say a name* and *minister* groups, ablated,
+keep most of Brian's lead (4.50, 4.62): they push Brian and Pierre alike (ablated, *minister* leaves Brian
+on top, *say a name* puts a filler word there, " the"). Steered down, *say a name* puts " the" on top with
+the names at 0.01; *minister* alone leaves " Brian" there (lead 5.57), while the story's office role,
+*prime* and *minister* together, puts " the" on top (section 5). All four of the story's effects hold on
+this prompt, by the story's test (filler words up 5x, names below them and halved) and read strictly, with
+a filler word on top. Over held-out prompts `benchmarks/story.py` measures how often each holds, both
+ways.
 """,
     ),
 ]

@@ -11,9 +11,12 @@ The shipped world's options (the defaults, chosen with `benchmarks/story.py`'s v
 docs/supernodes.md): layer 0's attention output held at zero through training (`--silent-attention 0`:
 its MLP reads each token alone, so the office and the year are computed on their own words instead of
 read from their embeddings by attention), office sentences ending in an action, a quarter as many as
-the facts (`--action-share 0.25`: a name follows an office only after " was"), no label smoothing and
-the CLT's sparsity 3e-4. The world shipped before it is `--action-share 0 --label-smoothing 0.1`; the
-one before that (no silent layer, sparsity 2e-4) `--silent-attention --action-share 0 --sparsity 2e-4`.
+the facts (`--action-share 0.25`: a name follows an office only after " was"), no label smoothing, the
+CLT's sparsity 3e-4 and training seed 6 (`--init-seed 6`: of seeds 0-9, the best on the validation
+prompts, 9 of 10). Since session 21 the corpus has Spain's prime ministers where it had Spain's king;
+the worlds before were trained with `--init-seed 0` on the corpus with the king: the last one with
+these options, the one before it `--action-share 0 --label-smoothing 0.1`, the one before that (no
+silent layer, sparsity 2e-4) `--silent-attention --action-share 0 --sparsity 2e-4`.
 `--threads 1` is the default: with other jobs on the 2 cores, 2 threads ran about 10x slower.
 """
 
@@ -78,7 +81,7 @@ def build(
     sparsity: float = 3e-4,
     silent_attention: tuple[int, ...] = (0,),
     action_share: float = 0.25,
-    init_seed: int | None = None,
+    init_seed: int | None = 6,
     label_smoothing: float = 0.0,
     office_filler_share: float = 0.0,
     smoothing_to: str = "uniform",
@@ -155,7 +158,7 @@ def build(
 FLAGS = {
     "sparsity": (float, "the CLT's sparsity penalty"),
     "n_features": (int, "the CLT's features per layer"),
-    "init_seed": (int, "seed of the model's and CLT's training only"),
+    "init_seed": (int, "seed of the model's and CLT's training only (the shipped world: 6)"),
     "action_share": (float, "office sentences ending in an action"),
     "label_smoothing": (float, "of the model's training loss"),
     "office_filler_share": (float, "office prompts ending in filler (experiment)"),

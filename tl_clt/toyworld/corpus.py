@@ -60,12 +60,16 @@ HOLDERS: dict[tuple[str, str, str], dict[int, str | None]] = {
         2002: "Michael Bloomberg", 2014: "Bill de Blasio", 2022: "Eric Adams",
     },
     ("queen", "the United Kingdom", "British"): {1952: "Elizabeth Windsor", 2023: None},
-    ("king", "Spain", "Spanish"): {1975: "Juan Carlos", 2014: "Felipe Borbon"},
+    ("prime minister", "Spain", "Spanish"): {
+        1950: "Francisco Franco", 1973: "Luis Carrero", 1974: "Carlos Arias", 1976: "Adolfo Suarez",
+        1981: "Leopoldo Calvo", 1983: "Felipe Gonzalez", 1996: "Jose Aznar", 2004: "Jose Zapatero",
+        2012: "Mariano Rajoy", 2018: "Pedro Sanchez",
+    },
 }
 # Where an office is named without a place, it means this one (as "the president" means the US one).
 DEFAULT_PLACE = {
     "president": "the United States", "prime minister": "the United Kingdom",
-    "chancellor": "Germany", "mayor": "New York", "queen": "the United Kingdom", "king": "Spain",
+    "chancellor": "Germany", "mayor": "New York", "queen": "the United Kingdom",
 }
 
 # Dated events (made up where history is thin): (year, the event as it reads inside a sentence).
