@@ -19,6 +19,7 @@ from torch import Tensor
 
 from tl_clt.clt import CrossLayerTranscoder
 from tl_clt.hooks import HookList, added_hooks, layer_hook
+from tl_clt.prefix_cache import tl_cache_kwargs
 from tl_clt.sites import Sites, sites_for
 
 
@@ -96,9 +97,7 @@ def clean_pass(
     names = sites.block_hooks(sites.frozen_scales + sites.patterns, clt.n_layers) + [sites.final_scale]
     names.append(sites.embed)
     hooks = capture_hooks(model, clt, sites, store) + [(n, save(n)) for n in names]
-    kv = (
-        {} if kv_cache is None else dict(past_kv_cache=kv_cache, attention_mask=torch.ones_like(tokens[None]))
-    )
+    kv = {} if kv_cache is None else tl_cache_kwargs(kv_cache, tokens[None])
     with torch.no_grad(), added_hooks(model, hooks):
         logits = model(tokens[None], **kv)
     final_scale = frozen.pop(sites.final_scale)

@@ -16,7 +16,7 @@ causal), so a pass can run positions p.. only, on those positions' cached keys a
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -54,34 +54,35 @@ class TLPrefix:
         """One plain pass over `tokens` into a fresh cache, frozen: `head(n)` serves any start."""
         cache = TLPrefix.new_cache(model)
         with torch.no_grad():
-            model(tokens[None], past_kv_cache=cache, attention_mask=torch.ones_like(tokens[None]))
+            model(tokens[None], **tl_cache_kwargs(cache, tokens[None]))
         return TLPrefix.frozen(cache)
 
     def head(self, n: int) -> TLPrefix:
         """Its first `n` positions (views)."""
-        from transformer_lens import TransformerLensKeyValueCache, TransformerLensKeyValueCacheEntry
-
-        entries = [
-            TransformerLensKeyValueCacheEntry(e.past_keys[:, :n], e.past_values[:, :n], frozen=True)
-            for e in self.cache.entries
-        ]
-        mask = self.cache.previous_attention_mask[:, :n]
-        return TLPrefix(TransformerLensKeyValueCache(entries, mask, frozen=True))
+        return TLPrefix(self._viewed(lambda t: t[:, :n], lambda m: m[:, :n]))
 
     def run(self, model, tail: Int[Tensor, "batch q"]) -> Float[Tensor, "batch q d_vocab"]:
         """Logits of `tail` after the prefix, the cache seen as batch copies (views, nothing copied)."""
+        b = tail.shape[0]
+        batched = self._viewed(lambda t: t.expand(b, -1, -1, -1), lambda m: m.expand(b, -1))
+        return model(tail, **tl_cache_kwargs(batched, tail))
+
+    def _viewed(self, kv: Callable[[Tensor], Tensor], mask: Callable[[Tensor], Tensor]):
+        """A frozen TransformerLens KV cache of views: `kv` of every layer's keys and values [batch, pos,
+        n_kv_heads, d_head], `mask` of the attention mask [batch, pos]."""
         from transformer_lens import TransformerLensKeyValueCache, TransformerLensKeyValueCacheEntry
 
-        b = tail.shape[0]
         entries = [
-            TransformerLensKeyValueCacheEntry(
-                e.past_keys.expand(b, -1, -1, -1), e.past_values.expand(b, -1, -1, -1), frozen=True
-            )
+            TransformerLensKeyValueCacheEntry(kv(e.past_keys), kv(e.past_values), frozen=True)
             for e in self.cache.entries
         ]
-        mask = self.cache.previous_attention_mask.expand(b, -1)
-        batched = TransformerLensKeyValueCache(entries, mask, frozen=True)
-        return model(tail, past_kv_cache=batched, attention_mask=torch.ones_like(tail))
+        return TransformerLensKeyValueCache(entries, mask(self.cache.previous_attention_mask), frozen=True)
+
+
+def tl_cache_kwargs(cache, tokens: Int[Tensor, "batch q"]) -> dict:
+    """A HookedTransformer's keyword arguments for a pass over `tokens` on a TransformerLens KV cache
+    (which it fills, unless frozen): the cache and an attention mask of ones."""
+    return dict(past_kv_cache=cache, attention_mask=torch.ones_like(tokens))
 
 
 @dataclass(frozen=True)
