@@ -93,11 +93,13 @@ def plain_tail(model, tokens, batch_size: int, repeats: int = 3) -> float:
     others, best of `repeats`: the floor under a tail pass (`Steerer.last`) of steerings on the last
     token (`tl_clt.prefix_cache`: a TransformerLens cache seen as copies on a HookedTransformer, a
     Hugging Face cache copied per pass on a TransformerBridge; NaN where the bridge's cache does not fill)."""
+    from tl_clt.hooks import preserve
     from tl_clt.prefix_cache import HFPrefix, TLPrefix
     from tl_clt.sites import HOOKED_TRANSFORMER, backend_of
 
     last = tokens[None, -1:].expand(batch_size, -1)
-    with torch.no_grad():
+    # as Steerer runs them: under the model's lock, transformers' cache warning silenced
+    with torch.no_grad(), preserve(model):
         if backend_of(model) == HOOKED_TRANSFORMER:
             prefix = TLPrefix.fill(model, tokens).head(len(tokens) - 1)
         else:

@@ -409,6 +409,10 @@ def main() -> None:
         default="test",
         help="the held-out test prompts, or the validation ones (to choose worlds or rules on)",
     )
+    ap.add_argument(
+        "--val-per-key", type=int, default=2,
+        help="--prompts validation: facts per office (default 2: 10 prompts; 100: all 22 left)",
+    )  # fmt: skip
     ap.add_argument("--token-share", type=float, default=None, help="proposals' token_share (0: off)")
     ap.add_argument("--push-cover", type=float, default=None, help="proposals' push_cover (0: off)")
     ap.add_argument("--no-complete", action="store_true", help="proposals: complete=False")
@@ -429,7 +433,7 @@ def main() -> None:
     prompts = [SEED] + (
         held_out_prompts(args.per_key)
         if args.prompts == "test"
-        else validation_prompts(test_per_key=args.per_key)
+        else validation_prompts(args.val_per_key, test_per_key=args.per_key)
     )
     if args.oracle:
         rows = [

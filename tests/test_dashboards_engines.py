@@ -84,6 +84,23 @@ def test_shards_in_process_resume_and_equal_one_run(model_dir, clt_dir, corpus, 
     assert folder_bytes(out) == local_files  # the checkpoint folder is gone, the files are the same
 
 
+@pytest.mark.bridge
+def test_shards_load_the_backend_asked_for(model_dir, clt_dir, corpus, tmp_path):
+    """backend="bridge" with paths: the shards' workers and the merge load a TransformerBridge; the files
+    are those of a one-process build on a bridge loaded here, byte for byte."""
+    from tl_clt.batch.attribute_job import Loader
+    from tl_clt.sites import TRANSFORMER_BRIDGE, sites_for
+
+    paths = (str(model_dir), str(clt_dir))
+    engine = Watched(LocalEngine())
+    build_feature_dashboards(*paths, corpus, tmp_path / "s", config=CONFIG, engine=engine, shards=3,
+                             backend="bridge", progress=False)  # fmt: skip
+    model, clt = Loader(*paths, backend="bridge")()
+    assert sites_for(model).backend == TRANSFORMER_BRIDGE and len(engine.results) == 3
+    build_feature_dashboards(model, clt, corpus, tmp_path / "one", config=CONFIG, progress=False)
+    assert folder_bytes(tmp_path / "s") == folder_bytes(tmp_path / "one")
+
+
 def test_a_one_shot_stream_cannot_be_sharded(model_dir, clt_dir, tmp_path):
     with pytest.raises(TypeError, match="read by document index"):
         build_feature_dashboards(
@@ -101,7 +118,9 @@ def test_cli_passes_engine_options(model_dir, clt_dir, corpus, tmp_path, monkeyp
     assert main([*argv, "--shards", "6", "-q"]) == 0
     assert seen["args"][:2] == (str(model_dir), str(clt_dir))  # paths: the workers load them
     want = dict(engine="ray", workers=2, gpus_per_worker=0.5, shards=6, address=None, dtype="float32")
-    assert {k: seen[k] for k in want} == want
+    assert {k: seen[k] for k in want} == {**want} and seen["backend"] is None  # None: the installed TL's
+    assert main([*argv, "--shards", "6", "-q", "--backend", "bridge"]) == 0
+    assert seen["backend"] == "bridge"
     with pytest.raises(SystemExit) as exit_info:
         main([*argv[:8], "-o", str(tmp_path / "o"), "--workers", "2", "--shards", "2"])
     assert exit_info.value.code == 2 and "need --engine ray" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from tl_clt.frontend import write_graph_folder
 from tl_clt.generation import generate
 from tl_clt.graph import AttributionGraph, GraphScores
 from tl_clt.hooks import UserHookWarning, check_compatible, preserve
-from tl_clt.loading import load_qwen3
+from tl_clt.loading import default_backend, load_qwen3
 from tl_clt.nodes import Node, from_json_id, node_id, parse_node, to_json_id
 from tl_clt.plot import plot_graph
 from tl_clt.prompts import to_tokens
@@ -75,6 +75,7 @@ __all__ = [
     "group_effects",
     "group_interventions",
     "load_batch",
+    "default_backend",
     "load_qwen3",
     "plot_circuit",
     "plot_graph",

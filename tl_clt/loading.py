@@ -205,22 +205,26 @@ def load_qwen3(
     device: str | torch.device | None = None,
     dtype: torch.dtype | str = torch.float32,
     n_ctx: int | None = None,
-    backend: Literal["hooked", "bridge"] = "hooked",
+    backend: Literal["hooked", "bridge"] | None = "hooked",
 ) -> HookedTransformer:
     """Any Qwen3ForCausalLM checkpoint (local folder or hub id) -> a TransformerLens model, norms unfolded.
 
     backend="hooked" (default): a HookedTransformer (needs transformer-lens 3.x). backend="bridge": a
     `TransformerBridge` booted by `TransformerBridge.boot_transformers` from the local folder (a hub id is
     fetched into the cache first, so booting itself is offline), with raw HF weights: no folding, no
-    centring (transformer-lens 3.x and 4.x). The tokenizer comes from the same folder/id. `dtype` is a
-    torch float dtype or its name ("float32", "bfloat16", ...); every weight is checked finite at
+    centring (transformer-lens 3.x and 4.x). backend=None: the installed TransformerLens's
+    (`default_backend()`: "hooked" on 3.x, "bridge" on 4.x). The tokenizer comes from the same folder/id.
+    `dtype` is a torch float dtype or its name ("float32", "bfloat16", ...); every weight is checked finite at
     load. `n_ctx` defaults to min(max_position_embeddings, 2048) for the HookedTransformer
     (TransformerLens keeps rotary tables of that length in every layer) and to max_position_embeddings
     for the bridge.
     """
+    if backend is None:
+        backend = default_backend()
     if backend not in ("hooked", "bridge"):
         raise ValueError(
-            f"backend must be 'hooked' (HookedTransformer) or 'bridge' (TransformerBridge), got {backend!r}."
+            f"backend must be 'hooked' (HookedTransformer), 'bridge' (TransformerBridge) or None (the "
+            f"installed TransformerLens's), got {backend!r}."
         )
     dtype = float_dtype(dtype)
     _check_n_ctx(n_ctx)
@@ -246,6 +250,17 @@ def load_qwen3(
     model.to(device)
     model.eval()
     return model
+
+
+def default_backend() -> Literal["hooked", "bridge"]:
+    """The backend the installed TransformerLens offers: "hooked" on 3.x (it has `HookedTransformer`),
+    "bridge" on 4.x (only `TransformerBridge`). What `load_qwen3(..., backend=None)`, `load_toyworld`,
+    the batch workers and the CLI use unless told."""
+    try:
+        _hooked_transformer()
+    except ImportError:
+        return "bridge"
+    return "hooked"
 
 
 def _hooked_transformer():

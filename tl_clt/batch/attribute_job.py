@@ -71,8 +71,9 @@ class AttributeOptions:
 class Loader:
     """The job's setup: the model and CLT as given (local engine), or loaded from paths / hub ids.
 
-    `dtype` (a name, default float32) and `device` (default: cuda when this worker sees a GPU) apply to
-    what is loaded; `threads` sets torch's intra-op threads in the worker (Ray: its CPUs).
+    `dtype` (a name, default float32), `device` (default: cuda when this worker sees a GPU) and `backend`
+    (`load_qwen3`'s; default None: the installed TransformerLens's) apply to what is loaded; `threads` sets
+    torch's intra-op threads in the worker (Ray: its CPUs).
     """
 
     model: object
@@ -80,6 +81,7 @@ class Loader:
     dtype: str | None = None
     device: str | None = None
     threads: int | None = None
+    backend: str | None = None
 
     def __call__(self):
         import torch
@@ -93,7 +95,7 @@ class Loader:
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
         model, clt = self.model, self.clt
         if isinstance(model, (str, os.PathLike)):
-            model = load_qwen3(model, device=device, dtype=dtype)
+            model = load_qwen3(model, device=device, dtype=dtype, backend=self.backend)
         if isinstance(clt, (str, os.PathLike)):
             clt = CrossLayerTranscoder.from_pretrained(clt, device=device, dtype=dtype)
         return model, clt
@@ -174,11 +176,22 @@ class AttributePrompt:
         }
 
 
-def check_sources(model, clt, engine: str, dtype: str | None, device: str | None) -> None:
+def check_sources(
+    model, clt, engine: str, dtype: str | None, device: str | None, backend: str | None = None
+) -> None:
     """dtype is a known name; on Ray the model and the CLT are paths / hub ids; dtype and device only
-    with something to load."""
+    with something to load; backend a known one, and only with a model to load."""
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES} (a name), got {dtype!r}.")
+    if backend is not None and backend not in ("hooked", "bridge"):
+        raise ValueError(
+            f"backend must be 'hooked', 'bridge' or None (the installed one's), got {backend!r}."
+        )
+    if backend is not None and not isinstance(model, (str, os.PathLike)):
+        raise ValueError(
+            "backend= applies when the model is loaded from a path or hub id; this model is already "
+            f"loaded (a {type(model).__name__}): leave backend= out, or pass the model's path."
+        )
     for name, obj in (("model", model), ("clt", clt)):
         is_path = isinstance(obj, (str, os.PathLike))
         if engine == "ray" and not is_path:

@@ -50,6 +50,7 @@ def attribute_many(
     scan: str | None = None,
     dtype: str | None = None,
     device: str | None = None,
+    backend: str | None = None,
     column: str | None = None,
     id_column: str | None = None,
     split: str = "train",
@@ -60,7 +61,8 @@ def attribute_many(
     """Attribute every prompt into `out_dir`; returns the run's tables (`tl_clt.load_batch(out_dir)`).
 
     model, clt: loaded objects (engine "local" only) or paths / hub ids, which each worker loads once
-        (with `dtype`, default "float32", and `device`, default cuda when the worker has a GPU).
+        (with `dtype`, default "float32", `device`, default cuda when the worker has a GPU, and `backend`,
+        `load_qwen3`'s, default the installed TransformerLens's: "hooked" on 3.x, "bridge" on 4.x).
     prompts: a list of strings, a .txt file (one prompt per line), a .jsonl file (`prompt`, optional `id`,
         other fields kept in the manifest and the graph JSON), or a `datasets.Dataset` / dataset folder or
         name with `column=` (and `id_column=`, `split=`). See `tl_clt.batch.sources`.
@@ -87,7 +89,9 @@ def attribute_many(
         node_threshold=node_threshold,
         edge_threshold=edge_threshold,
     )
-    check_sources(model, clt, getattr(engine, "name", engine), dtype, device)  # before Ray is imported
+    check_sources(
+        model, clt, getattr(engine, "name", engine), dtype, device, backend
+    )  # before Ray is imported
     runner = make_engine(
         engine, workers, address=address, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker
     )
@@ -104,7 +108,7 @@ def attribute_many(
         sources = {"model": source_name(model), "clt": source_name(clt)}
         manifest, todo = _open_run(run, items, settings, sources, retry_failed)
         setup = AttributeSetup(
-            Loader(model, clt, dtype=dtype, device=device, threads=runner.threads_per_worker)
+            Loader(model, clt, dtype=dtype, device=device, threads=runner.threads_per_worker, backend=backend)
         )
         fn = AttributePrompt(str(run.root), options, save_graph=save_graphs, scan=scan)
         bar = tqdm(total=len(items), initial=len(items) - len(todo), desc="prompts", disable=not verbose)

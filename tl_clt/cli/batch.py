@@ -97,6 +97,7 @@ PASSED_ON = [
     "scan",
     "dtype",
     "device",
+    "backend",
     "column",
     "id_column",
     "split",

@@ -93,8 +93,19 @@ def add_model_arguments(group) -> None:
     )
 
 
+def add_backend_argument(p) -> None:
+    """--backend: load_qwen3's, default the installed TransformerLens's."""
+    p.add_argument(
+        "--backend",
+        choices=("hooked", "bridge"),
+        default=None,
+        help="HookedTransformer or TransformerBridge (default: what the installed transformer-lens has: "
+        "hooked on 3.x, bridge on 4.x)",
+    )
+
+
 def add_running_arguments(p) -> None:
-    """--dtype, --device, --quiet."""
+    """--dtype, --device, --backend, --quiet."""
     run = p.add_argument_group("running")
     run.add_argument(
         "--dtype",
@@ -108,6 +119,7 @@ def add_running_arguments(p) -> None:
         default=None,
         help="device (default: cuda when available, else cpu)",
     )
+    add_backend_argument(run)
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bars or messages")
 
 
@@ -169,14 +181,15 @@ def engine_options(args) -> dict:
 
 
 def load(args):
-    """(model, clt) from --model/--clt/--dtype/--device, with messages on stderr."""
+    """(model, clt) from --model/--clt/--dtype/--device/--backend, with messages on stderr."""
     import torch
 
     import tl_clt
 
     device, dtype = device_of(args), getattr(torch, args.dtype)
-    say(args, f"loading model {args.model} ({args.dtype}, {device})")
-    model = tl_clt.load_qwen3(args.model, device=device, dtype=dtype)
+    backend = args.backend or tl_clt.default_backend()
+    say(args, f"loading model {args.model} ({args.dtype}, {device}, {backend})")
+    model = tl_clt.load_qwen3(args.model, device=device, dtype=dtype, backend=backend)
     say(args, f"loading CLT {args.clt}")
     clt = tl_clt.CrossLayerTranscoder.from_pretrained(args.clt, device=device, dtype=dtype)
     return model, clt

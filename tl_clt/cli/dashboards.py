@@ -163,7 +163,8 @@ def _build(args) -> list[Path]:
         model, clt, running = *load(args), {}
     else:  # each worker loads them, and this process once the shards are merged
         model, clt = args.model, args.clt
-        running = dict(dtype=args.dtype, device=args.device, shards=args.shards, **engine_options(args))
+        running = dict(dtype=args.dtype, device=args.device, backend=args.backend, shards=args.shards)
+        running |= engine_options(args)
     say(args, f"building dashboards into {args.output} ({args.engine}, {args.workers} worker(s))")
     dash = build_feature_dashboards(
         model,

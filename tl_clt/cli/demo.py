@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tl_clt.cli.common import quiet_stdout, say
+from tl_clt.cli.common import add_backend_argument, quiet_stdout, say
 
 PROMPT = "Fact: The president of the United States in 2010 was"
 
@@ -36,6 +36,7 @@ def add_demo_parser(commands):
         help="folder for graph.json and circuit.png (created; default: %(default)s)",
     )
     p.add_argument("--prompt", default=PROMPT, help="the prompt (default: the seed's, %(default)r)")
+    add_backend_argument(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or messages")
     p.set_defaults(func=run_demo, parser=p)
     return p
@@ -95,8 +96,9 @@ def _demo(args) -> list[str]:
     import tl_clt
     from tl_clt.toyworld import load_toyworld
 
-    say(args, "loading the toy world (a 4-layer Qwen3 and its CLT, shipped with tl_clt)")
-    model, clt = load_toyworld()
+    backend = args.backend or tl_clt.default_backend()
+    say(args, f"loading the toy world (a 4-layer Qwen3 and its CLT, shipped with tl_clt; {backend})")
+    model, clt = load_toyworld(backend=backend)
     prompt = args.prompt
     out = [f"prompt: {prompt!r}"]
     out.append("prediction: " + _top(model, model(tl_clt.to_tokens(model, prompt)[None])[0]))

@@ -143,6 +143,7 @@ def build_sharded(
     checkpoint_every: float,
     dtype: str | None,
     device: str | None,
+    backend: str | None,
     transcoder_id: str | None,
     progress: bool,
 ):
@@ -188,7 +189,9 @@ def build_sharded(
     failed = []
     try:
         if todo:
-            setup = Loader(model, clt, dtype=dtype, device=device, threads=runner.threads_per_worker)
+            setup = Loader(
+                model, clt, dtype=dtype, device=device, threads=runner.threads_per_worker, backend=backend
+            )
             fn = BuildShard(corpus, config, str(folder), checkpoint_every)
             with contextlib.closing(runner.map(setup, fn, todo)) as results:
                 for result in results:
@@ -208,7 +211,9 @@ def build_sharded(
             "and run again to build only these): " + "; ".join(failed)
         )
     assert merged is not None and merged.ranges == [[0, n_docs]], merged and merged.ranges
-    loaded = Loader(model, clt, dtype=dtype, device=device)()  # what is loaded already is kept as it is
+    loaded = Loader(
+        model, clt, dtype=dtype, device=device, backend=backend
+    )()  # loaded objects kept as they are
     write_dashboards(merged, *loaded, corpus, out, transcoder_id=transcoder_id, progress=progress)
     shutil.rmtree(folder, ignore_errors=True)
     return FeatureDashboards.from_pretrained(out)
@@ -249,6 +254,7 @@ def build_feature_dashboards(
     shards: int | None = None,
     dtype: str | None = None,
     device: str | None = None,
+    backend: str | None = None,
     **config_kwargs,
 ):
     """Build dashboards of every feature of `clt` from `texts` into `out_dir`; returns FeatureDashboards.
@@ -258,7 +264,8 @@ def build_feature_dashboards(
     Options of `DashboardConfig` can be given as keywords (`context_len=64, n_top=20, ...`). The
     build checkpoints into `out_dir/.checkpoint/` and resumes from it when interrupted
     (`resume=False` starts over); the checkpoint is removed when the files are written. `model` and
-    `clt` are loaded objects, or paths / hub ids loaded here with `dtype` and `device`.
+    `clt` are loaded objects, or paths / hub ids loaded here with `dtype`, `device` and `backend`
+    (`load_qwen3`'s; default the installed TransformerLens's: "hooked" on 3.x, "bridge" on 4.x).
 
     `engine="ray"` (or an engine object of `tl_clt.batch`) builds the corpus in `shards` document ranges
     (default 4 per worker) on `workers` Ray actors that load the model and the CLT once, and merges their
@@ -279,7 +286,7 @@ def build_feature_dashboards(
     from tl_clt.batch.engines import make_engine
 
     engine_name = getattr(engine, "name", engine)
-    check_sources(model, clt, engine_name, dtype, device)  # these checks run before Ray is imported
+    check_sources(model, clt, engine_name, dtype, device, backend)  # these checks run before Ray is imported
     if engine != "local":  # the corpus, opened once, is read by index on the workers
         corpus = open_corpus(texts, column)
         n_docs = _indexable(corpus, engine_name)
@@ -302,12 +309,15 @@ def build_feature_dashboards(
             checkpoint_every=checkpoint_every,
             dtype=dtype,
             device=device,
+            backend=backend,
             transcoder_id=transcoder_id,
             progress=progress,
         )
     if shards is not None:
         raise ValueError('shards= splits the corpus between workers; engine="local" builds it in one piece.')
-    model, clt = Loader(model, clt, dtype=dtype, device=device)()  # paths / hub ids are loaded here
+    model, clt = Loader(
+        model, clt, dtype=dtype, device=device, backend=backend
+    )()  # paths / hub ids loaded here
     out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / CHECKPOINT_DIR
     ckpt_dir.mkdir(exist_ok=True)

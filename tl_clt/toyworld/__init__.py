@@ -23,14 +23,16 @@ def toyworld_paths(root: str | Path | None = None) -> tuple[Path, Path]:
     return model_dir, clt_dir
 
 
-def load_toyworld(device: str = "cpu", *, root: str | Path | None = None):
-    """(model, clt): the toy HookedTransformer (via `load_qwen3`) and its CLT (float32); `root`: a
-    toy world built elsewhere (`python -m tl_clt.toyworld.build --out ROOT`), default the shipped one."""
+def load_toyworld(device: str = "cpu", *, root: str | Path | None = None, backend: str | None = None):
+    """(model, clt): the toy model (`load_qwen3`) and its CLT (float32); `root`: a toy world built
+    elsewhere (`python -m tl_clt.toyworld.build --out ROOT`), default the shipped one. `backend`:
+    "hooked" (a HookedTransformer, transformer-lens 3.x), "bridge" (a TransformerBridge) or None, the
+    installed TransformerLens's (`tl_clt.default_backend()`: "hooked" on 3.x, "bridge" on 4.x)."""
     import torch
 
     from tl_clt import CrossLayerTranscoder, load_qwen3
 
     model_dir, clt_dir = toyworld_paths(root)
-    model = load_qwen3(model_dir, device=device)
+    model = load_qwen3(model_dir, device=device, backend=backend)
     clt = CrossLayerTranscoder.from_pretrained(clt_dir, device=device, dtype=torch.float32)
     return model, clt
