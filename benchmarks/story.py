@@ -1,7 +1,7 @@
 """The seed's story on prompts the tutorial never saw: automatic supernodes, measured on the toy world.
 
     PYTHONPATH=$PWD python benchmarks/story.py [--per-key 3] [--json out.json] [--world DIR] [--mechanism]
-        [--prompts validation] [--push-cover 0.8] [--token-share 0.5] [--no-complete]
+        [--prompts validation [--val-per-key 100]] [--push-cover 0.8] [--token-share 0.5] [--no-complete]
         [--min-size 2] [--min-influence 0.02] [--all-groups] [--mediate 20] [--factor -1.5]
         [--steer 'say a name=0']
         [--oracle [--oracle-steps 12] [--oracle-min-layer 1]]
@@ -25,7 +25,8 @@ groups against the corpus-defined feature labels (`tl_clt.toyworld.labels`), of 
 pruned graph's members.
 
 `--prompts validation`: other held-out facts (`tl_clt.toyworld.story.validation_prompts`), to choose
-between worlds or rules without looking at the test prompts.
+between worlds or rules without looking at the test prompts: 2 per office (10 prompts) by default,
+`--val-per-key 100` all 22 that no test prompt uses.
 
 `--mechanism` (instead of the proposals): where each prompt's name-or-filler decision is carried,
 measured without any grouping. Per prompt: p(names) / p(filler) clean; with every CLT feature on the

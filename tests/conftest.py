@@ -42,7 +42,7 @@ def clt_dir(tmp_path_factory):
 
 @pytest.fixture()
 def model(model_dir):
-    return load_qwen3(model_dir)
+    return load_qwen3(model_dir, backend=None)  # the installed TL's: hooked on 3.x, bridge on 4.x
 
 
 # Suites that must hold on both TransformerLens backends take `backend` (marked `hooked` / `bridge`);

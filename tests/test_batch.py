@@ -41,7 +41,7 @@ OPTS = dict(max_n_logits=3, batch_size=16)
 # ------------------------------------------------------------------------ fixtures and helpers
 @pytest.fixture(scope="module")
 def loaded(model_dir, small_clt_dir):
-    model = tl_clt.load_qwen3(model_dir)
+    model = tl_clt.load_qwen3(model_dir, backend=None)
     clt = tl_clt.CrossLayerTranscoder.from_pretrained(small_clt_dir, dtype=torch.float32)
     return model, clt
 

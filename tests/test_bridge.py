@@ -257,3 +257,10 @@ def test_cli_loads_the_backend_asked_for(bridge, model_dir, small_clt_dir, tmp_p
     with pytest.raises(SystemExit) as info:
         main([*args, "--backend", "bridged"])
     assert info.value.code == 2
+    # --quiet: nothing on stderr, not even transformers' "Loading weights" bar as the bridge boots; the
+    # bars are on again after
+    from transformers.utils import logging
+
+    capsys.readouterr()
+    assert main([*args, "--backend", "bridge", "-q"]) == 0
+    assert capsys.readouterr().err == "" and logging.is_progress_bar_enabled()

@@ -111,7 +111,7 @@ def test_graph_folder_holds_the_features_the_frontend_reads(world, story_graph, 
 
 
 def test_clts_without_dashboards(model_dir, clt_dir, tmp_path):
-    model = tl_clt.load_qwen3(model_dir)
+    model = tl_clt.load_qwen3(model_dir, backend=None)
     clt = tl_clt.CrossLayerTranscoder.from_pretrained(clt_dir, dtype=torch.float32)
     assert clt.dashboards is None
     graph = tl_clt.attribute(model, clt, STORY, max_n_logits=3, verbose=False)

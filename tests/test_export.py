@@ -21,7 +21,7 @@ HERE = Path(__file__).parent
 
 @pytest.fixture(scope="module")
 def graph(model_dir, clt):
-    model = tl_clt.load_qwen3(model_dir)
+    model = tl_clt.load_qwen3(model_dir, backend=None)
     return tl_clt.attribute(model, clt, PROMPT, batch_size=64, max_n_logits=5, verbose=False)
 
 

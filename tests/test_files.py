@@ -151,7 +151,7 @@ DASH_TEXTS = ["Fact: The president of the United States in 2010 was Barack Obama
 def dash_state(model_dir, clt):
     from tl_clt.dashboards import DashboardConfig, build_state
 
-    model = tl_clt.load_qwen3(model_dir)
+    model = tl_clt.load_qwen3(model_dir, backend=None)
     config = DashboardConfig(context_len=16, batch_size=2, n_top=2, n_intervals=2, n_bins=4, bin_resolution=4)
     return model, clt, build_state(model, clt, DASH_TEXTS, config, progress=False)
 

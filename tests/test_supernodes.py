@@ -143,7 +143,7 @@ def test_group_errors_are_clear():
 
 @pytest.fixture(scope="module")
 def real(model_dir, clt):
-    model = tl_clt.load_qwen3(model_dir)
+    model = tl_clt.load_qwen3(model_dir, backend=None)
     graph = tl_clt.attribute(
         model, clt, PROMPT, max_n_logits=3, max_feature_nodes=30, batch_size=64, verbose=False
     )

@@ -26,7 +26,7 @@ def _one_token_strings(model, ids):
 
 @pytest.fixture(scope="module")
 def setup(model_dir, clt_dir, clt):
-    model = tl_clt.load_qwen3(model_dir)
+    model = tl_clt.load_qwen3(model_dir, backend=None)
     full = tl_clt.attribute(model, clt, PROMPT, batch_size=16, max_n_logits=5, verbose=False)
     tokens = to_tokens(model, PROMPT)
     ref = FrozenReference(model, clt_dir, tokens, full.active_features, full.activation_values)

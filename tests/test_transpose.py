@@ -16,7 +16,7 @@ from tl_clt.transpose import Sweep, default_compute_dtype
 
 @pytest.fixture(scope="module")
 def world(model_dir, clt):
-    model = tl_clt.load_qwen3(model_dir)
+    model = tl_clt.load_qwen3(model_dir, backend=None)
     tokens = to_tokens(model, PROMPT)
     state = clean_pass(model, clt, tokens)
     active = find_active_features(clt, state)
@@ -125,7 +125,7 @@ def test_rows_equal_autograd_rows(
 def test_compute_dtype_leaves_the_model_alone_and_float64_agrees(model_dir, clt):
     """compute_dtype changes the arithmetic only: float64 rows agree with float32 ones to float32 precision,
     and the model keeps its dtype and parameters."""
-    model = tl_clt.load_qwen3(model_dir)
+    model = tl_clt.load_qwen3(model_dir, backend=None)
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
     g32 = tl_clt.attribute(model, clt, PROMPT, max_n_logits=3, verbose=False)
     g64 = tl_clt.attribute(model, clt, PROMPT, max_n_logits=3, verbose=False, compute_dtype=torch.float64)
@@ -137,7 +137,7 @@ def test_compute_dtype_leaves_the_model_alone_and_float64_agrees(model_dir, clt)
 
 def test_bf16_model_computes_in_float32_on_cpu(model_dir, clt):
     """A bf16 model on a CPU is attributed in float32 by default, closer to float64 than bf16 arithmetic."""
-    model = tl_clt.load_qwen3(model_dir, dtype=torch.bfloat16)
+    model = tl_clt.load_qwen3(model_dir, dtype=torch.bfloat16, backend=None)
     kw = dict(max_n_logits=3, verbose=False)
     auto = tl_clt.attribute(model, clt, PROMPT, **kw)
     bf16 = tl_clt.attribute(model, clt, PROMPT, compute_dtype=torch.bfloat16, **kw)
@@ -297,7 +297,7 @@ def test_graphs_refresh_influence_layer_by_layer_and_select_as_step_by_step(mode
     and the features visited are those the step-by-step sum visits, with the same edges."""
     import tl_clt.attribution as attribution
 
-    model = tl_clt.load_qwen3(model_dir)
+    model = tl_clt.load_qwen3(model_dir, backend=None)
     kw = dict(max_feature_nodes=25, update_interval=1, batch_size=4, max_n_logits=3, verbose=False)
     fast = tl_clt.attribute(model, clt, PROMPT, **kw)
     assert fast.meta["influence_by_layers"] is True
@@ -357,7 +357,7 @@ def test_transposed_graph_equals_autograd_graph(engines_model, clt, kind):
 def test_user_hooks_run_on_the_autograd_engine(model_dir, clt):
     """A model with forward hooks of the user's: 'auto' falls back to autograd (the hooks are part of the
     graph, as on main), 'transposed' refuses and names the hooks; nothing is left behind."""
-    model = tl_clt.load_qwen3(model_dir)
+    model = tl_clt.load_qwen3(model_dir, backend=None)
 
     def double(tensor, *, hook):
         return 2 * tensor
@@ -379,7 +379,7 @@ def test_user_hooks_run_on_the_autograd_engine(model_dir, clt):
 
 
 def test_engine_option_is_checked(model_dir, clt):
-    model = tl_clt.load_qwen3(model_dir)
+    model = tl_clt.load_qwen3(model_dir, backend=None)
     with pytest.raises(ValueError, match="engine must be one of"):
         tl_clt.attribute(model, clt, PROMPT, engine="fast", verbose=False)
     with pytest.raises(ValueError, match="decoder_cache_bytes"):

@@ -33,7 +33,7 @@ def _graph(model, clt, run, **kwargs):
 def test_graphs_with_one_workspace_equal_fresh_graphs_and_keep_nothing_of_it(model_dir, clt):
     """Every graph made with a shared workspace equals the one made with fresh buffers, compared after all
     of them were made: a graph holding a view of the workspace would have been overwritten by the next."""
-    model = tl_clt.load_qwen3(model_dir)
+    model = tl_clt.load_qwen3(model_dir, backend=None)
     ws = tl_clt.Workspace()
     reused = [_graph(model, clt, run, workspace=ws) for run in RUNS]
     assert len(ws) > 0 and ws.nbytes > 0
@@ -46,7 +46,7 @@ def test_graphs_with_one_workspace_equal_fresh_graphs_and_keep_nothing_of_it(mod
 def test_what_a_graph_leaves_in_the_workspace_is_never_read_by_the_next(model_dir, clt):
     """Buffers come back uninitialised: with every one of them filled with NaN between graphs (influence's
     B^T included: max_feature_nodes), the graphs are still the fresh ones."""
-    model = tl_clt.load_qwen3(model_dir)
+    model = tl_clt.load_qwen3(model_dir, backend=None)
     ws = tl_clt.Workspace()
     for run in RUNS:
         _graph(model, clt, run, workspace=ws)
@@ -62,7 +62,7 @@ def test_what_a_graph_leaves_in_the_workspace_is_never_read_by_the_next(model_di
 
 def test_the_next_graph_reuses_the_memory(model_dir, clt):
     """A second graph of the same prompt allocates nothing: every buffer is where it was."""
-    model = tl_clt.load_qwen3(model_dir)
+    model = tl_clt.load_qwen3(model_dir, backend=None)
     ws = tl_clt.Workspace()
     _graph(model, clt, RUNS[0], workspace=ws)
     where = {name: buf.data_ptr() for name, buf in ws._buffers.items()}
@@ -72,7 +72,7 @@ def test_the_next_graph_reuses_the_memory(model_dir, clt):
 
 
 def test_the_decoder_budget_counts_what_the_workspace_holds(model_dir, clt, monkeypatch):
-    model = tl_clt.load_qwen3(model_dir)
+    model = tl_clt.load_qwen3(model_dir, backend=None)
     ws = tl_clt.Workspace()
     _graph(model, clt, RUNS[0], workspace=ws)
     held = ws.bytes_on("cpu")
@@ -89,7 +89,7 @@ def test_the_decoder_budget_counts_what_the_workspace_holds(model_dir, clt, monk
 
 
 def test_a_workspace_in_use_by_another_thread_is_refused_and_the_model_left_alone(model_dir, clt):
-    model = tl_clt.load_qwen3(model_dir)
+    model = tl_clt.load_qwen3(model_dir, backend=None)
     before = model(tl_clt.to_tokens(model, PROMPT)[None])
     ws = tl_clt.Workspace()
     holding, done = threading.Event(), threading.Event()
@@ -116,7 +116,7 @@ def test_a_workspace_in_use_by_another_thread_is_refused_and_the_model_left_alon
 
 
 def test_a_failed_graph_gives_the_workspace_back(model_dir, clt):
-    model = tl_clt.load_qwen3(model_dir)
+    model = tl_clt.load_qwen3(model_dir, backend=None)
     ws = tl_clt.Workspace()
     with pytest.raises(TargetError):
         _graph(model, clt, dict(prompt=PROMPT, targets=["F:0:99:0"]), workspace=ws)
@@ -125,7 +125,7 @@ def test_a_failed_graph_gives_the_workspace_back(model_dir, clt):
 
 
 def test_clear_gives_the_memory_back_and_the_workspace_shows_what_it_holds(model_dir, clt):
-    model = tl_clt.load_qwen3(model_dir)
+    model = tl_clt.load_qwen3(model_dir, backend=None)
     ws = tl_clt.Workspace()
     assert repr(ws) == "Workspace(0 buffers, 0.00 GB)"
     _graph(model, clt, RUNS[0], workspace=ws)

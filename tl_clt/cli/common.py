@@ -196,11 +196,30 @@ def load(args):
 
 
 def quiet_stdout(args, fn: Callable):
-    """Run fn(args) with library prints (e.g. "Moving model to device") sent to stderr or nowhere."""
+    """Run fn(args) with library prints (e.g. "Moving model to device") sent to stderr, or nowhere with
+    --quiet, which also turns off transformers' progress bars ("Loading weights", as a bridge boots) for
+    the call."""
     sink = open(os.devnull, "w") if args.quiet else sys.stderr  # noqa: SIM115
     try:
-        with contextlib.redirect_stdout(sink):
+        with contextlib.redirect_stdout(sink), _no_transformers_bars(args.quiet):
             return fn(args)
     finally:
         if sink is not sys.stderr:
             sink.close()
+
+
+@contextlib.contextmanager
+def _no_transformers_bars(off: bool):
+    """transformers' progress bars off inside when `off`, and as they were after."""
+    if not off:
+        yield
+        return
+    from transformers.utils import logging
+
+    was = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            logging.enable_progress_bar()
