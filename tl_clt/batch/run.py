@@ -89,9 +89,8 @@ def attribute_many(
         node_threshold=node_threshold,
         edge_threshold=edge_threshold,
     )
-    check_sources(
-        model, clt, getattr(engine, "name", engine), dtype, device, backend
-    )  # before Ray is imported
+    # before Ray is imported
+    check_sources(model, clt, getattr(engine, "name", engine), dtype, device, backend)
     runner = make_engine(
         engine, workers, address=address, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker
     )

@@ -211,9 +211,8 @@ def build_sharded(
             "and run again to build only these): " + "; ".join(failed)
         )
     assert merged is not None and merged.ranges == [[0, n_docs]], merged and merged.ranges
-    loaded = Loader(
-        model, clt, dtype=dtype, device=device, backend=backend
-    )()  # loaded objects kept as they are
+    # what is loaded already is kept as it is
+    loaded = Loader(model, clt, dtype=dtype, device=device, backend=backend)()
     write_dashboards(merged, *loaded, corpus, out, transcoder_id=transcoder_id, progress=progress)
     shutil.rmtree(folder, ignore_errors=True)
     return FeatureDashboards.from_pretrained(out)
@@ -315,9 +314,8 @@ def build_feature_dashboards(
         )
     if shards is not None:
         raise ValueError('shards= splits the corpus between workers; engine="local" builds it in one piece.')
-    model, clt = Loader(
-        model, clt, dtype=dtype, device=device, backend=backend
-    )()  # paths / hub ids loaded here
+    # paths / hub ids are loaded here
+    model, clt = Loader(model, clt, dtype=dtype, device=device, backend=backend)()
     out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / CHECKPOINT_DIR
     ckpt_dir.mkdir(exist_ok=True)
