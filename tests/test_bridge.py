@@ -264,3 +264,15 @@ def test_cli_loads_the_backend_asked_for(bridge, model_dir, small_clt_dir, tmp_p
     capsys.readouterr()
     assert main([*args, "--backend", "bridge", "-q"]) == 0
     assert capsys.readouterr().err == "" and logging.is_progress_bar_enabled()
+
+
+@pytest.mark.bridge
+def test_building_the_toy_world_on_transformer_lens_4_says_it_needs_3(tmp_path, monkeypatch):
+    """The shipped world is rebuilt byte for byte on a HookedTransformer only: on 4.x the build stops at
+    once with what to install, before writing anything."""
+    from tl_clt.toyworld.build import build
+
+    look_like_transformer_lens_4(monkeypatch)
+    with pytest.raises(RuntimeError, match=r"needs transformer-lens 3\.x.*'transformer-lens>=3,<4'"):
+        build(tmp_path / "world")
+    assert not (tmp_path / "world").exists()

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from tl_clt import CrossLayerTranscoder, files, load_qwen3, reconstruction_report
+from tl_clt import CrossLayerTranscoder, default_backend, files, load_qwen3, reconstruction_report
 from tl_clt.toyworld.corpus import FACT_TEMPLATES, first_names, make_corpus, split_facts
 from tl_clt.toyworld.dashboards import build_toyworld_dashboards
 from tl_clt.toyworld.tokenizer import train_tokenizer
@@ -87,7 +87,15 @@ def build(
     smoothing_to: str = "uniform",
     filler_share: float = 0.4,
 ) -> dict:
-    """Run the whole pipeline into `out`; returns the report that is also saved as report.json."""
+    """Run the whole pipeline into `out`; returns the report that is also saved as report.json. Needs
+    transformer-lens 3.x: the shipped world was made on a HookedTransformer, and a rebuild with the
+    defaults gives its files byte for byte only there."""
+    if default_backend() != "hooked":
+        raise RuntimeError(
+            "Building the toy world needs transformer-lens 3.x (HookedTransformer): the shipped world was "
+            "made with it, and a rebuild gives the same files only there. Install 'transformer-lens>=3,<4' "
+            "in a venv to build; the shipped world itself loads on either (load_toyworld())."
+        )
     options = experiment_options(**{k: v for k, v in locals().items() if k not in ("out", "seed")})
     timings, t0 = {}, time.time()
     train_seed = seed if init_seed is None else init_seed  # the model's and the CLT's training
