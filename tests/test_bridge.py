@@ -276,3 +276,16 @@ def test_building_the_toy_world_on_transformer_lens_4_says_it_needs_3(tmp_path, 
     with pytest.raises(RuntimeError, match=r"needs transformer-lens 3\.x.*'transformer-lens>=3,<4'"):
         build(tmp_path / "world")
     assert not (tmp_path / "world").exists()
+
+
+@pytest.mark.bridge
+def test_rewriting_the_shipped_dashboards_on_transformer_lens_4_is_refused(monkeypatch, capsys):
+    import sys
+
+    from tl_clt.toyworld import dashboards
+
+    look_like_transformer_lens_4(monkeypatch)
+    monkeypatch.setattr(sys, "argv", ["dashboards"])
+    with pytest.raises(SystemExit) as info:
+        dashboards.main()
+    assert info.value.code == 2 and "needs transformer-lens 3.x" in capsys.readouterr().err

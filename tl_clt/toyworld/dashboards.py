@@ -60,8 +60,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    from tl_clt import default_backend
     from tl_clt.toyworld import load_toyworld
 
+    if args.out is None and default_backend() != "hooked":  # the shipped files were made on 3.x
+        parser.error(
+            "rewriting the shipped dashboards needs transformer-lens 3.x (HookedTransformer), where they "
+            "were made; on 4.x build them elsewhere with --out DIR (on the TransformerBridge)"
+        )
     model, clt = load_toyworld()
     t0 = time.time()
     dash = build_toyworld_dashboards(model, clt, args.out, args.seed)
