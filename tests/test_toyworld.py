@@ -320,6 +320,7 @@ def test_office_filler_sentences_end_a_training_fact_prompt_in_filler():
     assert len(make_corpus(0, office_filler_share=0.1)) == len(make_corpus(0)) + extra
 
 
+@pytest.mark.hooked  # building needs transformer-lens 3.x (tests/test_bridge.py checks the refusal on 4.x)
 def test_build_hands_its_corpus_options_to_make_corpus(monkeypatch, tmp_path):
     """`build`'s corpus options (`--filler-share`, `--action-share`, `--office-filler-share`) reach
     `make_corpus` as given; the build stops there (a stand-in raises)."""
