@@ -99,6 +99,15 @@ def test_shards_load_the_backend_asked_for(model_dir, clt_dir, corpus, tmp_path)
     assert sites_for(model).backend == TRANSFORMER_BRIDGE and len(engine.results) == 3
     build_feature_dashboards(model, clt, corpus, tmp_path / "one", config=CONFIG, progress=False)
     assert folder_bytes(tmp_path / "s") == folder_bytes(tmp_path / "one")
+    # a checkpoint's shards come from one backend: resuming with the other is refused
+    with pytest.raises(KeyboardInterrupt):
+        build_feature_dashboards(*paths, corpus, tmp_path / "r", config=CONFIG, shards=3, backend="bridge",
+                                 engine=Watched(LocalEngine(), stop_after=1), progress=False)  # fmt: skip
+    with pytest.raises(
+        ValueError, match=r"made by another build \(changed: \{'backend': \('bridge', 'hooked'\)"
+    ):
+        build_feature_dashboards(*paths, corpus, tmp_path / "r", config=CONFIG, shards=3, backend="hooked",
+                                 engine=LocalEngine(), progress=False)  # fmt: skip
 
 
 def test_a_one_shot_stream_cannot_be_sharded(model_dir, clt_dir, tmp_path):

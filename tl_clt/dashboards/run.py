@@ -166,6 +166,7 @@ def build_sharded(
     build = {
         "model": source_name(model),
         "clt": source_name(clt),
+        "backend": _backend_name(model, backend),
         "dtype": dtype or "float32",
         "config": config.to_dict(),
         "corpus": corpus.describe(),
@@ -218,10 +219,22 @@ def build_sharded(
     return FeatureDashboards.from_pretrained(out)
 
 
+def _backend_name(model, backend: str | None) -> str:
+    """ "hooked" or "bridge": what `model` is, or what a path is loaded as (`backend`, None: the installed
+    transformer-lens's); shards of one build all come from it."""
+    from tl_clt.loading import default_backend
+    from tl_clt.sites import TRANSFORMER_BRIDGE, backend_of
+
+    if isinstance(model, (str, os.PathLike)):
+        return backend or default_backend()
+    return "bridge" if backend_of(model) == TRANSFORMER_BRIDGE else "hooked"
+
+
 def _check_same_build(folder: Path, build: dict) -> None:
     path = folder / SHARDS_FILE
     if path.is_file():
         old = json.loads(path.read_text())
+        old.setdefault("backend", "hooked")  # checkpoints from before the key: 4.x could not build then
         if old != json.loads(json.dumps(build)):
             changed = {k: (old.get(k), v) for k, v in build.items() if old.get(k) != v}
             raise ValueError(
