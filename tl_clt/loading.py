@@ -219,13 +219,9 @@ def load_qwen3(
     (TransformerLens keeps rotary tables of that length in every layer) and to max_position_embeddings
     for the bridge.
     """
+    check_backend(backend)
     if backend is None:
         backend = default_backend()
-    if backend not in ("hooked", "bridge"):
-        raise ValueError(
-            f"backend must be 'hooked' (HookedTransformer), 'bridge' (TransformerBridge) or None (the "
-            f"installed TransformerLens's), got {backend!r}."
-        )
     dtype = float_dtype(dtype)
     _check_n_ctx(n_ctx)
     folder = resolve_folder(name_or_path, _HUB_PATTERNS)
@@ -250,6 +246,18 @@ def load_qwen3(
     model.to(device)
     model.eval()
     return model
+
+
+BACKEND_NAMES = ("hooked", "bridge")  # load_qwen3's backends: HookedTransformer, TransformerBridge
+
+
+def check_backend(backend: str | None) -> None:
+    """`backend` is one of `BACKEND_NAMES` or None (the installed transformer-lens's)."""
+    if backend is not None and backend not in BACKEND_NAMES:
+        raise ValueError(
+            f"backend must be 'hooked', 'bridge' or None (a HookedTransformer, a TransformerBridge, or what "
+            f"the installed TransformerLens has), got {backend!r}."
+        )
 
 
 def default_backend() -> Literal["hooked", "bridge"]:

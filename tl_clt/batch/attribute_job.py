@@ -13,6 +13,7 @@ from pathlib import Path
 from tl_clt.batch.layout import RunDir, write_atomic
 from tl_clt.batch.sources import PromptItem
 from tl_clt.batch.tables import feature_table, write_parquet
+from tl_clt.loading import check_backend
 
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 
@@ -183,10 +184,7 @@ def check_sources(
     with something to load; backend a known one, and only with a model to load."""
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES} (a name), got {dtype!r}.")
-    if backend is not None and backend not in ("hooked", "bridge"):
-        raise ValueError(
-            f"backend must be 'hooked', 'bridge' or None (the installed one's), got {backend!r}."
-        )
+    check_backend(backend)
     if backend is not None and not isinstance(model, (str, os.PathLike)):
         raise ValueError(
             "backend= applies when the model is loaded from a path or hub id; this model is already "

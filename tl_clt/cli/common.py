@@ -9,6 +9,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from tl_clt.loading import BACKEND_NAMES
+
 PROG = "tl-clt"
 DTYPES = ("float32", "bfloat16")
 
@@ -97,7 +99,7 @@ def add_backend_argument(p) -> None:
     """--backend: load_qwen3's, default the installed TransformerLens's."""
     p.add_argument(
         "--backend",
-        choices=("hooked", "bridge"),
+        choices=BACKEND_NAMES,
         default=None,
         help="HookedTransformer or TransformerBridge (default: what the installed transformer-lens has: "
         "hooked on 3.x, bridge on 4.x)",
